@@ -1,0 +1,1 @@
+"""The hypergossip coordinator: a peer with duties (verify, run rounds, publish) and an AIM."""

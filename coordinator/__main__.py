@@ -1,0 +1,113 @@
+"""``python -m coordinator``: run the hypergossip coordinator (libp2p peer + AIM HTTP server)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from peer.logsetup import setup_logging
+from protocol.identity import BadPeerId, KeyFileError, public_key_from_peer_id
+from protocol.workloads import WORKLOADS
+
+from .service import Coordinator, CoordinatorConfig
+
+log = logging.getLogger("hypergossip.coordinator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m coordinator",
+        description="Run the hypergossip coordinator: a libp2p peer that admits peers, verifies "
+        "every signed message, runs rounds (closing on quorum or timeout) and publishes results "
+        "over gossip and over its AIM HTTP API (see GET /manifest.json). State is kept in "
+        "SQLite; restarting on the same --db continues where it stopped.",
+    )
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 4000)),
+                   help="HTTP port (default: $PORT or 4000)")
+    p.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default: %(default)s)")
+    p.add_argument("--listen", action="append", default=None, metavar="MULTIADDR",
+                   help="libp2p listen address, repeatable (default: /ip4/0.0.0.0/tcp/4001)")
+    p.add_argument("--data-dir", type=Path, default=Path(".hypergossip/coordinator"),
+                   help="where the key and database live (default: %(default)s)")
+    p.add_argument("--db", type=Path, help="SQLite file (default: DATA_DIR/coordinator.sqlite3)")
+    p.add_argument("--key", type=Path, help="Ed25519 key file (default: DATA_DIR/coordinator.key)")
+    p.add_argument("--allow", type=Path, metavar="FILE",
+                   help="admit only the peer ids listed in FILE (one per line, # comments); "
+                   "default: open admission")
+    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
+                   help="what rounds compute (default: %(default)s)")
+    p.add_argument("--min-peers", type=int, default=2,
+                   help="quorum: contributions needed to publish a round (default: %(default)s)")
+    p.add_argument("--round-timeout", type=float, default=30.0,
+                   help="seconds a round stays open at most (default: %(default)s)")
+    p.add_argument("--round-pause", type=float, default=1.0,
+                   help="seconds from a result to the next round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="stop after this many rounds (default: 0 = run until stopped)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    return p.parse_args(argv)
+
+
+def load_allow_list(path: Path) -> frozenset[str]:
+    """Peer ids, one per line; blank lines and # comments ignored; each must be valid."""
+    ids = set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            public_key_from_peer_id(line)
+        except BadPeerId as exc:
+            raise ValueError(f"{path}:{n}: {exc}") from exc
+        ids.add(line)
+    return frozenset(ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    allow = None
+    if args.allow:
+        try:
+            allow = load_allow_list(args.allow)
+        except (OSError, ValueError) as exc:
+            log.error("--allow: %s", exc)
+            return 2
+        log.info("admission restricted to %d listed peers", len(allow))
+    config = CoordinatorConfig(
+        data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
+        listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, min_peers=args.min_peers,
+        round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
+        workload=args.workload)
+    try:
+        coordinator = Coordinator(config)
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        return 2
+
+    async def watch_signals(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                log.info("signal received; shutting down")
+                coordinator.stop()
+                scope.cancel()
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            await coordinator.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    coordinator.store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

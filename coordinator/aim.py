@@ -1,0 +1,224 @@
+"""A small AIM (HyperCycle AI Machine) framework of our own, on Starlette.
+
+Shape as in shared/AIM.md: one decorator per endpoint carries the endpoint's
+manifest entry, and ``GET /manifest.json`` is generated from them. Every
+response (errors included) carries the AIM CORS headers; unknown routes and
+wrong methods answer JSON 404/405; a handler signals a client error by
+raising :class:`HTTPError` (JSON ``{"error": reason}``); anything else that
+escapes a handler is logged and answered as JSON 500 (a bug to fix, but the
+server stays up and never leaks a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("hypergossip.aim")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST",
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Allow-Credentials": "false",
+}
+DEFAULT_MAX_BODY = 64 * 1024
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+class HTTPError(Exception):
+    """A client error: answered as ``{"error": reason}`` with ``status``."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Endpoint:
+    uri: str
+    methods: list[str]
+    handler: Handler
+    documentation: str
+    output: Any
+    input_query: Any = ""
+    input_headers: Any = ""
+    input_body: Any = ""
+    example_calls: list[dict[str, Any]] = field(default_factory=list)
+    is_public: bool = True
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "input_methods": self.methods,
+            "input_query": self.input_query,
+            "input_headers": self.input_headers,
+            "input_body": self.input_body,
+            "output": self.output,
+            "documentation": self.documentation,
+            "example_calls": self.example_calls,
+            "is_public": self.is_public,
+        }
+
+
+def example(output: Any, *, method: str = "GET", query: str = "", body: Any = "",
+            headers: Any = "") -> dict[str, Any]:
+    """One ``example_calls`` entry."""
+    return {"body": body, "method": method, "query": query, "headers": headers, "output": output}
+
+
+class AIM:
+    def __init__(self, *, name: str, short_name: str, version: str, license: str, author: str,
+                 description: str = "", documentation_url: str | None = None):
+        self.info = {"name": name, "short_name": short_name, "version": version,
+                     "license": license, "author": author}
+        if description:
+            self.info["description"] = description
+        if documentation_url:
+            self.info["documentation_url"] = documentation_url
+        self.endpoints: list[Endpoint] = []
+
+    def endpoint(self, uri: str, methods: Sequence[str] = ("GET",), *, documentation: str,
+                 output: Any, example_calls: Sequence[dict[str, Any]] = (),
+                 input_query: Any = "", input_headers: Any = "", input_body: Any = "",
+                 is_public: bool = True) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(Endpoint(
+                uri, [m.upper() for m in methods], handler, documentation, output,
+                input_query, input_headers, input_body, list(example_calls), is_public))
+            return handler
+
+        return register
+
+    def manifest(self) -> dict[str, Any]:
+        manifest_entry = Endpoint("/manifest.json", ["GET"], _noop,
+                                  "This AIM's manifest: its endpoints and example calls.",
+                                  {"name": "...", "endpoints": ["..."]},
+                                  example_calls=[example({"name": self.info["name"]})])
+        eps = [e.manifest() for e in self.endpoints] + [manifest_entry.manifest()]
+        return {**self.info, "endpoints": eps}
+
+    def app(self) -> Starlette:
+        routes = [Route(e.uri, _wrap(e.handler), methods=e.methods) for e in self.endpoints]
+        if not any(e.uri == "/manifest.json" for e in self.endpoints):
+            async def manifest(_: Request) -> dict[str, Any]:
+                return self.manifest()
+
+            routes.append(Route("/manifest.json", _wrap(manifest), methods=["GET"]))
+        app = Starlette(routes=routes, exception_handlers={
+            HTTPException: _http_exception, Exception: _server_error})
+        return CORSMiddleware(app)  # type: ignore[return-value]
+
+
+async def _noop(_: Request) -> None:
+    return None
+
+
+def json_response(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def _wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            out = await handler(request)
+        except HTTPError as exc:
+            return json_response({"error": exc.reason, "status": exc.status}, exc.status)
+        return out if isinstance(out, Response) else json_response(out)
+
+    return endpoint
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    reason = exc.detail
+    if exc.status_code == 404:
+        reason = f"no such endpoint: {request.url.path} (see /manifest.json)"
+    elif exc.status_code == 405:
+        reason = f"method {request.method} not allowed on {request.url.path}"
+    return json_response({"error": reason, "status": exc.status_code}, exc.status_code)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error serving %s %s", request.method, request.url.path)
+    return json_response({"error": "internal error", "status": 500}, 500)
+
+
+class CORSMiddleware:
+    """Adds the AIM CORS headers to every HTTP response; answers preflight OPTIONS."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self._raw = [(k.lower().encode(), v.encode()) for k, v in CORS_HEADERS.items()]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await Response(status_code=204, headers=CORS_HEADERS)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    h for h in self._raw if h[0] not in names]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+# --- request helpers -------------------------------------------------------------------------
+async def read_json(request: Request, schema: type | None = None, *,
+                    max_bytes: int = DEFAULT_MAX_BODY) -> Any:
+    """Read a size-capped JSON body, optionally strictly validated into ``schema``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "bad Content-Length")
+        if int(declared) > max_bytes:
+            raise HTTPError(413, f"body over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPError(413, f"body over {max_bytes} bytes")
+    if not body:
+        raise HTTPError(400, "expected a JSON body")
+    try:
+        if schema is None:
+            return json.loads(body)
+        return msgspec.json.decode(bytes(body), type=schema, strict=False)
+    except msgspec.ValidationError as exc:
+        raise HTTPError(422, f"invalid body: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+        raise HTTPError(400, f"body is not valid JSON: {exc}") from exc
+
+
+def int_param(value: str | None, name: str, *, default: int | None = None, lo: int = 0,
+              hi: int = 2**53) -> int:
+    """Parse an integer path/query parameter within [lo, hi], else HTTP 400."""
+    if value is None or value == "":
+        if default is None:
+            raise HTTPError(400, f"missing parameter {name}")
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise HTTPError(400, f"parameter {name} must be an integer, got {value[:32]!r}") from None
+    if not lo <= n <= hi:
+        raise HTTPError(400, f"parameter {name} must be in [{lo}, {hi}]")
+    return n

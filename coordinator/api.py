@@ -1,0 +1,136 @@
+"""The coordinator's AIM endpoints. Read-only views of the coordinator's state."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from .aim import AIM, HTTPError, example, int_param
+
+if TYPE_CHECKING:
+    from sqlite3 import Row
+
+    from .service import Coordinator
+
+VERSION = "0.1.0"
+PEER_ID = "12D3KooW..."
+
+
+def round_view(row: Row, *, detail: bool = False, store: Any = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "round": row["round"],
+        "workload": row["workload"],
+        "status": row["status"],
+        "opened_at": row["opened_at"],
+        "closed_at": row["closed_at"],
+        "deadline": row["deadline"],
+        "min_peers": row["min_peers"],
+        "accepted": row["accepted"],
+        "rejected": json.loads(row["rejected"]),
+        "seconds": (row["closed_at"] - row["opened_at"]) if row["closed_at"] else None,
+        "result": json.loads(row["result"]) if row["result"] else None,
+        "state_digest": bytes(row["state_digest"]).hex() if row["state_digest"] else None,
+    }
+    if detail and store is not None:
+        view["messages"] = store.message_digests(row["round"])
+    return view
+
+
+def build_app(coord: Coordinator):
+    aim = AIM(name="hypergossip coordinator", short_name="hypergossip", version=VERSION,
+              license="MIT", author="hypergossip developers",
+              description="Coordinator of a libp2p learning network: admits peers, verifies "
+                          "signed contributions, runs rounds and publishes their results.")
+    store = coord.store
+
+    @aim.endpoint(
+        "/health", documentation="Liveness, this coordinator's libp2p peer id and multiaddrs "
+        "(give one to a peer as --bootstrap), the current round and uptime.",
+        output={"status": "ok", "peer_id": "<str>", "multiaddrs": ["<str>"], "round": "<int>",
+                "workload": "<str>", "uptime_s": "<float>"},
+        example_calls=[example({"status": "ok", "peer_id": PEER_ID,
+                                "multiaddrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}"],
+                                "round": 3, "workload": "stats", "uptime_s": 12.5})])
+    async def health(request: Request) -> dict[str, Any]:
+        return {"status": "ok", "peer_id": coord.peer_id, "multiaddrs": coord.node.addrs,
+                "round": coord.current.number if coord.current else store.last_round(),
+                "workload": coord.workload.name, "uptime_s": time.time() - coord.started_at}
+
+    @aim.endpoint(
+        "/peers", documentation="Admitted peers with last-seen time, whether connected now, and "
+        "counts of their rejected messages by reason; rejections of senders that are not "
+        "admitted are listed under 'strangers'; 'rejected_total' sums all by reason.",
+        output={"peers": [{"peer_id": "<str>", "admitted_at": "<unix s>",
+                           "last_seen": "<unix s>", "connected": "<bool>",
+                           "rejected": {"<reason>": "<int>"}}],
+                "strangers": {"<peer id>": {"<reason>": "<int>"}},
+                "rejected_total": {"<reason>": "<int>"}},
+        example_calls=[example({"peers": [{"peer_id": PEER_ID, "admitted_at": 1764070000.0,
+                                           "last_seen": 1764070042.1, "connected": True,
+                                           "addrs": [], "agent": "hypergossip-peer/0.1",
+                                           "rejected": {"replay": 1}}],
+                                "strangers": {}, "rejected_total": {"replay": 1}})])
+    async def peers(request: Request) -> dict[str, Any]:
+        rejections = store.rejections_by_peer()
+        connected = set(coord.node.connected_peers())
+        listed = []
+        for p in store.peers():
+            p["connected"] = p["peer_id"] in connected
+            p["rejected"] = rejections.pop(p["peer_id"], {})
+            listed.append(p)
+        return {"peers": listed, "strangers": rejections,
+                "rejected_total": store.rejection_totals()}
+
+    @aim.endpoint(
+        "/model", documentation="The current round and its status, and the latest published "
+        "result with the digest of the published state (SHA-256 of its canonical JSON).",
+        output={"round": "<int>", "status": "<open|published|failed|idle>",
+                "published_round": "<int|null>", "result": {}, "state_digest": "<hex>"},
+        example_calls=[example({"round": 4, "status": "open", "published_round": 3,
+                                "result": {"count": 4, "mean_height": 171.2,
+                                           "mean_weight": 70.1},
+                                "state_digest": "9f86d0..."})])
+    async def model(request: Request) -> dict[str, Any]:
+        pub = store.latest_published()
+        current = coord.current
+        last = store.round_row(store.last_round())
+        return {
+            "round": current.number if current else (last["round"] if last else 0),
+            "status": "open" if current else (last["status"] if last else "idle"),
+            "workload": coord.workload.name,
+            "published_round": pub["round"] if pub else None,
+            "result": json.loads(pub["result"]) if pub else None,
+            "state_digest": bytes(pub["state_digest"]).hex() if pub else None,
+        }
+
+    @aim.endpoint(
+        "/rounds", documentation="Rounds, newest first. Query: limit (1-500, default 50), "
+        "offset (default 0).", input_query="limit=<int>&offset=<int>",
+        output={"total": "<int>", "rounds": [{"round": "<int>", "status": "<str>"}]},
+        example_calls=[example({"total": 1, "rounds": [{"round": 1, "status": "published",
+                                                        "accepted": 4}]},
+                               query="limit=10")])
+    async def rounds(request: Request) -> dict[str, Any]:
+        limit = int_param(request.query_params.get("limit"), "limit", default=50, lo=1, hi=500)
+        offset = int_param(request.query_params.get("offset"), "offset", default=0)
+        return {"total": store.count_rounds(),
+                "rounds": [round_view(r) for r in store.rounds(limit, offset)]}
+
+    @aim.endpoint(
+        "/rounds/{n}", documentation="One round: status, timing, accepted count, rejections by "
+        "reason, published result, state digest, and the digests of its accepted messages.",
+        output={"round": "<int>", "status": "<str>", "result": {}, "messages": [
+            {"sender": "<peer id>", "domain": "<str>", "digest": "<hex>"}]},
+        example_calls=[example({"round": 1, "status": "published", "accepted": 4,
+                                "rejected": {}, "result": {"count": 4}, "messages": []})])
+    async def round_detail(request: Request) -> dict[str, Any]:
+        n = int_param(request.path_params.get("n"), "n", lo=1)
+        row = store.round_row(n)
+        if row is None:
+            raise HTTPError(404, f"no round {n} (latest is {store.last_round()})")
+        return round_view(row, detail=True, store=store)
+
+    return aim.app()

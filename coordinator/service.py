@@ -1,0 +1,312 @@
+"""The coordinator: a network node with duties, and an AIM server, in one trio loop.
+
+``Coordinator.run`` is the list of what runs concurrently: the libp2p node
+(gossip readers, submit and pull stream handlers), the HTTP server
+(hypercorn's trio worker), the round driver and a mesh logger.
+
+Every incoming envelope, by stream or by gossip, goes through
+:meth:`Coordinator.handle`: verify (size, structure, domain, digest,
+signature, round window, replay), check admission, decode strictly, offer
+to the open round. Any refusal is counted by claimed sender and reason in
+SQLite and in the round, and answered with its reason; nothing refused
+touches the round's state.
+
+Rounds: wait until ``min_peers`` admitted peers are connected, announce
+(signed, gossiped, stored), collect until the round is ready (all connected
+admitted peers in, or the deadline), close, publish (signed, gossiped,
+stored), pause, repeat. A round left open by a crash is resumed on start
+with its stored contributions and a fresh deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from peer.node import GossipConfig, NetworkNode
+from peer.roundlog import RoundLog
+from protocol.canonical import canonical_json, state_digest
+from protocol.envelope import Envelope, RejectedMessage, Verifier, peek, seal
+from protocol.identity import Identity
+from protocol.messages import (
+    ANNOUNCE,
+    CONTRIBUTION,
+    ENROLL,
+    PROTO_PULL,
+    PROTO_SUBMIT,
+    RESULT,
+    TOPIC_ANNOUNCE,
+    TOPIC_RESULT,
+    TOPIC_SUBMIT,
+    Enroll,
+    RoundAnnounce,
+    RoundResult,
+    SubmitAck,
+    decode,
+    encode,
+)
+from protocol.rounds import Round, RoundClosed
+from protocol.workloads import Workload, get_workload
+
+from .store import Store
+
+log = logging.getLogger("hypergossip.coordinator")
+
+MAX_SUBMIT_WIRE = 512 * 1024
+
+
+class NotAdmitted(RejectedMessage):
+    reason = "not_admitted"
+
+
+@dataclass
+class CoordinatorConfig:
+    data_dir: Path = Path(".hypergossip/coordinator")
+    db: Path | None = None
+    key: Path | None = None
+    http_host: str = "0.0.0.0"
+    port: int = 4000
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    allow: frozenset[str] | None = None  # None: open admission
+    min_peers: int = 2
+    round_timeout: float = 30.0
+    round_pause: float = 1.0
+    max_rounds: int = 0  # 0: run until stopped
+    workload: str = "stats"
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return self.db or self.data_dir / "coordinator.sqlite3"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key or self.data_dir / "coordinator.key"
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, identity: Identity | None = None):
+        self.config = config
+        if identity is None:
+            identity, created = Identity.load_or_create(config.key_path)
+            if created:
+                log.info("created coordinator key %s", config.key_path)
+        self.identity = identity
+        self.workload: Workload = get_workload(config.workload)
+        self.store = Store(config.db_path)
+        self.node = NetworkNode(identity, config.listen, config.gossip)
+        self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
+        self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
+        self.roundlog = RoundLog()
+        self.current: Round | None = None
+        self.http_urls: list[str] = []
+        self.started_at = time.time()
+        self.rounds_run = 0
+        self._changed = trio.Event()
+        self._stop = trio.Event()
+        for kind, domain in (("announce", ANNOUNCE), ("result", RESULT)):
+            for r, wire in self.store.wires(kind, since=max(0, self.store.last_round() - 1000)):
+                self.roundlog.add(domain, r, wire)
+        self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=MAX_SUBMIT_WIRE)
+        self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    # --- lifetime ---------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from .api import build_app  # api imports this module's types
+
+        async with self.node.running():
+            await self.node.subscribe(TOPIC_SUBMIT, self._on_submit_gossip)
+            async with trio.open_nursery() as nursery:
+                hc = HypercornConfig()
+                hc.bind = [f"{self.config.http_host}:{self.config.port}"]
+                hc.accesslog = None
+                hc.errorlog = logging.getLogger("hypercorn.error")
+                hc.graceful_timeout = 1.0
+                self.http_urls = await nursery.start(
+                    lambda task_status: serve(build_app(self), hc, task_status=task_status,
+                                              shutdown_trigger=self._stop.wait))
+                log.info("coordinator %s: HTTP %s, libp2p %s", self.peer_id,
+                         ", ".join(self.http_urls), ", ".join(self.node.addrs))
+                nursery.start_soon(self._round_driver, nursery.cancel_scope)
+                nursery.start_soon(self._mesh_log_loop)
+                task_status.started(self)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def http_url(self) -> str:
+        url = self.http_urls[0] if self.http_urls else ""
+        return url.replace("0.0.0.0", "127.0.0.1")
+
+    # --- message intake ---------------------------------------------------------------------
+    async def _on_submit_stream(self, request: bytes, remote: str) -> bytes:
+        return encode(self.handle(request, via=f"stream from {remote}"))
+
+    async def _on_submit_gossip(self, data: bytes, origin: str) -> None:
+        self.handle(data, via=f"gossip from {origin}")
+
+    def handle(self, wire: bytes, *, via: str) -> SubmitAck:
+        """Verify and apply one envelope; count and explain any refusal."""
+        try:
+            env = self._accept(wire)
+        except RejectedMessage as exc:
+            sender = _claimed_sender(wire)
+            self.store.count_rejection(sender, exc.reason)
+            if self.current is not None:
+                self.current.count_rejection(exc.reason)
+            log.warning("rejected %s (claimed sender %s): %s: %s", via, sender[:16],
+                        exc.reason, exc)
+            return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
+        self.store.touch(env.sender_id)
+        return SubmitAck(accepted=True)
+
+    def _accept(self, wire: bytes) -> Envelope:
+        peeked = peek(wire, MAX_SUBMIT_WIRE)
+        if peeked is not None and peeked.domain == ENROLL:
+            env = self.enroll_verifier.verify(wire, domains={ENROLL}, min_round=0,
+                                              max_round=2**53)
+            enroll = decode(env.payload, Enroll)
+            if self.config.allow is not None and env.sender_id not in self.config.allow:
+                raise NotAdmitted("key is not on the coordinator's allow list")
+            if self.store.admit(env.sender_id, list(enroll.addrs), enroll.agent):
+                log.info("admitted peer %s (%s)", env.sender_id, enroll.agent)
+            self._changed.set()
+            return env
+        rnd = self.current
+        last = rnd.number if rnd is not None else self.store.last_round()
+        env = self.round_verifier.verify(wire, domains={CONTRIBUTION}, min_round=last,
+                                         max_round=last)
+        if not self.store.is_admitted(env.sender_id):
+            raise NotAdmitted("sender has not enrolled (or is not allowed)")
+        if rnd is None or rnd.number != env.round:
+            raise RoundClosed(f"round {env.round} is not open")
+        contribution = decode(env.payload, self.workload.contribution_schema)
+        rnd.offer(env.sender_id, contribution)
+        self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
+                                  env.nonce, env.payload)
+        log.info("round %d: accepted contribution %d from %s", env.round,
+                 len(rnd.contributions), env.sender_id)
+        self._changed.set()
+        return env
+
+    async def _on_pull(self, request: bytes, remote: str) -> bytes:
+        return self.roundlog.answer(request)
+
+    # --- rounds --------------------------------------------------------------------------------
+    def live_peers(self) -> set[str]:
+        """Admitted peers with an open libp2p connection to us right now."""
+        return {p for p in self.node.connected_peers() if p in self.store.admitted()}
+
+    async def _wait_changed(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+        self._changed = trio.Event()
+
+    async def _round_driver(self, cancel_scope: trio.CancelScope) -> None:
+        resumed = self._resume_open_round()
+        while self.config.max_rounds == 0 or self.rounds_run < self.config.max_rounds:
+            if resumed is not None:
+                rnd, resumed = resumed, None
+            else:
+                await self._wait_for_peers()
+                rnd = self._open_round()
+            self.current = rnd
+            while not rnd.ready(time.time(), self.live_peers()):
+                await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
+            self._publish(rnd)
+            self.current = None
+            self.rounds_run += 1
+            await trio.sleep(self.config.round_pause)
+        log.info("ran %d rounds; stopping", self.rounds_run)
+        self.stop()
+        await trio.sleep(1.5)  # let hypercorn answer in-flight requests, then stop everything
+        cancel_scope.cancel()
+
+    async def _wait_for_peers(self) -> None:
+        last_log = 0.0
+        while len(live := self.live_peers()) < self.config.min_peers:
+            if time.time() - last_log > 10:
+                log.info("waiting for peers: %d of %d connected and admitted", len(live),
+                         self.config.min_peers)
+                last_log = time.time()
+            await self._wait_changed(0.5)
+
+    def _open_round(self) -> Round:
+        number = self.store.last_round() + 1
+        deadline = time.time() + self.config.round_timeout
+        prev = self.store.latest_published()
+        announce = RoundAnnounce(
+            round=number, workload=self.workload.name, deadline_ms=int(deadline * 1000),
+            min_peers=self.config.min_peers,
+            prev_state_digest=bytes(prev["state_digest"]) if prev else b"",
+            params=self.workload.round_params(number))
+        wire = seal(self.identity, ANNOUNCE, number, encode(announce))
+        self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
+        self.roundlog.add(ANNOUNCE, number, wire)
+        self._gossip(TOPIC_ANNOUNCE, wire)
+        log.info("round %d open: %s, %d live peers, deadline in %.0f s", number,
+                 self.workload.name, len(self.live_peers()), self.config.round_timeout)
+        return Round(number, self.workload, deadline, self.config.min_peers)
+
+    def _resume_open_round(self) -> Round | None:
+        rows = self.store.open_rounds()
+        if not rows:
+            return None
+        row = rows[-1]
+        rnd = Round(row["round"], self.workload, time.time() + self.config.round_timeout,
+                    row["min_peers"])
+        for m in self.store.messages(rnd.number, CONTRIBUTION):
+            rnd.contributions[m["sender"]] = decode(m["payload"], self.workload.contribution_schema)
+            self.round_verifier.remember(rnd.number, m["nonce"])
+        log.info("resuming round %d after restart with %d stored contributions", rnd.number,
+                 len(rnd.contributions))
+        self._gossip(TOPIC_ANNOUNCE, row["announce_wire"])
+        return rnd
+
+    def _publish(self, rnd: Round) -> None:
+        outcome = rnd.close()
+        digest = state_digest(outcome.result)
+        result = RoundResult(round=rnd.number, workload=self.workload.name, status=outcome.status,
+                             accepted=outcome.accepted, rejected=dict(rnd.rejected),
+                             state_digest=digest, result=canonical_json(outcome.result))
+        wire = seal(self.identity, RESULT, rnd.number, encode(result))
+        self.store.close_round(rnd.number, outcome.status, outcome.accepted, dict(rnd.rejected),
+                               outcome.result, digest, wire)
+        self.roundlog.add(RESULT, rnd.number, wire)
+        self._gossip(TOPIC_RESULT, wire)
+        log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,
+                 outcome.accepted, dict(rnd.rejected) or "none", outcome.result)
+
+    def _gossip(self, topic: str, wire: bytes) -> None:
+        async def send() -> None:
+            try:
+                await self.node.publish(topic, wire)
+            except Exception as exc:
+                log.warning("gossip on %s failed (peers will pull): %s", topic, exc)
+
+        self.node.start_soon(send)
+
+    async def _mesh_log_loop(self) -> None:
+        while True:
+            await trio.sleep(15.0)
+            log.info("mesh sizes %s, %d connections", self.node.mesh_sizes(),
+                     len(self.node.connected_peers()))
+
+
+def _claimed_sender(wire: bytes) -> str:
+    """Who the message says it is from (unverified; used only to file counters)."""
+    env = peek(wire, MAX_SUBMIT_WIRE)
+    if env is None or len(env.sender) != 32:
+        return "unknown"
+    return env.sender_id

@@ -1,0 +1,178 @@
+"""The coordinator's durable state in SQLite: admissions, rounds, accepted messages, rejections.
+
+Everything a restarted coordinator needs to carry on lives here: admitted
+peers, every round with its signed announcement and result envelopes, the
+digest, nonce and payload of every accepted message (so an open round can be
+resumed and a replay refused after a restart), and rejection counters by
+claimed sender and reason. Writes commit immediately (WAL mode), so a kill
+at any point loses at most the message being handled.
+
+Rejections from senders that are not admitted are capped at
+``MAX_STRANGER_ROWS`` distinct ids; beyond that they are counted under
+``"*"`` so that a flood of fresh keys cannot grow the table without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id TEXT PRIMARY KEY, admitted_at REAL NOT NULL, last_seen REAL NOT NULL,
+    addrs TEXT NOT NULL DEFAULT '[]', agent TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS rejections (
+    peer_id TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+    last_at REAL NOT NULL, PRIMARY KEY (peer_id, reason));
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, workload TEXT NOT NULL, status TEXT NOT NULL,
+    opened_at REAL NOT NULL, deadline REAL NOT NULL, closed_at REAL,
+    min_peers INTEGER NOT NULL, accepted INTEGER NOT NULL DEFAULT 0,
+    rejected TEXT NOT NULL DEFAULT '{}', result TEXT, state_digest BLOB,
+    announce_wire BLOB NOT NULL, result_wire BLOB);
+CREATE TABLE IF NOT EXISTS messages (
+    digest BLOB PRIMARY KEY, round INTEGER NOT NULL, sender TEXT NOT NULL,
+    domain TEXT NOT NULL, nonce BLOB NOT NULL, received_at REAL NOT NULL, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_round ON messages (round, domain);
+"""
+MAX_STRANGER_ROWS = 1000
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- peers ---------------------------------------------------------------------------
+    def admit(self, peer_id: str, addrs: list[str], agent: str) -> bool:
+        """Record an admission; return True when the peer is new."""
+        now = time.time()
+        cur = self.db.execute(
+            "INSERT INTO peers (peer_id, admitted_at, last_seen, addrs, agent) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer_id) DO UPDATE SET"
+            " last_seen=excluded.last_seen, addrs=excluded.addrs, agent=excluded.agent"
+            " RETURNING admitted_at",
+            (peer_id, now, now, json.dumps(addrs), agent))
+        return cur.fetchone()[0] == now
+
+    def is_admitted(self, peer_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM peers WHERE peer_id=?", (peer_id,)).fetchone() \
+            is not None
+
+    def admitted(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT peer_id FROM peers")}
+
+    def touch(self, peer_id: str) -> None:
+        self.db.execute("UPDATE peers SET last_seen=? WHERE peer_id=?", (time.time(), peer_id))
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [{"peer_id": r["peer_id"], "admitted_at": r["admitted_at"],
+                 "last_seen": r["last_seen"], "addrs": json.loads(r["addrs"]), "agent": r["agent"]}
+                for r in self.db.execute("SELECT * FROM peers ORDER BY admitted_at")]
+
+    def rejections_by_peer(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.db.execute("SELECT peer_id, reason, count FROM rejections ORDER BY reason"):
+            out.setdefault(r["peer_id"], {})[r["reason"]] = r["count"]
+        return out
+
+    def count_rejection(self, peer_id: str, reason: str) -> None:
+        if not self.is_admitted(peer_id):
+            n = self.db.execute("SELECT COUNT(DISTINCT peer_id) FROM rejections").fetchone()[0]
+            known = self.db.execute("SELECT 1 FROM rejections WHERE peer_id=?",
+                                    (peer_id,)).fetchone()
+            if known is None and n >= MAX_STRANGER_ROWS:
+                peer_id = "*"
+        self.db.execute(
+            "INSERT INTO rejections (peer_id, reason, count, last_at) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT(peer_id, reason) DO UPDATE SET count=count+1, last_at=excluded.last_at",
+            (peer_id, reason, time.time()))
+
+    def rejection_totals(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT reason, SUM(count) FROM rejections GROUP BY reason ORDER BY reason")}
+
+    # --- rounds --------------------------------------------------------------------------
+    def last_round(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]
+
+    def open_round(self, round: int, workload: str, deadline: float, min_peers: int,
+                   announce_wire: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO rounds (round, workload, status, opened_at, deadline, min_peers,"
+            " announce_wire) VALUES (?, ?, 'open', ?, ?, ?, ?)",
+            (round, workload, time.time(), deadline, min_peers, announce_wire))
+
+    def close_round(self, round: int, status: str, accepted: int, rejected: dict[str, int],
+                    result: dict[str, Any], state_digest: bytes, result_wire: bytes) -> None:
+        self.db.execute(
+            "UPDATE rounds SET status=?, closed_at=?, accepted=?, rejected=?, result=?,"
+            " state_digest=?, result_wire=? WHERE round=?",
+            (status, time.time(), accepted, json.dumps(rejected), json.dumps(result),
+             state_digest, result_wire, round))
+
+    def update_round_rejections(self, round: int, rejected: dict[str, int]) -> None:
+        self.db.execute("UPDATE rounds SET rejected=? WHERE round=?",
+                        (json.dumps(rejected), round))
+
+    def open_rounds(self) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM rounds WHERE status='open' ORDER BY round"))
+
+    def round_row(self, round: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM rounds WHERE round=?", (round,)).fetchone()
+
+    def latest_published(self) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT * FROM rounds WHERE status='published' ORDER BY round DESC LIMIT 1").fetchone()
+
+    def rounds(self, limit: int, offset: int) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM rounds ORDER BY round DESC LIMIT ? OFFSET ?",
+                                    (limit, offset)))
+
+    def count_rounds(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
+
+    def wires(self, kind: str, since: int) -> list[tuple[int, bytes]]:
+        col = {"announce": "announce_wire", "result": "result_wire"}[kind]
+        return [(r[0], r[1]) for r in self.db.execute(
+            f"SELECT round, {col} FROM rounds WHERE round>=? AND {col} IS NOT NULL", (since,))]
+
+    # --- accepted messages ------------------------------------------------------------------
+    def record_message(self, digest: bytes, round: int, sender: str, domain: str,
+                       nonce: bytes, payload: bytes) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO messages (digest, round, sender, domain, nonce, received_at,"
+            " payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (digest, round, sender, domain, nonce, time.time(), payload))
+
+    def messages(self, round: int, domain: str) -> list[sqlite3.Row]:
+        return list(self.db.execute(
+            "SELECT * FROM messages WHERE round=? AND domain=? ORDER BY received_at",
+            (round, domain)))
+
+    def message_digests(self, round: int) -> list[dict[str, str]]:
+        return [{"sender": r["sender"], "domain": r["domain"], "digest": r["digest"].hex()}
+                for r in self.db.execute(
+                    "SELECT sender, domain, digest FROM messages WHERE round=? "
+                    "ORDER BY received_at", (round,))]
+
+    # --- meta ------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value=excluded.value", (key, value))

@@ -1,0 +1,81 @@
+"""``python -m peer``: run a hypergossip peer daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from protocol.identity import Identity, KeyFileError
+from protocol.workloads import WORKLOADS, get_workload
+
+from .daemon import PeerDaemon
+from .logsetup import setup_logging
+
+log = logging.getLogger("hypergossip.peer")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m peer",
+        description="Run a hypergossip peer: join the libp2p gossip network through the "
+        "bootstrap addresses, enrol with the coordinator by a signed message, and contribute "
+        "this peer's private data to every round. Logs each round it sees and what it sent.",
+        epilog="Example: python -m peer --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... "
+        "--data height=172,weight=68",
+    )
+    p.add_argument("--key", type=Path, default=Path(".hypergossip/peer.key"),
+                   help="Ed25519 key file (PKCS#8 PEM, mode 0600); generated if missing "
+                   "(default: %(default)s)")
+    p.add_argument("--listen", action="append", default=None, metavar="MULTIADDR",
+                   help="libp2p listen address, repeatable (default: /ip4/0.0.0.0/tcp/0)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="peer to dial at start, with /p2p/<id>; repeatable. The first is taken "
+                   "as the coordinator unless --coordinator is given")
+    p.add_argument("--coordinator", metavar="PEER_ID",
+                   help="the coordinator's peer id (signer of rounds and results)")
+    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
+                   help="workload this peer serves (default: %(default)s)")
+    p.add_argument("--data", required=True,
+                   help="this peer's private input; for stats: height=CM,weight=KG")
+    p.add_argument("--pull-interval", type=float, default=1.0,
+                   help="seconds between pulls of missed rounds (default: %(default)s)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    args = p.parse_args(argv)
+    if not args.bootstrap:
+        p.error("give at least one --bootstrap address (the coordinator's, from its /health)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        identity, created = Identity.load_or_create(args.key)
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        return 2
+    if created:
+        log.info("generated new key %s", args.key)
+    workload = get_workload(args.workload)
+    try:
+        data = workload.parse_data(args.data)
+    except ValueError as exc:
+        log.error("bad --data: %s", exc)
+        return 2
+    daemon = PeerDaemon(identity, workload, data, bootstrap=args.bootstrap,
+                        coordinator_id=args.coordinator,
+                        listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
+                        pull_interval=args.pull_interval)
+    try:
+        trio.run(daemon.run)
+    except KeyboardInterrupt:
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The peer daemon: enrol with the coordinator, contribute to each round, keep up.
+
+``PeerDaemon.run`` is the list of what a peer does concurrently:
+
+- keep connected to its bootstrap addresses (redial every few seconds);
+- enrol once with a signed :class:`Enroll`, retrying until acknowledged;
+- react to each round announcement (from gossip or pull) by sending its
+  signed contribution to the coordinator over a stream, falling back to the
+  submit gossip topic when the coordinator cannot be reached directly;
+- pull: every ``pull_interval`` ask a neighbour (most ticks) or the
+  coordinator (every third tick, or when alone) for the latest round heads,
+  then fill gaps by round, so a peer outside the mesh still sees everything;
+- log mesh sizes, loudly when a topic's mesh is empty.
+
+Every coordinator envelope is checked (signature, domain, signer = the
+coordinator's key, round in payload = round in envelope) before it is kept
+or acted on; a bad one is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from protocol.envelope import RejectedMessage, open_envelope, seal
+from protocol.identity import Identity
+from protocol.messages import (
+    ANNOUNCE,
+    CONTRIBUTION,
+    ENROLL,
+    PROTO_PULL,
+    PROTO_SUBMIT,
+    RESULT,
+    TOPIC_ANNOUNCE,
+    TOPIC_RESULT,
+    TOPIC_SUBMIT,
+    Enroll,
+    PullRequest,
+    PullResponse,
+    RoundAnnounce,
+    RoundResult,
+    SubmitAck,
+    decode,
+    encode,
+)
+from protocol.workloads import Workload
+
+from .node import DEFAULT_GOSSIP, GossipConfig, NetworkNode, StreamProtocolError
+from .roundlog import RoundLog
+
+log = logging.getLogger("hypergossip.peer")
+
+PULL_MAX_RESPONSE = 2 * 1024 * 1024
+GAP_FILL_PER_TICK = 8
+
+
+def peer_id_of(addr: str) -> str:
+    return info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id.to_base58()
+
+
+class PeerDaemon:
+    def __init__(
+        self,
+        identity: Identity,
+        workload: Workload,
+        data: Any,
+        *,
+        bootstrap: Iterable[str],
+        coordinator_id: str | None = None,
+        listen: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
+        gossip: GossipConfig = DEFAULT_GOSSIP,
+        subscribe_gossip: bool = True,
+        gossip_drop: float = 0.0,
+        pull_interval: float = 1.0,
+        on_result: Callable[[RoundResult], None] | None = None,
+    ):
+        self.identity = identity
+        self.workload = workload
+        self.data = data
+        self.bootstrap = list(bootstrap)
+        if coordinator_id is None:
+            if not self.bootstrap:
+                raise ValueError("need --coordinator or a --bootstrap address with /p2p/<id>")
+            coordinator_id = peer_id_of(self.bootstrap[0])
+        self.coordinator_id = coordinator_id
+        self.node = NetworkNode(identity, listen, gossip)
+        self.subscribe_gossip = subscribe_gossip
+        self.gossip_drop = gossip_drop
+        self.pull_interval = pull_interval
+        self.on_result = on_result
+        self.roundlog = RoundLog()
+        self.results: dict[int, RoundResult] = {}
+        self.first_round = 0  # first round this peer saw; it does not chase older ones
+        self.contributed: set[int] = set()
+        self.enrolled = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.node.serve(PROTO_PULL, self._serve_pull, max_request=1024)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with self.node.running():
+            if self.subscribe_gossip:
+                await self.node.subscribe(TOPIC_ANNOUNCE, self._on_gossip)
+                await self.node.subscribe(TOPIC_RESULT, self._on_gossip)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.node.connect_all(self.bootstrap)
+                nursery.start_soon(self._keep_connected)
+                nursery.start_soon(self._enroll_loop)
+                nursery.start_soon(self._pull_loop)
+                nursery.start_soon(self._mesh_log_loop)
+                log.info("peer %s listening on %s", self.peer_id, ", ".join(self.node.addrs))
+                task_status.started(self)
+
+    # --- connections and enrolment ---------------------------------------------------------
+    async def _keep_connected(self) -> None:
+        while True:
+            await trio.sleep(3.0)
+            missing = [a for a in self.bootstrap if not self.node.is_connected(peer_id_of(a))]
+            if missing:
+                await self.node.connect_all(missing)
+
+    async def _enroll_loop(self) -> None:
+        delay = 0.5
+        while not self.enrolled.is_set():
+            payload = encode(Enroll(workloads=[self.workload.name], addrs=self.node.addrs[:8],
+                                    agent="hypergossip-peer/0.1"))
+            wire = seal(self.identity, ENROLL, 0, payload)
+            ack = await self._submit(wire, gossip_fallback=False)
+            if ack is not None and ack.accepted:
+                log.info("enrolled with coordinator %s", self.coordinator_id)
+                self.enrolled.set()
+                for r in self.roundlog.rounds(ANNOUNCE):
+                    self._maybe_contribute(r)
+                return
+            if ack is not None:
+                log.warning("enrolment refused: %s", ack.reason)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _submit(self, wire: bytes, *, gossip_fallback: bool) -> SubmitAck | None:
+        """Send a signed envelope to the coordinator; None when it could not be reached."""
+        for attempt in range(3):
+            try:
+                raw = await self.node.request(self.coordinator_id, PROTO_SUBMIT, wire,
+                                              max_response=1024)
+                return decode(raw, SubmitAck)
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("submit attempt %d failed: %s", attempt + 1, exc)
+                await trio.sleep(0.3 * (attempt + 1))
+        if gossip_fallback:
+            log.info("coordinator unreachable by stream; sending on %s", TOPIC_SUBMIT)
+            await self.node.publish(TOPIC_SUBMIT, wire)
+        return None
+
+    # --- coordinator envelopes (gossip or pull) ------------------------------------------
+    async def _on_gossip(self, data: bytes, origin: str) -> None:
+        if self.gossip_drop and random.random() < self.gossip_drop:
+            return
+        self._ingest(data, source=f"gossip from {origin}")
+
+    def _ingest(self, wire: bytes, *, source: str) -> None:
+        try:
+            env = open_envelope(wire, domains={ANNOUNCE, RESULT})
+            if env.sender_id != self.coordinator_id:
+                raise RejectedMessage(f"signed by {env.sender_id}, not the coordinator")
+            if env.domain == ANNOUNCE:
+                msg: RoundAnnounce | RoundResult = decode(env.payload, RoundAnnounce)
+            else:
+                msg = decode(env.payload, RoundResult)
+            if msg.round != env.round:
+                raise RejectedMessage("payload round differs from the signed round")
+        except RejectedMessage as exc:
+            log.warning("rejected %s: %s (%s)", source, exc.reason, exc)
+            return
+        if not self.roundlog.add(env.domain, env.round, wire):
+            return
+        if not self.first_round:
+            self.first_round = env.round
+        if isinstance(msg, RoundAnnounce):
+            log.info("round %d announced (%s, via %s)", msg.round, msg.workload, source)
+            self._maybe_contribute(msg.round)
+        else:
+            self.results[msg.round] = msg
+            log.info("round %d %s: %d accepted, state %s (via %s)", msg.round, msg.status,
+                     msg.accepted, msg.state_digest.hex()[:16], source)
+            if self.on_result is not None:
+                self.on_result(msg)
+
+    def _maybe_contribute(self, round: int) -> None:
+        if (round in self.contributed or not self.enrolled.is_set() or self._nursery is None
+                or self.roundlog.has(RESULT, round)):
+            return
+        self.contributed.add(round)
+        self._nursery.start_soon(self._contribute, round)
+
+    async def _contribute(self, round: int) -> None:
+        wire_announce = self.roundlog.get(ANNOUNCE, round)
+        assert wire_announce is not None
+        announce = decode(open_envelope(wire_announce).payload, RoundAnnounce)
+        if announce.workload != self.workload.name:
+            log.warning("round %d runs workload %s; this peer serves %s", round,
+                        announce.workload, self.workload.name)
+            return
+        contribution = self.workload.contribute(announce, self.data)
+        wire = seal(self.identity, CONTRIBUTION, round, encode(contribution))
+        ack = await self._submit(wire, gossip_fallback=True)
+        if ack is None:
+            return
+        if ack.accepted:
+            log.info("round %d: contribution accepted", round)
+        else:
+            log.warning("round %d: contribution refused: %s", round, ack.reason)
+
+    # --- pull --------------------------------------------------------------------------------
+    async def _serve_pull(self, request: bytes, remote: str) -> bytes:
+        return self.roundlog.answer(request)
+
+    async def _pull_from(self, target: str) -> None:
+        raw = await self.node.request(target, PROTO_PULL, encode(PullRequest(kind="head")),
+                                      max_response=PULL_MAX_RESPONSE, timeout=3.0)
+        for wire in decode(raw, PullResponse).envelopes:
+            self._ingest(wire, source=f"pull from {target}")
+        # announcements up to the newest round we know of; results up to the newest result
+        newest_result = self.roundlog.latest(RESULT)
+        newest = max(self.roundlog.latest(ANNOUNCE), newest_result)
+        wanted = [
+            (kind, r)
+            for kind, domain, top in (("announce", ANNOUNCE, newest),
+                                      ("result", RESULT, newest_result))
+            for r in range(max(self.first_round, 1), top + 1)
+            if not self.roundlog.has(domain, r)
+        ]
+        for kind, r in wanted[:GAP_FILL_PER_TICK]:
+            raw = await self.node.request(target, PROTO_PULL,
+                                          encode(PullRequest(kind=kind, round=r)),
+                                          max_response=PULL_MAX_RESPONSE, timeout=3.0)
+            for wire in decode(raw, PullResponse).envelopes:
+                self._ingest(wire, source=f"pull from {target}")
+
+    async def _pull_loop(self) -> None:
+        tick = 0
+        while True:
+            await trio.sleep(self.pull_interval * random.uniform(0.8, 1.2))
+            tick += 1
+            neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
+            if neighbours and tick % 3:
+                target = random.choice(neighbours)
+            else:
+                target = self.coordinator_id
+            try:
+                await self._pull_from(target)
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("pull from %s failed: %s", target, exc)
+
+    async def _mesh_log_loop(self) -> None:
+        while True:
+            await trio.sleep(15.0)
+            sizes = self.node.mesh_sizes()
+            empty = [t for t in (TOPIC_ANNOUNCE, TOPIC_RESULT)
+                     if self.subscribe_gossip and sizes.get(t, 0) == 0]
+            level = logging.WARNING if empty else logging.INFO
+            log.log(level, "mesh sizes %s, %d connections%s", sizes,
+                    len(self.node.connected_peers()),
+                    f"; empty mesh on {empty}, relying on pull" if empty else "")

@@ -1,0 +1,325 @@
+"""The network node: one libp2p host, gossipsub, and our stream protocols.
+
+Both the peer daemon and the coordinator run one of these. It moves bytes
+and nothing else: it never decides whether a message is valid (that is
+``protocol/``'s job, called by whoever subscribes). What it offers:
+
+- ``subscribe(topic, handler)``: a reader task per topic that drains the
+  subscription promptly (py-libp2p's queue holds 32 messages) and calls the
+  handler with ``(data, origin_peer_id)``. A handler that raises is logged,
+  never fatal.
+- ``publish(topic, data)``: refuses data over :data:`GOSSIP_MAX` instead of
+  letting gossipsub drop it silently (its outbound limit is 1 MiB).
+- ``serve(protocol, handler)`` / ``request(peer, protocol, data)``: one
+  length-prefixed request and one response per stream, both size-capped and
+  under a deadline.
+- a content-addressed blob store served on :data:`PROTO_BLOB`, so payloads
+  too large for gossip are fetched by digest and checked on arrival.
+
+Gossipsub settings differ from py-libp2p's defaults on purpose (see
+shared/NOTES-stack.md): adaptive gossip off (it let heartbeats drift to
+30-60 s), spam protection off (its 10 msg/s/topic limit drops bursts of
+honest traffic; our own signature checks and caps do that job), eclipse
+protection off (it wants 3 distinct IPs in a mesh, which loopback testnets
+never have), degree 4 / high 12 and a 5 s prune back-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import struct
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from protocol.identity import Identity
+from protocol.messages import PROTO_BLOB
+
+log = logging.getLogger("hypergossip.node")
+
+GOSSIP_MAX = 512 * 1024
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+DEFAULT_REQUEST_MAX = 1024 * 1024
+STREAM_TIMEOUT = 10.0
+BLOB_MAX = 64 * 1024 * 1024
+
+Handler = Callable[[bytes, str], Awaitable[None]]
+RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
+
+
+class StreamProtocolError(Exception):
+    """A request over a stream failed: refused, too large, timed out or cut."""
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    degree: int = 4
+    degree_low: int = 2
+    degree_high: int = 12
+    heartbeat_interval: float = 1.0
+    prune_back_off: int = 5
+    eclipse_protection: bool = False
+
+
+DEFAULT_GOSSIP = GossipConfig()
+
+async def write_frame(stream, data: bytes) -> None:
+    await stream.write(struct.pack(">I", len(data)) + data)
+
+
+async def read_exact(stream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.read(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise StreamProtocolError("stream ended early")
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_frame(stream, max_len: int) -> bytes:
+    (n,) = struct.unpack(">I", await read_exact(stream, 4))
+    if n > max_len:
+        raise StreamProtocolError(f"frame of {n} bytes exceeds limit {max_len}")
+    return await read_exact(stream, n)
+
+
+class BlobStore:
+    """Content-addressed bytes by SHA-256, bounded in total size (oldest evicted)."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+
+    def put(self, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        if digest not in self._blobs:
+            self._blobs[digest] = data
+            self._size += len(data)
+            while self._size > self.max_bytes and len(self._blobs) > 1:
+                _, old = self._blobs.popitem(last=False)
+                self._size -= len(old)
+        return digest
+
+    def get(self, digest: bytes) -> bytes | None:
+        return self._blobs.get(digest)
+
+
+class NetworkNode:
+    def __init__(
+        self,
+        identity: Identity,
+        listen: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
+        gossip: GossipConfig = DEFAULT_GOSSIP,
+    ):
+        self.identity = identity
+        self.listen = [multiaddr.Multiaddr(a) for a in listen]
+        self.gossip_config = gossip
+        self.host = new_host(key_pair=create_new_key_pair(identity.seed))
+        self.router = GossipSub(
+            protocols=GOSSIPSUB_PROTOCOLS,
+            degree=gossip.degree,
+            degree_low=gossip.degree_low,
+            degree_high=gossip.degree_high,
+            heartbeat_interval=gossip.heartbeat_interval,  # type: ignore[arg-type]
+            prune_back_off=gossip.prune_back_off,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=gossip.eclipse_protection,
+        )
+        self.pubsub = Pubsub(self.host, self.router, strict_signing=True)
+        self.blobs = BlobStore()
+        self._nursery: trio.Nursery | None = None
+        self.serve(PROTO_BLOB, self._serve_blob, max_request=32)
+        if self.host.get_id().to_base58() != identity.peer_id:
+            raise RuntimeError("libp2p derived a different peer id for our key")
+
+    # --- lifetime --------------------------------------------------------------------------
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[NetworkNode]:
+        """Listen, start pubsub, and keep reader tasks alive for the block's duration."""
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.host.run(self.listen))
+            await stack.enter_async_context(background_trio_service(self.pubsub))
+            await stack.enter_async_context(background_trio_service(self.router))
+            await self.pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+                    self._nursery = None
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run a background task for as long as the node runs."""
+        if self._nursery is None:
+            raise RuntimeError("node is not running")
+        self._nursery.start_soon(fn)
+
+    @property
+    def addrs(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    # --- connections -----------------------------------------------------------------------
+    async def connect(self, addr: str) -> bool:
+        """Dial a ``/ip4/.../tcp/.../p2p/<id>`` address; log and return False on failure."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            if info.peer_id == self.host.get_id():
+                return False
+            with trio.fail_after(STREAM_TIMEOUT):
+                await self.host.connect(info)
+            return True
+        except Exception as exc:  # libp2p raises many unrelated types here
+            log.warning("connect %s failed: %s", addr, exc)
+            return False
+
+    async def connect_all(self, addrs: Iterable[str]) -> int:
+        """Dial concurrently (each dial costs ~250 ms in py-libp2p); return successes."""
+        ok = 0
+
+        async def one(a: str) -> None:
+            nonlocal ok
+            ok += await self.connect(a)
+
+        async with trio.open_nursery() as n:
+            for a in addrs:
+                n.start_soon(one, a)
+        return ok
+
+    def is_connected(self, peer_id: str) -> bool:
+        return ID.from_base58(peer_id) in self.host.get_network().connections
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self.host.get_connected_peers()]
+
+    def mesh_sizes(self) -> dict[str, int]:
+        return {topic: len(peers) for topic, peers in self.router.mesh.items()}
+
+    # --- gossip ----------------------------------------------------------------------------
+    async def subscribe(self, topic: str, handler: Handler) -> None:
+        if self._nursery is None:
+            raise RuntimeError("node is not running")
+        sub = await self.pubsub.subscribe(topic)
+        self._nursery.start_soon(self._read_topic, topic, sub, handler)
+
+    async def _read_topic(self, topic: str, sub, handler: Handler) -> None:
+        while True:
+            msg = await sub.get()
+            if len(msg.data) > GOSSIP_MAX:
+                log.warning("dropped %d-byte gossip on %s (limit %d)", len(msg.data), topic,
+                            GOSSIP_MAX)
+                continue
+            try:
+                origin = ID(msg.from_id).to_base58()
+            except Exception:
+                origin = "?"
+            try:
+                await handler(msg.data, origin)
+            except Exception:
+                log.exception("handler for %s failed on a message from %s", topic, origin)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        if len(data) > GOSSIP_MAX:
+            raise ValueError(
+                f"{len(data)} bytes is over the gossip limit {GOSSIP_MAX}; send a blob ref"
+            )
+        await self.pubsub.publish(topic, data)
+
+    # --- request/response streams ----------------------------------------------------------
+    def serve(self, protocol: str, handler: RequestHandler, *, max_request: int) -> None:
+        async def on_stream(stream) -> None:
+            remote = stream.muxed_conn.peer_id.to_base58()
+            try:
+                with trio.fail_after(STREAM_TIMEOUT):
+                    request = await read_frame(stream, max_request)
+                    response = await handler(request, remote)
+                    await write_frame(stream, response)
+                await stream.close()
+            except Exception as exc:
+                log.info("%s from %s: %s", protocol, remote, exc or type(exc).__name__)
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+
+        self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        data: bytes,
+        *,
+        max_response: int = DEFAULT_REQUEST_MAX,
+        timeout: float = STREAM_TIMEOUT,
+    ) -> bytes:
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+                try:
+                    await write_frame(stream, data)
+                    return await read_frame(stream, max_response)
+                finally:
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+        except trio.TooSlowError as exc:
+            raise StreamProtocolError(f"{protocol} to {peer_id}: timed out") from exc
+        except StreamProtocolError:
+            raise
+        except Exception as exc:
+            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}") from exc
+
+    # --- blobs -----------------------------------------------------------------------------
+    async def _serve_blob(self, request: bytes, remote: str) -> bytes:
+        if len(request) != 32:
+            raise StreamProtocolError("blob request must be a 32-byte digest")
+        data = self.blobs.get(request)
+        if data is None:
+            raise StreamProtocolError("blob not found")
+        return data
+
+    async def fetch_blob(
+        self, digest: bytes, peers: Iterable[str], *, max_size: int = BLOB_MAX
+    ) -> bytes:
+        """Fetch a blob by digest from the first of ``peers`` that has it; verify the hash."""
+        have = self.blobs.get(digest)
+        if have is not None:
+            return have
+        candidates = list(dict.fromkeys(peers))
+        random.shuffle(candidates)
+        for peer in candidates:
+            try:
+                data = await self.request(peer, PROTO_BLOB, digest, max_response=max_size,
+                                          timeout=60.0)
+            except StreamProtocolError as exc:
+                log.debug("blob %s from %s: %s", digest.hex()[:12], peer, exc)
+                continue
+            if hashlib.sha256(data).digest() != digest:
+                log.warning("peer %s served a blob that does not match its digest", peer)
+                continue
+            self.blobs.put(data)
+            return data
+        raise StreamProtocolError(f"blob {digest.hex()[:12]} not available from any peer")

@@ -1,0 +1,127 @@
+"""Message schemas: the payloads that travel inside signed envelopes.
+
+Every schema is a msgspec struct with ``forbid_unknown_fields`` and typed,
+range-limited fields, decoded strictly: an unknown field, a wrong type or an
+out-of-range number raises :class:`SchemaError` (reason ``"schema"``) with
+msgspec's path to the bad field. Schemas are encoded as msgpack *maps* (field
+names on the wire) so old peers can tell a new field from garbage.
+
+Domains (what a signature is for) are listed in :data:`DOMAINS`; a payload
+is only decoded as the schema its domain names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from .envelope import RejectedMessage
+
+
+class SchemaError(RejectedMessage):
+    reason = "schema"
+
+
+# --- domains --------------------------------------------------------------------------------
+ENROLL = "enroll"  # peer -> coordinator: please admit me
+ANNOUNCE = "announce"  # coordinator -> all: round n is open
+CONTRIBUTION = "contribution"  # peer -> coordinator: my input to round n
+RESULT = "result"  # coordinator -> all: round n's published outcome
+
+# --- gossip topics --------------------------------------------------------------------------
+TOPIC_ANNOUNCE = "hg/v1/announce"
+TOPIC_RESULT = "hg/v1/result"
+TOPIC_SUBMIT = "hg/v1/submit"  # peers' signed enrolments and contributions, for the coordinator
+
+# --- stream protocols -----------------------------------------------------------------------
+PROTO_SUBMIT = "/hypergossip/submit/1.0.0"  # envelope -> SubmitAck (coordinator only)
+PROTO_PULL = "/hypergossip/pull/1.0.0"  # PullRequest -> PullResponse (everyone)
+PROTO_BLOB = "/hypergossip/blob/1.0.0"  # 32-byte digest -> blob bytes (everyone)
+
+Short = Annotated[str, Meta(max_length=64)]
+Addr = Annotated[str, Meta(max_length=256)]
+RoundNo = Annotated[int, Meta(ge=0, le=2**53)]
+Count = Annotated[int, Meta(ge=0, le=2**31)]
+Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Enroll(Strict):
+    workloads: Annotated[list[Short], Meta(max_length=8)]
+    addrs: Annotated[list[Addr], Meta(max_length=8)] = []
+    agent: Short = ""
+
+
+class RoundAnnounce(Strict):
+    round: RoundNo
+    workload: Short
+    deadline_ms: Annotated[int, Meta(ge=0)]
+    min_peers: Count
+    prev_state_digest: Annotated[bytes, Meta(max_length=32)] = b""
+    params: Annotated[bytes, Meta(max_length=64 * 1024)] = b""
+
+
+class StatsContribution(Strict):
+    """The seed's challenge 1 input. Bounds cover adult humans with margin."""
+
+    height: Annotated[float, Meta(ge=50.0, le=250.0)]  # cm
+    weight: Annotated[float, Meta(ge=20.0, le=300.0)]  # kg
+
+
+class BlobRef(Strict):
+    """Stands in for a payload over the gossip limit; fetch it by digest."""
+
+    digest: Digest
+    size: Annotated[int, Meta(ge=0, le=2**32)]
+
+
+class RoundResult(Strict):
+    round: RoundNo
+    workload: Short
+    status: Short
+    accepted: Count
+    rejected: Annotated[dict[Short, Count], Meta(max_length=64)]
+    state_digest: Digest
+    result: Annotated[bytes, Meta(max_length=400 * 1024)] = b""  # canonical JSON of the result
+    blob: BlobRef | None = None  # set when the state is too large for gossip
+
+
+class SubmitAck(Strict):
+    accepted: bool
+    reason: Annotated[str, Meta(max_length=512)] = ""
+
+
+class PullRequest(Strict):
+    """``kind``: ``head`` (latest announce and result), ``announce`` or ``result`` of ``round``."""
+
+    kind: Short
+    round: RoundNo = 0
+
+
+class PullResponse(Strict):
+    envelopes: Annotated[list[bytes], Meta(max_length=4)] = []
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, schema: type[T]) -> T:
+    """Strictly decode ``data`` as ``schema``; raise :class:`SchemaError` with the reason."""
+    dec = _decoders.get(schema)
+    if dec is None:
+        dec = _decoders[schema] = msgspec.msgpack.Decoder(schema)
+    try:
+        return dec.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise SchemaError(f"{schema.__name__}: {exc}") from exc

@@ -1,0 +1,108 @@
+"""The coordinator's round, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+A round collects at most one contribution per admitted peer and ends in a
+published result or a failure. This file knows nothing of sockets, clocks
+or signatures: the caller has already verified the envelope, passes ``now``
+explicitly, and moves the bytes. What it decides:
+
+=========  ===============================================  =========
+phase      event                                            next
+=========  ===============================================  =========
+OPEN       ``offer`` of a valid, first contribution         OPEN
+OPEN       ``offer`` from a peer already counted            OPEN (``Duplicate``)
+OPEN       ``ready(now)``: every expected peer is in and    CLOSING
+           at least ``min_peers`` are, or the deadline
+           has passed
+CLOSING    ``close()`` with >= ``min_peers`` accepted       PUBLISHED
+CLOSING    ``close()`` with fewer                           FAILED
+=========  ===============================================  =========
+
+"Expected" peers are the live admitted peers the caller names when it asks
+``ready``; a round closes early once all of them contributed and the quorum
+is met, or at its deadline with whatever arrived.
+
+Errors: :class:`RoundClosed` and :class:`Duplicate` are remote faults (a
+late or repeated message, counted as rejections); :class:`RoundMisuse` is a
+local bug (closing twice).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .envelope import RejectedMessage
+from .messages import Strict
+from .workloads import Workload
+
+
+class Phase(enum.Enum):
+    OPEN = "open"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+class RoundClosed(RejectedMessage):
+    reason = "round_closed"
+
+
+class Duplicate(RejectedMessage):
+    reason = "duplicate"
+
+
+class RoundMisuse(Exception):
+    """The caller broke the state machine's rules (a bug on our side)."""
+
+
+@dataclass
+class Outcome:
+    status: str
+    accepted: int
+    result: dict[str, Any]
+
+
+@dataclass
+class Round:
+    number: int
+    workload: Workload
+    deadline: float
+    min_peers: int
+    phase: Phase = Phase.OPEN
+    contributions: dict[str, Strict] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def offer(self, sender: str, contribution: Strict) -> None:
+        """Accept ``sender``'s contribution or raise a :class:`RejectedMessage`."""
+        if self.phase is not Phase.OPEN:
+            raise RoundClosed(f"round {self.number} is {self.phase.value}")
+        if sender in self.contributions:
+            raise Duplicate(f"{sender} already contributed to round {self.number}")
+        if not isinstance(contribution, self.workload.contribution_schema):
+            raise RoundMisuse("contribution of the wrong schema reached the round")
+        self.workload.check(contribution)
+        self.contributions[sender] = contribution
+
+    def count_rejection(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def ready(self, now: float, expected: set[str]) -> bool:
+        """True when the round should close now: deadline passed, or quorum met and every
+        ``expected`` peer (the caller's live admitted peers) has contributed."""
+        if self.phase is not Phase.OPEN:
+            return False
+        if now >= self.deadline:
+            return True
+        return len(self.contributions) >= self.min_peers and expected <= self.contributions.keys()
+
+    def close(self) -> Outcome:
+        if self.phase is not Phase.OPEN:
+            raise RoundMisuse(f"round {self.number} closed twice")
+        n = len(self.contributions)
+        if n < self.min_peers:
+            self.phase = Phase.FAILED
+            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
+        self.phase = Phase.PUBLISHED
+        return Outcome("published", n, self.workload.aggregate(self.contributions))
