@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-import trio
-
-from peer.logsetup import setup_logging
+from peer.runtime import run_until_signal, setup_logging
 from protocol.identity import BadPeerId, KeyFileError, public_key_from_peer_id
 from protocol.workloads import WORKLOADS
 
@@ -91,20 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
 
-    async def watch_signals(scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                log.info("signal received; shutting down")
-                coordinator.stop()
-                scope.cancel()
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope)
-            await coordinator.run()
-            nursery.cancel_scope.cancel()
-
-    trio.run(run)
+    run_until_signal(coordinator.run, on_signal=coordinator.stop)
     coordinator.store.close()
     return 0
 

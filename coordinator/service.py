@@ -108,12 +108,14 @@ class Coordinator:
         self.http_urls: list[str] = []
         self.started_at = time.time()
         self.rounds_run = 0
+        self.sent_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self._changed = trio.Event()
         self._stop = trio.Event()
         for kind, domain in (("announce", ANNOUNCE), ("result", RESULT)):
             for r, wire in self.store.wires(kind, since=max(0, self.store.last_round() - 1000)):
                 self.roundlog.add(domain, r, wire)
-        self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=MAX_SUBMIT_WIRE)
+        # frames up to twice the cap are read so an oversize message is counted, not just cut
+        self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
 
     @property
@@ -151,22 +153,26 @@ class Coordinator:
 
     # --- message intake ---------------------------------------------------------------------
     async def _on_submit_stream(self, request: bytes, remote: str) -> bytes:
-        return encode(self.handle(request, via=f"stream from {remote}"))
+        return encode(self.handle(request, via="stream", transport_peer=remote))
 
     async def _on_submit_gossip(self, data: bytes, origin: str) -> None:
-        self.handle(data, via=f"gossip from {origin}")
+        self.handle(data, via="gossip", transport_peer=origin)
 
-    def handle(self, wire: bytes, *, via: str) -> SubmitAck:
-        """Verify and apply one envelope; count and explain any refusal."""
+    def handle(self, wire: bytes, *, via: str, transport_peer: str) -> SubmitAck:
+        """Verify and apply one envelope; count and explain any refusal.
+
+        A refusal is filed under the sender the message claims, or, when it is
+        too broken to claim anyone, under the peer the transport authenticated.
+        """
         try:
             env = self._accept(wire)
         except RejectedMessage as exc:
-            sender = _claimed_sender(wire)
+            sender = _claimed_sender(wire) or transport_peer
             self.store.count_rejection(sender, exc.reason)
             if self.current is not None:
                 self.current.count_rejection(exc.reason)
-            log.warning("rejected %s (claimed sender %s): %s: %s", via, sender[:16],
-                        exc.reason, exc)
+            log.warning("rejected %s from %s (filed under %s): %s: %s", via, transport_peer,
+                        sender, exc.reason, exc)
             return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
         self.store.touch(env.sender_id)
         return SubmitAck(accepted=True)
@@ -254,6 +260,7 @@ class Coordinator:
         wire = seal(self.identity, ANNOUNCE, number, encode(announce))
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
+        self.sent_at[(ANNOUNCE, number)] = time.monotonic()
         self._gossip(TOPIC_ANNOUNCE, wire)
         log.info("round %d open: %s, %d live peers, deadline in %.0f s", number,
                  self.workload.name, len(self.live_peers()), self.config.round_timeout)
@@ -284,6 +291,7 @@ class Coordinator:
         self.store.close_round(rnd.number, outcome.status, outcome.accepted, dict(rnd.rejected),
                                outcome.result, digest, wire)
         self.roundlog.add(RESULT, rnd.number, wire)
+        self.sent_at[(RESULT, rnd.number)] = time.monotonic()
         self._gossip(TOPIC_RESULT, wire)
         log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,
                  outcome.accepted, dict(rnd.rejected) or "none", outcome.result)
@@ -304,9 +312,9 @@ class Coordinator:
                      len(self.node.connected_peers()))
 
 
-def _claimed_sender(wire: bytes) -> str:
+def _claimed_sender(wire: bytes) -> str | None:
     """Who the message says it is from (unverified; used only to file counters)."""
-    env = peek(wire, MAX_SUBMIT_WIRE)
+    env = peek(wire, 2 * MAX_SUBMIT_WIRE)
     if env is None or len(env.sender) != 32:
-        return "unknown"
+        return None
     return env.sender_id

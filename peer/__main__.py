@@ -7,13 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-import trio
-
 from protocol.identity import Identity, KeyFileError
 from protocol.workloads import WORKLOADS, get_workload
 
 from .daemon import PeerDaemon
-from .logsetup import setup_logging
+from .runtime import run_until_signal, setup_logging
 
 log = logging.getLogger("hypergossip.peer")
 
@@ -70,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         coordinator_id=args.coordinator,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
                         pull_interval=args.pull_interval)
-    try:
-        trio.run(daemon.run)
-    except KeyboardInterrupt:
-        log.info("stopped")
+    run_until_signal(daemon.run)
+    log.info("stopped")
     return 0
 
 

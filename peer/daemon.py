@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -96,6 +97,7 @@ class PeerDaemon:
         self.on_result = on_result
         self.roundlog = RoundLog()
         self.results: dict[int, RoundResult] = {}
+        self.received_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self.first_round = 0  # first round this peer saw; it does not chase older ones
         self.contributed: set[int] = set()
         self.enrolled = trio.Event()
@@ -184,6 +186,7 @@ class PeerDaemon:
             return
         if not self.roundlog.add(env.domain, env.round, wire):
             return
+        self.received_at[(env.domain, env.round)] = time.monotonic()
         if not self.first_round:
             self.first_round = env.round
         if isinstance(msg, RoundAnnounce):

@@ -1,0 +1,223 @@
+"""Local testnet: one coordinator and N peer daemons, each its own process, on 127.0.0.1.
+
+Run through ``./scripts/testnet`` (which makes the venv). It generates each
+peer's private data, starts ``python -m coordinator`` and ``python -m peer``
+processes (logs under the run directory), follows the rounds over the
+coordinator's HTTP API, prints each round as it is published, checks the
+published means against the peers' true inputs, writes an optional JSON
+summary, and stops every process with SIGINT (SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from protocol.workloads import WORKLOADS  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="./scripts/testnet",
+        description="Start a coordinator and N peers on 127.0.0.1, run R rounds, print each "
+        "round's published result and check it against the peers' true inputs. Every process "
+        "logs to RUN_DIR/logs/.",
+    )
+    p.add_argument("--peers", type=int, default=4, help="number of peers (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds to run (default: %(default)s)")
+    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
+                   help="what the rounds compute (default: %(default)s)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep running rounds until Ctrl-C instead of stopping after --rounds")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write a JSON summary of the rounds")
+    p.add_argument("--port", type=int, default=0,
+                   help="coordinator HTTP port (default: a free port)")
+    p.add_argument("--round-timeout", type=float, default=30.0,
+                   help="seconds a round may stay open (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the peers' generated data")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="keys, database and logs (default: .hypergossip/testnet-<time>)")
+    p.add_argument("--log-level", default="INFO", help="daemons' log level (default: INFO)")
+    args = p.parse_args(argv)
+    if args.peers < 1 or args.rounds < 1:
+        p.error("--peers and --rounds must be at least 1")
+    return args
+
+
+class Testnet:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = args.run_dir or ROOT / ".hypergossip" / f"testnet-{stamp}"
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        rng = random.Random(args.seed)
+        self.data = [(round(rng.gauss(170, 10), 1), round(rng.gauss(70, 12), 1))
+                     for _ in range(args.peers)]
+        self.http_port = args.port or free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        self.procs.append((name, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}; log tail:\n{tail}")
+
+    def start(self, client: httpx.Client) -> dict:
+        a = self.args
+        coord_port = free_port()
+        cmd = ["-m", "coordinator", "--host", "127.0.0.1", "--port", str(self.http_port),
+               "--listen", f"/ip4/127.0.0.1/tcp/{coord_port}", "--data-dir",
+               str(self.run_dir / "coordinator"), "--workload", a.workload,
+               "--min-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
+               "--round-pause", "0.5", "--log-level", a.log_level]
+        if not a.keep_running:
+            cmd += ["--rounds", str(a.rounds)]
+        print(f"starting coordinator (HTTP {self.url}) ...", flush=True)
+        self.spawn("coordinator", cmd)
+        health = self.wait_health(client)
+        boot = health["multiaddrs"][0]
+        print(f"coordinator {health['peer_id']} at {boot}")
+        print(f"starting {a.peers} peers ...", flush=True)
+        ports = [free_port() for _ in range(a.peers)]
+        addrs: list[str] = []
+        rng = random.Random(a.seed)
+        for i, (h, w) in enumerate(self.data):
+            cmd = ["-m", "peer", "--key", str(self.run_dir / f"peer-{i}.key"),
+                   "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}", "--bootstrap", boot,
+                   "--workload", a.workload, "--data", f"height={h},weight={w}",
+                   "--log-level", a.log_level]
+            for other in rng.sample(addrs, min(2, len(addrs))):
+                cmd += ["--bootstrap", other]  # a few peer links so gossip has a mesh
+            self.spawn(f"peer-{i}", cmd)
+            addrs.append(f"/ip4/127.0.0.1/tcp/{ports[i]}")
+        return health
+
+    def wait_health(self, client: httpx.Client, timeout: float = 60.0) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.check_alive()
+            try:
+                return client.get(f"{self.url}/health").json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("coordinator did not answer /health in time")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 10
+        for name, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in time; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+
+def round_summary(view: dict) -> dict:
+    out = {"round": view["round"], "status": view["status"], "accepted": view["accepted"],
+           "rejected": view["rejected"], "seconds": view["seconds"],
+           "state_digest": view["state_digest"]}
+    out.update(view.get("result") or {})
+    return out
+
+
+def describe(row: dict, peers: int) -> str:
+    line = (f"round {row['round']:>3}  {row['status']:<9}  accepted {row['accepted']}/{peers}  "
+            f"rejected {row['rejected'] or '{}'}  {row['seconds'] or 0:.2f} s")
+    if row.get("mean_height") is not None:
+        line += (f"  mean height {row['mean_height']:.3f} cm  "
+                 f"mean weight {row['mean_weight']:.3f} kg")
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    net = Testnet(args)
+    print(f"run directory: {net.run_dir} (logs in {net.logs})")
+    rows: list[dict] = []
+    ok = True
+    try:
+        with httpx.Client(timeout=5.0) as client:
+            net.start(client)
+            print(f"coordinator AIM: {net.url}  (try {net.url}/manifest.json, /model, /peers)")
+            print("waiting for peers to enrol and rounds to run ...", flush=True)
+            next_round = 1
+            while args.keep_running or next_round <= args.rounds:
+                net.check_alive()
+                try:
+                    resp = client.get(f"{net.url}/rounds/{next_round}")
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+                    continue
+                view = resp.json() if resp.status_code == 200 else None
+                if view is None or view["status"] == "open":
+                    time.sleep(0.2)
+                    continue
+                row = round_summary(view)
+                rows.append(row)
+                print(describe(row, args.peers), flush=True)
+                next_round += 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the testnet")
+    except RuntimeError as exc:
+        print(f"testnet failed: {exc}", file=sys.stderr)
+        ok = False
+    finally:
+        net.stop()
+
+    if args.workload == "stats" and rows:
+        n = len(net.data)
+        true_h = math.fsum(h for h, _ in net.data) / n
+        true_w = math.fsum(w for _, w in net.data) / n
+        print(f"peers' true means: height {true_h:.3f} cm, weight {true_w:.3f} kg")
+        for row in rows:
+            if row["status"] != "published" or row.get("count") != n or not (
+                    math.isclose(row["mean_height"], true_h, rel_tol=1e-12)
+                    and math.isclose(row["mean_weight"], true_w, rel_tol=1e-12)):
+                print(f"MISMATCH in round {row['round']}: {row}")
+                ok = False
+        if ok:
+            print(f"OK: all {len(rows)} published means equal the peers' true means")
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rows, "peers": args.peers,
+                                         "workload": args.workload}, indent=2))
+        print(f"summary written to {args.json}")
+    print(f"coordinator was at {net.url}; logs in {net.logs}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Helpers for tests: real coordinators and peers on 127.0.0.1 in the test's trio loop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import trio
+
+from coordinator.service import Coordinator, CoordinatorConfig
+from peer.daemon import PeerDaemon
+from protocol.identity import Identity
+from protocol.messages import StatsContribution
+from protocol.workloads import get_workload
+
+logging.getLogger("libp2p").setLevel(logging.ERROR)
+logging.getLogger("multiaddr").setLevel(logging.ERROR)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def coordinator_config(data_dir: Path, **overrides) -> CoordinatorConfig:
+    base = dict(data_dir=data_dir, http_host="127.0.0.1", port=0,
+                listen=["/ip4/127.0.0.1/tcp/0"], min_peers=2, round_timeout=20.0,
+                round_pause=0.2)
+    base.update(overrides)
+    return CoordinatorConfig(**base)
+
+
+async def start_coordinator(nursery: trio.Nursery, data_dir: Path, **overrides) -> Coordinator:
+    coord = Coordinator(coordinator_config(data_dir, **overrides))
+    await nursery.start(coord.run)
+    return coord
+
+
+async def start_peer(nursery: trio.Nursery, bootstrap: list[str], height: float = 170.0,
+                     weight: float = 70.0, identity: Identity | None = None,
+                     **kw) -> PeerDaemon:
+    daemon = PeerDaemon(identity or Identity.generate(), get_workload("stats"),
+                        StatsContribution(height=height, weight=weight), bootstrap=bootstrap,
+                        **kw)
+    await nursery.start(daemon.run)
+    return daemon
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
