@@ -33,7 +33,7 @@ from peer.node import GossipConfig, NetworkNode
 from peer.roundlog import RoundLog
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, peek, seal
-from protocol.identity import Identity
+from protocol.identity import Identity, public_key_from_peer_id
 from protocol.messages import (
     ANNOUNCE,
     CONTRIBUTION,
@@ -275,7 +275,8 @@ class Coordinator:
                     row["min_peers"])
         for m in self.store.messages(rnd.number, CONTRIBUTION):
             rnd.contributions[m["sender"]] = decode(m["payload"], self.workload.contribution_schema)
-            self.round_verifier.remember(rnd.number, m["nonce"])
+            self.round_verifier.remember(rnd.number, public_key_from_peer_id(m["sender"]),
+                                         m["nonce"])
         log.info("resuming round %d after restart with %d stored contributions", rnd.number,
                  len(rnd.contributions))
         self._gossip(TOPIC_ANNOUNCE, row["announce_wire"])

@@ -21,8 +21,9 @@ Rules of :class:`Verifier` (the receiving side's small state machine):
 4. The payload must hash to ``payload_digest`` (a flipped payload byte).
 5. The signature must verify under ``sender`` (forgery, flipped header byte).
 6. The round must lie in the caller's window (stale or future).
-7. The nonce must be unseen; it is remembered only after 1-6 pass, so a
-   forger cannot burn an honest nonce.
+7. The (sender, nonce) pair must be unseen; it is remembered only after 1-6
+   pass, so a forger cannot burn an honest nonce, and keyed by sender, so a
+   valid key copying somebody else's nonce cannot either.
 
 Each failure is its own exception type carrying a stable ``reason`` string,
 which is what counters and HTTP errors show.
@@ -47,7 +48,7 @@ MAX_ROUND = 2**53
 DEFAULT_MAX_WIRE = 512 * 1024  # gossip carries at most this; larger payloads go by blob
 
 
-class Envelope(msgspec.Struct, array_like=True, frozen=True):
+class Envelope(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     version: int
     domain: str
     sender: bytes
@@ -141,7 +142,7 @@ def peek(wire: bytes, max_wire: int = DEFAULT_MAX_WIRE) -> Envelope | None:
         return None
     try:
         return _decoder.decode(wire)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):  # ValueError: bad UTF-8
         return None
 
 
@@ -157,7 +158,7 @@ def open_envelope(
         raise Oversize(f"message is {len(wire)} bytes, limit {max_wire}")
     try:
         env = _decoder.decode(wire)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise Malformed(f"not an envelope: {exc}") from exc
     if env.version != VERSION:
         raise Malformed(f"unsupported version {env.version}")
@@ -190,7 +191,7 @@ class Verifier:
     def __init__(self, *, max_wire: int = DEFAULT_MAX_WIRE, max_nonces_per_round: int = 200_000):
         self.max_wire = max_wire
         self.max_nonces_per_round = max_nonces_per_round
-        self._seen: dict[int, set[bytes]] = {}
+        self._seen: dict[int, set[tuple[bytes, bytes]]] = {}
 
     def verify(
         self, wire: bytes, *, domains: Iterable[str], min_round: int, max_round: int
@@ -202,16 +203,17 @@ class Verifier:
             raise FutureRound(f"round {env.round} is newer than {max_round}")
         self.forget_before(min_round)
         seen = self._seen.setdefault(env.round, set())
-        if env.nonce in seen:
+        key = (env.sender, env.nonce)
+        if key in seen:
             raise Replay(f"nonce already seen in round {env.round}")
         if len(seen) >= self.max_nonces_per_round:
             raise Oversize(f"round {env.round} has too many messages")
-        seen.add(env.nonce)
+        seen.add(key)
         return env
 
-    def remember(self, round: int, nonce: bytes) -> None:
+    def remember(self, round: int, sender: bytes, nonce: bytes) -> None:
         """Mark a nonce seen (used to reload accepted messages after a restart)."""
-        self._seen.setdefault(round, set()).add(nonce)
+        self._seen.setdefault(round, set()).add((sender, nonce))
 
     def forget_before(self, round: int) -> None:
         for r in [r for r in self._seen if r < round]:

@@ -123,5 +123,5 @@ def decode(data: bytes, schema: type[T]) -> T:
         dec = _decoders[schema] = msgspec.msgpack.Decoder(schema)
     try:
         return dec.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:  # bad UTF-8
         raise SchemaError(f"{schema.__name__}: {exc}") from exc

@@ -11,6 +11,7 @@ tensors enter or leave a process.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ DEFAULT_LIMITS = TensorLimits()
 
 def encode(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     """Serialize named arrays (C-contiguous copies are made where needed)."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    arrays = {k: v if v.flags.c_contiguous else np.array(v, order="C")  # keeps 0-d shape
+              for k, v in tensors.items()}
     return _st_save(arrays, metadata=metadata)
 
 
@@ -58,7 +60,7 @@ def check_header(data: bytes, limits: TensorLimits = DEFAULT_LIMITS) -> dict[str
         raise TensorCodecError(f"header length {hlen} is too large for the buffer")
     try:
         header = json.loads(data[8 : 8 + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 / JSON, absurd nesting
         raise TensorCodecError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise TensorCodecError("header is not an object")
@@ -71,12 +73,12 @@ def check_header(data: bytes, limits: TensorLimits = DEFAULT_LIMITS) -> dict[str
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise TensorCodecError(f"tensor {name!r}: malformed entry")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in limits.dtypes or dtype not in _DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in limits.dtypes or dtype not in _DTYPE_SIZES:
             raise TensorCodecError(f"tensor {name!r}: dtype {dtype!r} not allowed")
         if (not isinstance(shape, list) or len(shape) > limits.max_dims
                 or not all(isinstance(d, int) and d >= 0 for d in shape)):
             raise TensorCodecError(f"tensor {name!r}: bad shape {shape!r}")
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        n = math.prod(shape)  # Python ints: no silent int64 wrap-around
         if n > limits.max_elements:
             raise TensorCodecError(f"tensor {name!r}: {n} elements exceeds limit")
         if (not isinstance(offsets, list) or len(offsets) != 2

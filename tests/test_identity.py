@@ -197,14 +197,11 @@ def test_load_refuses_binary_garbage(tmp_path) -> None:
 
 
 def test_load_refuses_oversize_file(tmp_path) -> None:
+    good = tmp_path / "good.pem"
+    Identity.generate().save(good)
     path = tmp_path / "key.pem"
-    pem = Identity.generate()._key.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     # a valid PEM padded past the cap is still refused, by size
-    _write_private(path, pem + b"\n" * (MAX_KEY_FILE_BYTES + 1))
+    _write_private(path, good.read_bytes() + b"\n" * (MAX_KEY_FILE_BYTES + 1))
     with pytest.raises(KeyFileError, match="not a key"):
         Identity.load(path)
 

@@ -421,9 +421,9 @@ async def stream_throughput(args: argparse.Namespace) -> list[ThroughputResult]:
 def gossip_table(setups: list[NetworkSetup], timeout: float) -> Table:
     table = Table(title=f"Gossip delivery (publish -> handler; missing = not within {timeout:g} s)")
     for col in ("peers", "size", "msgs", "delivered", "p50", "p99", "max",
-                "p99 incl. missing", "empty mesh start/end", "mesh min/med/max",
-                "empty-mesh publishers", "loop lag p99/max"):
-        table.add_column(col, justify="right")
+                "p99 all (a)", "empty mesh (b)", "mesh min/med/max", "empty pub (c)",
+                "loop lag p99/max"):
+        table.add_column(col, justify="right", no_wrap=True)
     for setup in setups:
         for r in setup.results:
             table.add_row(
@@ -442,7 +442,7 @@ def gossip_table(setups: list[NetworkSetup], timeout: float) -> Table:
 def setup_table(setups: list[NetworkSetup]) -> Table:
     table = Table(title="Network setup")
     for col in ("peers", "edges", "failed dials", "start", "connect", "shutdown"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for s in setups:
         shutdown = s.shutdown_error or (f"{s.shutdown_s:.1f} s" if s.shutdown_s else "-")
         table.add_row(str(s.peers), str(s.edges), str(s.connect_failures),
@@ -453,7 +453,7 @@ def setup_table(setups: list[NetworkSetup]) -> Table:
 def throughput_table(results: list[ThroughputResult]) -> Table:
     table = Table(title="Stream throughput between two hosts (one process)")
     for col in ("method", "MB", "runs (s)", "best MB/s", "median MB/s"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         table.add_row(r.method, f"{r.megabytes:g}", ", ".join(f"{s:.2f}" for s in r.seconds),
                       f"{r.best_mb_s:.1f}", f"{r.median_mb_s:.1f}")
@@ -574,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     out = trio.run(run, args)
     wall = time.perf_counter() - t0
 
-    console = Console()
+    # Wide enough for the gossip table when stdout is a file or a pipe.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(setup_table(out["setups"]))
     console.print(gossip_table(out["setups"], args.timeout))
+    console.print("(a) p99 over every (message, receiver) pair, a missing copy counting as "
+                  "never arriving.\n(b) nodes with no mesh peers for the topic when measuring "
+                  "began / ended.\n(c) messages published by a node whose mesh was empty.")
     if out["throughput"]:
         console.print(throughput_table(out["throughput"]))
     console.print(goal_line(out["setups"]))
