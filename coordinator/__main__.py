@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 from peer.runtime import run_until_signal, setup_logging
-from protocol.identity import BadPeerId, KeyFileError, public_key_from_peer_id
+from protocol.identity import (
+    BadPeerId,
+    KeyFileError,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+)
 from protocol.workloads import WORKLOADS
 
 from .service import Coordinator, CoordinatorConfig
@@ -35,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", type=Path, help="SQLite file (default: DATA_DIR/coordinator.sqlite3)")
     p.add_argument("--key", type=Path, help="Ed25519 key file (default: DATA_DIR/coordinator.key)")
     p.add_argument("--allow", type=Path, metavar="FILE",
-                   help="admit only the peer ids listed in FILE (one per line, # comments); "
-                   "default: open admission")
+                   help="admit only the keys listed in FILE: one peer id or hex Ed25519 public "
+                   "key per line, # comments; default: open admission")
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="what rounds compute (default: %(default)s)")
     p.add_argument("--min-peers", type=int, default=2,
@@ -52,17 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_allow_list(path: Path) -> frozenset[str]:
-    """Peer ids, one per line; blank lines and # comments ignored; each must be valid."""
+    """Admitted keys, one per line: a peer id (12D3KooW...) or a 64-hex-digit Ed25519 public
+    key; blank lines and # comments ignored. Returns peer ids; any bad line is an error."""
     ids = set()
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         try:
-            public_key_from_peer_id(line)
+            if len(line) == 64 and all(c in "0123456789abcdefABCDEF" for c in line):
+                ids.add(peer_id_from_public_key(bytes.fromhex(line)))
+            else:
+                public_key_from_peer_id(line)
+                ids.add(line)
         except BadPeerId as exc:
             raise ValueError(f"{path}:{n}: {exc}") from exc
-        ids.add(line)
     return frozenset(ids)
 
 

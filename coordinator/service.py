@@ -20,6 +20,7 @@ with its stored contributions and a fresh deadline.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from protocol.messages import (
     TOPIC_ANNOUNCE,
     TOPIC_RESULT,
     TOPIC_SUBMIT,
+    BlobRef,
     Enroll,
     RoundAnnounce,
     RoundResult,
@@ -77,6 +79,7 @@ class CoordinatorConfig:
     min_peers: int = 2
     round_timeout: float = 30.0
     round_pause: float = 1.0
+    inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
     workload: str = "stats"
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -117,6 +120,9 @@ class Coordinator:
         # frames up to twice the cap are read so an oversize message is counted, not just cut
         self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
+        latest = self.store.latest_published()
+        if latest is not None:  # serve the current state by digest again after a restart
+            self.node.blobs.put(canonical_json(json.loads(latest["result"])))
 
     @property
     def peer_id(self) -> str:
@@ -284,10 +290,16 @@ class Coordinator:
 
     def _publish(self, rnd: Round) -> None:
         outcome = rnd.close()
+        state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
+        inline, blob = state, None
+        if len(state) > self.config.inline_result_max:
+            # too big for gossip: peers fetch it by digest from us or a neighbour
+            self.node.blobs.put(state)
+            inline, blob = b"", BlobRef(digest=digest, size=len(state))
         result = RoundResult(round=rnd.number, workload=self.workload.name, status=outcome.status,
                              accepted=outcome.accepted, rejected=dict(rnd.rejected),
-                             state_digest=digest, result=canonical_json(outcome.result))
+                             state_digest=digest, result=inline, blob=blob)
         wire = seal(self.identity, RESULT, rnd.number, encode(result))
         self.store.close_round(rnd.number, outcome.status, outcome.accepted, dict(rnd.rejected),
                                outcome.result, digest, wire)

@@ -19,6 +19,7 @@ or acted on; a bad one is logged and dropped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -97,6 +98,7 @@ class PeerDaemon:
         self.on_result = on_result
         self.roundlog = RoundLog()
         self.results: dict[int, RoundResult] = {}
+        self.states: dict[int, bytes] = {}  # round -> published state (canonical JSON), verified
         self.received_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self.first_round = 0  # first round this peer saw; it does not chase older ones
         self.contributed: set[int] = set()
@@ -168,9 +170,9 @@ class PeerDaemon:
     async def _on_gossip(self, data: bytes, origin: str) -> None:
         if self.gossip_drop and random.random() < self.gossip_drop:
             return
-        self._ingest(data, source=f"gossip from {origin}")
+        self._ingest(data, source=f"gossip from {origin}", origin=origin)
 
-    def _ingest(self, wire: bytes, *, source: str) -> None:
+    def _ingest(self, wire: bytes, *, source: str, origin: str | None = None) -> None:
         try:
             env = open_envelope(wire, domains={ANNOUNCE, RESULT})
             if env.sender_id != self.coordinator_id:
@@ -196,8 +198,35 @@ class PeerDaemon:
             self.results[msg.round] = msg
             log.info("round %d %s: %d accepted, state %s (via %s)", msg.round, msg.status,
                      msg.accepted, msg.state_digest.hex()[:16], source)
+            if msg.blob is None:
+                self._keep_state(msg, msg.result)
+            elif self._nursery is not None:
+                self._nursery.start_soon(self._fetch_state, msg, origin)
             if self.on_result is not None:
                 self.on_result(msg)
+
+    def _keep_state(self, msg: RoundResult, state: bytes) -> None:
+        if hashlib.sha256(state).digest() != msg.state_digest:
+            log.warning("round %d: published state does not match its signed digest", msg.round)
+            return
+        self.states[msg.round] = state
+        self.node.blobs.put(state)  # so neighbours can fetch it from us
+
+    async def _fetch_state(self, msg: RoundResult, origin: str | None) -> None:
+        """Fetch a state published by digest: from whoever sent it, the coordinator, neighbours."""
+        assert msg.blob is not None
+        sources = [p for p in (origin, self.coordinator_id) if p] + self.node.connected_peers()
+        for attempt in range(5):
+            try:
+                data = await self.node.fetch_blob(msg.blob.digest, sources,
+                                                  max_size=msg.blob.size)
+            except StreamProtocolError as exc:
+                log.info("round %d: state blob not fetched yet (%s)", msg.round, exc)
+                await trio.sleep(0.5 * (attempt + 1))
+                continue
+            self._keep_state(msg, data)
+            log.info("round %d: fetched %d-byte state by digest", msg.round, len(data))
+            return
 
     def _maybe_contribute(self, round: int) -> None:
         if (round in self.contributed or not self.enrolled.is_set() or self._nursery is None
@@ -232,7 +261,7 @@ class PeerDaemon:
         raw = await self.node.request(target, PROTO_PULL, encode(PullRequest(kind="head")),
                                       max_response=PULL_MAX_RESPONSE, timeout=3.0)
         for wire in decode(raw, PullResponse).envelopes:
-            self._ingest(wire, source=f"pull from {target}")
+            self._ingest(wire, source=f"pull from {target}", origin=target)
         # announcements up to the newest round we know of; results up to the newest result
         newest_result = self.roundlog.latest(RESULT)
         newest = max(self.roundlog.latest(ANNOUNCE), newest_result)
@@ -248,7 +277,7 @@ class PeerDaemon:
                                           encode(PullRequest(kind=kind, round=r)),
                                           max_response=PULL_MAX_RESPONSE, timeout=3.0)
             for wire in decode(raw, PullResponse).envelopes:
-                self._ingest(wire, source=f"pull from {target}")
+                self._ingest(wire, source=f"pull from {target}", origin=target)
 
     async def _pull_loop(self) -> None:
         tick = 0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import httpx
+import pytest
 import trio
 
+from peer.node import NetworkNode, StreamProtocolError
+from protocol.identity import Identity
 from protocol.messages import RESULT
 
 from .netutil import start_coordinator, start_peer, wait_for
@@ -35,3 +40,36 @@ async def test_rounds_publish_true_means_and_every_peer_has_them(data_dir):
         # every peer holds the coordinator's result with the published state digest
         for p in peers:
             assert p.results[view["round"]].state_digest.hex() == view["state_digest"]
+
+
+async def test_large_state_travels_by_digest_not_gossip(data_dir):
+    """With the inline limit at 0 every result's state is a blob: gossip carries only its
+    signed digest and every peer fetches the state over the blob stream protocol."""
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=2,
+                                        inline_result_max=0)
+        boot = coord.node.addrs[0]
+        peers = [await start_peer(nursery, [boot], 170.0 + i, 70.0 + i) for i in range(3)]
+        await wait_for(lambda: all(2 in p.states for p in peers), timeout=40)
+        nursery.cancel_scope.cancel()
+    for p in peers:
+        for r in (1, 2):
+            result = p.results[r]
+            assert result.result == b"" and result.blob is not None
+            assert hashlib.sha256(p.states[r]).digest() == result.state_digest
+            assert json.loads(p.states[r])["mean_height"] == 171.0
+
+
+async def test_blob_fetch_by_digest_between_two_hosts():
+    a, b = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    blob = bytes(range(256)) * 3600  # 900 KiB: over the gossip limit
+    async with a.running(), b.running():
+        assert await b.connect(a.addrs[0])
+        with pytest.raises(ValueError, match="gossip limit"):
+            await a.publish("t", blob)
+        digest = a.blobs.put(blob)
+        assert await b.fetch_blob(digest, [a.peer_id]) == blob
+        with pytest.raises(StreamProtocolError, match="not available"):
+            await b.fetch_blob(hashlib.sha256(b"missing").digest(), [a.peer_id])
+        with pytest.raises(StreamProtocolError):  # a size cap below the blob's size
+            await b.fetch_blob(a.blobs.put(blob[::-1]), [a.peer_id], max_size=1024)
