@@ -7,10 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+import httpx
+
 from protocol.identity import Identity, KeyFileError
 from protocol.workloads import WORKLOADS, get_workload
 
-from .daemon import PeerDaemon
+from .daemon import PeerDaemon, peer_id_of
 from .runtime import run_until_signal, setup_logging
 
 log = logging.getLogger("hypergossip.peer")
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "as the coordinator unless --coordinator is given")
     p.add_argument("--coordinator", metavar="PEER_ID",
                    help="the coordinator's peer id (signer of rounds and results)")
+    p.add_argument("--coordinator-url", metavar="URL",
+                   help="the coordinator's HTTP URL (e.g. http://127.0.0.1:4000): its /health "
+                   "gives its peer id and multiaddrs, used as --coordinator and --bootstrap")
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="workload this peer serves (default: %(default)s)")
     p.add_argument("--data", required=True,
@@ -43,9 +48,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between pulls of missed rounds (default: %(default)s)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     args = p.parse_args(argv)
-    if not args.bootstrap:
-        p.error("give at least one --bootstrap address (the coordinator's, from its /health)")
+    if not args.bootstrap and not args.coordinator_url:
+        p.error("give --coordinator-url, or at least one --bootstrap address (the "
+                "coordinator's, from its /health)")
+    for addr in args.bootstrap:
+        try:
+            peer_id_of(addr)
+        except Exception as exc:
+            p.error(f"--bootstrap {addr!r} is not a /ip4/.../tcp/.../p2p/<peer id> address: {exc}")
     return args
+
+
+def from_health(url: str) -> tuple[str, list[str]]:
+    """(peer id, multiaddrs) from a coordinator's ``GET /health``."""
+    resp = httpx.get(url.rstrip("/") + "/health", timeout=10.0)
+    resp.raise_for_status()
+    body = resp.json()
+    return str(body["peer_id"]), [str(a) for a in body["multiaddrs"]][:8]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("bad --data: %s", exc)
         return 2
-    daemon = PeerDaemon(identity, workload, data, bootstrap=args.bootstrap,
-                        coordinator_id=args.coordinator,
+    bootstrap, coordinator_id = list(args.bootstrap), args.coordinator
+    if args.coordinator_url:
+        try:
+            coordinator_id, addrs = from_health(args.coordinator_url)
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            log.error("cannot read %s/health: %s", args.coordinator_url, exc)
+            return 2
+        bootstrap = addrs + bootstrap
+        log.info("coordinator %s at %s", coordinator_id, ", ".join(addrs))
+    daemon = PeerDaemon(identity, workload, data, bootstrap=bootstrap,
+                        coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
                         pull_interval=args.pull_interval)
     run_until_signal(daemon.run)

@@ -117,7 +117,7 @@ class PeerDaemon:
                 await self.node.subscribe(TOPIC_RESULT, self._on_gossip)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self.node.connect_all(self.bootstrap)
+                await self._dial_missing()
                 nursery.start_soon(self._keep_connected)
                 nursery.start_soon(self._enroll_loop)
                 nursery.start_soon(self._pull_loop)
@@ -126,12 +126,29 @@ class PeerDaemon:
                 task_status.started(self)
 
     # --- connections and enrolment ---------------------------------------------------------
+    async def _dial_missing(self) -> None:
+        """Dial every bootstrap peer we are not connected to, trying its addresses in order."""
+        by_peer: dict[str, list[str]] = {}
+        for addr in self.bootstrap:
+            by_peer.setdefault(peer_id_of(addr), []).append(addr)
+
+        async def dial(addrs: list[str]) -> None:
+            for addr in addrs:
+                if await self.node.connect(addr):
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for peer, addrs in by_peer.items():
+                if not self.node.is_connected(peer):
+                    nursery.start_soon(dial, addrs)
+
     async def _keep_connected(self) -> None:
         while True:
             await trio.sleep(3.0)
-            missing = [a for a in self.bootstrap if not self.node.is_connected(peer_id_of(a))]
-            if missing:
-                await self.node.connect_all(missing)
+            try:
+                await self._dial_missing()
+            except Exception:
+                log.exception("redialling bootstrap peers failed")
 
     async def _enroll_loop(self) -> None:
         delay = 0.5
@@ -293,6 +310,8 @@ class PeerDaemon:
                 await self._pull_from(target)
             except (StreamProtocolError, RejectedMessage) as exc:
                 log.debug("pull from %s failed: %s", target, exc)
+            except Exception:  # one bad exchange must not stop the daemon keeping up
+                log.exception("pull from %s failed unexpectedly", target)
 
     async def _mesh_log_loop(self) -> None:
         while True:

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import ifaddr
 import multiaddr
 import trio
 from libp2p import new_host
@@ -96,6 +97,13 @@ async def read_frame(stream, max_len: int) -> bytes:
     if n > max_len:
         raise StreamProtocolError(f"frame of {n} bytes exceeds limit {max_len}")
     return await read_exact(stream, n)
+
+
+def _local_ipv4() -> list[str]:
+    ips = ["127.0.0.1"]
+    for adapter in ifaddr.get_adapters():
+        ips += [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
+    return list(dict.fromkeys(ips))
 
 
 class BlobStore:
@@ -178,7 +186,15 @@ class NetworkNode:
 
     @property
     def addrs(self) -> list[str]:
-        return [str(a) for a in self.host.get_addrs()]
+        """Dialable addresses with /p2p/<id>; a wildcard listen address is expanded into
+        this machine's IPv4 interface addresses, loopback first."""
+        out: list[str] = []
+        for a in map(str, self.host.get_addrs()):
+            if a.startswith("/ip4/0.0.0.0/"):
+                out += [a.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/", 1) for ip in _local_ipv4()]
+            else:
+                out.append(a)
+        return list(dict.fromkeys(out))
 
     # --- connections -----------------------------------------------------------------------
     async def connect(self, addr: str) -> bool:

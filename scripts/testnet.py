@@ -27,6 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from protocol.identity import Identity  # noqa: E402
 from protocol.workloads import WORKLOADS  # noqa: E402
 
 
@@ -112,14 +113,17 @@ class Testnet:
         addrs: list[str] = []
         rng = random.Random(a.seed)
         for i, (h, w) in enumerate(self.data):
-            cmd = ["-m", "peer", "--key", str(self.run_dir / f"peer-{i}.key"),
-                   "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}", "--bootstrap", boot,
+            key = self.run_dir / f"peer-{i}.key"
+            ident = Identity.load(key) if key.exists() else Identity.generate()
+            ident.save(key)
+            cmd = ["-m", "peer", "--key", str(key),
+                   "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}", "--coordinator-url", self.url,
                    "--workload", a.workload, "--data", f"height={h},weight={w}",
                    "--log-level", a.log_level]
             for other in rng.sample(addrs, min(2, len(addrs))):
                 cmd += ["--bootstrap", other]  # a few peer links so gossip has a mesh
             self.spawn(f"peer-{i}", cmd)
-            addrs.append(f"/ip4/127.0.0.1/tcp/{ports[i]}")
+            addrs.append(f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}")
         return health
 
     def wait_health(self, client: httpx.Client, timeout: float = 60.0) -> dict:
