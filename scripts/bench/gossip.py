@@ -125,6 +125,7 @@ class GossipResult:
     loop_lag_p99_s: float | None
     loop_lag_max_s: float | None
     publishers_with_empty_mesh: int
+    receivers_missing_some: int  # distinct receivers that missed at least one message
 
     @property
     def delivered_fraction(self) -> float:
@@ -262,8 +263,11 @@ async def measure_topic(
     lat_ok: list[float] = []
     lat_all: list[float] = []
     slowest: list[float | None] = []
-    for seq in published:
+    missed_by: set[str] = set()
+    everyone = {node.peer_id for node in nodes}
+    for seq, (_, src) in published.items():
         got = {p: v for p, v in recorder.latencies.get(seq, {}).items() if v <= args.timeout}
+        missed_by |= everyone - got.keys() - {src}
         lat_ok.extend(got.values())
         lat_all.extend(got.values())
         lat_all.extend([math.inf] * (n - 1 - len(got)))
@@ -289,6 +293,7 @@ async def measure_topic(
         loop_lag_p99_s=percentile(lag.samples, 0.99),
         loop_lag_max_s=max(lag.samples) if lag.samples else None,
         publishers_with_empty_mesh=empty_publishers,
+        receivers_missing_some=len(missed_by),
     )
 
 
@@ -420,7 +425,7 @@ async def stream_throughput(args: argparse.Namespace) -> list[ThroughputResult]:
 
 def gossip_table(setups: list[NetworkSetup], timeout: float) -> Table:
     table = Table(title=f"Gossip delivery (publish -> handler; missing = not within {timeout:g} s)")
-    for col in ("peers", "size", "msgs", "delivered", "p50", "p99", "max",
+    for col in ("peers", "size", "msgs", "delivered", "short (d)", "p50", "p99", "max",
                 "p99 all (a)", "empty mesh (b)", "mesh min/med/max", "empty pub (c)",
                 "loop lag p99/max"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -429,6 +434,7 @@ def gossip_table(setups: list[NetworkSetup], timeout: float) -> Table:
             table.add_row(
                 str(r.peers), human_size(r.size), str(r.messages),
                 f"{r.delivered}/{r.expected} ({100 * r.delivered_fraction:.1f}%)",
+                str(r.receivers_missing_some),
                 fmt_s(r.p50_s), fmt_s(r.p99_s), fmt_s(r.max_s),
                 fmt_s(r.p99_all_s) if r.p99_all_s is not None else "missing",
                 f"{r.empty_mesh_start}/{r.empty_mesh_end}",
@@ -575,12 +581,13 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
 
     # Wide enough for the gossip table when stdout is a file or a pipe.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = Console() if sys.stdout.isatty() else Console(width=190)
     console.print(setup_table(out["setups"]))
     console.print(gossip_table(out["setups"], args.timeout))
     console.print("(a) p99 over every (message, receiver) pair, a missing copy counting as "
                   "never arriving.\n(b) nodes with no mesh peers for the topic when measuring "
-                  "began / ended.\n(c) messages published by a node whose mesh was empty.")
+                  "began / ended.\n(c) messages published by a node whose mesh was empty.\n"
+                  "(d) receivers that missed at least one message.")
     if out["throughput"]:
         console.print(throughput_table(out["throughput"]))
     console.print(goal_line(out["setups"]))
