@@ -160,8 +160,8 @@ class PeerDaemon:
             if ack is not None and ack.accepted:
                 log.info("enrolled with coordinator %s", self.coordinator_id)
                 self.enrolled.set()
-                for r in self.roundlog.rounds(ANNOUNCE):
-                    self._maybe_contribute(r)
+                if latest := self.roundlog.latest(ANNOUNCE):
+                    self._maybe_contribute(latest)  # older rounds are closed by now
                 return
             if ack is not None:
                 log.warning("enrolment refused: %s", ack.reason)

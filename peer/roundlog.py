@@ -39,9 +39,6 @@ class RoundLog:
         table = self._by_kind[domain]
         return max(table) if table else 0
 
-    def rounds(self, domain: str) -> list[int]:
-        return sorted(self._by_kind[domain])
-
     def answer(self, request: bytes) -> bytes:
         """Serve a :class:`PullRequest`; unknown rounds get an empty response."""
         req = decode(request, PullRequest)
