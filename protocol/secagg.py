@@ -1,0 +1,556 @@
+"""Secure aggregation after SecAgg+ (Bell, Bonawitz, Gascon, Lepoint, Raykova, CCS 2020).
+
+Theory of operation
+-------------------
+The server learns the sum of the surviving clients' vectors and nothing
+else about any one of them, as long as fewer than ``threshold`` of a
+client's neighbours collude with it; up to ``degree - threshold`` of a
+client's neighbours may drop out at any phase and the sum still decodes.
+This file holds both sides as sans-IO state machines: callers pass messages
+in and send the messages that come out; nothing here knows about sockets,
+clocks or which transport carried a message (signatures are checked before
+a message reaches us, so the sender's peer id here is authenticated).
+
+Construction (Bell et al. 2020, section 3, semi-honest server with signed
+keys; the paper's "consistency check" round against a server that lies
+about who survived is not implemented yet -- see ``SecAggClient.unmask``):
+
+* Graph: participants are placed on a cycle in an order fixed by a public
+  ``graph_seed`` (AES-CTR Fisher-Yates); each client's neighbours are the
+  ``degree/2`` before and after it (a Harary graph). ``degree >= n-1`` gives
+  the complete graph, i.e. the original SecAgg of Bonawitz et al. 2017.
+* Keys: each client makes two X25519 key pairs, ``enc`` (to encrypt shares)
+  and ``mask`` (pairwise mask agreement), and a 256-bit self-mask seed ``b``;
+  it advertises the public keys and ``SHA-256(b)``.
+* Shares: ``b`` and the ``mask`` private key are Shamir-shared among the
+  neighbours with threshold ``threshold`` and sent through the server
+  encrypted with ChaCha20-Poly1305 under HKDF(X25519(enc keys)) keys bound to
+  round, sender and recipient: the server only sees ciphertext.
+* Masked input: ``y_u = encode(x_u) + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)``
+  in Z_{2^bits}, over neighbours v that shared keys, with
+  ``s_uv = HKDF(X25519(mask_sk_u, mask_pk_v))``, sign +1 if u < v else -1.
+  The PRG is AES-256-CTR keyed by the full 256-bit seed.
+* Unmasking: for each neighbour u, a survivor reveals its share of ``b_u``
+  if u survived, or of ``mask_sk_u`` if u dropped after sharing -- never both
+  (an honest client refuses). The server rebuilds each secret from any
+  ``threshold`` consistent shares (checked against ``SHA-256(b)`` or the
+  advertised public key, so a lying share is detected and its sender named),
+  removes self masks of survivors and pairwise masks towards dropped
+  clients, and decodes the fixed-point sum.
+
+Phases (server)::
+
+    KEYS    --close_keys()--> SHARES --close_shares()--> MASKED
+    MASKED  --close_masked()--> UNMASK --close_unmask()--> DONE
+
+Each ``receive_*`` accepts a message only in its phase, only from a sender
+allowed there, at most once; anything else raises :class:`SecAggRejected`
+(a remote fault, with ``reason``). A phase closing with fewer than
+``threshold`` senders raises :class:`SecAggAbort`. Calling methods out of
+order is :class:`SecAggMisuse` (a local bug).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import itertools
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import msgspec
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import shamir
+from .envelope import RejectedMessage
+from .fixedpoint import FixedPoint
+from .messages import Strict
+
+TAG = b"hypergossip/secagg+/v1/"
+MAX_COMBINATIONS = 2000  # robust reconstruction: subsets of shares tried at most
+
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+PeerId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class SecAggRejected(RejectedMessage):
+    reason = "secagg"
+
+
+class SecAggAbort(Exception):
+    """The round cannot continue safely (too few participants left)."""
+
+
+class SecAggMisuse(Exception):
+    """A method was called out of phase (a bug in the caller)."""
+
+
+# --- messages ----------------------------------------------------------------------------------
+class AdvertiseKeys(Strict):
+    enc_pk: Key32
+    mask_pk: Key32
+    self_mask_commit: Key32
+
+
+class KeyDirectory(Strict):
+    keys: Annotated[dict[PeerId, AdvertiseKeys], msgspec.Meta(max_length=10_000)]
+
+
+class ShareBundle(Strict):
+    """Client -> server: one ciphertext per neighbour (recipient peer id)."""
+
+    ciphertexts: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class Inbox(Strict):
+    """Server -> client: the ciphertexts addressed to it, by sender."""
+
+    ciphertexts: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class MaskedInput(Strict):
+    vector: bytes
+
+
+class UnmaskRequest(Strict):
+    survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
+
+
+class UnmaskShares(Strict):
+    self_mask_shares: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+    mask_key_shares: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class _SharePlaintext(Strict):
+    sender: PeerId
+    recipient: PeerId
+    round: int
+    self_mask_share: bytes
+    mask_key_share: bytes
+
+
+# --- round configuration and the public graph ------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    round: int
+    participants: tuple[str, ...]
+    degree: int
+    threshold: int
+    graph_seed: bytes
+    vector_len: int
+    encoding: FixedPoint
+
+    def __post_init__(self) -> None:
+        n = len(self.participants)
+        if len(set(self.participants)) != n or n < 2:
+            raise ValueError("need at least 2 distinct participants")
+        if not 1 <= self.threshold <= min(self.degree, n - 1):
+            raise ValueError("threshold must be in [1, min(degree, n - 1)]")
+        if self.degree < n - 1 and self.degree % 2:
+            raise ValueError("degree must be even (Harary graph) unless the graph is complete")
+        if len(self.graph_seed) != 32 or self.vector_len < 1:
+            raise ValueError("graph_seed must be 32 bytes and vector_len >= 1")
+        object.__setattr__(self, "_neighbours", _harary(self))
+
+    @classmethod
+    def default(cls, round: int, participants: Iterable[str], graph_seed: bytes, vector_len: int,
+                encoding: FixedPoint, *, degree: int | None = None, threshold: int | None = None,
+                dropout: float = 0.3) -> Config:
+        """Defaults that survive a ``dropout`` fraction of clients vanishing.
+
+        Up to 101 clients the graph is complete (classic SecAgg) and the threshold is
+        ``(n - 1) - floor(dropout * n)``: even if every dropout is somebody's neighbour, that
+        many of its neighbours remain. Larger rounds use a degree-100 Harary graph and the
+        largest threshold for which random dropout leaves some client short of shares with
+        probability at most 1e-6 per round (binomial tail, union bound over clients).
+        """
+        people = tuple(sorted(set(participants)))
+        n = len(people)
+        if degree is None:
+            degree = n - 1 if n <= 101 else 100
+        if threshold is None:
+            if degree >= n - 1:
+                threshold = (n - 1) - math.floor(dropout * n)
+            else:
+                threshold = _largest_safe_threshold(degree, 1 - dropout, n)
+            threshold = max(1, threshold)
+        return cls(round, people, degree, threshold, graph_seed, vector_len, encoding)
+
+    def neighbours(self, peer: str) -> tuple[str, ...]:
+        return self._neighbours[peer]  # type: ignore[attr-defined]
+
+    @property
+    def byte_len(self) -> int:
+        return self.vector_len * self.encoding.bits // 8
+
+
+def _largest_safe_threshold(k: int, keep: float, n: int, risk: float = 1e-6) -> int:
+    """Largest t with n * P[Binomial(k, keep) < t] <= risk."""
+    tail, t = 0.0, 0
+    while t <= k:
+        p_t = math.comb(k, t) * keep**t * (1 - keep) ** (k - t)
+        if n * (tail + p_t) > risk:
+            return t
+        tail += p_t
+        t += 1
+    return k
+
+
+def _stream(key: bytes, nbytes: int, nonce: bytes = bytes(16)) -> bytes:
+    enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
+    return enc.update(bytes(nbytes)) + enc.finalize()
+
+
+def _harary(cfg: Config) -> dict[str, tuple[str, ...]]:
+    people = sorted(cfg.participants)
+    n = len(people)
+    words = np.frombuffer(_stream(cfg.graph_seed, 8 * 4 * n), dtype=">u8")
+    order, w = list(people), 0
+    for i in range(n - 1, 0, -1):  # Fisher-Yates with rejection sampling: unbiased
+        bound = (2**64 // (i + 1)) * (i + 1)
+        while int(words[w]) >= bound:
+            w += 1
+        j = int(words[w]) % (i + 1)
+        w += 1
+        order[i], order[j] = order[j], order[i]
+    if cfg.degree >= n - 1:
+        return {p: tuple(q for q in people if q != p) for p in people}
+    pos = {p: k for k, p in enumerate(order)}
+    half = cfg.degree // 2
+    return {p: tuple(sorted({order[(pos[p] + d) % n] for d in range(-half, half + 1) if d}))
+            for p in people}
+
+
+def prg(seed: bytes, cfg: Config) -> np.ndarray:
+    """The mask expanded from a 256-bit seed: AES-256-CTR keystream as ring elements."""
+    return np.frombuffer(_stream(seed, cfg.byte_len), dtype=cfg.encoding.dtype)
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=TAG + info).derive(secret)
+
+
+def _round_bytes(r: int) -> bytes:
+    return r.to_bytes(8, "big")
+
+
+def _pairwise_seed(shared: bytes, r: int, u: str, v: str) -> bytes:
+    a, b = sorted((u, v))
+    return _hkdf(shared, b"mask" + _round_bytes(r) + a.encode() + b"|" + b.encode())
+
+
+def _enc_key(shared: bytes, r: int, sender: str, recipient: str) -> bytes:
+    return _hkdf(shared, b"enc" + _round_bytes(r) + sender.encode() + b">" + recipient.encode())
+
+
+def _commit(seed: bytes) -> bytes:
+    return hashlib.sha256(TAG + b"commit" + seed).digest()
+
+
+def _raw_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw,
+                                         serialization.PublicFormat.Raw)
+
+
+def _raw_private(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+
+
+def _sign(u: str, v: str) -> int:
+    return 1 if u < v else -1
+
+
+# --- client ---------------------------------------------------------------------------------
+class SecAggClient:
+    """One client's side of one round. Phases: advertise -> share_keys -> masked_input ->
+    unmask; each is called once, in order."""
+
+    def __init__(self, peer_id: str, cfg: Config):
+        if peer_id not in cfg.participants:
+            raise SecAggMisuse("client is not a participant of this round")
+        self.me, self.cfg = peer_id, cfg
+        self._enc = X25519PrivateKey.generate()
+        self._mask = X25519PrivateKey.generate()
+        self._b = os.urandom(32)
+        self._step = 0
+        self._directory: dict[str, AdvertiseKeys] = {}
+        self._received: dict[str, _SharePlaintext] = {}  # shares others gave us, by sender
+
+    def _advance(self, expect: int) -> None:
+        if self._step != expect:
+            raise SecAggMisuse(f"client phase {expect} called at step {self._step}")
+        self._step += 1
+
+    def advertise(self) -> AdvertiseKeys:
+        self._advance(0)
+        return AdvertiseKeys(enc_pk=_raw_public(self._enc), mask_pk=_raw_public(self._mask),
+                             self_mask_commit=_commit(self._b))
+
+    def share_keys(self, directory: KeyDirectory) -> ShareBundle:
+        self._advance(1)
+        mine = directory.keys.get(self.me)
+        if mine is None or mine.enc_pk != _raw_public(self._enc) or \
+                mine.mask_pk != _raw_public(self._mask):
+            raise SecAggAbort("the directory does not hold this client's keys")
+        self._directory = dict(directory.keys)
+        live = [v for v in self.cfg.neighbours(self.me) if v in self._directory]
+        if len(live) < self.cfg.threshold:
+            raise SecAggAbort(f"only {len(live)} neighbours advertised keys; "
+                              f"threshold is {self.cfg.threshold}")
+        n = len(self.cfg.neighbours(self.me))
+        b_shares = shamir.split(self._b, self.cfg.threshold, n)
+        s_shares = shamir.split(_raw_private(self._mask), self.cfg.threshold, n)
+        out = {}
+        for i, v in enumerate(self.cfg.neighbours(self.me)):
+            if v not in self._directory:
+                continue
+            plain = _SharePlaintext(self.me, v, self.cfg.round, b_shares[i], s_shares[i])
+            out[v] = self._seal(v, msgspec.msgpack.encode(plain))
+        return ShareBundle(ciphertexts=out)
+
+    def _aead(self, sender: str, recipient: str, other: str) -> ChaCha20Poly1305:
+        shared = self._enc.exchange(X25519PublicKey.from_public_bytes(
+            self._directory[other].enc_pk))
+        return ChaCha20Poly1305(_enc_key(shared, self.cfg.round, sender, recipient))
+
+    def _seal(self, v: str, plain: bytes) -> bytes:
+        nonce = os.urandom(12)
+        ad = _round_bytes(self.cfg.round) + self.me.encode() + b">" + v.encode()
+        return nonce + self._aead(self.me, v, v).encrypt(nonce, plain, ad)
+
+    def _open(self, u: str, blob: bytes) -> _SharePlaintext:
+        ad = _round_bytes(self.cfg.round) + u.encode() + b">" + self.me.encode()
+        try:
+            plain = self._aead(u, self.me, u).decrypt(blob[:12], blob[12:], ad)
+            msg = msgspec.msgpack.decode(plain, type=_SharePlaintext)
+        except (InvalidTag, ValueError, msgspec.DecodeError) as exc:
+            raise SecAggRejected(f"share from {u} does not decrypt: {exc!r}") from exc
+        if (msg.sender, msg.recipient, msg.round) != (u, self.me, self.cfg.round):
+            raise SecAggRejected(f"share from {u} is bound to another sender/recipient/round")
+        return msg
+
+    def masked_input(self, inbox: Inbox, x: np.ndarray) -> MaskedInput:
+        """Mask ``x`` (float vector) with the self mask and pairwise masks towards every
+        neighbour whose encrypted shares reached us (they are the ones the server kept)."""
+        self._advance(2)
+        nbrs = set(self.cfg.neighbours(self.me))
+        for u, blob in inbox.ciphertexts.items():
+            if u in nbrs and u in self._directory:
+                try:
+                    self._received[u] = self._open(u, blob)
+                except SecAggRejected:
+                    continue  # a corrupted ciphertext: treat that neighbour as dropped
+        if len(self._received) < self.cfg.threshold:
+            raise SecAggAbort(f"only {len(self._received)} neighbours shared keys")
+        if np.shape(x) != (self.cfg.vector_len,):
+            raise SecAggMisuse(f"input must have shape ({self.cfg.vector_len},)")
+        y = self.cfg.encoding.encode(x) + prg(self._b, self.cfg)
+        for v in sorted(self._received):
+            shared = self._mask.exchange(X25519PublicKey.from_public_bytes(
+                self._directory[v].mask_pk))
+            mask = prg(_pairwise_seed(shared, self.cfg.round, self.me, v), self.cfg)
+            y = y + mask if _sign(self.me, v) > 0 else y - mask
+        return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype).tobytes())
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Reveal, for each neighbour that shared with us, the self-mask share if it survived
+        or the mask-key share if it dropped -- never both for one neighbour.
+
+        Without the consistency-check round a malicious server could tell two clients
+        different survivor sets; we at least refuse sets that are too small or name
+        clients outside this round.
+        """
+        self._advance(3)
+        survivors = set(request.survivors)
+        if not survivors <= set(self.cfg.participants) or self.me not in survivors:
+            raise SecAggAbort("survivor set names strangers or leaves this client out")
+        if len(survivors) < self.cfg.threshold:
+            raise SecAggAbort("too few survivors to unmask safely")
+        b, s = {}, {}
+        for u, share in self._received.items():
+            if u in survivors:
+                b[u] = share.self_mask_share
+            else:
+                s[u] = share.mask_key_share
+        return UnmaskShares(self_mask_shares=b, mask_key_shares=s)
+
+
+# --- server ---------------------------------------------------------------------------------
+class Phase(enum.Enum):
+    KEYS = 0
+    SHARES = 1
+    MASKED = 2
+    UNMASK = 3
+    DONE = 4
+
+
+@dataclass
+class Outcome:
+    total: np.ndarray  # decoded float64 sum over ``survivors``
+    survivors: list[str]
+    dropped: list[str]  # shared keys, then sent no masked input
+    rejected: dict[str, str] = field(default_factory=dict)  # peer -> reason
+    bad_shares: dict[str, int] = field(default_factory=dict)  # peer -> shares that did not fit
+
+
+class SecAggServer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.phase = Phase.KEYS
+        self.keys: dict[str, AdvertiseKeys] = {}
+        self.bundles: dict[str, ShareBundle] = {}
+        self.masked: dict[str, np.ndarray] = {}
+        self.unmask_replies: dict[str, UnmaskShares] = {}
+        self.rejected: dict[str, str] = {}
+
+    # each receive_* validates; a failure names the fault and changes nothing
+    def _check(self, phase: Phase, peer: str, seen: Mapping[str, object],
+               allowed: Iterable[str]) -> None:
+        if self.phase is not phase:
+            raise SecAggRejected(f"{phase.name.lower()} message outside its phase "
+                                 f"(now {self.phase.name.lower()})")
+        if peer not in allowed:
+            raise SecAggRejected(f"{peer} may not send in phase {phase.name.lower()}")
+        if peer in seen:
+            raise SecAggRejected(f"{peer} already sent its {phase.name.lower()} message")
+
+    def _reject(self, peer: str, exc: SecAggRejected) -> SecAggRejected:
+        self.rejected[peer] = str(exc)
+        return exc
+
+    def receive_keys(self, peer: str, msg: AdvertiseKeys) -> None:
+        self._check(Phase.KEYS, peer, self.keys, self.cfg.participants)
+        if len({msg.enc_pk, msg.mask_pk}) != 2:
+            raise self._reject(peer, SecAggRejected("enc and mask keys must differ"))
+        self.keys[peer] = msg
+
+    def close_keys(self) -> KeyDirectory:
+        self._close(Phase.KEYS, len(self.keys))
+        return KeyDirectory(keys=dict(self.keys))
+
+    def receive_shares(self, peer: str, msg: ShareBundle) -> None:
+        self._check(Phase.SHARES, peer, self.bundles, self.keys)
+        expected = {v for v in self.cfg.neighbours(peer) if v in self.keys}
+        if set(msg.ciphertexts) != expected:
+            raise self._reject(peer, SecAggRejected(
+                "ciphertexts must go to exactly the neighbours that advertised keys"))
+        limit = 12 + 16 + 2 * shamir.SHARE_LEN + 256
+        if any(len(c) > limit for c in msg.ciphertexts.values()):
+            raise self._reject(peer, SecAggRejected("oversized share ciphertext"))
+        self.bundles[peer] = msg
+
+    def close_shares(self) -> dict[str, Inbox]:
+        """Close the share phase; the inbox each client that shared must now receive."""
+        self._close(Phase.SHARES, len(self.bundles))
+        inboxes: dict[str, dict[str, bytes]] = {p: {} for p in self.bundles}
+        for u, bundle in self.bundles.items():
+            for v, blob in bundle.ciphertexts.items():
+                if v in inboxes:
+                    inboxes[v][u] = blob
+        return {v: Inbox(ciphertexts=c) for v, c in inboxes.items()}
+
+    def receive_masked(self, peer: str, msg: MaskedInput) -> None:
+        self._check(Phase.MASKED, peer, self.masked, self.bundles)
+        if len(msg.vector) != self.cfg.byte_len:
+            raise self._reject(peer, SecAggRejected(
+                f"masked input is {len(msg.vector)} bytes, expected {self.cfg.byte_len}"))
+        enc = self.cfg.encoding
+        self.masked[peer] = np.frombuffer(msg.vector, dtype=enc.wire_dtype).astype(enc.dtype)
+
+    def close_masked(self) -> UnmaskRequest:
+        self._close(Phase.MASKED, len(self.masked))
+        return UnmaskRequest(survivors=sorted(self.masked))
+
+    def receive_unmask(self, peer: str, msg: UnmaskShares) -> None:
+        self._check(Phase.UNMASK, peer, self.unmask_replies, self.masked)
+        shared_with = {u for u in self.bundles if peer in self.bundles[u].ciphertexts}
+        b, s = set(msg.self_mask_shares), set(msg.mask_key_shares)
+        if b & s:
+            raise self._reject(peer, SecAggRejected("revealed both shares for one client"))
+        if not b <= shared_with & set(self.masked) or not s <= shared_with - set(self.masked):
+            raise self._reject(peer, SecAggRejected(
+                "shares for clients that are not its neighbours, or of the wrong kind"))
+        if any(len(x) != shamir.SHARE_LEN for x in (*msg.self_mask_shares.values(),
+                                                    *msg.mask_key_shares.values())):
+            raise self._reject(peer, SecAggRejected("malformed share"))
+        self.unmask_replies[peer] = msg
+
+    def close_unmask(self) -> Outcome:
+        """Rebuild the secrets, remove every mask, decode the sum."""
+        self._close(Phase.UNMASK, len(self.unmask_replies))
+        survivors = sorted(self.masked)
+        dropped = sorted(set(self.bundles) - set(self.masked))
+        bad: dict[str, int] = {}
+        dtype = self.cfg.encoding.dtype
+        total = np.zeros(self.cfg.vector_len, dtype=dtype)
+        for y in self.masked.values():
+            total += y
+        for u in survivors:
+            shares = {v: r.self_mask_shares[u] for v, r in self.unmask_replies.items()
+                      if u in r.self_mask_shares}
+            b = self._rebuild(u, shares, lambda sec, u=u: _commit(sec) ==
+                              self.keys[u].self_mask_commit, bad)
+            total -= prg(b, self.cfg)
+        for u in dropped:
+            shares = {v: r.mask_key_shares[u] for v, r in self.unmask_replies.items()
+                      if u in r.mask_key_shares}
+            sk = X25519PrivateKey.from_private_bytes(self._rebuild(
+                u, shares, lambda sec, u=u: _raw_public(X25519PrivateKey.from_private_bytes(sec))
+                == self.keys[u].mask_pk, bad))
+            for v in survivors:
+                if u in self.bundles.get(v, ShareBundle(ciphertexts={})).ciphertexts:
+                    shared = sk.exchange(X25519PublicKey.from_public_bytes(self.keys[v].mask_pk))
+                    mask = prg(_pairwise_seed(shared, self.cfg.round, v, u), self.cfg)
+                    total = total - mask if _sign(v, u) > 0 else total + mask
+        return Outcome(self.cfg.encoding.decode_sum(total, len(survivors)), survivors, dropped,
+                       dict(self.rejected), bad)
+
+    def _rebuild(self, owner: str, shares: Mapping[str, bytes], valid, bad: dict[str, int]
+                 ) -> bytes:
+        """The secret from ``threshold`` consistent shares; names holders of shares that
+        do not fit the secret's commitment."""
+        t = self.cfg.threshold
+        if len(shares) < t:
+            raise SecAggAbort(f"{len(shares)} shares for {owner}, need {t}")
+        holders = sorted(shares)
+        for count, subset in enumerate(itertools.combinations(holders, t)):
+            if count >= MAX_COMBINATIONS:
+                break
+            try:
+                secret = shamir.combine(shares[v] for v in subset)
+            except shamir.ShareError:
+                continue
+            if not valid(secret):
+                continue
+            for v in holders:  # who handed in a share off the secret's polynomial?
+                if v not in subset and not _on_polynomial(shares, subset, v, secret):
+                    bad[v] = bad.get(v, 0) + 1
+            return secret
+        raise SecAggAbort(f"no {t} consistent shares rebuild {owner}'s secret")
+
+    def _close(self, phase: Phase, count: int) -> None:
+        if self.phase is not phase:
+            raise SecAggMisuse(f"closing {phase.name} while in {self.phase.name}")
+        if count < self.cfg.threshold:
+            self.phase = Phase.DONE
+            raise SecAggAbort(f"phase {phase.name.lower()} ended with {count} clients; "
+                              f"threshold is {self.cfg.threshold}")
+        self.phase = Phase(phase.value + 1)
+
+
+def _on_polynomial(shares: Mapping[str, bytes], subset: tuple[str, ...], v: str,
+                   secret: bytes) -> bool:
+    try:
+        return shamir.combine([shares[w] for w in subset[1:]] + [shares[v]]) == secret
+    except shamir.ShareError:
+        return False

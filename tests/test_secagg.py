@@ -1,0 +1,293 @@
+"""SecAgg+ core: correctness with dropouts, refusals, and the privacy claim attacked directly."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from protocol import secagg, shamir
+from protocol.fixedpoint import FixedPoint
+from protocol.identity import Identity
+from protocol.secagg import (
+    Config,
+    Inbox,
+    MaskedInput,
+    SecAggAbort,
+    SecAggClient,
+    SecAggRejected,
+    SecAggServer,
+    ShareBundle,
+    UnmaskShares,
+    _pairwise_seed,
+    _raw_private,
+    _raw_public,
+    _sign,
+    prg,
+)
+
+ENC = FixedPoint(clip=10.0, max_summands=200)
+
+
+def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.ndarray]]:
+    ids = sorted(Identity.generate().peer_id for _ in range(n))
+    cfg = Config.default(1, ids, os.urandom(32), m, ENC, **kw)
+    rng = np.random.default_rng(n)
+    return cfg, ids, {p: rng.uniform(-12, 12, m) for p in ids}
+
+
+def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
+    """Drive one round in memory; returns (outcome, clients, server)."""
+    server = SecAggServer(cfg)
+    clients = {p: SecAggClient(p, cfg) for p in ids}
+    for p, c in clients.items():
+        server.receive_keys(p, c.advertise())
+    directory = server.close_keys()
+    for p, c in clients.items():
+        if p not in drop_after_keys:
+            server.receive_shares(p, c.share_keys(directory))
+    inboxes = server.close_shares()
+    for p, inbox in inboxes.items():
+        server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    request = server.close_masked()
+    for p in request.survivors:
+        if p in drop_after_masked:
+            continue
+        reply = clients[p].unmask(request)
+        if tamper is not None:
+            reply = tamper(p, reply)
+        server.receive_unmask(p, reply)
+    return server.close_unmask(), clients, server
+
+
+def clipped_sum(xs, who):
+    return sum(np.clip(xs[p], -ENC.clip, ENC.clip) for p in who)
+
+
+@pytest.mark.parametrize("n", [3, 5, 25])
+def test_sum_equals_clipped_plain_sum(n):
+    cfg, ids, xs = make(n)
+    out, _, _ = run(cfg, ids, xs)
+    assert out.survivors == ids and out.dropped == []
+    err = np.max(np.abs(out.total - clipped_sum(xs, ids)))
+    assert err <= ENC.error_bound(n)
+
+
+def test_thirty_percent_dropout_at_both_phases_still_decodes():
+    cfg, ids, xs = make(30)
+    rng = np.random.default_rng(3)
+    gone = list(rng.permutation(ids)[:9])  # 30 %
+    early, late = gone[:5], gone[5:]  # after key exchange / after sending masked input
+    out, _, _ = run(cfg, ids, xs, drop_after_keys=early, drop_after_masked=late)
+    survivors = [p for p in ids if p not in early]
+    assert out.survivors == survivors  # late droppers' inputs are in the sum
+    assert np.max(np.abs(out.total - clipped_sum(xs, survivors))) <= ENC.error_bound(30)
+
+
+def test_dropping_after_sharing_removes_that_client_from_the_sum():
+    cfg, ids, xs = make(6)
+    server = SecAggServer(cfg)
+    clients = {p: SecAggClient(p, cfg) for p in ids}
+    for p, c in clients.items():
+        server.receive_keys(p, c.advertise())
+    d = server.close_keys()
+    for p, c in clients.items():
+        server.receive_shares(p, c.share_keys(d))
+    inboxes = server.close_shares()
+    quitter = ids[2]
+    for p, inbox in inboxes.items():
+        if p != quitter:  # shared its keys, never sent its masked input
+            server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    req = server.close_masked()
+    for p in req.survivors:
+        server.receive_unmask(p, clients[p].unmask(req))
+    out = server.close_unmask()
+    rest = [p for p in ids if p != quitter]
+    assert out.dropped == [quitter]
+    assert np.max(np.abs(out.total - clipped_sum(xs, rest))) <= ENC.error_bound(5)
+
+
+def test_lying_shares_are_detected_and_the_round_still_completes():
+    cfg, ids, xs = make(7)
+    liar = ids[0]
+
+    def tamper(p, reply):
+        if p != liar:
+            return reply
+        junk = {u: shamir.split(os.urandom(32), 2, 3)[0][:2] + s[2:][::-1]
+                for u, s in reply.self_mask_shares.items()}
+        return UnmaskShares(self_mask_shares=junk, mask_key_shares=reply.mask_key_shares)
+
+    out, _, _ = run(cfg, ids, xs, tamper=tamper)
+    assert out.bad_shares.get(liar, 0) >= 1
+    assert np.max(np.abs(out.total - clipped_sum(xs, ids))) <= ENC.error_bound(7)
+
+
+def test_malformed_and_duplicate_messages_are_rejected_with_reasons():
+    cfg, ids, xs = make(5)
+    server = SecAggServer(cfg)
+    clients = {p: SecAggClient(p, cfg) for p in ids}
+    keys = {p: c.advertise() for p, c in clients.items()}
+    for p in ids:
+        server.receive_keys(p, keys[p])
+    with pytest.raises(SecAggRejected, match="already sent"):
+        server.receive_keys(ids[0], keys[ids[0]])
+    with pytest.raises(SecAggRejected, match="may not send"):
+        server.receive_keys(Identity.generate().peer_id, keys[ids[0]])
+    d = server.close_keys()
+    bundles = {p: c.share_keys(d) for p, c in clients.items()}
+    with pytest.raises(SecAggRejected, match="exactly the neighbours"):
+        server.receive_shares(ids[0], ShareBundle(ciphertexts={}))
+    for p in ids:
+        server.receive_shares(p, bundles[p])
+    inboxes = server.close_shares()
+    with pytest.raises(SecAggRejected, match="bytes, expected"):
+        server.receive_masked(ids[0], MaskedInput(vector=b"\x00" * 7))
+    for p in ids:
+        server.receive_masked(p, clients[p].masked_input(inboxes[p], xs[p]))
+    with pytest.raises(SecAggRejected, match="already sent"):
+        server.receive_masked(ids[0], MaskedInput(vector=b"\x00" * cfg.byte_len))
+    req = server.close_masked()
+    r0 = clients[ids[0]].unmask(req)
+    both = UnmaskShares(self_mask_shares=r0.self_mask_shares,
+                        mask_key_shares={ids[1]: r0.self_mask_shares[ids[1]]})
+    with pytest.raises(SecAggRejected, match="both shares"):
+        server.receive_unmask(ids[0], both)
+    server.receive_unmask(ids[0], r0)
+    for p in ids[1:]:
+        server.receive_unmask(p, clients[p].unmask(req))
+    out = server.close_unmask()
+    assert set(out.rejected) == {ids[0]}  # its refused messages are on record
+    assert np.max(np.abs(out.total - clipped_sum(xs, ids))) <= ENC.error_bound(5)
+
+
+def test_too_many_dropouts_abort_instead_of_leaking():
+    cfg, ids, xs = make(5)  # complete graph, threshold 3
+    with pytest.raises(SecAggAbort):
+        run(cfg, ids, xs, drop_after_keys=ids[:3])
+
+
+def test_server_sees_only_ciphertext_and_wrong_recipient_cannot_open():
+    cfg, ids, xs = make(4)
+    server = SecAggServer(cfg)
+    clients = {p: SecAggClient(p, cfg) for p in ids}
+    for p, c in clients.items():
+        server.receive_keys(p, c.advertise())
+    d = server.close_keys()
+    bundle = clients[ids[0]].share_keys(d)
+    secret_b = clients[ids[0]]._b
+    for blob in bundle.ciphertexts.values():
+        assert secret_b not in blob and _raw_private(clients[ids[0]]._mask) not in blob
+    # a ciphertext meant for ids[1], delivered to ids[2] as if from ids[0], does not open
+    for p, c in clients.items():
+        if p != ids[0]:
+            c.share_keys(d)
+    wrong = {ids[0]: bundle.ciphertexts[ids[1]]}
+    with pytest.raises(SecAggAbort):  # the only share it got is refused -> too few
+        clients[ids[2]].masked_input(Inbox(ciphertexts=wrong), xs[ids[2]])
+
+
+def test_privacy_t_minus_1_colluders_plus_server_cannot_unmask_but_t_can():
+    """Attack the claim directly. The coalition is the server (every message it saw,
+    including the self-mask seeds it legitimately rebuilt) plus t-1 of the victim's
+    neighbours (their keys and every share they decrypted). Unmasking the victim needs
+    its pairwise masks towards honest neighbours, i.e. its mask private key: t-1 shares
+    interpolate to a wrong key and the recovered input is garbage; with t shares the key
+    and the input come out exactly, so the attack code itself is sound."""
+    cfg, ids, xs = make(7, m=32)
+    t = cfg.threshold
+    out, clients, server = run(cfg, ids, xs)
+    victim = ids[3]
+    nbrs = list(cfg.neighbours(victim))
+    colluders, honest = nbrs[:t - 1], nbrs[t - 1:]
+
+    # the server's view: the victim's masked vector and (rebuilt) self-mask seed
+    y = server.masked[victim].copy()
+    b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
+                if victim in r.self_mask_shares}
+    b = server._rebuild(victim, b_shares, lambda s: secagg._commit(s) ==
+                        server.keys[victim].self_mask_commit, {})
+    y -= prg(b, cfg)
+
+    def interpolate(shares: list[bytes]) -> bytes:
+        """The coalition's best guess: Lagrange at 0 over whatever shares it holds."""
+        pts = [shamir.parse(x) for x in shares]
+        acc = 0
+        for i, (xi, yi) in enumerate(pts):
+            num = den = 1
+            for j, (xj, _) in enumerate(pts):
+                if j != i:
+                    num, den = num * xj % shamir.P, den * (xj - xi) % shamir.P
+            acc = (acc + yi * num * pow(den, -1, shamir.P)) % shamir.P
+        return (acc % 2**256).to_bytes(32, "big")
+
+    def attempt(mask_key_shares: list[bytes]) -> tuple[bytes, np.ndarray]:
+        guess_sk = X25519PrivateKey.from_private_bytes(interpolate(mask_key_shares))
+        z = y.copy()
+        for v in nbrs:
+            shared = guess_sk.exchange(X25519PublicKey.from_public_bytes(server.keys[v].mask_pk))
+            mask = prg(_pairwise_seed(shared, cfg.round, victim, v), cfg)
+            z = z - mask if _sign(victim, v) > 0 else z + mask
+        return _raw_public(guess_sk), ENC.decode_sum(z, 1)
+
+    truth = np.clip(xs[victim], -ENC.clip, ENC.clip)
+    assert t >= 3
+    coalition = [clients[c]._received[victim].mask_key_share for c in colluders]
+    public, failed = attempt(coalition)
+    assert public != server.keys[victim].mask_pk  # the wrong key ...
+    assert np.max(np.abs(failed - truth)) > 1.0  # ... and garbage, not the input
+
+    # the colluders' own pairwise masks are known to them, but the honest ones are not:
+    # removing only the known masks still leaves the input hidden
+    partial = y.copy()
+    for c in colluders:
+        shared = clients[c]._mask.exchange(X25519PublicKey.from_public_bytes(
+            server.keys[victim].mask_pk))
+        mask = prg(_pairwise_seed(shared, cfg.round, victim, c), cfg)
+        partial = partial - mask if _sign(victim, c) > 0 else partial + mask
+    assert honest and np.max(np.abs(ENC.decode_sum(partial, 1) - truth)) > 1.0
+
+    # with one more (honest) share, t in all, the mask key and the input come out exactly
+    enough = coalition + [clients[honest[0]]._received[victim].mask_key_share]
+    public, recovered = attempt(enough)
+    assert public == server.keys[victim].mask_pk
+    assert np.max(np.abs(recovered - truth)) <= ENC.error_bound(1)
+
+
+def test_shamir_threshold_exactly():
+    secret = os.urandom(32)
+    shares = shamir.split(secret, 4, 7)
+    assert shamir.combine(shares[2:6]) == secret
+    assert shamir.combine(shares[:3] + shares[5:6]) == secret
+    with pytest.raises(shamir.ShareError):
+        shamir.combine(shares[:3])  # a degree-3 polynomial's value at 0 is not a 32-byte secret
+    with pytest.raises(shamir.ShareError):
+        shamir.combine([shares[0], shares[0]])
+
+
+def test_graph_is_symmetric_and_has_the_configured_degree():
+    ids = sorted(Identity.generate().peer_id for _ in range(150))
+    cfg = Config.default(5, ids, os.urandom(32), 8, ENC)
+    assert cfg.degree == 100 and 30 < cfg.threshold < 70
+    for p in ids:
+        nb = cfg.neighbours(p)
+        assert len(nb) == cfg.degree and p not in nb
+        assert all(p in cfg.neighbours(q) for q in nb)
+    same = Config.default(5, reversed(ids), cfg.graph_seed, 8, ENC)
+    assert Config.default(5, ids, os.urandom(32), 8, ENC).neighbours(ids[0]) != cfg.neighbours(
+        ids[0])  # another seed, another graph
+    assert all(same.neighbours(p) == cfg.neighbours(p) for p in ids)
+
+
+def test_fixed_point_error_bound_and_no_wrap():
+    fp = FixedPoint(clip=1.0, max_summands=100)
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(-1, 1, (100, 1000))
+    total = sum(fp.encode(x) for x in xs)
+    assert np.max(np.abs(fp.decode_sum(total, 100) - xs.sum(0))) <= fp.error_bound(100)
+    extreme = sum(fp.encode(np.full(3, 1.0)) for _ in range(100))
+    assert np.allclose(fp.decode_sum(extreme, 100), 100.0)
+    with pytest.raises(ValueError):
+        fp.encode(np.array([np.nan]))
