@@ -46,8 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what rounds compute (default: %(default)s)")
     p.add_argument("--min-peers", type=int, default=2,
                    help="quorum: contributions needed to publish a round (default: %(default)s)")
+    p.add_argument("--insecure", action="store_true",
+                   help="peers send contributions in the clear (plain sums, for comparison); "
+                   "default: secure aggregation (SecAgg+), the coordinator learns only sums")
+    p.add_argument("--start-peers", type=int, default=0, metavar="N",
+                   help="wait for N connected admitted peers before the first round "
+                   "(default: --min-peers)")
     p.add_argument("--round-timeout", type=float, default=30.0,
-                   help="seconds a round stays open at most (default: %(default)s)")
+                   help="seconds a clear round stays open at most (default: %(default)s)")
+    p.add_argument("--phase-timeout", type=float, default=10.0,
+                   help="seconds each secure-aggregation phase waits for slow peers before "
+                   "treating them as dropouts (default: %(default)s)")
     p.add_argument("--round-pause", type=float, default=1.0,
                    help="seconds from a result to the next round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=0,
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
-        workload=args.workload)
+        workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
+        start_peers=args.start_peers)
     try:
         coordinator = Coordinator(config)
     except KeyFileError as exc:

@@ -32,13 +32,16 @@ from hypercorn.trio import serve
 
 from peer.node import GossipConfig, NetworkNode
 from peer.roundlog import RoundLog
+from protocol import secure_round
 from protocol.canonical import canonical_json, state_digest
-from protocol.envelope import Envelope, RejectedMessage, Verifier, peek, seal
+from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
 from protocol.identity import Identity, public_key_from_peer_id
 from protocol.messages import (
     ANNOUNCE,
     CONTRIBUTION,
     ENROLL,
+    NOTICE,
+    PERSONAL,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -47,20 +50,25 @@ from protocol.messages import (
     TOPIC_SUBMIT,
     BlobRef,
     Enroll,
+    PersonalNotice,
+    PhaseNotice,
+    PullRequest,
+    PullResponse,
     RoundAnnounce,
     RoundResult,
     SubmitAck,
     decode,
     encode,
 )
-from protocol.rounds import Round, RoundClosed
+from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Workload, get_workload
 
 from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
 
-MAX_SUBMIT_WIRE = 512 * 1024
+MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
+PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values()})
 
 
 class NotAdmitted(RejectedMessage):
@@ -77,11 +85,14 @@ class CoordinatorConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     allow: frozenset[str] | None = None  # None: open admission
     min_peers: int = 2
+    start_peers: int = 0  # live peers to wait for before the first round (0: min_peers)
     round_timeout: float = 30.0
     round_pause: float = 1.0
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
     workload: str = "stats"
+    secure: bool = True  # secure aggregation; False: contributions in the clear (--insecure)
+    phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
     @property
@@ -107,7 +118,8 @@ class Coordinator:
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.roundlog = RoundLog()
-        self.current: Round | None = None
+        self.current: RoundLogic | None = None
+        self.personal: dict[tuple[int, str, str], bytes] = {}  # (round, phase, peer) -> wire
         self.http_urls: list[str] = []
         self.started_at = time.time()
         self.rounds_run = 0
@@ -116,7 +128,7 @@ class Coordinator:
         self._stop = trio.Event()
         for kind, domain in (("announce", ANNOUNCE), ("result", RESULT)):
             for r, wire in self.store.wires(kind, since=max(0, self.store.last_round() - 1000)):
-                self.roundlog.add(domain, r, wire)
+                self.roundlog.add(domain, r, wire)  # phase notices of past rounds are moot
         # frames up to twice the cap are read so an oversize message is counted, not just cut
         self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
@@ -197,22 +209,26 @@ class Coordinator:
             return env
         rnd = self.current
         last = rnd.number if rnd is not None else self.store.last_round()
-        env = self.round_verifier.verify(wire, domains={CONTRIBUTION}, min_round=last,
+        env = self.round_verifier.verify(wire, domains=PEER_DOMAINS, min_round=last,
                                          max_round=last)
         if not self.store.is_admitted(env.sender_id):
             raise NotAdmitted("sender has not enrolled (or is not allowed)")
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
-        contribution = decode(env.payload, self.workload.contribution_schema)
-        rnd.offer(env.sender_id, contribution)
+        rnd.offer_message(env.sender_id, env.domain, env.payload)
+        # secure rounds keep only digests: their payloads are masked vectors and ciphertexts
+        # nobody may use later, and a restart abandons such a round anyway
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
-                                  env.nonce, env.payload)
-        log.info("round %d: accepted contribution %d from %s", env.round,
-                 len(rnd.contributions), env.sender_id)
+                                  env.nonce, env.payload if rnd.resumable else b"")
+        log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
         self._changed.set()
         return env
 
     async def _on_pull(self, request: bytes, remote: str) -> bytes:
+        req = decode(request, PullRequest)
+        if req.kind == "personal":  # only the authenticated asker's own message
+            wire = self.personal.get((req.round, req.tag, remote))
+            return encode(PullResponse(envelopes=[wire] if wire else []))
         return self.roundlog.answer(request)
 
     # --- rounds --------------------------------------------------------------------------------
@@ -234,10 +250,16 @@ class Coordinator:
                 await self._wait_for_peers()
                 rnd = self._open_round()
             self.current = rnd
-            while not rnd.ready(time.time(), self.live_peers()):
-                await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
-            self._publish(rnd)
+            while True:
+                while not rnd.ready(time.time(), self.live_peers()):
+                    await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
+                step = rnd.advance(time.time())
+                if isinstance(step, Outcome):
+                    break
+                self._send_notice(rnd.number, step)
+            self._publish(rnd, step)
             self.current = None
+            self.personal.clear()
             self.rounds_run += 1
             await trio.sleep(self.config.round_pause)
         log.info("ran %d rounds; stopping", self.rounds_run)
@@ -246,39 +268,74 @@ class Coordinator:
         cancel_scope.cancel()
 
     async def _wait_for_peers(self) -> None:
+        # a secure sum over one input would be that input: secure rounds need two at least
+        need = max(self.config.min_peers, 2 if self.config.secure else 1)
+        if self.rounds_run == 0:
+            need = max(need, self.config.start_peers)
         last_log = 0.0
-        while len(live := self.live_peers()) < self.config.min_peers:
+        while len(live := self.live_peers()) < need:
             if time.time() - last_log > 10:
-                log.info("waiting for peers: %d of %d connected and admitted", len(live),
-                         self.config.min_peers)
+                log.info("waiting for peers: %d of %d connected and admitted", len(live), need)
                 last_log = time.time()
             await self._wait_changed(0.5)
 
-    def _open_round(self) -> Round:
+    def _open_round(self) -> RoundLogic:
         number = self.store.last_round() + 1
-        deadline = time.time() + self.config.round_timeout
+        now = time.time()
         prev = self.store.latest_published()
+        prev_digest = bytes(prev["state_digest"]) if prev else b""
+        participants = sorted(self.live_peers())
+        params = b""
+        if self.config.secure:
+            secure = secure_round.make_params(self.workload, number, participants, prev_digest)
+            params = encode(secure)
+            rnd: RoundLogic = secure_round.SecureRound(
+                number, self.workload, secure, min_peers=self.config.min_peers,
+                phase_timeout=self.config.phase_timeout, now=now)
+            deadline = now + 4 * self.config.phase_timeout
+        else:
+            deadline = now + self.config.round_timeout
+            rnd = Round(number, self.workload, deadline, self.config.min_peers)
         announce = RoundAnnounce(
             round=number, workload=self.workload.name, deadline_ms=int(deadline * 1000),
-            min_peers=self.config.min_peers,
-            prev_state_digest=bytes(prev["state_digest"]) if prev else b"",
-            params=self.workload.round_params(number))
+            min_peers=self.config.min_peers, prev_state_digest=prev_digest, params=params)
         wire = seal(self.identity, ANNOUNCE, number, encode(announce))
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
         self.sent_at[(ANNOUNCE, number)] = time.monotonic()
         self._gossip(TOPIC_ANNOUNCE, wire)
-        log.info("round %d open: %s, %d live peers, deadline in %.0f s", number,
-                 self.workload.name, len(self.live_peers()), self.config.round_timeout)
-        return Round(number, self.workload, deadline, self.config.min_peers)
+        log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
+                 "secure" if self.config.secure else "clear", len(participants))
+        return rnd
 
-    def _resume_open_round(self) -> Round | None:
+    def _send_notice(self, number: int, notice: Notice) -> None:
+        payload = encode(PhaseNotice(round=number, phase=notice.phase, body=notice.body,
+                                     personal=bool(notice.personal)))
+        wire = seal(self.identity, NOTICE, number, payload)
+        self.roundlog.add(NOTICE, number, wire, tag=notice.phase)
+        self.sent_at[(f"{NOTICE}/{notice.phase}", number)] = time.monotonic()
+        for peer, body in notice.personal.items():
+            self.personal[(number, notice.phase, peer)] = seal(
+                self.identity, PERSONAL, number, encode(PersonalNotice(
+                    round=number, phase=notice.phase, recipient=peer, body=body)))
+        self._gossip(TOPIC_ANNOUNCE, wire)
+        log.info("round %d: phase %s open (%d-byte notice, %d personal)", number, notice.phase,
+                 len(wire), len(notice.personal))
+
+    def _resume_open_round(self) -> RoundLogic | None:
         rows = self.store.open_rounds()
         if not rows:
             return None
         row = rows[-1]
+        announce = decode(open_envelope(row["announce_wire"]).payload, RoundAnnounce)
         rnd = Round(row["round"], self.workload, time.time() + self.config.round_timeout,
                     row["min_peers"])
+        if announce.params:  # a secure round: its server state is gone by design
+            log.warning("round %d was a secure round cut by a restart; marking it failed",
+                        rnd.number)
+            self._publish(rnd, Outcome("failed", 0, {
+                "error": "coordinator restarted during a secure round"}))
+            return None
         for m in self.store.messages(rnd.number, CONTRIBUTION):
             rnd.contributions[m["sender"]] = decode(m["payload"], self.workload.contribution_schema)
             self.round_verifier.remember(rnd.number, public_key_from_peer_id(m["sender"]),
@@ -288,8 +345,7 @@ class Coordinator:
         self._gossip(TOPIC_ANNOUNCE, row["announce_wire"])
         return rnd
 
-    def _publish(self, rnd: Round) -> None:
-        outcome = rnd.close()
+    def _publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
         state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
         inline, blob = state, None

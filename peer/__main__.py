@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="this peer's private input; for stats: height=CM,weight=KG")
     p.add_argument("--pull-interval", type=float, default=1.0,
                    help="seconds between pulls of missed rounds (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                   help="testing: in each round, with probability P, go silent at a random "
+                   "phase (simulates a client vanishing mid-round; default: 0)")
+    p.add_argument("--dropout-slot", metavar="I/N",
+                   help="testing: this peer is slot I of N; then exactly floor(P*N) slots "
+                   "drop out each round instead of each peer flipping a coin")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     args = p.parse_args(argv)
     if not args.bootstrap and not args.coordinator_url:
@@ -83,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("bad --data: %s", exc)
         return 2
+    slot = None
+    if args.dropout_slot:
+        try:
+            i, n = (int(v) for v in args.dropout_slot.split("/"))
+            if not 0 <= i < n:
+                raise ValueError
+        except ValueError:
+            log.error("--dropout-slot wants I/N with 0 <= I < N, got %r", args.dropout_slot)
+            return 2
+        slot = (i, n)
     bootstrap, coordinator_id = list(args.bootstrap), args.coordinator
     if args.coordinator_url:
         try:
@@ -95,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = PeerDaemon(identity, workload, data, bootstrap=bootstrap,
                         coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
-                        pull_interval=args.pull_interval)
+                        pull_interval=args.pull_interval, dropout=args.dropout,
+                        dropout_slot=slot)
     run_until_signal(daemon.run)
     log.info("stopped")
     return 0

@@ -34,8 +34,9 @@ from protocol.envelope import RejectedMessage, open_envelope, seal
 from protocol.identity import Identity
 from protocol.messages import (
     ANNOUNCE,
-    CONTRIBUTION,
     ENROLL,
+    NOTICE,
+    PERSONAL,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -43,6 +44,8 @@ from protocol.messages import (
     TOPIC_RESULT,
     TOPIC_SUBMIT,
     Enroll,
+    PersonalNotice,
+    PhaseNotice,
     PullRequest,
     PullResponse,
     RoundAnnounce,
@@ -51,9 +54,12 @@ from protocol.messages import (
     decode,
     encode,
 )
+from protocol.rounds import ClearPeerRound, PeerRound
+from protocol.secagg import SecAggAbort, SecAggMisuse
+from protocol.secure_round import SecurePeerRound
 from protocol.workloads import Workload
 
-from .node import DEFAULT_GOSSIP, GossipConfig, NetworkNode, StreamProtocolError
+from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
 from .roundlog import RoundLog
 
 log = logging.getLogger("hypergossip.peer")
@@ -80,6 +86,8 @@ class PeerDaemon:
         subscribe_gossip: bool = True,
         gossip_drop: float = 0.0,
         pull_interval: float = 1.0,
+        dropout: float = 0.0,
+        dropout_slot: tuple[int, int] | None = None,
         on_result: Callable[[RoundResult], None] | None = None,
     ):
         self.identity = identity
@@ -101,7 +109,10 @@ class PeerDaemon:
         self.states: dict[int, bytes] = {}  # round -> published state (canonical JSON), verified
         self.received_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self.first_round = 0  # first round this peer saw; it does not chase older ones
-        self.contributed: set[int] = set()
+        self.rounds: dict[int, PeerRound] = {}  # rounds this peer takes part in
+        self.dropout = dropout
+        self.dropout_slot = dropout_slot
+        self._round_events: dict[int, trio.Event] = {}
         self.enrolled = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.node.serve(PROTO_PULL, self._serve_pull, max_request=1024)
@@ -161,7 +172,7 @@ class PeerDaemon:
                 log.info("enrolled with coordinator %s", self.coordinator_id)
                 self.enrolled.set()
                 if latest := self.roundlog.latest(ANNOUNCE):
-                    self._maybe_contribute(latest)  # older rounds are closed by now
+                    self._maybe_join(latest)  # older rounds are closed by now
                 return
             if ack is not None:
                 log.warning("enrolment refused: %s", ack.reason)
@@ -191,26 +202,30 @@ class PeerDaemon:
 
     def _ingest(self, wire: bytes, *, source: str, origin: str | None = None) -> None:
         try:
-            env = open_envelope(wire, domains={ANNOUNCE, RESULT})
+            env = open_envelope(wire, domains={ANNOUNCE, RESULT, NOTICE})
             if env.sender_id != self.coordinator_id:
                 raise RejectedMessage(f"signed by {env.sender_id}, not the coordinator")
-            if env.domain == ANNOUNCE:
-                msg: RoundAnnounce | RoundResult = decode(env.payload, RoundAnnounce)
-            else:
-                msg = decode(env.payload, RoundResult)
+            schema = {ANNOUNCE: RoundAnnounce, RESULT: RoundResult, NOTICE: PhaseNotice}
+            msg = decode(env.payload, schema[env.domain])
             if msg.round != env.round:
                 raise RejectedMessage("payload round differs from the signed round")
         except RejectedMessage as exc:
             log.warning("rejected %s: %s (%s)", source, exc.reason, exc)
             return
-        if not self.roundlog.add(env.domain, env.round, wire):
+        tag = msg.phase if isinstance(msg, PhaseNotice) else ""
+        if not self.roundlog.add(env.domain, env.round, wire, tag=tag):
             return
-        self.received_at[(env.domain, env.round)] = time.monotonic()
+        self.received_at[(env.domain if not tag else f"{NOTICE}/{tag}", env.round)] = \
+            time.monotonic()
         if not self.first_round:
             self.first_round = env.round
+        if env.round in self._round_events:
+            self._round_events.pop(env.round).set()
         if isinstance(msg, RoundAnnounce):
             log.info("round %d announced (%s, via %s)", msg.round, msg.workload, source)
-            self._maybe_contribute(msg.round)
+            self._maybe_join(msg.round)
+        elif isinstance(msg, PhaseNotice):
+            log.debug("round %d: phase %s notice (via %s)", msg.round, msg.phase, source)
         else:
             self.results[msg.round] = msg
             log.info("round %d %s: %d accepted, state %s (via %s)", msg.round, msg.status,
@@ -245,30 +260,111 @@ class PeerDaemon:
             log.info("round %d: fetched %d-byte state by digest", msg.round, len(data))
             return
 
-    def _maybe_contribute(self, round: int) -> None:
-        if (round in self.contributed or not self.enrolled.is_set() or self._nursery is None
+    def _maybe_join(self, round: int) -> None:
+        if (round in self.rounds or not self.enrolled.is_set() or self._nursery is None
                 or self.roundlog.has(RESULT, round)):
             return
-        self.contributed.add(round)
-        self._nursery.start_soon(self._contribute, round)
-
-    async def _contribute(self, round: int) -> None:
-        wire_announce = self.roundlog.get(ANNOUNCE, round)
-        assert wire_announce is not None
-        announce = decode(open_envelope(wire_announce).payload, RoundAnnounce)
+        wire = self.roundlog.get(ANNOUNCE, round)
+        assert wire is not None
+        announce = decode(open_envelope(wire).payload, RoundAnnounce)
         if announce.workload != self.workload.name:
             log.warning("round %d runs workload %s; this peer serves %s", round,
                         announce.workload, self.workload.name)
             return
-        contribution = self.workload.contribute(announce, self.data)
-        wire = seal(self.identity, CONTRIBUTION, round, encode(contribution))
-        ack = await self._submit(wire, gossip_fallback=True)
+        try:
+            if announce.params:
+                logic: PeerRound = SecurePeerRound(self.peer_id, self.workload, announce,
+                                                   self.data)
+            else:
+                logic = ClearPeerRound(self.workload, announce, self.data)
+        except SecAggMisuse:
+            log.info("round %d: not among its participants (joined later); sitting it out",
+                     round)
+            return
+        except RejectedMessage as exc:
+            log.warning("round %d: bad announcement parameters: %s", round, exc)
+            return
+        self.rounds[round] = logic
+        self._nursery.start_soon(self._take_part, round, logic, announce)
+
+    async def _wait_round(self, round: int, ready: Callable[[], bool]) -> bool:
+        """Wait until ``ready()`` or the round's result arrives; True if ``ready()``."""
+        while not ready():
+            if self.roundlog.has(RESULT, round):
+                return False
+            await self._round_events.setdefault(round, trio.Event()).wait()
+        return True
+
+    async def _take_part(self, round: int, logic: PeerRound, announce: RoundAnnounce) -> None:
+        """Send our messages for each phase of ``round`` as its notices arrive, in order."""
+        steps = ["start", *logic.phases]
+        silent_at = random.randrange(len(steps)) if self._drops_in(round) else None
+        timeout = max(5.0, announce.deadline_ms / 1000 - time.time() + 30.0)
+        with trio.move_on_after(timeout):
+            for i, step in enumerate(steps):
+                if i == silent_at:
+                    log.warning("round %d: simulated dropout before %s", round, step)
+                    return
+                if step == "start":
+                    out = logic.start()
+                else:
+                    if not await self._wait_round(
+                            round, lambda step=step: self.roundlog.has(NOTICE, round, step)):
+                        return  # the round ended without us
+                    notice = decode(open_envelope(self.roundlog.get(NOTICE, round, step))
+                                    .payload, PhaseNotice)
+                    personal = await self._fetch_personal(round, step) if notice.personal \
+                        else None
+                    if notice.personal and personal is None:
+                        log.warning("round %d: could not fetch our %s message", round, step)
+                        return
+                    try:
+                        out = logic.on_notice(step, notice.body, personal)
+                    except (SecAggAbort, RejectedMessage) as exc:
+                        log.warning("round %d: leaving at phase %s: %s", round, step, exc)
+                        return
+                for domain, payload in out:
+                    await self._send(round, domain, payload)
+
+    def _drops_in(self, round: int) -> bool:
+        """Testing aid: whether to vanish from ``round``. With a slot ``(i, n)`` exactly
+        ``floor(dropout * n)`` of the n slots drop each round (a window rotating by round);
+        without one, each round is a coin flip."""
+        if self.dropout_slot is None:
+            return random.random() < self.dropout
+        i, n = self.dropout_slot
+        k = int(self.dropout * n)
+        return (i + round * k) % n < k
+
+    async def _send(self, round: int, domain: str, payload: bytes) -> None:
+        wire = seal(self.identity, domain, round, payload)
+        ack = await self._submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
         if ack is None:
             return
         if ack.accepted:
-            log.info("round %d: contribution accepted", round)
+            log.info("round %d: %s accepted", round, domain)
         else:
-            log.warning("round %d: contribution refused: %s", round, ack.reason)
+            log.warning("round %d: %s refused: %s", round, domain, ack.reason)
+
+    async def _fetch_personal(self, round: int, phase: str) -> bytes | None:
+        """Our own message for ``phase``, pulled from the coordinator and checked."""
+        request = encode(PullRequest(kind="personal", round=round, tag=phase))
+        for attempt in range(6):
+            try:
+                raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
+                                              max_response=8 * 1024 * 1024, timeout=10.0)
+                for wire in decode(raw, PullResponse).envelopes:
+                    env = open_envelope(wire, domains={PERSONAL}, max_wire=8 * 1024 * 1024)
+                    msg = decode(env.payload, PersonalNotice)
+                    if (env.sender_id, msg.round, msg.phase, msg.recipient) == (
+                            self.coordinator_id, round, phase, self.peer_id):
+                        return msg.body
+                    log.warning("round %d: personal message not for us / not signed right",
+                                round)
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("personal %s pull failed: %s", phase, exc)
+            await trio.sleep(0.2 * (attempt + 1))
+        return None
 
     # --- pull --------------------------------------------------------------------------------
     async def _serve_pull(self, request: bytes, remote: str) -> bytes:

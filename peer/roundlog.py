@@ -1,56 +1,64 @@
-"""Coordinator-signed announcements and results a node holds, served to others on pull.
+"""Coordinator-signed announcements, phase notices and results a node holds, served on pull.
 
 Gossip is lossy (empty meshes, silent drops), so every node keeps the signed
 envelopes it has seen and answers :data:`PROTO_PULL` requests for them: a
-peer that missed round n's announcement or result asks a neighbour or the
-coordinator by round. Envelopes are stored as received, so whoever pulls
-checks the coordinator's own signature; a relaying neighbour cannot forge.
+peer that missed round n's announcement, a phase notice or the result asks
+a neighbour or the coordinator by round (and phase). Envelopes are stored as
+received, so whoever pulls checks the coordinator's own signature; a
+relaying neighbour cannot forge.
 """
 
 from __future__ import annotations
 
-from protocol.messages import ANNOUNCE, RESULT, PullRequest, PullResponse, decode, encode
+from protocol.messages import ANNOUNCE, NOTICE, RESULT, PullRequest, PullResponse, decode, encode
 
-KINDS = {"announce": ANNOUNCE, "result": RESULT}
+KINDS = {"announce": ANNOUNCE, "result": RESULT, "notice": NOTICE}
 
 
 class RoundLog:
     def __init__(self, keep: int = 1024):
         self.keep = keep
-        self._by_kind: dict[str, dict[int, bytes]] = {ANNOUNCE: {}, RESULT: {}}
+        self._by_kind: dict[str, dict[tuple[int, str], bytes]] = {d: {} for d in KINDS.values()}
 
-    def add(self, domain: str, round: int, wire: bytes) -> bool:
+    def add(self, domain: str, round: int, wire: bytes, tag: str = "") -> bool:
         """Store a *verified* envelope; return False when it was already held."""
         table = self._by_kind[domain]
-        if round in table:
+        if (round, tag) in table:
             return False
-        table[round] = wire
+        table[(round, tag)] = wire
         if len(table) > self.keep:
-            del table[min(table)]
+            oldest = min(r for r, _ in table)
+            for key in [k for k in table if k[0] == oldest]:
+                del table[key]
         return True
 
-    def has(self, domain: str, round: int) -> bool:
-        return round in self._by_kind[domain]
+    def has(self, domain: str, round: int, tag: str = "") -> bool:
+        return (round, tag) in self._by_kind[domain]
 
-    def get(self, domain: str, round: int) -> bytes | None:
-        return self._by_kind[domain].get(round)
+    def get(self, domain: str, round: int, tag: str = "") -> bytes | None:
+        return self._by_kind[domain].get((round, tag))
 
     def latest(self, domain: str) -> int:
         table = self._by_kind[domain]
-        return max(table) if table else 0
+        return max(r for r, _ in table) if table else 0
+
+    def notices(self, round: int) -> list[bytes]:
+        return [w for (r, _), w in self._by_kind[NOTICE].items() if r == round]
 
     def answer(self, request: bytes) -> bytes:
-        """Serve a :class:`PullRequest`; unknown rounds get an empty response."""
+        """Serve a :class:`PullRequest`; unknown items get an empty response."""
         req = decode(request, PullRequest)
         out: list[bytes] = []
         if req.kind == "head":
-            for domain in (ANNOUNCE, RESULT):
-                r = self.latest(domain)
-                if r:
-                    out.append(self._by_kind[domain][r])
+            latest = self.latest(ANNOUNCE)
+            if latest:
+                out.append(self._by_kind[ANNOUNCE][(latest, "")])
+                out += self.notices(latest)[:8]
+            latest = self.latest(RESULT)
+            if latest:
+                out.append(self._by_kind[RESULT][(latest, "")])
         elif req.kind in KINDS:
-            wire = self.get(KINDS[req.kind], req.round)
+            wire = self.get(KINDS[req.kind], req.round, req.tag)
             if wire is not None:
                 out.append(wire)
         return encode(PullResponse(envelopes=out))
-

@@ -29,6 +29,8 @@ ENROLL = "enroll"  # peer -> coordinator: please admit me
 ANNOUNCE = "announce"  # coordinator -> all: round n is open
 CONTRIBUTION = "contribution"  # peer -> coordinator: my input to round n
 RESULT = "result"  # coordinator -> all: round n's published outcome
+NOTICE = "notice"  # coordinator -> all: a phase of round n opened (multi-phase rounds)
+PERSONAL = "personal"  # coordinator -> one peer: its own message for a phase (pull only)
 
 # --- gossip topics --------------------------------------------------------------------------
 TOPIC_ANNOUNCE = "hg/v1/announce"
@@ -63,7 +65,7 @@ class RoundAnnounce(Strict):
     deadline_ms: Annotated[int, Meta(ge=0)]
     min_peers: Count
     prev_state_digest: Annotated[bytes, Meta(max_length=32)] = b""
-    params: Annotated[bytes, Meta(max_length=64 * 1024)] = b""
+    params: Annotated[bytes, Meta(max_length=400 * 1024)] = b""  # the round mode's parameters
 
 
 class StatsContribution(Strict):
@@ -91,20 +93,47 @@ class RoundResult(Strict):
     blob: BlobRef | None = None  # set when the state is too large for gossip
 
 
+class PhaseNotice(Strict):
+    """A phase of a multi-phase round opened; ``body`` is the phase's broadcast message.
+    ``personal`` says each participant must also pull its own :class:`PersonalNotice`."""
+
+    round: RoundNo
+    phase: Short
+    body: Annotated[bytes, Meta(max_length=400 * 1024)] = b""
+    personal: bool = False
+
+
+class PersonalNotice(Strict):
+    round: RoundNo
+    phase: Short
+    recipient: Short
+    body: Annotated[bytes, Meta(max_length=4 * 1024 * 1024)] = b""
+
+
+class PlainVector(Strict):
+    """A contribution in the clear as little-endian float32 (insecure mode)."""
+
+    vector: Annotated[bytes, Meta(max_length=64 * 1024 * 1024)]
+
+
 class SubmitAck(Strict):
     accepted: bool
     reason: Annotated[str, Meta(max_length=512)] = ""
 
 
 class PullRequest(Strict):
-    """``kind``: ``head`` (latest announce and result), ``announce`` or ``result`` of ``round``."""
+    """``kind``: ``head`` (latest announcement, its phase notices, latest result), or a
+    domain (``announce``, ``result``, ``notice``, ``personal``) with ``round`` and, for
+    notices, the phase name in ``tag``. ``personal`` is answered only by the coordinator
+    and only with the asking peer's own message."""
 
     kind: Short
     round: RoundNo = 0
+    tag: Short = ""
 
 
 class PullResponse(Strict):
-    envelopes: Annotated[list[bytes], Meta(max_length=4)] = []
+    envelopes: Annotated[list[bytes], Meta(max_length=16)] = []
 
 
 T = TypeVar("T", bound=msgspec.Struct)

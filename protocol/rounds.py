@@ -26,6 +26,14 @@ is met, or at its deadline with whatever arrived.
 Errors: :class:`RoundClosed` and :class:`Duplicate` are remote faults (a
 late or repeated message, counted as rejections); :class:`RoundMisuse` is a
 local bug (closing twice).
+
+Round modes share one driver interface (see :class:`RoundLogic`): the
+coordinator offers each verified message with its domain, asks ``ready``,
+and calls ``advance``, which either opens the next phase (a :class:`Notice`
+to broadcast, with optional personal messages) or ends the round (an
+:class:`Outcome`). :class:`Round` here is the one-phase clear mode; the
+secure mode is :mod:`protocol.secure_round`. Peers run the mirror image,
+:class:`PeerRound`.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .envelope import RejectedMessage
-from .messages import Strict
+from .messages import CONTRIBUTION, RoundAnnounce, Strict, decode, encode
 from .workloads import Workload
 
 
@@ -57,6 +65,10 @@ class RoundMisuse(Exception):
     """The caller broke the state machine's rules (a bug on our side)."""
 
 
+class WrongPhase(RejectedMessage):
+    reason = "wrong_phase"
+
+
 @dataclass
 class Outcome:
     status: str
@@ -65,7 +77,74 @@ class Outcome:
 
 
 @dataclass
-class Round:
+class Notice:
+    """A phase opened: ``body`` goes to everyone, ``personal[peer]`` to that peer only."""
+
+    phase: str
+    body: bytes = b""
+    personal: dict[str, bytes] = field(default_factory=dict)
+
+
+Outgoing = list[tuple[str, bytes]]  # (domain, payload) a peer must send
+
+
+class RoundLogic:
+    """What the coordinator's driver needs from a round, whatever its mode."""
+
+    number: int
+    deadline: float  # of the current phase
+    rejected: dict[str, int]
+    resumable: bool = False  # can be rebuilt from its stored messages after a restart
+
+    def domains(self) -> frozenset[str]:
+        raise NotImplementedError
+
+    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def ready(self, now: float, live: set[str]) -> bool:
+        raise NotImplementedError
+
+    def advance(self, now: float) -> Notice | Outcome:
+        raise NotImplementedError
+
+    def accepted_count(self) -> int:
+        raise NotImplementedError
+
+    def count_rejection(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class PeerRound:
+    """A peer's side of one round: what to send at the start and after each notice."""
+
+    phases: tuple[str, ...] = ()  # notices to act on, in order
+
+    def start(self) -> Outgoing:
+        raise NotImplementedError
+
+    def needs_personal(self, phase: str) -> bool:
+        return False
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        raise NotImplementedError
+
+
+class ClearPeerRound(PeerRound):
+    def __init__(self, workload: Workload, announce: RoundAnnounce, data: Any):
+        self.workload, self.announce, self.data = workload, announce, data
+
+    def start(self) -> Outgoing:
+        return [(CONTRIBUTION, encode(self.workload.contribute(self.announce, self.data)))]
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        return []
+
+
+@dataclass
+class Round(RoundLogic):
+    """The clear mode: one phase collecting ``contribution`` messages."""
+
     number: int
     workload: Workload
     deadline: float
@@ -85,8 +164,21 @@ class Round:
         self.workload.check(contribution)
         self.contributions[sender] = contribution
 
-    def count_rejection(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+    resumable = True
+
+    def domains(self) -> frozenset[str]:
+        return frozenset({CONTRIBUTION})
+
+    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
+        if domain != CONTRIBUTION:
+            raise WrongPhase(f"{domain} messages are not part of a clear round")
+        self.offer(sender, decode(payload, self.workload.contribution_schema))
+
+    def accepted_count(self) -> int:
+        return len(self.contributions)
+
+    def advance(self, now: float) -> Outcome:
+        return self.close()
 
     def ready(self, now: float, expected: set[str]) -> bool:
         """True when the round should close now: deadline passed, or quorum met and every

@@ -1,11 +1,18 @@
 """Workloads: what a round computes. One small class each, found by name.
 
-A workload says what a peer contributes (a strict schema), how the
-coordinator checks one contribution beyond its schema, and how it combines
-the accepted ones into a published, JSON-able result. Everything about
-moving messages, deadlines and signatures lives elsewhere, so a new workload
-(the private statistic, model training) is a new class here and a name in
-:data:`WORKLOADS`, not code threaded through the daemons.
+A workload says what a peer contributes and how the coordinator turns the
+contributions into a published, JSON-able result. Everything about moving
+messages, deadlines, signatures and secrecy lives elsewhere, so a new
+workload is a new class here and a name in :data:`WORKLOADS`, not code
+threaded through the daemons. A workload serves two round modes:
+
+* clear (``--insecure``): each peer sends ``contribution_schema`` (range
+  checked by its schema), the coordinator calls :meth:`Workload.aggregate`;
+* secure: each peer turns its data into a float vector of
+  :meth:`Workload.vector_len` (:meth:`Workload.vector`), the vectors are
+  summed under secure aggregation after clipping every coordinate to
+  ``[-clip, clip]``, and the coordinator only sees the sum, which
+  :meth:`Workload.finalize` turns into the result.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
+import numpy as np
 
 from .messages import RoundAnnounce, SchemaError, StatsContribution, Strict
 
@@ -22,6 +30,8 @@ from .messages import RoundAnnounce, SchemaError, StatsContribution, Strict
 class Workload:
     name: ClassVar[str]
     contribution_schema: ClassVar[type[Strict]]
+    clip: ClassVar[float]  # per-coordinate bound of secure-mode vectors
+    ring_bits: ClassVar[int] = 32  # secure-mode ring Z_2^bits; 32 keeps uploads at 1x float32
 
     def round_params(self, round: int) -> bytes:
         """Workload parameters the coordinator puts in round ``round``'s announcement."""
@@ -31,7 +41,14 @@ class Workload:
         """Semantic checks beyond the schema; raise :class:`SchemaError` to refuse."""
 
     def aggregate(self, contributions: Mapping[str, Strict]) -> dict[str, Any]:
-        """Combine accepted contributions (by sender peer id) into the published result."""
+        """Clear mode: combine accepted contributions (by sender peer id) into the result."""
+        raise NotImplementedError
+
+    def vector_len(self) -> int:
+        raise NotImplementedError
+
+    def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
+        """Secure mode: the result from the decoded sum of ``n`` peers' vectors."""
         raise NotImplementedError
 
     # --- peer side ---------------------------------------------------------------------------
@@ -40,25 +57,40 @@ class Workload:
         raise NotImplementedError
 
     def contribute(self, announce: RoundAnnounce, data: Any) -> Strict:
-        """The contribution a peer holding ``data`` sends for ``announce``."""
+        """Clear mode: the contribution a peer holding ``data`` sends for ``announce``."""
+        raise NotImplementedError
+
+    def vector(self, announce: RoundAnnounce, data: Any) -> np.ndarray:
+        """Secure mode: the float vector a peer holding ``data`` contributes."""
         raise NotImplementedError
 
 
-class ClearStats(Workload):
-    """The seed's challenge 1 statistic in the clear: count, sums and means of height/weight.
+class Stats(Workload):
+    """The seed's challenge 1 statistic: count, sums and means of height (cm) and weight (kg).
 
-    Sums use ``math.fsum`` (exactly rounded), so the published mean does not
-    depend on the order contributions arrived in.
+    Clear mode sums with ``math.fsum`` (exactly rounded), so the published mean
+    does not depend on arrival order. Secure mode sums the fixed-point
+    encoding of ``[height, weight]`` and reports the encoding's error bound.
     """
 
     name = "stats"
     contribution_schema = StatsContribution
+    clip = 300.0
+    ring_bits = 64  # two numbers: a wide ring costs nothing and leaves ~1e-13 quantization
 
     def aggregate(self, contributions: Mapping[str, Strict]) -> dict[str, Any]:
         values = [c for c in contributions.values() if isinstance(c, StatsContribution)]
-        n = len(values)
-        total_h = math.fsum(v.height for v in values)
-        total_w = math.fsum(v.weight for v in values)
+        return self._result(len(values), math.fsum(v.height for v in values),
+                            math.fsum(v.weight for v in values))
+
+    def vector_len(self) -> int:
+        return 2
+
+    def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
+        return self._result(n, float(total[0]), float(total[1]))
+
+    @staticmethod
+    def _result(n: int, total_h: float, total_w: float) -> dict[str, Any]:
         return {
             "count": n,
             "total_height": total_h,
@@ -85,8 +117,12 @@ class ClearStats(Workload):
             raise SchemaError("stats workload needs a StatsContribution")
         return data
 
+    def vector(self, announce: RoundAnnounce, data: Any) -> np.ndarray:
+        c = self.contribute(announce, data)
+        return np.array([c.height, c.weight], dtype=np.float64)
 
-WORKLOADS: dict[str, type[Workload]] = {ClearStats.name: ClearStats}
+
+WORKLOADS: dict[str, type[Workload]] = {Stats.name: Stats}
 
 
 def get_workload(name: str) -> Workload:

@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds to run (default: %(default)s)")
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="what the rounds compute (default: %(default)s)")
+    p.add_argument("--insecure", action="store_true",
+                   help="contributions in the clear (plain sums) instead of secure aggregation")
+    p.add_argument("--dropout", type=float, default=0.0, metavar="FRACTION",
+                   help="this fraction of the peers vanishes from every round (a different "
+                   "set each round), each at a random phase (default: 0)")
+    p.add_argument("--phase-timeout", type=float, default=5.0,
+                   help="seconds a secure phase waits for dropouts (default: %(default)s)")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running rounds until Ctrl-C instead of stopping after --rounds")
     p.add_argument("--json", type=Path, metavar="PATH", help="write a JSON summary of the rounds")
@@ -73,6 +80,7 @@ class Testnet:
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.peer_ids: list[str] = []
         rng = random.Random(args.seed)
         self.data = [(round(rng.gauss(170, 10), 1), round(rng.gauss(70, 12), 1))
                      for _ in range(args.peers)]
@@ -99,8 +107,13 @@ class Testnet:
         cmd = ["-m", "coordinator", "--host", "127.0.0.1", "--port", str(self.http_port),
                "--listen", f"/ip4/127.0.0.1/tcp/{coord_port}", "--data-dir",
                str(self.run_dir / "coordinator"), "--workload", a.workload,
-               "--min-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
-               "--round-pause", "0.5", "--log-level", a.log_level]
+               "--min-peers", str(max(2, math.floor(a.peers * (1 - a.dropout)) - 1)
+                                  if a.dropout else a.peers),
+               "--start-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
+               "--round-pause", "0.5", "--log-level", a.log_level,
+               "--phase-timeout", str(a.phase_timeout)]
+        if a.insecure:
+            cmd.append("--insecure")
         if not a.keep_running:
             cmd += ["--rounds", str(a.rounds)]
         print(f"starting coordinator (HTTP {self.url}) ...", flush=True)
@@ -116,10 +129,12 @@ class Testnet:
             key = self.run_dir / f"peer-{i}.key"
             ident = Identity.load(key) if key.exists() else Identity.generate()
             ident.save(key)
+            self.peer_ids.append(ident.peer_id)
             cmd = ["-m", "peer", "--key", str(key),
                    "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}", "--coordinator-url", self.url,
                    "--workload", a.workload, "--data", f"height={h},weight={w}",
-                   "--log-level", a.log_level]
+                   "--log-level", a.log_level, "--dropout", str(a.dropout),
+                   "--dropout-slot", f"{i}/{a.peers}"]
             for other in rng.sample(addrs, min(2, len(addrs))):
                 cmd += ["--bootstrap", other]  # a few peer links so gossip has a mesh
             self.spawn(f"peer-{i}", cmd)
@@ -162,9 +177,42 @@ def describe(row: dict, peers: int) -> str:
     line = (f"round {row['round']:>3}  {row['status']:<9}  accepted {row['accepted']}/{peers}  "
             f"rejected {row['rejected'] or '{}'}  {row['seconds'] or 0:.2f} s")
     if row.get("mean_height") is not None:
-        line += (f"  mean height {row['mean_height']:.3f} cm  "
-                 f"mean weight {row['mean_weight']:.3f} kg")
+        line += (f"  mean height {row['mean_height']:.4f} cm  "
+                 f"mean weight {row['mean_weight']:.4f} kg")
+    if sa := row.get("secure_aggregation"):
+        line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
     return line
+
+
+def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
+                secure: bool) -> bool:
+    """Published means against the true inputs of the peers each round included: equal in
+    the clear; within the fixed-point error bound under secure aggregation."""
+    ok, worst, worst_bound, partial = True, 0.0, 0.0, 0
+    for row in rows:
+        if row["status"] != "published":
+            print(f"round {row['round']} did not publish: {row.get('error')}")
+            ok = False
+            continue
+        included = row["secure_aggregation"]["included"] if secure else list(data)
+        partial += len(included) < len(data)
+        values = [data[p] for p in included]
+        n = len(values)
+        true_h = math.fsum(h for h, _ in values) / n
+        true_w = math.fsum(w for _, w in values) / n
+        bound = row["secure_aggregation"]["quantization_error_bound"] / n if secure else 0.0
+        err = max(abs(row["mean_height"] - true_h), abs(row["mean_weight"] - true_w))
+        worst, worst_bound = max(worst, err), max(worst_bound, bound)
+        if n != row["count"] or err > bound:
+            print(f"MISMATCH in round {row['round']}: error {err:.3g} > bound {bound:.3g}")
+            ok = False
+    if ok:
+        how = "are within the stated quantization bound of" if secure else "equal"
+        print(f"OK: in all {len(rows)} rounds ({partial} with dropouts) the published means "
+              f"{how} the true means of the peers included" +
+              (f" (secure aggregation: largest error {worst:.2g}, bound {worst_bound:.2g})"
+               if secure else ""))
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,18 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         net.stop()
 
     if args.workload == "stats" and rows:
+        truth = dict(zip(net.peer_ids, net.data, strict=True))
         n = len(net.data)
-        true_h = math.fsum(h for h, _ in net.data) / n
-        true_w = math.fsum(w for _, w in net.data) / n
-        print(f"peers' true means: height {true_h:.3f} cm, weight {true_w:.3f} kg")
-        for row in rows:
-            if row["status"] != "published" or row.get("count") != n or not (
-                    math.isclose(row["mean_height"], true_h, rel_tol=1e-12)
-                    and math.isclose(row["mean_weight"], true_w, rel_tol=1e-12)):
-                print(f"MISMATCH in round {row['round']}: {row}")
-                ok = False
-        if ok:
-            print(f"OK: all {len(rows)} published means equal the peers' true means")
+        print(f"peers' true means: height {math.fsum(h for h, _ in net.data) / n:.4f} cm, "
+              f"weight {math.fsum(w for _, w in net.data) / n:.4f} kg")
+        ok = check_stats(rows, truth, secure=not args.insecure) and ok
     if args.json:
         args.json.write_text(json.dumps({"rounds": rows, "peers": args.peers,
                                          "workload": args.workload}, indent=2))

@@ -30,7 +30,8 @@ async def test_unlisted_key_is_not_admitted(data_dir):
     listed, unlisted = Identity.generate(), Identity.generate()
     async with trio.open_nursery() as nursery:
         coord = await start_coordinator(nursery, data_dir, min_peers=1, max_rounds=1,
-                                        allow=frozenset({listed.peer_id}))
+                                        allow=frozenset({listed.peer_id}),
+                                        secure=False)
         boot = coord.node.addrs[0]
         ok = await start_peer(nursery, [boot], identity=listed)
         refused = await start_peer(nursery, [boot], identity=unlisted)

@@ -197,7 +197,7 @@ def _announce(**changes) -> dict:
         ({"min_peers": 2**31 + 1}, "min_peers"),
         ({"workload": "w" * 65}, "workload"),
         ({"prev_state_digest": b"\x00" * 33}, "prev_state_digest"),
-        ({"params": b"\x00" * (64 * 1024 + 1)}, "params"),
+        ({"params": b"\x00" * (400 * 1024 + 1)}, "params"),
     ],
 )
 def test_announce_out_of_range(changes: dict, field: str) -> None:
@@ -242,7 +242,7 @@ def test_enroll_limits() -> None:
 
 
 def test_pull_response_limits() -> None:
-    _bad({"envelopes": [b""] * 5}, PullResponse, "envelopes")
+    _bad({"envelopes": [b""] * 17}, PullResponse, "envelopes")
     _bad({"reason": "r" * 513, "accepted": False}, SubmitAck, "reason")
 
 

@@ -61,7 +61,7 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
     mallory_input = (175.5, 71.0)
     async with trio.open_nursery() as nursery:
         coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=1,
-                                        round_timeout=30.0)
+                                        round_timeout=30.0, secure=False)
         boot = coord.node.addrs[0]
         alice_id = Identity.generate()
         await start_peer(nursery, [boot], *honest_inputs[0], identity=alice_id)
@@ -81,7 +81,7 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
                 "bad_signature": forge(alice_id, mallory, 1),
                 "stale_round": contribution(mallory, 0, *mallory_input),
                 "future_round": contribution(mallory, 2, *mallory_input),
-                "oversize": seal(mallory, CONTRIBUTION, 1, b"\x00" * (600 * 1024)),
+                "oversize": seal(mallory, CONTRIBUTION, 1, b"\x00" * (9 * 1024 * 1024)),
                 "not_admitted": contribution(stranger, 1, 150.0, 50.0),
                 "schema": seal(mallory, CONTRIBUTION, 1, encode(
                     StatsContribution(height=170.0, weight=70.0))[:-3]),

@@ -1,4 +1,4 @@
-"""Round state machine, the ClearStats workload, canonical JSON and state digests."""
+"""Round state machine, the Stats workload, canonical JSON and state digests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import RejectedMessage
 from protocol.messages import PullRequest, RoundAnnounce, SchemaError, StatsContribution
 from protocol.rounds import Duplicate, Outcome, Phase, Round, RoundClosed, RoundMisuse
-from protocol.workloads import WORKLOADS, ClearStats, get_workload
+from protocol.workloads import WORKLOADS, Stats, get_workload
 
 P1, P2, P3 = "peer-1", "peer-2", "peer-3"
 
@@ -22,7 +22,7 @@ def stats(h: float = 170.0, w: float = 65.0) -> StatsContribution:
 
 
 def make_round(min_peers: int = 2, deadline: float = 100.0) -> Round:
-    return Round(number=5, workload=ClearStats(), deadline=deadline, min_peers=min_peers)
+    return Round(number=5, workload=Stats(), deadline=deadline, min_peers=min_peers)
 
 
 # --- Round ----------------------------------------------------------------------------------------
@@ -161,36 +161,36 @@ def test_count_rejection() -> None:
     assert r.rejected == {"replay": 2, "bad_signature": 1}
 
 
-# --- ClearStats -----------------------------------------------------------------------------------
+# --- Stats -----------------------------------------------------------------------------------
 
 
 def test_aggregate_is_order_independent_and_exact() -> None:
     values = [0.1 + 50, 0.2 + 50, 0.3 + 50, 1e-13 + 50, 123.456, 249.999]
     a = {f"p{i}": stats(v) for i, v in enumerate(values)}
     b = {f"p{i}": stats(v) for i, v in reversed(list(enumerate(values)))}
-    ra, rb = ClearStats().aggregate(a), ClearStats().aggregate(b)
+    ra, rb = Stats().aggregate(a), Stats().aggregate(b)
     assert ra == rb
     assert ra["total_height"] == math.fsum(values)
     assert ra["count"] == len(values)
 
 
 def test_aggregate_empty() -> None:
-    assert ClearStats().aggregate({}) == {
+    assert Stats().aggregate({}) == {
         "count": 0, "total_height": 0.0, "total_weight": 0.0,
         "mean_height": None, "mean_weight": None,
     }
 
 
 def test_aggregate_ignores_foreign_schemas() -> None:
-    out = ClearStats().aggregate({P1: stats(160.0), P2: PullRequest(kind="head")})
+    out = Stats().aggregate({P1: stats(160.0), P2: PullRequest(kind="head")})
     assert out["count"] == 1 and out["mean_height"] == 160.0
 
 
 def test_parse_data() -> None:
-    assert ClearStats().parse_data("height=170.5,weight=65") == StatsContribution(
+    assert Stats().parse_data("height=170.5,weight=65") == StatsContribution(
         height=170.5, weight=65.0
     )
-    assert ClearStats().parse_data(" weight = 65 , height=170.5") == StatsContribution(
+    assert Stats().parse_data(" weight = 65 , height=170.5") == StatsContribution(
         height=170.5, weight=65.0
     )
 
@@ -213,34 +213,34 @@ def test_parse_data() -> None:
 )
 def test_parse_data_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        ClearStats().parse_data(text)
+        Stats().parse_data(text)
 
 
 def test_parse_data_messages() -> None:
     with pytest.raises(ValueError, match="expected key=value"):
-        ClearStats().parse_data("foo")
+        Stats().parse_data("foo")
     with pytest.raises(ValueError, match="--data"):
-        ClearStats().parse_data("height=10,weight=65")
+        Stats().parse_data("height=10,weight=65")
 
 
 def test_contribute() -> None:
     announce = RoundAnnounce(round=1, workload="stats", deadline_ms=0, min_peers=1)
     c = stats(170.0)
-    assert ClearStats().contribute(announce, c) is c
+    assert Stats().contribute(announce, c) is c
     with pytest.raises(SchemaError):
-        ClearStats().contribute(announce, {"height": 170.0, "weight": 65.0})
+        Stats().contribute(announce, {"height": 170.0, "weight": 65.0})
 
 
 def test_get_workload() -> None:
-    assert isinstance(get_workload("stats"), ClearStats)
-    assert WORKLOADS["stats"] is ClearStats
+    assert isinstance(get_workload("stats"), Stats)
+    assert WORKLOADS["stats"] is Stats
     assert get_workload("stats") is not get_workload("stats")
     with pytest.raises(ValueError, match="unknown workload 'nope'"):
         get_workload("nope")
 
 
 def test_check_accepts_valid_contribution() -> None:
-    ClearStats().check(stats())  # no semantic checks beyond the schema
+    Stats().check(stats())  # no semantic checks beyond the schema
 
 
 # --- canonical JSON -------------------------------------------------------------------------------

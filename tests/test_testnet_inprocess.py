@@ -17,10 +17,12 @@ from protocol.messages import RESULT
 from .netutil import start_coordinator, start_peer, wait_for
 
 
-async def test_rounds_publish_true_means_and_every_peer_has_them(data_dir):
-    inputs = [(160.5, 55.0), (172.25, 68.5), (181.0, 90.25), (168.0, 61.0)]
+@pytest.mark.parametrize("secure", [False, True], ids=["clear", "secure"])
+async def test_rounds_publish_true_means_and_every_peer_has_them(data_dir, secure):
+    inputs = [(160.3, 55.1), (172.25, 68.5), (181.0, 90.25), (168.9, 61.0)]
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, min_peers=4, max_rounds=3)
+        coord = await start_coordinator(nursery, data_dir, min_peers=4, max_rounds=3,
+                                        secure=secure)
         boot = coord.node.addrs[0]
         peers = [await start_peer(nursery, [boot], h, w) for h, w in inputs]
         await wait_for(lambda: coord.rounds_run >= 3, timeout=40)
@@ -33,10 +35,20 @@ async def test_rounds_publish_true_means_and_every_peer_has_them(data_dir):
     for view in rounds:
         assert view["status"] == "published"
         assert view["accepted"] == 4
-        assert view["result"]["count"] == 4
-        assert view["result"]["mean_height"] == mean_h
-        assert view["result"]["mean_weight"] == mean_w
-        assert len([m for m in view["messages"] if m["domain"] == "contribution"]) == 4
+        result = view["result"]
+        assert result["count"] == 4
+        domains = [m["domain"] for m in view["messages"]]
+        if secure:
+            bound = result["secure_aggregation"]["quantization_error_bound"] / 4
+            assert 0 < bound < 1e-3
+            assert abs(result["mean_height"] - mean_h) <= bound
+            assert abs(result["mean_weight"] - mean_w) <= bound
+            assert result["mean_height"] != mean_h  # quantized: 160.3 is not a multiple of 2^-k
+            for phase in ("keys", "shares", "masked", "unmask"):
+                assert domains.count(f"secagg/{phase}") == 4
+        else:
+            assert result["mean_height"] == mean_h and result["mean_weight"] == mean_w
+            assert domains == ["contribution"] * 4
         # every peer holds the coordinator's result with the published state digest
         for p in peers:
             assert p.results[view["round"]].state_digest.hex() == view["state_digest"]

@@ -1,0 +1,177 @@
+"""The secure round mode: a workload's vectors summed under SecAgg+ (protocol.secagg).
+
+Phases, their peer message domains, and what closing each one sends:
+
+=========  ===================  ==============================================
+phase      peers send (domain)  when it closes, the coordinator sends
+=========  ===================  ==============================================
+keys       ``secagg/keys``      notice ``shares``: the key directory
+shares     ``secagg/shares``    notice ``masked`` + each peer's own inbox
+masked     ``secagg/masked``    notice ``unmask``: the survivor list
+unmask     ``secagg/unmask``    the round's result (decoded sum, finalized)
+=========  ===================  ==============================================
+
+A phase closes when every participant still in play that is connected has
+sent, or at the phase deadline; peers that miss a phase are dropouts and
+the protocol recovers their masks. A round cannot be resumed after a
+coordinator restart (the SecAgg server state is deliberately not persisted:
+it would hold every share) -- it is marked failed and a new one opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+
+from . import secagg
+from .fixedpoint import FixedPoint
+from .messages import RoundAnnounce, Strict, decode, encode
+from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
+from .workloads import Workload
+
+KEYS, SHARES, MASKED, UNMASK = "keys", "shares", "masked", "unmask"
+PHASES = (KEYS, SHARES, MASKED, UNMASK)
+DOMAIN = {p: f"secagg/{p}" for p in PHASES}
+SCHEMA: dict[str, type[Strict]] = {
+    KEYS: secagg.AdvertiseKeys, SHARES: secagg.ShareBundle, MASKED: secagg.MaskedInput,
+    UNMASK: secagg.UnmaskShares}
+PeerId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class SecureParams(Strict):
+    """Everything a peer needs to join a secure round, carried in the announcement."""
+
+    participants: Annotated[list[PeerId], msgspec.Meta(max_length=5000)]
+    degree: int
+    threshold: int
+    graph_seed: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    vector_len: Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
+    clip: float
+    bits: int
+    max_summands: int
+
+
+def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
+    """Public, unpredictable before the previous result exists: fixes the SecAgg+ graph."""
+    return hashlib.sha256(b"hypergossip/graph/v1" + prev_state_digest +
+                          round.to_bytes(8, "big")).digest()
+
+
+def make_params(workload: Workload, round: int, participants: list[str], prev_digest: bytes,
+                *, max_summands: int = 10_000, dropout: float = 0.3) -> SecureParams:
+    enc = FixedPoint(workload.clip, max_summands, workload.ring_bits)
+    cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
+                                workload.vector_len(), enc, dropout=dropout)
+    return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
+                        cfg.vector_len, enc.clip, enc.bits, enc.max_summands)
+
+
+def config(round: int, p: SecureParams) -> secagg.Config:
+    return secagg.Config(round, tuple(p.participants), p.degree, p.threshold, p.graph_seed,
+                         p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits))
+
+
+class SecureRound(RoundLogic):
+    def __init__(self, number: int, workload: Workload, params: SecureParams, *, min_peers: int,
+                 phase_timeout: float, now: float):
+        self.number, self.workload, self.params = number, workload, params
+        self.cfg = config(number, params)
+        self.server = secagg.SecAggServer(self.cfg)
+        self.min_peers, self.phase_timeout = min_peers, phase_timeout
+        self.phase = KEYS
+        self.deadline = now + phase_timeout
+        self.rejected: dict[str, int] = {}
+        self.last: secagg.Outcome | None = None
+
+    def domains(self) -> frozenset[str]:
+        return frozenset(DOMAIN.values())
+
+    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
+        if domain != DOMAIN[self.phase]:
+            raise WrongPhase(f"{domain} arrived during phase {self.phase}")
+        msg = decode(payload, SCHEMA[self.phase])
+        receive = {KEYS: self.server.receive_keys, SHARES: self.server.receive_shares,
+                   MASKED: self.server.receive_masked, UNMASK: self.server.receive_unmask}
+        receive[self.phase](sender, msg)  # type: ignore[operator]
+
+    def _waiting_for(self) -> set[str]:
+        s = self.server
+        before, now = {KEYS: (set(self.cfg.participants), s.keys),
+                       SHARES: (set(s.keys), s.bundles), MASKED: (set(s.bundles), s.masked),
+                       UNMASK: (set(s.masked), s.unmask_replies)}[self.phase]
+        return before - set(now)
+
+    def ready(self, now: float, live: set[str]) -> bool:
+        return now >= self.deadline or not (self._waiting_for() & live)
+
+    def accepted_count(self) -> int:
+        return len(self.server.masked)
+
+    def advance(self, now: float) -> Notice | Outcome:
+        self.deadline = now + self.phase_timeout
+        try:
+            if self.phase == KEYS:
+                directory = self.server.close_keys()
+                self.phase = SHARES
+                return Notice(SHARES, body=encode(directory))
+            if self.phase == SHARES:
+                inboxes = self.server.close_shares()
+                self.phase = MASKED
+                return Notice(MASKED, personal={p: encode(i) for p, i in inboxes.items()})
+            if self.phase == MASKED:
+                request = self.server.close_masked()
+                self.phase = UNMASK
+                return Notice(UNMASK, body=encode(request))
+            if self.phase != UNMASK:
+                raise RoundMisuse(f"advance after the round ended ({self.phase})")
+            out = self.server.close_unmask()
+        except secagg.SecAggAbort as exc:
+            self.phase = "failed"
+            return Outcome("failed", 0, {"error": f"secure aggregation aborted: {exc}"})
+        self.phase, self.last = "done", out
+        n = len(out.survivors)
+        if n < self.min_peers:
+            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
+        result = self.workload.finalize(out.total, n)
+        result["secure_aggregation"] = {
+            "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
+            "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
+            "included": out.survivors,  # whose inputs the sum holds (not what they were)
+            "threshold": self.cfg.threshold,
+            "quantization_error_bound": self.cfg.encoding.error_bound(n),
+            "bad_shares": out.bad_shares, "rejected": out.rejected}
+        return Outcome("published", n, result)
+
+
+class SecurePeerRound(PeerRound):
+    phases = (SHARES, MASKED, UNMASK)
+
+    def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce, data: Any):
+        self.params = decode(announce.params, SecureParams)
+        self.cfg = config(announce.round, self.params)
+        self.workload, self.announce, self.data = workload, announce, data
+        self.client = secagg.SecAggClient(peer_id, self.cfg)
+
+    def start(self) -> Outgoing:
+        return [(DOMAIN[KEYS], encode(self.client.advertise()))]
+
+    def needs_personal(self, phase: str) -> bool:
+        return phase == MASKED
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        if phase == SHARES:
+            bundle = self.client.share_keys(decode(body, secagg.KeyDirectory))
+            return [(DOMAIN[SHARES], encode(bundle))]
+        if phase == MASKED:
+            if personal is None:
+                raise RoundMisuse("masked phase needs this peer's inbox")
+            x = np.asarray(self.workload.vector(self.announce, self.data), dtype=np.float64)
+            masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
+            return [(DOMAIN[MASKED], encode(masked))]
+        if phase == UNMASK:
+            reply = self.client.unmask(decode(body, secagg.UnmaskRequest))
+            return [(DOMAIN[UNMASK], encode(reply))]
+        raise RoundMisuse(f"unknown phase {phase!r}")
