@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--insecure", action="store_true",
                    help="peers send contributions in the clear (plain sums, for comparison); "
                    "default: secure aggregation (SecAgg+), the coordinator learns only sums")
+    p.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
+                   help="secure rounds: add distributed Gaussian noise so each round is "
+                   "(E, --dp-delta)-differentially private; GET /model reports per-round and "
+                   "cumulative epsilon (default: off)")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta (default: 1e-5)")
     p.add_argument("--start-peers", type=int, default=0, metavar="N",
                    help="wait for N connected admitted peers before the first round "
                    "(default: --min-peers)")
@@ -62,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=0,
                    help="stop after this many rounds (default: 0 = run until stopped)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
+        p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
+    if args.dp_epsilon and args.insecure:
+        p.error("--dp-epsilon needs secure aggregation (its noise is added by the peers)")
+    return args
 
 
 def load_allow_list(path: Path) -> frozenset[str]:
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
-        start_peers=args.start_peers)
+        start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
     try:
         coordinator = Coordinator(config)
     except KeyFileError as exc:

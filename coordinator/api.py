@@ -86,15 +86,20 @@ def build_app(coord: Coordinator):
 
     @aim.endpoint(
         "/model", documentation="The current round and its status, and the latest published "
-        "result with the digest of the published state (SHA-256 of its canonical JSON).",
+        "result with the digest of the published state (SHA-256 of its canonical JSON). With "
+        "differential privacy on, 'dp' gives that round's epsilon at delta and the cumulative "
+        "epsilon over all DP rounds so far (RDP accountant).",
         output={"round": "<int>", "status": "<open|published|failed|idle>",
-                "published_round": "<int|null>", "result": {}, "state_digest": "<hex>"},
+                "published_round": "<int|null>", "result": {}, "state_digest": "<hex>",
+                "dp": {"epsilon": "<float>", "delta": "<float>",
+                       "cumulative_epsilon": "<float>"}},
         example_calls=[example({"round": 4, "status": "open", "published_round": 3,
                                 "result": {"count": 4, "mean_height": 171.2,
                                            "mean_weight": 70.1},
                                 "state_digest": "9f86d0..."})])
     async def model(request: Request) -> dict[str, Any]:
         pub = store.latest_published()
+        result = json.loads(pub["result"]) if pub else None
         current = coord.current
         last = store.round_row(store.last_round())
         return {
@@ -102,7 +107,8 @@ def build_app(coord: Coordinator):
             "status": "open" if current else (last["status"] if last else "idle"),
             "workload": coord.workload.name,
             "published_round": pub["round"] if pub else None,
-            "result": json.loads(pub["result"]) if pub else None,
+            "result": result,
+            "dp": (result or {}).get("dp"),
             "state_digest": bytes(pub["state_digest"]).hex() if pub else None,
         }
 

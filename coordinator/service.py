@@ -32,7 +32,7 @@ from hypercorn.trio import serve
 
 from peer.node import GossipConfig, NetworkNode
 from peer.roundlog import RoundLog
-from protocol import secure_round
+from protocol import dp, secure_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
 from protocol.identity import Identity, public_key_from_peer_id
@@ -93,6 +93,8 @@ class CoordinatorConfig:
     workload: str = "stats"
     secure: bool = True  # secure aggregation; False: contributions in the clear (--insecure)
     phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
+    dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
+    dp_delta: float = 1e-5
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
     @property
@@ -287,7 +289,10 @@ class Coordinator:
         participants = sorted(self.live_peers())
         params = b""
         if self.config.secure:
-            secure = secure_round.make_params(self.workload, number, participants, prev_digest)
+            secure = secure_round.make_params(
+                self.workload, number, participants, prev_digest,
+                min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
+                dp_delta=self.config.dp_delta)
             params = encode(secure)
             rnd: RoundLogic = secure_round.SecureRound(
                 number, self.workload, secure, min_peers=self.config.min_peers,
@@ -346,6 +351,13 @@ class Coordinator:
         return rnd
 
     def _publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
+        if "dp" in outcome.result:  # privacy spent over every DP round published so far
+            dp_rounds = int(self.store.get_meta("dp_rounds") or 0) + 1
+            self.store.set_meta("dp_rounds", str(dp_rounds))
+            info = outcome.result["dp"]
+            info["rounds_so_far"] = dp_rounds
+            info["cumulative_epsilon"] = dp.epsilon(info["noise_multiplier"], info["delta"],
+                                                    dp_rounds)
         state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
         inline, blob = state, None

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from . import secagg
+from . import dp, secagg
 from .fixedpoint import FixedPoint
 from .messages import RoundAnnounce, Strict, decode, encode
 from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
@@ -52,6 +52,10 @@ class SecureParams(Strict):
     clip: float
     bits: int
     max_summands: int
+    dp_sigma: float = 0.0  # std of the total Gaussian noise on the sum; 0: no DP
+    dp_split: int = 1  # each peer adds noise of std dp_sigma / sqrt(dp_split)
+    dp_epsilon: float = 0.0  # the per-round target it was calibrated to
+    dp_delta: float = 0.0
 
 
 def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
@@ -61,12 +65,20 @@ def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
 
 
 def make_params(workload: Workload, round: int, participants: list[str], prev_digest: bytes,
-                *, max_summands: int = 10_000, dropout: float = 0.3) -> SecureParams:
-    enc = FixedPoint(workload.clip, max_summands, workload.ring_bits)
+                *, max_summands: int = 10_000, dropout: float = 0.3, min_peers: int = 1,
+                dp_epsilon: float = 0.0, dp_delta: float = 1e-5) -> SecureParams:
+    """Round parameters; with ``dp_epsilon`` the noise is calibrated so that one round is
+    (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.dp)."""
+    sigma, split, headroom = 0.0, max(1, min_peers), 0.0
+    if dp_epsilon:
+        sigma = dp.noise_multiplier_for(dp_epsilon, dp_delta) * workload.sensitivity()
+        headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
+    enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
     cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
                                 workload.vector_len(), enc, dropout=dropout)
     return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
-                        cfg.vector_len, enc.clip, enc.bits, enc.max_summands)
+                        cfg.vector_len, enc.clip, enc.bits, enc.max_summands, sigma, split,
+                        dp_epsilon, dp_delta if dp_epsilon else 0.0)
 
 
 def config(round: int, p: SecureParams) -> secagg.Config:
@@ -136,6 +148,14 @@ class SecureRound(RoundLogic):
         if n < self.min_peers:
             return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
         result = self.workload.finalize(out.total, n)
+        p = self.params
+        if p.dp_sigma:
+            result["dp"] = {
+                "mechanism": "distributed Gaussian", "epsilon": dp.epsilon(
+                    p.dp_sigma / self.workload.sensitivity(), p.dp_delta),
+                "delta": p.dp_delta, "sigma_of_sum": p.dp_sigma * (n / p.dp_split) ** 0.5,
+                "noise_multiplier": p.dp_sigma / self.workload.sensitivity(),
+                "sensitivity": self.workload.sensitivity(), "target_epsilon": p.dp_epsilon}
         result["secure_aggregation"] = {
             "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
@@ -168,7 +188,11 @@ class SecurePeerRound(PeerRound):
         if phase == MASKED:
             if personal is None:
                 raise RoundMisuse("masked phase needs this peer's inbox")
-            x = np.asarray(self.workload.vector(self.announce, self.data), dtype=np.float64)
+            x = self.workload.bound(np.asarray(self.workload.vector(self.announce, self.data),
+                                               dtype=np.float64))
+            if self.params.dp_sigma:
+                std = self.params.dp_sigma / self.params.dp_split**0.5
+                x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
             masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
             return [(DOMAIN[MASKED], encode(masked))]
         if phase == UNMASK:

@@ -47,6 +47,15 @@ class Workload:
     def vector_len(self) -> int:
         raise NotImplementedError
 
+    def bound(self, vector: np.ndarray) -> np.ndarray:
+        """Project a peer's vector onto the workload's bounded input set (before DP noise)."""
+        raise NotImplementedError
+
+    def sensitivity(self) -> float:
+        """Largest L2 distance between two vectors :meth:`bound` can return (one record's
+        influence on the sum when it is replaced): what DP noise is calibrated to."""
+        raise NotImplementedError
+
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
         """Secure mode: the result from the decoded sum of ``n`` peers' vectors."""
         raise NotImplementedError
@@ -88,6 +97,15 @@ class Stats(Workload):
 
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
         return self._result(n, float(total[0]), float(total[1]))
+
+    LOW = np.array([50.0, 20.0])  # the schema's bounds: height cm, weight kg
+    HIGH = np.array([250.0, 300.0])
+
+    def bound(self, vector: np.ndarray) -> np.ndarray:
+        return np.clip(vector, self.LOW, self.HIGH)
+
+    def sensitivity(self) -> float:
+        return float(np.linalg.norm(self.HIGH - self.LOW))
 
     @staticmethod
     def _result(n: int, total_h: float, total_w: float) -> dict[str, Any]:

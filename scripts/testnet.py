@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, metavar="FRACTION",
                    help="this fraction of the peers vanishes from every round (a different "
                    "set each round), each at a random phase (default: 0)")
+    p.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
+                   help="per-round differential privacy: peers add distributed Gaussian noise "
+                   "(secure mode only; default: off)")
     p.add_argument("--phase-timeout", type=float, default=5.0,
                    help="seconds a secure phase waits for dropouts (default: %(default)s)")
     p.add_argument("--keep-running", action="store_true",
@@ -114,6 +117,8 @@ class Testnet:
                "--phase-timeout", str(a.phase_timeout)]
         if a.insecure:
             cmd.append("--insecure")
+        if a.dp_epsilon:
+            cmd += ["--dp-epsilon", str(a.dp_epsilon)]
         if not a.keep_running:
             cmd += ["--rounds", str(a.rounds)]
         print(f"starting coordinator (HTTP {self.url}) ...", flush=True)
@@ -201,6 +206,12 @@ def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
         true_h = math.fsum(h for h, _ in values) / n
         true_w = math.fsum(w for _, w in values) / n
         bound = row["secure_aggregation"]["quantization_error_bound"] / n if secure else 0.0
+        if dp := row.get("dp"):  # noise: allow 4 standard deviations of the mean's noise
+            bound += 4 * dp["sigma_of_sum"] / n
+            print(f"round {row['round']}: DP epsilon {dp['epsilon']:.3f} (cumulative "
+                  f"{dp['cumulative_epsilon']:.3f}) at delta {dp['delta']:g}; mean's noise "
+                  f"std {dp['sigma_of_sum'] / n:.1f}; error height "
+                  f"{row['mean_height'] - true_h:+.1f}, weight {row['mean_weight'] - true_w:+.1f}")
         err = max(abs(row["mean_height"] - true_h), abs(row["mean_weight"] - true_w))
         worst, worst_bound = max(worst, err), max(worst_bound, bound)
         if n != row["count"] or err > bound:
@@ -208,6 +219,8 @@ def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
             ok = False
     if ok:
         how = "are within the stated quantization bound of" if secure else "equal"
+        if any(r.get("dp") for r in rows):
+            how = "are within 4 noise standard deviations (accountant-calibrated) of"
         print(f"OK: in all {len(rows)} rounds ({partial} with dropouts) the published means "
               f"{how} the true means of the peers included" +
               (f" (secure aggregation: largest error {worst:.2g}, bound {worst_bound:.2g})"

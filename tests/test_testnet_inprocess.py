@@ -85,3 +85,32 @@ async def test_blob_fetch_by_digest_between_two_hosts():
             await b.fetch_blob(hashlib.sha256(b"missing").digest(), [a.peer_id])
         with pytest.raises(StreamProtocolError):  # a size cap below the blob's size
             await b.fetch_blob(a.blobs.put(blob[::-1]), [a.peer_id], max_size=1024)
+
+
+async def test_dp_rounds_report_epsilon_and_stay_within_their_noise(data_dir):
+    inputs = [(150.0 + 7 * i, 50.0 + 9 * i) for i in range(5)]
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=5, max_rounds=3,
+                                        dp_epsilon=1.0)
+        boot = coord.node.addrs[0]
+        for h, w in inputs:
+            await start_peer(nursery, [boot], h, w)
+        await wait_for(lambda: coord.rounds_run >= 3, timeout=40)
+        async with httpx.AsyncClient() as http:
+            rounds = [(await http.get(f"{coord.http_url}/rounds/{n}")).json() for n in (1, 2, 3)]
+            model = (await http.get(f"{coord.http_url}/model")).json()
+        nursery.cancel_scope.cancel()
+    true_h = math.fsum(h for h, _ in inputs) / 5
+    cumulative = []
+    for view in rounds:
+        dp = view["result"]["dp"]
+        assert 0.99 <= dp["epsilon"] <= 1.0 and dp["delta"] == 1e-5
+        assert dp["noise_multiplier"] > 3  # Gaussian mechanism at eps=1 needs z ~ 4 (RDP)
+        cumulative.append(dp["cumulative_epsilon"])
+        noise_std = dp["sigma_of_sum"] / 5
+        assert abs(view["result"]["mean_height"] - true_h) <= 5 * noise_std
+    assert cumulative[0] == pytest.approx(1.0, abs=0.01) and cumulative[0] < cumulative[1] < \
+        cumulative[2] < 3.0  # composition grows sublinearly under RDP
+    assert model["dp"]["cumulative_epsilon"] == cumulative[2]
+    # the noise is real: three releases of the same data differ
+    assert len({v["result"]["mean_height"] for v in rounds}) == 3
