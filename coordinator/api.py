@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from .aim import AIM, HTTPError, example, int_param
+from protocol.messages import StatsContribution
+from protocol.workloads import Stats
+
+from .aim import AIM, HTTPError, example, int_param, read_json
 
 if TYPE_CHECKING:
     from sqlite3 import Row
@@ -139,4 +142,51 @@ def build_app(coord: Coordinator):
             raise HTTPError(404, f"no round {n} (latest is {store.last_round()})")
         return round_view(row, detail=True, store=store)
 
+    if isinstance(coord.workload, Stats):
+        add_legacy_endpoints(aim, coord)
     return aim.app()
+
+
+def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:
+    """The seed's challenge-1 API, so its reference clients keep working. Values posted here
+    travel in the clear: they are counted apart and labelled unprotected in results."""
+    store = coord.store
+
+    @aim.endpoint(
+        "/current_model", documentation="The seed's legacy view: the current epoch (the open "
+        "round, else the next) and the latest published totals and averages over every value, "
+        "peers' protected inputs and legacy unprotected posts together.",
+        output={"epochs": "<int>", "total_height": "<float>", "total_weight": "<float>",
+                "samples": "<int>", "average_height": "<float|null>",
+                "average_weight": "<float|null>"},
+        example_calls=[example({"epochs": 4, "total_height": 686.0, "total_weight": 280.0,
+                                "samples": 4, "average_height": 171.5,
+                                "average_weight": 70.0})])
+    async def current_model(request: Request) -> dict[str, Any]:
+        pub = store.latest_published()
+        result = json.loads(pub["result"]) if pub else {}
+        combined = result.get("combined", result)
+        return {"epochs": coord.legacy_epoch(),
+                "total_height": combined.get("total_height", 0.0),
+                "total_weight": combined.get("total_weight", 0.0),
+                "samples": combined.get("count", 0),
+                "average_height": combined.get("mean_height"),
+                "average_weight": combined.get("mean_weight")}
+
+    @aim.endpoint(
+        "/post_data/{epoch}", ["POST"], documentation="The seed's legacy upload of one "
+        "person's height (cm, 50-250) and weight (kg, 20-300) for the current epoch. UNPROTECTED: "
+        "the value travels and is stored in the clear; it is counted separately and labelled "
+        "unprotected in the published result. Answers updated=false (with a reason) for another "
+        "epoch; 4xx for a malformed body.",
+        input_body={"height": "<float>", "weight": "<float>"},
+        output={"updated": "<bool>", "reason": "<str, when not updated>"},
+        example_calls=[example({"updated": True}, method="POST",
+                               body={"height": 172.0, "weight": 68.5})])
+    async def post_data(request: Request) -> dict[str, Any]:
+        epoch = int_param(request.path_params.get("epoch"), "epoch", lo=0)
+        value = await read_json(request, StatsContribution, max_bytes=1024)
+        source = request.headers.get("hypc_user") or (
+            request.client.host if request.client else "unknown")
+        why_not = coord.offer_legacy(epoch, value, f"http:{source}")
+        return {"updated": True} if why_not is None else {"updated": False, "reason": why_not}

@@ -20,12 +20,15 @@ with its stored contributions and a fresh deadline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -56,17 +59,20 @@ from protocol.messages import (
     PullResponse,
     RoundAnnounce,
     RoundResult,
+    StatsContribution,
     SubmitAck,
     decode,
     encode,
 )
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
-from protocol.workloads import Workload, get_workload
+from protocol.workloads import Stats, Workload, get_workload
 
 from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
 
+MAX_LEGACY_PER_ROUND = 10_000
+LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
 PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values()})
 
@@ -122,6 +128,7 @@ class Coordinator:
         self.roundlog = RoundLog()
         self.current: RoundLogic | None = None
         self.personal: dict[tuple[int, str, str], bytes] = {}  # (round, phase, peer) -> wire
+        self.legacy: dict[int, list[StatsContribution]] = {}  # round -> values sent in the clear
         self.http_urls: list[str] = []
         self.started_at = time.time()
         self.rounds_run = 0
@@ -225,6 +232,33 @@ class Coordinator:
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
         self._changed.set()
         return env
+
+    # --- the seed's legacy HTTP API (values in the clear) -------------------------------------
+    def legacy_epoch(self) -> int:
+        """The round legacy posts go to: the open one, else the next to open."""
+        return self.current.number if self.current is not None else self.store.last_round() + 1
+
+    def offer_legacy(self, epoch: int, value: StatsContribution, source: str) -> str | None:
+        """Take a value posted in the clear for ``epoch``; None if taken, else why not."""
+        current = self.legacy_epoch()
+        if epoch != current:
+            return f"epoch {epoch} is not the current epoch ({current})"
+        values = self._legacy_values(epoch)
+        if len(values) >= MAX_LEGACY_PER_ROUND:
+            return f"this epoch already holds {MAX_LEGACY_PER_ROUND} legacy values"
+        values.append(value)
+        payload = canonical_json({"height": value.height, "weight": value.weight})
+        self.store.record_message(hashlib.sha256(payload + os.urandom(16)).digest(), epoch,
+                                  source[:64], LEGACY, b"", payload)
+        log.info("epoch %d: unprotected value over HTTP from %s (%d so far)", epoch, source,
+                 len(values))
+        return None
+
+    def _legacy_values(self, number: int) -> list[StatsContribution]:
+        if number not in self.legacy:  # first use since start: reload what was stored
+            self.legacy[number] = [decode_json_stats(m["payload"])
+                                   for m in self.store.messages(number, LEGACY)]
+        return self.legacy[number]
 
     async def _on_pull(self, request: bytes, remote: str) -> bytes:
         req = decode(request, PullRequest)
@@ -351,6 +385,15 @@ class Coordinator:
         return rnd
 
     def _publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
+        if isinstance(self.workload, Stats):
+            values = self._legacy_values(rnd.number)
+            del self.legacy[rnd.number]
+            if values and outcome.status == "published":
+                outcome.result = self.workload.merge_unprotected(outcome.result, values)
+            elif values:  # a failed round must not lose them: they go to the next one
+                self._legacy_values(rnd.number + 1)  # loads any already stored for it first
+                self.store.move_messages(LEGACY, rnd.number, rnd.number + 1)
+                self.legacy[rnd.number + 1].extend(values)
         if "dp" in outcome.result:  # privacy spent over every DP round published so far
             dp_rounds = int(self.store.get_meta("dp_rounds") or 0) + 1
             self.store.set_meta("dp_rounds", str(dp_rounds))
@@ -399,3 +442,7 @@ def _claimed_sender(wire: bytes) -> str | None:
     if env is None or len(env.sender) != 32:
         return None
     return env.sender_id
+
+
+def decode_json_stats(payload: bytes) -> StatsContribution:
+    return msgspec.json.decode(payload, type=StatsContribution)

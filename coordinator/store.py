@@ -162,6 +162,10 @@ class Store:
             "SELECT * FROM messages WHERE round=? AND domain=? ORDER BY received_at",
             (round, domain)))
 
+    def move_messages(self, domain: str, from_round: int, to_round: int) -> None:
+        self.db.execute("UPDATE messages SET round=? WHERE round=? AND domain=?",
+                        (to_round, from_round, domain))
+
     def message_digests(self, round: int) -> list[dict[str, str]]:
         return [{"sender": r["sender"], "domain": r["domain"], "digest": r["digest"].hex()}
                 for r in self.db.execute(

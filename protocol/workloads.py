@@ -117,6 +117,17 @@ class Stats(Workload):
             "mean_weight": total_w / n if n else None,
         }
 
+    def merge_unprotected(self, result: dict[str, Any],
+                          values: list[StatsContribution]) -> dict[str, Any]:
+        """Add values that arrived in the clear (the seed's legacy HTTP API): counted apart,
+        labelled unprotected, and combined with the protected ones in ``combined``."""
+        unprotected = self.aggregate({str(i): v for i, v in enumerate(values)})
+        unprotected["label"] = "unprotected: sent in the clear over the legacy HTTP API"
+        n = (result.get("count") or 0) + unprotected["count"]
+        total_h = (result.get("total_height") or 0.0) + unprotected["total_height"]
+        total_w = (result.get("total_weight") or 0.0) + unprotected["total_weight"]
+        return {**result, "unprotected": unprotected, "combined": self._result(n, total_h, total_w)}
+
     def parse_data(self, text: str) -> StatsContribution:
         """``height=170.5,weight=65`` (cm, kg)."""
         fields: dict[str, float] = {}

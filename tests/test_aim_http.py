@@ -10,7 +10,8 @@ from coordinator.aim import CORS_HEADERS
 
 from .netutil import start_coordinator
 
-ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json"}
+ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
+             "/current_model", "/post_data/{epoch}"}
 
 
 @pytest.fixture

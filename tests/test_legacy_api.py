@@ -1,0 +1,70 @@
+"""The seed's challenge-1 reference client against our coordinator (secure rounds running).
+
+The seed's client reads ``GET /current_model`` for the epoch, adds uniform
+noise in [-5, 5] to its true height and weight, and posts them to
+``POST /post_data/{epoch}``, expecting ``{"updated": true}``. Those values
+travel in the clear, so they must be counted apart from the peers' protected
+inputs and labelled unprotected in the published result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import httpx
+import pytest
+import trio
+
+from .netutil import start_coordinator, start_peer, wait_for
+
+
+def seed_client_values(rng: random.Random, height: float, weight: float) -> dict:
+    return {"height": height + rng.uniform(-5, 5), "weight": weight + rng.uniform(-5, 5)}
+
+
+async def test_seed_reference_client_works_and_is_labelled_unprotected(data_dir):
+    rng = random.Random(1)
+    peers_in = [(160.0, 60.0), (175.0, 72.0), (182.0, 88.0)]
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=0,
+                                        round_pause=1.0)
+        boot = coord.node.addrs[0]
+        for h, w in peers_in:
+            await start_peer(nursery, [boot], h, w)
+        await wait_for(lambda: coord.rounds_run >= 1, timeout=30)
+        async with httpx.AsyncClient(base_url=coord.http_url) as http:
+            model = (await http.get("/current_model")).json()
+            assert set(model) == {"epochs", "total_height", "total_weight", "samples",
+                                  "average_height", "average_weight"}
+            assert model["samples"] == 3
+            epoch = model["epochs"]
+            posted = seed_client_values(rng, 170.0, 70.0)
+            resp = await http.post(f"/post_data/{epoch}", json=posted)
+            assert resp.status_code == 200 and resp.json() == {"updated": True}
+            stale = await http.post(f"/post_data/{epoch - 1}", json=posted)
+            assert stale.json()["updated"] is False and "not the current" in \
+                stale.json()["reason"]
+            for bad, status in (({"height": 170.0}, 422), ({"height": 1e9, "weight": 70}, 422),
+                                ({"height": 170, "weight": 70, "x": 1}, 422)):
+                r = await http.post(f"/post_data/{epoch}", json=bad)
+                assert r.status_code == status, (bad, r.text)
+                assert "error" in r.json()
+            r = await http.post(f"/post_data/{epoch}", content=b"{not json")
+            assert r.status_code == 400
+            await wait_for(lambda: coord.store.round_row(epoch) is not None
+                           and coord.store.round_row(epoch)["status"] != "open", timeout=30)
+            view = (await http.get(f"/rounds/{epoch}")).json()
+            after = (await http.get("/current_model")).json()
+        nursery.cancel_scope.cancel()
+
+    result = view["result"]
+    assert result["count"] == 3  # the peers' protected inputs ...
+    assert result["unprotected"]["count"] == 1  # ... and the legacy value, apart
+    assert "unprotected" in result["unprotected"]["label"]
+    assert result["unprotected"]["mean_height"] == posted["height"]
+    combined = result["combined"]
+    assert combined["count"] == 4
+    expect_h = (math.fsum(h for h, _ in peers_in) + posted["height"]) / 4
+    assert combined["mean_height"] == pytest.approx(expect_h, abs=1e-9)
+    assert after["samples"] == 4 and after["average_height"] == combined["mean_height"]
