@@ -144,6 +144,10 @@ class Coordinator:
         latest = self.store.latest_published()
         if latest is not None:  # serve the current state by digest again after a restart
             self.node.blobs.put(canonical_json(json.loads(latest["result"])))
+            state = self.store.get_blob(self.store.get_meta("state_blob") or "")
+            self.workload.restore(json.loads(latest["result"]), state)
+        if (blob := self.workload.state_blob()) is not None:
+            self.node.blobs.put(blob)
 
     @property
     def peer_id(self) -> str:
@@ -337,7 +341,8 @@ class Coordinator:
             rnd = Round(number, self.workload, deadline, self.config.min_peers)
         announce = RoundAnnounce(
             round=number, workload=self.workload.name, deadline_ms=int(deadline * 1000),
-            min_peers=self.config.min_peers, prev_state_digest=prev_digest, params=params)
+            min_peers=self.config.min_peers, prev_state_digest=prev_digest, params=params,
+            workload_params=self.workload.round_params(number))
         wire = seal(self.identity, ANNOUNCE, number, encode(announce))
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
@@ -401,6 +406,9 @@ class Coordinator:
             info["rounds_so_far"] = dp_rounds
             info["cumulative_epsilon"] = dp.epsilon(info["noise_multiplier"], info["delta"],
                                                     dp_rounds)
+        if outcome.status == "published" and (blob := self.workload.state_blob()) is not None:
+            self.node.blobs.put(blob)  # the new model, fetched by digest for the next round
+            self.store.set_meta("state_blob", self.store.put_blob(blob))
         state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
         inline, blob = state, None

@@ -14,6 +14,7 @@ Rejections from senders that are not admitted are capped at
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     digest BLOB PRIMARY KEY, round INTEGER NOT NULL, sender TEXT NOT NULL,
     domain TEXT NOT NULL, nonce BLOB NOT NULL, received_at REAL NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_round ON messages (round, domain);
+CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 MAX_STRANGER_ROWS = 1000
 
@@ -171,6 +173,16 @@ class Store:
                 for r in self.db.execute(
                     "SELECT sender, domain, digest FROM messages WHERE round=? "
                     "ORDER BY received_at", (round,))]
+
+    # --- published states (model weights) --------------------------------------------------
+    def put_blob(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.db.execute("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", (digest, data))
+        return digest
+
+    def get_blob(self, digest: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # --- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

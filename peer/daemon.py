@@ -55,8 +55,8 @@ from protocol.messages import (
     encode,
 )
 from protocol.rounds import ClearPeerRound, PeerRound
-from protocol.secagg import SecAggAbort, SecAggMisuse
-from protocol.secure_round import SecurePeerRound
+from protocol.secagg import SecAggAbort
+from protocol.secure_round import SecureParams, SecurePeerRound
 from protocol.workloads import Workload
 
 from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
@@ -109,7 +109,7 @@ class PeerDaemon:
         self.states: dict[int, bytes] = {}  # round -> published state (canonical JSON), verified
         self.received_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self.first_round = 0  # first round this peer saw; it does not chase older ones
-        self.rounds: dict[int, PeerRound] = {}  # rounds this peer takes part in
+        self.rounds: dict[int, PeerRound | None] = {}  # rounds joined (None: preparing)
         self.dropout = dropout
         self.dropout_slot = dropout_slot
         self._round_events: dict[int, trio.Event] = {}
@@ -272,20 +272,30 @@ class PeerDaemon:
                         announce.workload, self.workload.name)
             return
         try:
-            if announce.params:
-                logic: PeerRound = SecurePeerRound(self.peer_id, self.workload, announce,
-                                                   self.data)
-            else:
-                logic = ClearPeerRound(self.workload, announce, self.data)
-        except SecAggMisuse:
+            participants = decode(announce.params, SecureParams).participants \
+                if announce.params else [self.peer_id]
+        except RejectedMessage as exc:
+            log.warning("round %d: bad secure-round parameters: %s", round, exc)
+            return
+        if self.peer_id not in participants:
             log.info("round %d: not among its participants (joined later); sitting it out",
                      round)
             return
-        except RejectedMessage as exc:
-            log.warning("round %d: bad announcement parameters: %s", round, exc)
-            return
-        self.rounds[round] = logic
-        self._nursery.start_soon(self._take_part, round, logic, announce)
+        self.rounds[round] = None
+        self._nursery.start_soon(self._take_part, round, announce)
+
+    async def _prepare(self, round: int, announce: RoundAnnounce) -> PeerRound:
+        """Fetch what the workload needs (model weights by digest), compute this peer's input
+        in a worker thread (training must not stall the event loop), build the round."""
+        blobs = {}
+        sources = [self.coordinator_id] + self.node.connected_peers()
+        for digest, size in self.workload.required_blobs(announce):
+            blobs[digest] = await self.node.fetch_blob(digest, sources, max_size=size)
+        if announce.params:
+            x = await trio.to_thread.run_sync(self.workload.vector, announce, self.data, blobs)
+            return SecurePeerRound(self.peer_id, self.workload, announce, x)
+        c = await trio.to_thread.run_sync(self.workload.contribute, announce, self.data, blobs)
+        return ClearPeerRound(c)
 
     async def _wait_round(self, round: int, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()`` or the round's result arrives; True if ``ready()``."""
@@ -295,8 +305,14 @@ class PeerDaemon:
             await self._round_events.setdefault(round, trio.Event()).wait()
         return True
 
-    async def _take_part(self, round: int, logic: PeerRound, announce: RoundAnnounce) -> None:
+    async def _take_part(self, round: int, announce: RoundAnnounce) -> None:
         """Send our messages for each phase of ``round`` as its notices arrive, in order."""
+        try:
+            logic = await self._prepare(round, announce)
+        except (StreamProtocolError, RejectedMessage, ValueError) as exc:
+            log.warning("round %d: cannot take part: %s", round, exc)
+            return
+        self.rounds[round] = logic
         steps = ["start", *logic.phases]
         silent_at = random.randrange(len(steps)) if self._drops_in(round) else None
         timeout = max(5.0, announce.deadline_ms / 1000 - time.time() + 30.0)

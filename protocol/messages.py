@@ -66,6 +66,7 @@ class RoundAnnounce(Strict):
     min_peers: Count
     prev_state_digest: Annotated[bytes, Meta(max_length=32)] = b""
     params: Annotated[bytes, Meta(max_length=400 * 1024)] = b""  # the round mode's parameters
+    workload_params: Annotated[bytes, Meta(max_length=16 * 1024)] = b""
 
 
 class StatsContribution(Strict):

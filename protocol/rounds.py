@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .envelope import RejectedMessage
-from .messages import CONTRIBUTION, RoundAnnounce, Strict, decode, encode
+from .messages import CONTRIBUTION, Strict, decode, encode
 from .workloads import Workload
 
 
@@ -131,11 +131,13 @@ class PeerRound:
 
 
 class ClearPeerRound(PeerRound):
-    def __init__(self, workload: Workload, announce: RoundAnnounce, data: Any):
-        self.workload, self.announce, self.data = workload, announce, data
+    """The clear mode: one message, the contribution the workload computed for this round."""
+
+    def __init__(self, contribution: Strict):
+        self.contribution = contribution
 
     def start(self) -> Outgoing:
-        return [(CONTRIBUTION, encode(self.workload.contribute(self.announce, self.data)))]
+        return [(CONTRIBUTION, encode(self.contribution))]
 
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         return []

@@ -21,7 +21,7 @@ it would hold every share) -- it is marked failed and a new one opens.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -169,10 +169,13 @@ class SecureRound(RoundLogic):
 class SecurePeerRound(PeerRound):
     phases = (SHARES, MASKED, UNMASK)
 
-    def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce, data: Any):
+    def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce,
+                 vector: np.ndarray):
+        """``vector``: what the workload computed for this peer this round (unbounded; it
+        is bounded and, with DP on, noised here)."""
         self.params = decode(announce.params, SecureParams)
         self.cfg = config(announce.round, self.params)
-        self.workload, self.announce, self.data = workload, announce, data
+        self.workload, self.vector = workload, np.asarray(vector, dtype=np.float64)
         self.client = secagg.SecAggClient(peer_id, self.cfg)
 
     def start(self) -> Outgoing:
@@ -188,8 +191,7 @@ class SecurePeerRound(PeerRound):
         if phase == MASKED:
             if personal is None:
                 raise RoundMisuse("masked phase needs this peer's inbox")
-            x = self.workload.bound(np.asarray(self.workload.vector(self.announce, self.data),
-                                               dtype=np.float64))
+            x = self.workload.bound(self.vector)
             if self.params.dp_sigma:
                 std = self.params.dp_sigma / self.params.dp_split**0.5
                 x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded

@@ -17,14 +17,25 @@ threaded through the daemons. A workload serves two round modes:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import numpy as np
 
-from .messages import RoundAnnounce, SchemaError, StatsContribution, Strict
+from . import datasets, tensors
+from .messages import (
+    PlainVector,
+    RoundAnnounce,
+    SchemaError,
+    StatsContribution,
+    Strict,
+    decode,
+    encode,
+)
 
 
 class Workload:
@@ -36,6 +47,13 @@ class Workload:
     def round_params(self, round: int) -> bytes:
         """Workload parameters the coordinator puts in round ``round``'s announcement."""
         return b""
+
+    def state_blob(self) -> bytes | None:
+        """Coordinator: the current state peers must fetch by digest (model weights)."""
+        return None
+
+    def restore(self, result: dict[str, Any], blob: bytes | None) -> None:
+        """Coordinator after a restart: resume from the last published result and state."""
 
     def check(self, contribution: Strict) -> None:
         """Semantic checks beyond the schema; raise :class:`SchemaError` to refuse."""
@@ -65,11 +83,17 @@ class Workload:
         """Parse a peer's ``--data`` argument into its private input."""
         raise NotImplementedError
 
-    def contribute(self, announce: RoundAnnounce, data: Any) -> Strict:
+    def required_blobs(self, announce: RoundAnnounce) -> list[tuple[bytes, int]]:
+        """Peer: (digest, size) of the blobs it must fetch before contributing."""
+        return []
+
+    def contribute(self, announce: RoundAnnounce, data: Any,
+                   blobs: Mapping[bytes, bytes]) -> Strict:
         """Clear mode: the contribution a peer holding ``data`` sends for ``announce``."""
         raise NotImplementedError
 
-    def vector(self, announce: RoundAnnounce, data: Any) -> np.ndarray:
+    def vector(self, announce: RoundAnnounce, data: Any,
+               blobs: Mapping[bytes, bytes]) -> np.ndarray:
         """Secure mode: the float vector a peer holding ``data`` contributes."""
         raise NotImplementedError
 
@@ -141,17 +165,185 @@ class Stats(Workload):
         except msgspec.ValidationError as exc:
             raise ValueError(f"--data: {exc}") from exc
 
-    def contribute(self, announce: RoundAnnounce, data: Any) -> StatsContribution:
+    def contribute(self, announce: RoundAnnounce, data: Any,
+                   blobs: Mapping[bytes, bytes] | None = None) -> StatsContribution:
         if not isinstance(data, StatsContribution):
             raise SchemaError("stats workload needs a StatsContribution")
         return data
 
-    def vector(self, announce: RoundAnnounce, data: Any) -> np.ndarray:
+    def vector(self, announce: RoundAnnounce, data: Any,
+               blobs: Mapping[bytes, bytes] | None = None) -> np.ndarray:
         c = self.contribute(announce, data)
         return np.array([c.height, c.weight], dtype=np.float64)
 
 
-WORKLOADS: dict[str, type[Workload]] = {Stats.name: Stats}
+class _LazyModels:
+    """``protocol.models`` imports torch (seconds, hundreds of MB): only fedavg pays for it."""
+
+    def __getattr__(self, name: str) -> Any:
+        from . import models as real
+
+        return getattr(real, name)
+
+
+models = _LazyModels()
+
+
+class FedAvgParams(Strict):
+    model_digest: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    model_size: Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024)]
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=100)]
+    lr: Annotated[float, msgspec.Meta(gt=0, le=10)]
+    clip_norm: Annotated[float, msgspec.Meta(gt=0)]
+    seed: int
+
+
+@dataclass(frozen=True)
+class PeerShard:
+    """A peer's private training examples (never leave the peer)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    label: str
+
+
+class FedAvg(Workload):
+    """Federated averaging of an MLP on 28x28 digits (McMahan et al. 2017), with each
+    peer's update clipped in L2 norm (as in DP-FedAvg, McMahan et al. 2018) so that the
+    secure sum is bounded and DP noise can be calibrated.
+
+    Each round: peers fetch the global weights by digest, train ``epochs`` of SGD on their
+    private shard, and contribute ``clip(new - global)``; the coordinator adds the mean
+    update to the global weights and publishes the new weights' digest and the test
+    accuracy. Unweighted mean: a peer's influence does not depend on its data size.
+    """
+
+    name = "fedavg"
+    contribution_schema = PlainVector
+    ring_bits = 32
+
+    def __init__(self, *, epochs: int = 5, lr: float = 0.1, clip_norm: float = 2.0,
+                 data_dir: str | None = None, seed: int = 0):
+        self.epochs, self.lr, self.clip_norm, self.data_dir = epochs, lr, clip_norm, data_dir
+        self.weights = models.initial_vector(seed)
+        self._blob: bytes | None = None
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def clip(self) -> float:  # type: ignore[override]
+        return self.clip_norm  # each coordinate of a clipped update is within its L2 norm
+
+    def vector_len(self) -> int:
+        return len(self.weights)
+
+    def bound(self, vector: np.ndarray) -> np.ndarray:
+        return models.clip_l2(vector, self.clip_norm)
+
+    def sensitivity(self) -> float:
+        return 2 * self.clip_norm
+
+    # --- coordinator ---------------------------------------------------------------------
+    def state_blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = models.encode_weights(self.weights)
+        return self._blob
+
+    def round_params(self, round: int) -> bytes:
+        blob = self.state_blob()
+        return encode(FedAvgParams(hashlib.sha256(blob).digest(), len(blob), self.epochs,
+                                   self.lr, self.clip_norm, seed=round))
+
+    def check(self, contribution: Strict) -> None:
+        assert isinstance(contribution, PlainVector)
+        v = _plain(contribution, self.vector_len())
+        if float(np.linalg.norm(v)) > self.clip_norm * (1 + 1e-5):
+            raise SchemaError(f"update norm exceeds the clip bound {self.clip_norm}")
+
+    def aggregate(self, contributions: Mapping[str, Strict]) -> dict[str, Any]:
+        vectors = [_plain(c, self.vector_len()) for c in contributions.values()
+                   if isinstance(c, PlainVector)]
+        total = np.sum(vectors, axis=0, dtype=np.float64) if vectors else np.zeros(1)
+        return self.finalize(total, len(vectors))
+
+    def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
+        if n:
+            update = total / n
+            self.weights = (self.weights + update).astype(np.float32)
+            self._blob = None
+        x, y = self._test_split()
+        blob = self.state_blob()
+        return {"count": n, "accuracy": models.accuracy(self.weights, x, y),
+                "update_norm": float(np.linalg.norm(total / n)) if n else 0.0,
+                "model_digest": hashlib.sha256(blob).hexdigest(), "model_bytes": len(blob)}
+
+    def restore(self, result: dict[str, Any], blob: bytes | None) -> None:
+        if blob is not None:
+            self.weights = models.decode_weights(blob, self.vector_len())
+            self._blob = blob
+
+    def _test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._test is None:
+            ds = datasets.load(self.data_dir)
+            self._test = (ds.test_x, ds.test_y)
+        return self._test
+
+    # --- peer ------------------------------------------------------------------------------
+    def parse_data(self, text: str) -> PeerShard:
+        """``part=I/N[,alpha=0.5][,seed=0][,data_dir=PATH]``: this peer holds the I-th of N
+        Dirichlet(alpha) non-IID shards of the training split (of real MNIST under
+        data_dir, else the embedded digits)."""
+        opts = dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
+        try:
+            i, n = (int(v) for v in opts["part"].split("/"))
+            alpha, seed = float(opts.get("alpha", 0.5)), int(opts.get("seed", 0))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"fedavg --data wants part=I/N[,alpha=A][,seed=S]: {exc}") from exc
+        if not 0 <= i < n:
+            raise ValueError("part I/N needs 0 <= I < N")
+        ds = datasets.load(opts.get("data_dir"))
+        idx = datasets.dirichlet_partition(ds.train_y, n, alpha, seed)[i]
+        return PeerShard(ds.train_x[idx], ds.train_y[idx], f"shard {i}/{n} ({len(idx)} ex.)")
+
+    def required_blobs(self, announce: RoundAnnounce) -> list[tuple[bytes, int]]:
+        p = decode(announce.workload_params, FedAvgParams)
+        return [(p.model_digest, p.model_size)]
+
+    def _update(self, announce: RoundAnnounce, data: Any, blobs: Mapping[bytes, bytes]
+                ) -> np.ndarray:
+        if not isinstance(data, PeerShard):
+            raise SchemaError("fedavg needs a PeerShard")
+        p = decode(announce.workload_params, FedAvgParams)
+        start = _weights(blobs[p.model_digest])
+        new = models.train(start, data.x, data.y, epochs=p.epochs, lr=p.lr, seed=p.seed)
+        return models.clip_l2(new.astype(np.float64) - start, p.clip_norm)
+
+    def vector(self, announce: RoundAnnounce, data: Any,
+               blobs: Mapping[bytes, bytes]) -> np.ndarray:
+        return self._update(announce, data, blobs)
+
+    def contribute(self, announce: RoundAnnounce, data: Any,
+                   blobs: Mapping[bytes, bytes]) -> PlainVector:
+        v = self._update(announce, data, blobs)
+        return PlainVector(vector=v.astype("<f4").tobytes())
+
+
+def _weights(blob: bytes) -> np.ndarray:
+    arrays = tensors.decode(blob)
+    if set(arrays) != {"weights"} or arrays["weights"].ndim != 1:
+        raise SchemaError("model blob must hold one 1-d 'weights' tensor")
+    return arrays["weights"].astype(np.float32)
+
+
+def _plain(c: PlainVector, length: int) -> np.ndarray:
+    if len(c.vector) != 4 * length:
+        raise SchemaError(f"vector has {len(c.vector) // 4} values, expected {length}")
+    v = np.frombuffer(c.vector, dtype="<f4").astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        raise SchemaError("vector holds NaN or infinity")
+    return v
+
+
+WORKLOADS: dict[str, type[Workload]] = {Stats.name: Stats, FedAvg.name: FedAvg}
 
 
 def get_workload(name: str) -> Workload:

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds to run (default: %(default)s)")
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="what the rounds compute (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="fedavg: Dirichlet alpha of the peers' non-IID shards (default: 0.5)")
     p.add_argument("--insecure", action="store_true",
                    help="contributions in the clear (plain sums) instead of secure aggregation")
     p.add_argument("--dropout", type=float, default=0.0, metavar="FRACTION",
@@ -131,13 +133,15 @@ class Testnet:
         addrs: list[str] = []
         rng = random.Random(a.seed)
         for i, (h, w) in enumerate(self.data):
+            data = f"height={h},weight={w}" if a.workload == "stats" else \
+                f"part={i}/{a.peers},alpha={a.alpha},seed={a.seed or 0}"
             key = self.run_dir / f"peer-{i}.key"
             ident = Identity.load(key) if key.exists() else Identity.generate()
             ident.save(key)
             self.peer_ids.append(ident.peer_id)
             cmd = ["-m", "peer", "--key", str(key),
                    "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}", "--coordinator-url", self.url,
-                   "--workload", a.workload, "--data", f"height={h},weight={w}",
+                   "--workload", a.workload, "--data", data,
                    "--log-level", a.log_level, "--dropout", str(a.dropout),
                    "--dropout-slot", f"{i}/{a.peers}"]
             for other in rng.sample(addrs, min(2, len(addrs))):
@@ -184,6 +188,8 @@ def describe(row: dict, peers: int) -> str:
     if row.get("mean_height") is not None:
         line += (f"  mean height {row['mean_height']:.4f} cm  "
                  f"mean weight {row['mean_weight']:.4f} kg")
+    if row.get("accuracy") is not None:
+        line += f"  test accuracy {row['accuracy']:.4f}"
     if sa := row.get("secure_aggregation"):
         line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
     return line
@@ -269,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peers' true means: height {math.fsum(h for h, _ in net.data) / n:.4f} cm, "
               f"weight {math.fsum(w for _, w in net.data) / n:.4f} kg")
         ok = check_stats(rows, truth, secure=not args.insecure) and ok
+    if args.workload == "fedavg" and rows:
+        final = [r for r in rows if r.get("accuracy") is not None]
+        if final:
+            print(f"final test accuracy {final[-1]['accuracy']:.4f} after round "
+                  f"{final[-1]['round']} ({'clear' if args.insecure else 'secure aggregation'})")
+        ok = ok and all(r["status"] == "published" for r in rows)
     if args.json:
         args.json.write_text(json.dumps({"rounds": rows, "peers": args.peers,
                                          "workload": args.workload}, indent=2))

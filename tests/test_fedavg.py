@@ -1,0 +1,118 @@
+"""Datasets without downloads, the deterministic model step, and fedavg over the network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import trio
+
+from peer.daemon import PeerDaemon
+from protocol import datasets, models
+from protocol.identity import Identity
+from protocol.messages import PlainVector, SchemaError
+from protocol.workloads import FedAvg, get_workload
+
+from .netutil import start_coordinator, wait_for
+
+
+def test_embedded_digits_are_28x28_and_split_the_same_way_everywhere():
+    a, b = datasets.load(), datasets.load()
+    assert a.train_x.shape[1:] == (28, 28) and a.train_x.dtype == np.float32
+    assert 0.0 <= a.train_x.min() and a.train_x.max() <= 1.0
+    assert len(a.train_y) + len(a.test_y) == 1797
+    assert np.array_equal(a.test_y, b.test_y) and np.array_equal(a.test_x, b.test_x)
+
+
+def test_dirichlet_partition_is_a_deterministic_non_iid_cover():
+    y = datasets.load().train_y
+    parts = datasets.dirichlet_partition(y, 10, 0.3, seed=4)
+    again = datasets.dirichlet_partition(y, 10, 0.3, seed=4)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
+    joined = np.sort(np.concatenate(parts))
+    assert np.array_equal(joined, np.arange(len(y)))  # every example exactly once
+    assert all(len(p) for p in parts)
+    # non-IID: some part is dominated by few classes
+    top_share = max(np.bincount(y[p], minlength=10).max() / len(p) for p in parts)
+    assert top_share > 0.4
+
+
+def test_real_mnist_loader_reads_idx_files(tmp_path):
+    d = datasets.load()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    img = (d.train_x[:50] * 255).astype(np.uint8)
+    datasets.write_idx(raw / "train-images-idx3-ubyte", img)
+    datasets.write_idx(raw / "train-labels-idx1-ubyte", d.train_y[:50])
+    datasets.write_idx(raw / "t10k-images-idx3-ubyte", img[:10])
+    datasets.write_idx(raw / "t10k-labels-idx1-ubyte", d.train_y[:10])
+    m = datasets.load(tmp_path)
+    assert m.name == "mnist" and m.train_x.shape == (50, 28, 28)
+    assert np.array_equal(m.train_y, d.train_y[:50])
+    assert np.allclose(m.train_x, img / 255.0)
+
+
+def test_mnist_loader_never_downloads(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MNIST/raw"):
+        datasets.load(tmp_path)
+
+
+def test_training_is_bit_identical_for_the_same_task():
+    d = datasets.load()
+    w = models.initial_vector(0)
+    a = models.train(w, d.train_x[:200], d.train_y[:200], epochs=2, lr=0.1, seed=3)
+    b = models.train(w, d.train_x[:200], d.train_y[:200], epochs=2, lr=0.1, seed=3)
+    assert hashlib.sha256(a.tobytes()).digest() == hashlib.sha256(b.tobytes()).digest()
+    assert not np.array_equal(a, w)
+
+
+def test_weights_travel_as_checked_safetensors():
+    w = models.initial_vector(1)
+    blob = models.encode_weights(w)
+    assert np.array_equal(models.decode_weights(blob, len(w)), w)
+    with pytest.raises(ValueError):
+        models.decode_weights(blob, len(w) + 1)
+
+
+def test_fedavg_refuses_out_of_bound_clear_updates():
+    fa = FedAvg()
+    n = fa.vector_len()
+    ok = PlainVector(vector=np.full(n, 1e-4, "<f4").tobytes())
+    fa.check(ok)
+    for bad in (np.full(n, 1.0, "<f4"), np.full(n, np.nan, "<f4"), np.zeros(n - 1, "<f4")):
+        with pytest.raises(SchemaError):
+            fa.check(PlainVector(vector=bad.tobytes()))
+
+
+async def run_fedavg(data_dir, secure: bool, rounds: int = 3, peers: int = 5) -> list[dict]:
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, workload="fedavg", secure=secure,
+                                        min_peers=peers, max_rounds=rounds, phase_timeout=30)
+        boot = coord.node.addrs[0]
+        daemons = []
+        for i in range(peers):
+            w = get_workload("fedavg")
+            d = PeerDaemon(Identity.generate(), w, w.parse_data(f"part={i}/{peers},alpha=0.5"),
+                           bootstrap=[boot])
+            await nursery.start(d.run)
+            daemons.append(d)
+        await wait_for(lambda: coord.rounds_run >= rounds, timeout=120)
+        nursery.cancel_scope.cancel()
+    results = [json.loads(coord.store.round_row(r)["result"]) for r in range(1, rounds + 1)]
+    # every peer fetched each round's model by digest: the blob it holds matches
+    final = coord.workload.state_blob()
+    assert results[-1]["model_digest"] == hashlib.sha256(final).hexdigest()
+    return results
+
+
+async def test_fedavg_secure_matches_clear_and_learns(tmp_path):
+    secure = await run_fedavg(tmp_path / "s", secure=True)
+    clear = await run_fedavg(tmp_path / "c", secure=False)
+    acc_s = [r["accuracy"] for r in secure]
+    acc_c = [r["accuracy"] for r in clear]
+    assert acc_s[-1] > acc_s[0] and acc_s[-1] > 0.8
+    assert abs(acc_s[-1] - acc_c[-1]) <= 0.005
+    assert all(r["count"] == 5 for r in secure + clear)
+    assert "secure_aggregation" in secure[0] and "secure_aggregation" not in clear[0]
