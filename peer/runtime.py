@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -44,3 +45,6 @@ def run_until_signal(main: Callable[[], Awaitable[None]],
             nursery.cancel_scope.cancel()
 
     trio.run(supervise)
+    # a stopped daemon must exit: if some library's non-daemon thread still holds the
+    # interpreter after 5 s, dump every thread's stack to the log and exit anyway
+    faulthandler.dump_traceback_later(5.0, exit=True)

@@ -1,4 +1,4 @@
-"""Flower's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``) measured for scripts/bench/secagg.py.
+"""Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod), measured for scripts/bench/secagg.py.
 
 This file imports nothing from hypergossip: it runs in whatever Python has ``flwr``
 (``flwr[simulation]==1.42.*``), usually a separate virtual environment, because Flower's
@@ -11,14 +11,18 @@ Two modes, both with Flower's own code paths and the settings of Flower's
 ``sansio``
     Flower's ``SecAggPlusWorkflow`` driven against an in-process ``Grid`` that hands each
     message straight to a ``ClientApp`` (``secaggplus_mod`` + a ``NumPyClient`` returning a
-    fixed float32 vector) for that node: no transport, no serialization, one thread. CPU is
-    ``time.thread_time``: per client, the time inside ``secaggplus_mod`` minus the wrapped
-    client's ``fit`` ("protocol" CPU, like our sans-IO numbers) and the whole ``ClientApp``
-    call; the server is the workflow's time minus the client calls. Upload per client is the
-    protobuf size of every reply's ``RecordDict`` (``serde.recorddict_to_proto``).
+    fixed float32 vector) for that node: no transport, one thread (each message and reply
+    makes a protobuf round trip outside all timings, as a transport would copy it). CPU is
+    ``time.thread_time`` in a round after a small warm-up round: per client, the time inside
+    ``secaggplus_mod`` minus the wrapped client's ``fit`` ("protocol" CPU, like our sans-IO
+    numbers) and the whole ``ClientApp`` call; the server is the workflow's time minus the
+    client calls. Upload per client is the protobuf size of every reply's ``RecordDict``
+    (``serde.recorddict_to_proto``).
 ``simulation``
     ``flwr.simulation.run_simulation`` (Ray backend) with ``--rounds`` rounds; per round the
-    wall time and the server thread's CPU time of ``SecAggPlusWorkflow.__call__``.
+    wall time of ``SecAggPlusWorkflow.__call__``, the CPU time of the thread running it, and
+    the CPU time of the whole driver process during it (ServerApp, in-memory SuperLink and
+    simulation engine threads; the Ray worker processes running the clients are not in it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import uuid
 from typing import Any
 
 import numpy as np
-
 
 MARKER = "FLOWER_BENCH_JSON "  # prefixes the result line on stdout (Flower may print too)
 
@@ -97,7 +100,6 @@ def run_sansio(n: int, m: int, seed: int, clip: float) -> dict[str, Any]:
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
     from flwr.server.workflow.constant import Key as WorkflowKey
     from flwr.serverapp.grid import Grid
-
     from flwr.supercore.task_identity import TaskIdentity
 
     # what a SuperLink would have set for the ServerApp's process
@@ -214,10 +216,13 @@ def run_simulation(n: int, m: int, seed: int, clip: float, rounds: int,
 
     class TimedSecAggPlusWorkflow(SecAggPlusWorkflow):
         def __call__(self, grid, context) -> None:
-            t0, w0 = time.thread_time(), time.perf_counter()
+            t0, p0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
             super().__call__(grid, context)
             per_round.append({"wall_s": time.perf_counter() - w0,
-                              "server_thread_cpu_s": time.thread_time() - t0})
+                              "server_thread_cpu_s": time.thread_time() - t0,
+                              # every thread of this process: ServerApp, in-memory SuperLink,
+                              # simulation engine; not the Ray worker processes
+                              "server_process_cpu_s": time.process_time() - p0})
             progress(f"simulation N={n}: round {len(per_round)} took "
                      f"{per_round[-1]['wall_s']:.2f} s")
 
@@ -274,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     if args.mode == "sansio":
+        # a small warm-up round first: imports and first-call costs are not the protocol's
+        run_sansio(3, min(args.size, 1000), args.seed, args.clip)
         out = run_sansio(args.clients, args.size, args.seed, args.clip)
     else:
         out = run_simulation(args.clients, args.size, args.seed, args.clip, args.rounds,
