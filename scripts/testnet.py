@@ -23,6 +23,14 @@ import time
 from pathlib import Path
 
 import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -234,6 +242,45 @@ def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
     return ok
 
 
+def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) -> list[dict]:
+    """Poll the coordinator; a progress bar per round (messages accepted of those expected:
+    one per peer in the clear, four per peer under secure aggregation), then its line."""
+    per_peer = 1 if args.insecure else 4
+    console = Console()  # not a terminal: rich draws no bar, only the round lines
+    rows: list[dict] = []
+    next_round = 1
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = None
+        while args.keep_running or next_round <= args.rounds:
+            net.check_alive()
+            try:
+                resp = client.get(f"{net.url}/rounds/{next_round}")
+            except httpx.HTTPError:
+                time.sleep(0.3)
+                continue
+            view = resp.json() if resp.status_code == 200 else None
+            if view is not None and task is None:
+                task = progress.add_task(f"round {next_round}", total=args.peers * per_peer,
+                                         phase="")
+            if view is None or view["status"] == "open":
+                if view is not None and task is not None:
+                    domains = [m["domain"] for m in view["messages"]]
+                    phase = domains[-1].split("/")[-1] if domains else "announced"
+                    progress.update(task, completed=len(domains), phase=phase)
+                time.sleep(0.2)
+                continue
+            if task is not None:
+                progress.remove_task(task)
+                task = None
+            row = round_summary(view)
+            rows.append(row)
+            progress.console.print(describe(row, args.peers), highlight=False, soft_wrap=True)
+            next_round += 1
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     net = Testnet(args)
@@ -245,22 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             net.start(client)
             print(f"coordinator AIM: {net.url}  (try {net.url}/manifest.json, /model, /peers)")
             print("waiting for peers to enrol and rounds to run ...", flush=True)
-            next_round = 1
-            while args.keep_running or next_round <= args.rounds:
-                net.check_alive()
-                try:
-                    resp = client.get(f"{net.url}/rounds/{next_round}")
-                except httpx.HTTPError:
-                    time.sleep(0.3)
-                    continue
-                view = resp.json() if resp.status_code == 200 else None
-                if view is None or view["status"] == "open":
-                    time.sleep(0.2)
-                    continue
-                row = round_summary(view)
-                rows.append(row)
-                print(describe(row, args.peers), flush=True)
-                next_round += 1
+            rows += follow_rounds(client, net, args)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the testnet")
     except RuntimeError as exc:
