@@ -130,10 +130,9 @@ class UnmaskShares(Strict):
     mask_key_shares: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
 
 
-class _SharePlaintext(Strict):
-    sender: PeerId
-    recipient: PeerId
-    round: int
+class _SharePlaintext(Strict, array_like=True):
+    """Sender, recipient and round are bound by the AEAD's associated data, not repeated."""
+
     self_mask_share: bytes
     mask_key_share: bytes
 
@@ -314,7 +313,7 @@ class SecAggClient:
         for i, v in enumerate(self.cfg.neighbours(self.me)):
             if v not in self._directory:
                 continue
-            plain = _SharePlaintext(self.me, v, self.cfg.round, b_shares[i], s_shares[i])
+            plain = _SharePlaintext(b_shares[i], s_shares[i])
             out[v] = self._seal(v, msgspec.msgpack.encode(plain))
         return ShareBundle(ciphertexts=out)
 
@@ -334,9 +333,8 @@ class SecAggClient:
             plain = self._aead(u, self.me, u).decrypt(blob[:12], blob[12:], ad)
             msg = msgspec.msgpack.decode(plain, type=_SharePlaintext)
         except (InvalidTag, ValueError, msgspec.DecodeError) as exc:
-            raise SecAggRejected(f"share from {u} does not decrypt: {exc!r}") from exc
-        if (msg.sender, msg.recipient, msg.round) != (u, self.me, self.cfg.round):
-            raise SecAggRejected(f"share from {u} is bound to another sender/recipient/round")
+            raise SecAggRejected(f"share from {u} does not decrypt (not ours, or tampered): "
+                                 f"{exc!r}") from exc
         return msg
 
     def masked_input(self, inbox: Inbox, x: np.ndarray) -> MaskedInput:
@@ -532,8 +530,9 @@ class SecAggServer:
                 continue
             if not valid(secret):
                 continue
+            basis = [shares[v] for v in subset]
             for v in holders:  # who handed in a share off the secret's polynomial?
-                if v not in subset and not _on_polynomial(shares, subset, v, secret):
+                if v not in subset and not _consistent(basis, shares[v]):
                     bad[v] = bad.get(v, 0) + 1
             return secret
         raise SecAggAbort(f"no {t} consistent shares rebuild {owner}'s secret")
@@ -548,9 +547,8 @@ class SecAggServer:
         self.phase = Phase(phase.value + 1)
 
 
-def _on_polynomial(shares: Mapping[str, bytes], subset: tuple[str, ...], v: str,
-                   secret: bytes) -> bool:
+def _consistent(basis: list[bytes], share: bytes) -> bool:
     try:
-        return shamir.combine([shares[w] for w in subset[1:]] + [shares[v]]) == secret
+        return shamir.consistent(basis, share)
     except shamir.ShareError:
         return False

@@ -261,8 +261,9 @@ def test_shamir_threshold_exactly():
     shares = shamir.split(secret, 4, 7)
     assert shamir.combine(shares[2:6]) == secret
     assert shamir.combine(shares[:3] + shares[5:6]) == secret
-    with pytest.raises(shamir.ShareError):
-        shamir.combine(shares[:3])  # a degree-3 polynomial's value at 0 is not a 32-byte secret
+    assert shamir.combine(shares[:3]) != secret  # too few: some other value
+    assert shamir.consistent(shares[:4], shares[6])
+    assert not shamir.consistent(shares[:4], shares[6][:2] + bytes(33))
     with pytest.raises(shamir.ShareError):
         shamir.combine([shares[0], shares[0]])
 
