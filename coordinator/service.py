@@ -34,7 +34,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from peer.node import GossipConfig, NetworkNode
-from peer.roundlog import RoundLog
+from peer.roundlog import KINDS, RoundLog
 from protocol import dp, secure_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
@@ -71,6 +71,7 @@ from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
 
+LIVENESS_GRACE = 3.0
 MAX_LEGACY_PER_ROUND = 10_000
 LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
@@ -128,12 +129,14 @@ class Coordinator:
         self.roundlog = RoundLog()
         self.current: RoundLogic | None = None
         self.personal: dict[tuple[int, str, str], bytes] = {}  # (round, phase, peer) -> wire
+        self._last_live: dict[str, float] = {}  # peer -> when last seen connected (monotonic)
         self.legacy: dict[int, list[StatsContribution]] = {}  # round -> values sent in the clear
         self.http_urls: list[str] = []
         self.started_at = time.time()
         self.rounds_run = 0
         self.sent_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self._changed = trio.Event()
+        self._broadcast = trio.Event()  # set (and replaced) on each announce, notice, result
         self._stop = trio.Event()
         for kind, domain in (("announce", ANNOUNCE), ("result", RESULT)):
             for r, wire in self.store.wires(kind, since=max(0, self.store.last_round() - 1000)):
@@ -159,6 +162,10 @@ class Coordinator:
 
         async with self.node.running():
             await self.node.subscribe(TOPIC_SUBMIT, self._on_submit_gossip)
+            # join the meshes we publish on, so that peers whose only link is to us get
+            # announcements and notices pushed at once (not at the next heartbeat or pull)
+            for topic in (TOPIC_ANNOUNCE, TOPIC_RESULT):
+                await self.node.subscribe(topic, _ignore)
             async with trio.open_nursery() as nursery:
                 hc = HypercornConfig()
                 hc.bind = [f"{self.config.http_host}:{self.config.port}"]
@@ -269,12 +276,30 @@ class Coordinator:
         if req.kind == "personal":  # only the authenticated asker's own message
             wire = self.personal.get((req.round, req.tag, remote))
             return encode(PullResponse(envelopes=[wire] if wire else []))
+        if req.wait_ms and req.kind in KINDS:  # long poll: hold it until the item exists
+            with trio.move_on_after(req.wait_ms / 1000):
+                while self._worth_waiting(req):
+                    await self._broadcast.wait()
         return self.roundlog.answer(request)
+
+    def _worth_waiting(self, req: PullRequest) -> bool:
+        if self.roundlog.has(KINDS[req.kind], req.round, req.tag):
+            return False
+        if req.kind == "notice":  # only the open round's phases are still to come
+            return self.current is not None and self.current.number == req.round
+        return req.round == self.store.last_round() + (req.kind == "announce")
 
     # --- rounds --------------------------------------------------------------------------------
     def live_peers(self) -> set[str]:
-        """Admitted peers with an open libp2p connection to us right now."""
-        return {p for p in self.node.connected_peers() if p in self.store.admitted()}
+        """Admitted peers connected to us now or within the last ``LIVENESS_GRACE`` seconds:
+        under load py-libp2p connections flap, and a phase must not close on a peer that is
+        only reconnecting (its message would then arrive a phase late)."""
+        now = time.monotonic()
+        for p in set(self.node.connected_peers()) & self.store.admitted():
+            self._last_live[p] = now
+        for p in [p for p, t in self._last_live.items() if now - t > LIVENESS_GRACE]:
+            del self._last_live[p]
+        return set(self._last_live)
 
     async def _wait_changed(self, timeout: float) -> None:
         with trio.move_on_after(timeout):
@@ -348,6 +373,7 @@ class Coordinator:
         self.roundlog.add(ANNOUNCE, number, wire)
         self.sent_at[(ANNOUNCE, number)] = time.monotonic()
         self._gossip(TOPIC_ANNOUNCE, wire)
+        self._wake_long_polls()
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
                  "secure" if self.config.secure else "clear", len(participants))
         return rnd
@@ -363,6 +389,7 @@ class Coordinator:
                 self.identity, PERSONAL, number, encode(PersonalNotice(
                     round=number, phase=notice.phase, recipient=peer, body=body)))
         self._gossip(TOPIC_ANNOUNCE, wire)
+        self._wake_long_polls()
         log.info("round %d: phase %s open (%d-byte notice, %d personal)", number, notice.phase,
                  len(wire), len(notice.personal))
 
@@ -425,8 +452,13 @@ class Coordinator:
         self.roundlog.add(RESULT, rnd.number, wire)
         self.sent_at[(RESULT, rnd.number)] = time.monotonic()
         self._gossip(TOPIC_RESULT, wire)
+        self._wake_long_polls()
         log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,
                  outcome.accepted, dict(rnd.rejected) or "none", outcome.result)
+
+    def _wake_long_polls(self) -> None:
+        self._broadcast.set()
+        self._broadcast = trio.Event()
 
     def _gossip(self, topic: str, wire: bytes) -> None:
         async def send() -> None:
@@ -442,6 +474,10 @@ class Coordinator:
             await trio.sleep(15.0)
             log.info("mesh sizes %s, %d connections", self.node.mesh_sizes(),
                      len(self.node.connected_peers()))
+
+
+async def _ignore(data: bytes, origin: str) -> None:
+    """Our own broadcasts echoed back by the mesh: nothing to do."""
 
 
 def _claimed_sender(wire: bytes) -> str | None:

@@ -132,6 +132,7 @@ class PeerDaemon:
                 nursery.start_soon(self._keep_connected)
                 nursery.start_soon(self._enroll_loop)
                 nursery.start_soon(self._pull_loop)
+                nursery.start_soon(self._watch_rounds)
                 nursery.start_soon(self._mesh_log_loop)
                 log.info("peer %s listening on %s", self.peer_id, ", ".join(self.node.addrs))
                 task_status.started(self)
@@ -297,6 +298,27 @@ class PeerDaemon:
         c = await trio.to_thread.run_sync(self.workload.contribute, announce, self.data, blobs)
         return ClearPeerRound(c)
 
+    async def _wait_notice(self, round: int, phase: str) -> bool:
+        """Wait for a phase notice: by gossip or pull, and meanwhile by long-polling the
+        coordinator, so a peer whose mesh is slow learns of the phase at once."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._long_poll, round, phase)
+            ok = await self._wait_round(round, lambda: self.roundlog.has(NOTICE, round, phase))
+            nursery.cancel_scope.cancel()
+        return ok
+
+    async def _long_poll(self, round: int, phase: str) -> None:
+        request = encode(PullRequest(kind="notice", round=round, tag=phase, wait_ms=8000))
+        while not self.roundlog.has(NOTICE, round, phase):
+            try:
+                raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
+                                              max_response=PULL_MAX_RESPONSE, timeout=9.5)
+                for wire in decode(raw, PullResponse).envelopes:
+                    self._ingest(wire, source="long poll", origin=self.coordinator_id)
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("long poll for %s failed: %s", phase, exc)
+                await trio.sleep(0.5)
+
     async def _wait_round(self, round: int, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()`` or the round's result arrives; True if ``ready()``."""
         while not ready():
@@ -324,8 +346,7 @@ class PeerDaemon:
                 if step == "start":
                     out = logic.start()
                 else:
-                    if not await self._wait_round(
-                            round, lambda step=step: self.roundlog.has(NOTICE, round, step)):
+                    if not await self._wait_notice(round, step):
                         return  # the round ended without us
                     notice = decode(open_envelope(self.roundlog.get(NOTICE, round, step))
                                     .payload, PhaseNotice)
@@ -407,6 +428,25 @@ class PeerDaemon:
                                           max_response=PULL_MAX_RESPONSE, timeout=3.0)
             for wire in decode(raw, PullResponse).envelopes:
                 self._ingest(wire, source=f"pull from {target}", origin=target)
+
+    async def _watch_rounds(self) -> None:
+        """Long-poll the coordinator for the next round's announcement: with gossip working
+        this only duplicates it; without, it saves waiting for the next pull."""
+        await self.enrolled.wait()
+        while True:
+            nxt = max(self.roundlog.latest(ANNOUNCE), self.roundlog.latest(RESULT)) + 1
+            request = encode(PullRequest(kind="announce", round=nxt, wait_ms=8000))
+            try:
+                raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
+                                              max_response=PULL_MAX_RESPONSE, timeout=9.5)
+                envelopes = decode(raw, PullResponse).envelopes
+                for wire in envelopes:
+                    self._ingest(wire, source="long poll", origin=self.coordinator_id)
+                if not envelopes:
+                    await trio.sleep(0.2)  # nothing yet (or we are behind: the pull catches up)
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("announce long poll failed: %s", exc)
+                await trio.sleep(1.0)
 
     async def _pull_loop(self) -> None:
         tick = 0

@@ -126,11 +126,13 @@ class PullRequest(Strict):
     """``kind``: ``head`` (latest announcement, its phase notices, latest result), or a
     domain (``announce``, ``result``, ``notice``, ``personal``) with ``round`` and, for
     notices, the phase name in ``tag``. ``personal`` is answered only by the coordinator
-    and only with the asking peer's own message."""
+    and only with the asking peer's own message. ``wait_ms`` (coordinator, notices): hold
+    the request until that notice exists, at most this long (a long poll)."""
 
     kind: Short
     round: RoundNo = 0
     tag: Short = ""
+    wait_ms: Annotated[int, Meta(ge=0, le=8000)] = 0
 
 
 class PullResponse(Strict):

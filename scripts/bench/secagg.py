@@ -1,0 +1,826 @@
+"""Benchmark: the cost of secure aggregation (SecAgg+), and Flower's SecAgg+ beside it.
+
+What it measures, for each N in ``--clients`` and each vector length M in ``--sizes``
+(float32 vectors, values uniform in [-1, 1], clip 1.0, a 32-bit ring):
+
+1. Protocol cost in one process, no network (``protocol.secagg``'s sans-IO client and
+   server driven directly, one thread). Per client the CPU time (``time.thread_time``) of
+   ``advertise``, ``share_keys``, ``masked_input`` and ``unmask``; the coordinator's CPU
+   time over every ``receive_*`` and ``close_*`` call; the bytes each client uploads (the
+   msgpack encoding of AdvertiseKeys, ShareBundle, MaskedInput and UnmaskShares, and the
+   same inside their signed envelopes) against the plain float32 vector (4 M bytes). Two
+   graph settings: ``Config.default`` (the complete graph up to 101 clients, as the network
+   rounds use) and a Flower-like sparse graph (degree 2, threshold 2: Flower's
+   ``num_shares=3`` counts the client itself). The decoded sum is checked against the
+   clipped float sum within ``FixedPoint.error_bound(n)``.
+2. Secure rounds over real libp2p: an in-process :class:`coordinator.service.Coordinator`
+   (``secure=True``) and N :class:`peer.daemon.PeerDaemon` peers on 127.0.0.1 in one trio
+   process, running a bench-only vector workload (``bench-vector``). A round's wall time
+   runs from the coordinator's announcement to its published result (its ``sent_at``
+   stamps), after ``--warmup-rounds`` warm-up rounds. All peers and the coordinator share
+   one event loop and one core's worth of Python, so the CPU column is the whole process's
+   CPU time per round (coordinator + N peers + libp2p), not the coordinator's: the
+   coordinator's own CPU is table 1's.
+3. Flower 1.42 (``flwr[simulation]==1.42.*``) SecAggPlusWorkflow + secaggplus_mod on the
+   same N and M with ``num_shares=3, reconstruction_threshold=2`` (Flower's own example):
+   sans-IO (its workflow against an in-process Grid; same CPU and upload accounting as 1)
+   and in its Ray simulation (warm-round wall time). Flower runs in whatever Python has
+   ``flwr`` (``--flower-python``, this one, or a venv made by ``--setup-flower``), driven as
+   a subprocess of ``scripts/bench/_flower_secagg.py``; when none has it, the Flower columns
+   say so and are skipped. Ratios are ours / Flower's.
+
+Run from the repository root: ``.venv/bin/python scripts/bench/secagg.py``.
+Tables go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import trio  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
+from peer.daemon import PeerDaemon  # noqa: E402
+from peer.node import DEFAULT_GOSSIP  # noqa: E402
+from protocol import secagg, secure_round  # noqa: E402
+from protocol.envelope import seal  # noqa: E402
+from protocol.fixedpoint import FixedPoint  # noqa: E402
+from protocol.identity import Identity  # noqa: E402
+from protocol.messages import ANNOUNCE, NOTICE, RESULT, PlainVector, encode  # noqa: E402
+from protocol.workloads import WORKLOADS, Workload  # noqa: E402
+
+CLIP = 1.0
+MAX_SUMMANDS = 10_000  # what secure_round.make_params uses for network rounds
+FLOWER_SPEC = "flwr[simulation]==1.42.*"
+FLOWER_HELPER = Path(__file__).resolve().with_name("_flower_secagg.py")
+FLOWER_MARKER = "FLOWER_BENCH_JSON "
+DEFAULT_FLOWER_VENV = Path(tempfile.gettempdir()) / "flwr-venv"
+SETTINGS = {"default": "default", "sparse": "Flower-like"}  # Config.default; degree 2, thr. 2
+PHASE_NAMES = ("keys", "shares", "masked", "unmask")
+GOAL_UPLOAD = 1.1  # x the plain float32 vector
+GOAL_SERVER = 0.5  # x Flower's server CPU
+GOAL_CLIENT = 1.0  # x Flower's client CPU
+GOAL_WALL = 0.5  # x Flower's round wall time
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def kib(n: float) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def input_vector(index: int, m: int, seed: int) -> np.ndarray:
+    """Client ``index``'s float32 vector, uniform in [-1, 1]: the same as Flower's side
+    (``_flower_secagg.client_vector``), so both sum the same inputs."""
+    return np.random.default_rng([seed, index]).uniform(-1.0, 1.0, m).astype(np.float32)
+
+
+# --- 1. protocol cost, sans-IO -------------------------------------------------------------
+@dataclass
+class ProtocolResult:
+    setting: str
+    clients: int
+    vector_len: int
+    degree: int
+    threshold: int
+    client_cpu_mean_s: float
+    client_cpu_max_s: float
+    client_phase_cpu_mean_s: dict[str, float]
+    server_cpu_s: float
+    server_close_unmask_s: float
+    upload_bytes_mean: float
+    upload_parts_mean: dict[str, float]
+    sealed_upload_bytes_mean: float
+    plain_bytes: int
+    max_abs_error: float
+    error_bound: float
+    correct: bool
+    wall_s: float
+
+    @property
+    def upload_ratio(self) -> float:
+        return self.upload_bytes_mean / self.plain_bytes
+
+    @property
+    def sealed_ratio(self) -> float:
+        return self.sealed_upload_bytes_mean / self.plain_bytes
+
+
+def protocol_cost(n: int, m: int, setting: str, seed: int) -> ProtocolResult:
+    ids = [Identity.generate() for _ in range(n)]  # real peer ids: they size the messages
+    by_peer = {i.peer_id: i for i in ids}
+    people = sorted(by_peer)
+    xs = {p: input_vector(k, m, seed) for k, p in enumerate(people)}
+    enc = FixedPoint(CLIP, max(MAX_SUMMANDS, n), 32)
+    graph_seed = os.urandom(32)
+    if setting == "default":
+        cfg = secagg.Config.default(1, people, graph_seed, m, enc)
+    else:
+        degree = 2 if n > 3 else n - 1
+        cfg = secagg.Config(1, tuple(people), degree, min(2, degree), graph_seed, m, enc)
+    cpu = {p: dict.fromkeys(PHASE_NAMES, 0.0) for p in people}
+    sent = {p: dict.fromkeys(PHASE_NAMES, 0) for p in people}
+    sealed = dict.fromkeys(people, 0)
+    server_cpu = [0.0]
+
+    def client(p: str, phase: str, fn, *args):
+        t0 = time.thread_time()
+        msg = fn(*args)
+        cpu[p][phase] += time.thread_time() - t0
+        payload = encode(msg)  # sizes are measured outside the timings
+        sent[p][phase] += len(payload)
+        sealed[p] += len(seal(by_peer[p], secure_round.DOMAIN[phase], 1, payload))
+        return msg
+
+    def server(fn, *args):
+        t0 = time.thread_time()
+        out = fn(*args)
+        server_cpu[0] += time.thread_time() - t0
+        return out
+
+    w0 = time.perf_counter()
+    srv = secagg.SecAggServer(cfg)
+    clients = {}
+    for p in people:
+        t0 = time.thread_time()
+        clients[p] = secagg.SecAggClient(p, cfg)  # key generation happens here
+        cpu[p]["keys"] += time.thread_time() - t0
+    for p in people:
+        server(srv.receive_keys, p, client(p, "keys", clients[p].advertise))
+    directory = server(srv.close_keys)
+    for p in people:
+        server(srv.receive_shares, p, client(p, "shares", clients[p].share_keys, directory))
+    inboxes = server(srv.close_shares)
+    for p in people:
+        server(srv.receive_masked, p,
+               client(p, "masked", clients[p].masked_input, inboxes[p], xs[p]))
+    request = server(srv.close_masked)
+    for p in people:
+        server(srv.receive_unmask, p, client(p, "unmask", clients[p].unmask, request))
+    t0 = time.thread_time()
+    outcome = server(srv.close_unmask)
+    close_unmask = time.thread_time() - t0
+    wall = time.perf_counter() - w0
+
+    plain = np.sum([np.clip(x.astype(np.float64), -CLIP, CLIP) for x in xs.values()], axis=0)
+    err = float(np.max(np.abs(outcome.total - plain)))
+    totals = [sum(c.values()) for c in cpu.values()]
+    uploads = [sum(s.values()) for s in sent.values()]
+    return ProtocolResult(
+        setting=setting, clients=n, vector_len=m, degree=cfg.degree, threshold=cfg.threshold,
+        client_cpu_mean_s=statistics.fmean(totals), client_cpu_max_s=max(totals),
+        client_phase_cpu_mean_s={ph: statistics.fmean(c[ph] for c in cpu.values())
+                                 for ph in PHASE_NAMES},
+        server_cpu_s=server_cpu[0], server_close_unmask_s=close_unmask,
+        upload_bytes_mean=statistics.fmean(uploads),
+        upload_parts_mean={ph: statistics.fmean(s[ph] for s in sent.values())
+                           for ph in PHASE_NAMES},
+        sealed_upload_bytes_mean=statistics.fmean(sealed.values()), plain_bytes=4 * m,
+        max_abs_error=err, error_bound=enc.error_bound(n),
+        correct=len(outcome.survivors) == n and err <= enc.error_bound(n), wall_s=wall)
+
+
+# --- 2. secure rounds over libp2p ------------------------------------------------------------
+class BenchVector(Workload):
+    """Bench-only workload: each peer's ``data`` is its float vector, summed as is."""
+
+    name = "bench-vector"
+    contribution_schema = PlainVector
+    clip = CLIP
+    ring_bits = 32
+    size: ClassVar[int] = 100_000
+
+    def vector_len(self) -> int:
+        return self.size
+
+    def bound(self, vector: np.ndarray) -> np.ndarray:
+        return np.clip(vector, -self.clip, self.clip)
+
+    def sensitivity(self) -> float:
+        return 2 * self.clip * math.sqrt(self.size)
+
+    # ``blobs`` is optional so the class fits the Workload interface before and after peers
+    # started passing fetched blobs (model weights) to vector()/contribute()
+    def vector(self, announce, data: Any, blobs: Any = None) -> np.ndarray:
+        return np.asarray(data, dtype=np.float64)
+
+    def contribute(self, announce, data: Any, blobs: Any = None) -> PlainVector:
+        return PlainVector(vector=np.asarray(data, dtype="<f4").tobytes())
+
+    def aggregate(self, contributions) -> dict[str, Any]:
+        vecs = [np.frombuffer(c.vector, dtype="<f4") for c in contributions.values()]
+        return self.finalize(np.sum(vecs, axis=0, dtype=np.float64), len(vecs))
+
+    def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
+        return {"count": n, "norm": float(np.linalg.norm(total)),
+                "head": [float(v) for v in np.asarray(total)[:4]]}
+
+
+def register_bench_workload(m: int) -> type[BenchVector]:
+    cls = type("BenchVector", (BenchVector,), {"size": m})
+    WORKLOADS[BenchVector.name] = cls
+    return cls
+
+
+class TimedCoordinator(Coordinator):
+    """The coordinator, with the thread CPU time of its own work added up per round: message
+    intake (verify, admit, decode, offer to the round, store), closing phases (the SecAgg+
+    server), sealing and storing notices and the result, answering pulls. libp2p's transport
+    work (Noise, yamux, gossipsub) for the coordinator's connections is not in it: it runs in
+    tasks shared with the peers. Relies on private methods of Coordinator; if they change,
+    the numbers read "-" rather than the benchmark failing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bench_cpu = 0.0
+        self.bench_round_start: dict[int, float] = {}
+        self.bench_round_cpu: dict[int, float] = {}
+
+    def _timed(self, fn, *args, **kwargs):
+        t0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.bench_cpu += time.thread_time() - t0
+
+    def handle(self, wire: bytes, **kwargs):
+        return self._timed(super().handle, wire, **kwargs)
+
+    async def _on_pull(self, request: bytes, remote: str) -> bytes:
+        t0 = time.thread_time()  # no await inside: nothing else runs meanwhile
+        try:
+            return await super()._on_pull(request, remote)
+        finally:
+            self.bench_cpu += time.thread_time() - t0
+
+    def _open_round(self):
+        rnd = self._timed(super()._open_round)
+        self.bench_round_start[rnd.number] = self.bench_cpu
+        advance = rnd.advance
+        rnd.advance = lambda now: self._timed(advance, now)  # closes phases, runs unmasking
+        return rnd
+
+    def _send_notice(self, number, notice) -> None:
+        self._timed(super()._send_notice, number, notice)
+
+    def _publish(self, rnd, outcome) -> None:
+        self._timed(super()._publish, rnd, outcome)
+        if rnd.number in self.bench_round_start:
+            self.bench_round_cpu[rnd.number] = self.bench_cpu - self.bench_round_start[rnd.number]
+
+
+@dataclass
+class RoundTiming:
+    round: int
+    status: str
+    accepted: int
+    wall_s: float | None
+    phases_s: dict[str, float]
+    process_cpu_s: float | None  # whole process (coordinator + peers), approximate
+    coordinator_cpu_s: float | None  # TimedCoordinator's own work, announce -> result
+    norm: float | None
+    norm_ok: bool | None
+    error: str | None
+    # per coordinator broadcast (announce, notices, result): coordinator send -> the last
+    # peer's receipt (gossip or pull), in seconds; a phase cannot end before its notice lands
+    delivery_max_s: dict[str, float] = field(default_factory=dict)
+    delivery_median_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class NetworkResult:
+    peers: int
+    vector_len: int
+    warmup_rounds: int
+    start_s: float = 0.0
+    total_s: float = 0.0
+    rounds: list[RoundTiming] = field(default_factory=list)
+    error: str | None = None
+
+    def measured(self) -> list[RoundTiming]:
+        return [r for r in self.rounds[self.warmup_rounds:] if r.wall_s is not None]
+
+    @property
+    def wall_mean_s(self) -> float | None:
+        walls = [r.wall_s for r in self.measured() if r.status == "published"]
+        return statistics.fmean(walls) if walls else None
+
+
+async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkResult:
+    register_bench_workload(m)
+    res = NetworkResult(peers=n, vector_len=m, warmup_rounds=args.warmup_rounds)
+    total_rounds = args.warmup_rounds + args.rounds
+    data = [input_vector(k, m, args.seed) for k in range(n)]
+    data_of: dict[str, np.ndarray] = {}  # peer id -> its input
+    cpu_samples: list[tuple[float, float]] = []
+    peers: list[PeerDaemon] = []
+
+    async def sample_cpu() -> None:
+        while True:
+            cpu_samples.append((time.monotonic(), time.process_time()))
+            await trio.sleep(0.02)
+
+    def cpu_at(t: float) -> float | None:
+        best = min(cpu_samples, key=lambda s: abs(s[0] - t), default=None)
+        return best[1] if best is not None else None
+
+    t_begin = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="secagg-bench-") as tmp:
+        gossip = DEFAULT_GOSSIP if args.gossip_heartbeat is None else dataclasses.replace(
+            DEFAULT_GOSSIP, heartbeat_interval=args.gossip_heartbeat)
+        cfg = CoordinatorConfig(
+            data_dir=Path(tmp), http_host="127.0.0.1", port=0, listen=["/ip4/127.0.0.1/tcp/0"],
+            # the first round waits for all N; a round with dropouts still publishes (and
+            # shows as accepted < N) instead of failing its quorum
+            min_peers=2, start_peers=n, round_pause=0.2, max_rounds=total_rounds,
+            workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
+            gossip=gossip)
+        coord = TimedCoordinator(cfg)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample_cpu)
+                await nursery.start(coord.run)
+                boot = coord.node.addrs[0]
+                workload = WORKLOADS[BenchVector.name]()
+                progress(f"network N={n} M={m}: coordinator up; starting {n} peers")
+
+                async def start_peer(k: int) -> None:
+                    daemon = PeerDaemon(Identity.generate(), workload, data[k], bootstrap=[boot],
+                                        gossip=gossip)
+                    await nursery.start(daemon.run)
+                    peers.append(daemon)
+                    data_of[daemon.peer_id] = data[k]
+
+                async with trio.open_nursery() as starter:
+                    for k in range(n):
+                        starter.start_soon(start_peer, k)
+                res.start_s = time.perf_counter() - t_begin
+                progress(f"network N={n}: {n} peers started in {res.start_s:.1f} s; "
+                         f"running {args.warmup_rounds} warm-up + {args.rounds} rounds")
+                seen = 0
+                with trio.move_on_after(args.network_timeout) as scope:
+                    while coord.rounds_run < total_rounds:
+                        if coord.rounds_run > seen:
+                            seen = coord.rounds_run
+                            progress(f"network N={n}: round {seen} of {total_rounds} done")
+                        await trio.sleep(0.05)
+                if scope.cancelled_caught:
+                    res.error = (f"timed out after {args.network_timeout:g} s with "
+                                 f"{coord.rounds_run} of {total_rounds} rounds done")
+                    progress(f"network N={n}: {res.error}")
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # keep what was measured; say what went wrong
+            leaf = exc
+            while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                leaf = leaf.exceptions[0]
+            res.error = f"{type(leaf).__name__}: {leaf}"
+            progress(f"network N={n}: error: {res.error}")
+            traceback.print_exception(leaf, file=sys.stderr)
+        for r in range(1, coord.rounds_run + 1):
+            row = coord.store.round_row(r)
+            start = coord.sent_at.get((ANNOUNCE, r))
+            end = coord.sent_at.get((RESULT, r))
+            stamps = [start] + [coord.sent_at.get((f"{NOTICE}/{ph}", r))
+                                for ph in PHASE_NAMES[1:]] + [end]
+            pairs = zip(PHASE_NAMES, stamps[:-1], stamps[1:], strict=True)
+            phases = {ph: b - a for ph, a, b in pairs if a is not None and b is not None}
+            cpu0, cpu1 = (cpu_at(start), cpu_at(end)) if start and end else (None, None)
+            result = json.loads(row["result"]) if row is not None and row["result"] else {}
+            delivery_max, delivery_median = {}, {}
+            for key in [ANNOUNCE, *(f"{NOTICE}/{ph}" for ph in PHASE_NAMES[1:]), RESULT]:
+                sent = coord.sent_at.get((key, r))
+                got = [p.received_at[(key, r)] - sent for p in peers
+                       if sent is not None and (key, r) in p.received_at]
+                if got:
+                    name = key.rsplit("/", 1)[-1]
+                    delivery_max[name], delivery_median[name] = max(got), statistics.median(got)
+            norm = result.get("norm")
+            included = result.get("secure_aggregation", {}).get("included", [])
+            ok = None
+            if norm is not None and included and all(p in data_of for p in included):
+                expected_norm = float(np.linalg.norm(np.sum(
+                    [np.clip(data_of[p].astype(np.float64), -CLIP, CLIP) for p in included],
+                    axis=0)))
+                bound = FixedPoint(CLIP, MAX_SUMMANDS, 32).error_bound(len(included))
+                ok = abs(norm - expected_norm) <= bound * math.sqrt(m) + 1e-9
+            res.rounds.append(RoundTiming(
+                round=r, status=row["status"] if row is not None else "?",
+                accepted=row["accepted"] if row is not None else 0,
+                wall_s=end - start if start and end else None, phases_s=phases,
+                process_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+                coordinator_cpu_s=coord.bench_round_cpu.get(r),
+                delivery_max_s=delivery_max, delivery_median_s=delivery_median,
+                norm=norm, norm_ok=ok, error=result.get("error")))
+        coord.store.close()
+    res.total_s = time.perf_counter() - t_begin
+    for r in res.rounds:
+        progress(f"network N={n}: round {r.round} {r.status}, {r.accepted} accepted, "
+                 f"wall {ms(r.wall_s)}, coordinator CPU {ms(r.coordinator_cpu_s)}, process CPU "
+                 f"{ms(r.process_cpu_s)}{', ' + r.error if r.error else ''}")
+    return res
+
+
+# --- 3. Flower --------------------------------------------------------------------------------
+def flower_version(python: str) -> str | None:
+    try:
+        out = subprocess.run([python, "-c", "import flwr; print(flwr.__version__)"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def find_flower(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The Python that has flwr, and a sentence saying which (or why there is none)."""
+    candidates = [args.flower_python] if args.flower_python else [
+        sys.executable, str(DEFAULT_FLOWER_VENV / "bin" / "python")]
+    if args.setup_flower and not args.flower_python:
+        venv = DEFAULT_FLOWER_VENV
+        if flower_version(str(venv / "bin" / "python")) is None:
+            progress(f"creating {venv} and installing {FLOWER_SPEC} into it (minutes)")
+            try:
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+                subprocess.run([str(venv / "bin" / "pip"), "install", "-q", FLOWER_SPEC],
+                               check=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                return None, f"installing {FLOWER_SPEC} into {venv} failed: {exc}"
+    for python in candidates:
+        if python and Path(python).exists() and (version := flower_version(python)):
+            return python, f"flwr {version} in {python}"
+    return None, (f"Flower not available: no flwr in {', '.join(c for c in candidates if c)} "
+                  f"(install {FLOWER_SPEC} in a separate venv with --setup-flower, or pass "
+                  "--flower-python)")
+
+
+def run_flower(python: str, mode: str, n: int, m: int, args: argparse.Namespace,
+               timeout: float) -> dict[str, Any]:
+    cmd = [python, str(FLOWER_HELPER), mode, "--clients", str(n), "--size", str(m),
+           "--seed", str(args.seed), "--clip", str(CLIP)]
+    if mode == "simulation":
+        cmd += ["--rounds", str(args.warmup_rounds + args.rounds),
+                "--cpus-per-client", str(args.flower_cpus_per_client)]
+    progress(f"flower {mode} N={n} M={m}: {' '.join(cmd[1:])}")
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith(FLOWER_MARKER):
+            return json.loads(line[len(FLOWER_MARKER):])
+    tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+    return {"error": f"exit {out.returncode}: {' / '.join(tail)}"[:400]}
+
+
+def flower_summary(sansio: dict[str, Any] | None, sim: dict[str, Any] | None,
+                   warmup: int) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    if sansio and "error" not in sansio:
+        s.update(client_cpu_mean_s=statistics.fmean(sansio["client_protocol_cpu_s"]),
+                 client_app_cpu_mean_s=statistics.fmean(sansio["client_app_cpu_s"]),
+                 server_cpu_s=sansio["server_cpu_s"],
+                 upload_bytes_mean=statistics.fmean(sansio["upload_bytes"]),
+                 download_bytes_mean=statistics.fmean(sansio["download_bytes"]),
+                 plain_bytes=sansio["plain_bytes"], correct=sansio["correct"])
+    if sim and "error" not in sim:
+        warm = sim["rounds"][warmup:]
+        if warm:
+            s.update(round_walls_s=[r["wall_s"] for r in warm],
+                     wall_mean_s=statistics.fmean(r["wall_s"] for r in warm),
+                     sim_server_thread_cpu_s=statistics.fmean(
+                         r["server_thread_cpu_s"] for r in warm),
+                     sim_server_process_cpu_s=statistics.fmean(
+                         r["server_process_cpu_s"] for r in warm))
+    return s
+
+
+# --- tables -----------------------------------------------------------------------------------
+def protocol_table(results: list[ProtocolResult]) -> Table:
+    table = Table(title="1. SecAgg+ protocol cost in one process, no network "
+                        "(one round; CPU = thread time)")
+    for col in ("N", "M", "graph (a)", "deg/thr", "client CPU mean", "max", "masking (b)",
+                "coord CPU", "close_unmask", "upload/client", "x plain", "sealed x plain",
+                "max err / bound", "sum ok"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in results:
+        table.add_row(
+            str(r.clients), f"{r.vector_len:,}", SETTINGS[r.setting], f"{r.degree}/{r.threshold}",
+            ms(r.client_cpu_mean_s), ms(r.client_cpu_max_s),
+            ms(r.client_phase_cpu_mean_s["masked"]), ms(r.server_cpu_s),
+            ms(r.server_close_unmask_s), kib(r.upload_bytes_mean), f"{r.upload_ratio:.4f}",
+            f"{r.sealed_ratio:.4f}", f"{r.max_abs_error:.1e} / {r.error_bound:.1e}",
+            "yes" if r.correct else "NO")
+    return table
+
+
+def mean_over(rounds: list[RoundTiming], attr: str, keys: tuple[str, ...]) -> str:
+    """``a / b / ...``: per key, the mean over ``rounds`` of ``getattr(round, attr)[key]``."""
+    if not rounds:
+        return "-"
+    return " / ".join(ms(statistics.fmean(getattr(x, attr).get(k, math.nan) for x in rounds))
+                      for k in keys)
+
+
+def mark(x: RoundTiming, peers: int) -> str:
+    if x.status != "published":
+        return " failed"
+    return "*" if x.accepted < peers else ""
+
+
+def network_table(results: list[NetworkResult], heartbeat: float) -> Table:
+    table = Table(title="2. Secure rounds over libp2p: coordinator + N peers in one trio process "
+                        f"on 127.0.0.1 (Config.default graph, gossip heartbeat {heartbeat:g} s)")
+    for col in ("N", "M", "start", "accepted per round", "warm rounds (c)", "mean",
+                "phases keys/shares/masked/unmask (d)", "notice to last peer (e)",
+                "coord CPU (f)", "process CPU (g)", "sum ok", "note"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in results:
+        measured = r.measured()
+
+        cpus = [x.process_cpu_s for x in measured if x.process_cpu_s is not None]
+        coord = [x.coordinator_cpu_s for x in measured if x.coordinator_cpu_s is not None]
+        norms = [x.norm_ok for x in r.rounds if x.norm_ok is not None]
+        notes = [r.error] if r.error else []
+        notes += sorted({f"round {x.round}: {x.error}" for x in r.rounds if x.error})
+        table.add_row(
+            str(r.peers), f"{r.vector_len:,}", f"{r.start_s:.1f} s",
+            ", ".join(str(x.accepted) for x in r.rounds) or "-",
+            ", ".join(ms(x.wall_s) + mark(x, r.peers) for x in measured) or "-",
+            ms(r.wall_mean_s),
+            mean_over(measured, "phases_s", PHASE_NAMES),
+            mean_over(measured, "delivery_max_s", ("announce", "shares", "masked", "unmask")),
+            ms(statistics.fmean(coord)) if coord else "-",
+            ms(statistics.fmean(cpus)) if cpus else "-",
+            ("yes" if all(norms) else "NO") if norms else "-", "; ".join(notes)[:90])
+    return table
+
+
+def flower_table(flower: dict[tuple[int, int], dict[str, Any]]) -> Table:
+    table = Table(title="3. Flower 1.42 SecAgg+ (SecAggPlusWorkflow + secaggplus_mod, "
+                        "num_shares=3, reconstruction_threshold=2)")
+    for col in ("N", "M", "client CPU (h)", "client app CPU", "server CPU (i)",
+                "upload/client", "x plain", "sum ok", "sim warm rounds", "sim mean",
+                "sim server CPU thread/process (j)", "note"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for (n, m), f in sorted(flower.items()):
+        s = f["summary"]
+        errors = "; ".join(f"{k}: {v['error']}" for k, v in (("sans-IO", f["sansio"]),
+                           ("simulation", f["simulation"])) if v and "error" in v)
+        table.add_row(
+            str(n), f"{m:,}", ms(s.get("client_cpu_mean_s")), ms(s.get("client_app_cpu_mean_s")),
+            ms(s.get("server_cpu_s")),
+            kib(s["upload_bytes_mean"]) if "upload_bytes_mean" in s else "-",
+            f"{s['upload_bytes_mean'] / s['plain_bytes']:.4f}" if "upload_bytes_mean" in s
+            else "-",
+            ("yes" if s["correct"] else "NO") if "correct" in s else "-",
+            ", ".join(ms(w) for w in s.get("round_walls_s", [])) or "-",
+            ms(s.get("wall_mean_s")),
+            f"{ms(s['sim_server_thread_cpu_s'])} / {ms(s['sim_server_process_cpu_s'])}"
+            if "sim_server_thread_cpu_s" in s else "-", errors[:80])
+    return table
+
+
+def comparison_rows(protocol: list[ProtocolResult], network: list[NetworkResult],
+                    flower: dict[tuple[int, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for (n, m), f in sorted(flower.items()):
+        s = f["summary"]
+        for p in (p for p in protocol if (p.clients, p.vector_len) == (n, m)):
+            label = SETTINGS[p.setting]
+            if "upload_bytes_mean" in s:
+                ratio = p.upload_bytes_mean / s["upload_bytes_mean"]
+                rows.append(dict(clients=n, vector_len=m, metric="upload per client",
+                                 ours_setting=label, ours=kib(p.upload_bytes_mean),
+                                 flower=kib(s["upload_bytes_mean"]), ratio=ratio,
+                                 goal=f"ours <= {GOAL_UPLOAD:g}x plain",
+                                 met=p.upload_ratio <= GOAL_UPLOAD))
+            if "server_cpu_s" in s:
+                ratio = p.server_cpu_s / s["server_cpu_s"]
+                rows.append(dict(clients=n, vector_len=m, metric="coordinator CPU (sans-IO)",
+                                 ours_setting=label, ours=ms(p.server_cpu_s),
+                                 flower=ms(s["server_cpu_s"]), ratio=ratio,
+                                 goal=f"<= {GOAL_SERVER:g}", met=ratio <= GOAL_SERVER))
+            if "client_cpu_mean_s" in s:
+                ratio = p.client_cpu_mean_s / s["client_cpu_mean_s"]
+                rows.append(dict(clients=n, vector_len=m, metric="client CPU (sans-IO)",
+                                 ours_setting=label, ours=ms(p.client_cpu_mean_s),
+                                 flower=ms(s["client_cpu_mean_s"]), ratio=ratio,
+                                 goal=f"<= {GOAL_CLIENT:g}", met=ratio <= GOAL_CLIENT))
+        for net in (x for x in network if (x.peers, x.vector_len) == (n, m)):
+            if net.wall_mean_s is not None and "wall_mean_s" in s:
+                ratio = net.wall_mean_s / s["wall_mean_s"]
+                rows.append(dict(clients=n, vector_len=m, metric="round wall time",
+                                 ours_setting="libp2p, Config.default",
+                                 ours=ms(net.wall_mean_s),
+                                 flower=f"{ms(s['wall_mean_s'])} (Ray sim)", ratio=ratio,
+                                 goal=f"<= {GOAL_WALL:g}", met=ratio <= GOAL_WALL))
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="4. Ours / Flower's (ratio < 1: ours is smaller)")
+    for col in ("N", "M", "metric", "ours: setting", "ours", "Flower", "ratio", "goal",
+                "met"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(str(r["clients"]), f"{r['vector_len']:,}", r["metric"], r["ours_setting"],
+                      r["ours"], r["flower"], f"{r['ratio']:.3f}", r["goal"],
+                      "yes" if r["met"] else "NO")
+    return table
+
+
+FOOTNOTES = """\
+(a) default: Config.default (complete graph up to 101 clients, threshold (n-1) - floor(0.3 n));
+    Flower-like: degree 2, threshold 2 (Flower's num_shares=3 counts the client itself).
+(b) client CPU in masked_input alone (fixed-point encoding, self mask, one AES-256-CTR pairwise
+    mask per neighbour). Client CPU includes the X25519 key generation in SecAggClient().
+(c) coordinator's announcement -> its published result; * = published with dropouts (accepted
+    < N), failed = not published. "mean" is over the published warm rounds.
+(d) announcement -> shares notice -> masked notice -> unmask notice -> result, mean of the warm
+    rounds.
+(e) the coordinator sends the announcement / a phase notice -> the last peer has it (gossip or
+    pull), mean of the warm rounds.
+(f) thread CPU of the coordinator's own work per warm round: message intake (verify, decode,
+    SecAgg+ receive, SQLite), closing phases (incl. unmasking), notices, result, pull answers;
+    not libp2p's transport work for its connections.
+(g) CPU time of the whole benchmark process per warm round (sampled every 20 ms): coordinator,
+    all N peers and libp2p together on one event loop: with many peers the round is CPU-bound
+    on this one process, which a real deployment (one machine per peer) is not.
+(h) Flower client CPU inside secaggplus_mod, excluding the wrapped client's fit (like ours);
+    "client app CPU" is the whole ClientApp call (mod + NumPyClient + record conversions).
+(i) Flower's SecAggPlusWorkflow against an in-process Grid, minus the client calls; no
+    serialization (like ours); includes FedAvg's aggregate_fit over the N (identical) results.
+(j) Flower's Ray simulation, warm rounds: CPU of the thread running the workflow / of the whole
+    driver process (ServerApp, in-memory SuperLink, simulation engine; not the Ray workers)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=f"Goals: upload <= {GOAL_UPLOAD:g}x the plain vector; coordinator CPU <= "
+               f"{GOAL_SERVER:g}x Flower's; client CPU <= {GOAL_CLIENT:g}x Flower's; round wall "
+               f"time over libp2p <= {GOAL_WALL:g}x Flower's simulated round.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", default="10,50,100",
+                   help="comma-separated client counts N (default 10,50,100; --quick 10,50)")
+    p.add_argument("--sizes", default="100000",
+                   help="comma-separated float32 vector lengths M (default 100000)")
+    p.add_argument("--quick", action="store_true", help="clients 10,50 (unless --clients)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="measured rounds over libp2p and in Flower's simulation (default 2)")
+    p.add_argument("--warmup-rounds", type=int, default=1,
+                   help="warm-up rounds before those (default 1)")
+    p.add_argument("--phase-timeout", type=float, default=60.0,
+                   help="coordinator phase timeout in the libp2p rounds (default 60 s)")
+    p.add_argument("--gossip-heartbeat", type=float, default=None, metavar="S",
+                   help="gossipsub heartbeat of the coordinator and peers in the libp2p rounds "
+                        "(default: the project's, peer.node.DEFAULT_GOSSIP)")
+    p.add_argument("--network-timeout", type=float, default=420.0,
+                   help="give up on one N's libp2p rounds after this many seconds (default 420)")
+    p.add_argument("--skip-protocol", action="store_true", help="skip the sans-IO measurement")
+    p.add_argument("--skip-network", action="store_true", help="skip the libp2p rounds")
+    p.add_argument("--skip-flower", action="store_true", help="skip Flower")
+    p.add_argument("--no-flower-simulation", action="store_true",
+                   help="run Flower sans-IO only (no Ray simulation)")
+    p.add_argument("--flower-python", metavar="PATH",
+                   help="Python with flwr installed (default: this one, else "
+                        f"{DEFAULT_FLOWER_VENV}/bin/python)")
+    p.add_argument("--setup-flower", action="store_true",
+                   help=f"create {DEFAULT_FLOWER_VENV} with {FLOWER_SPEC} if it has no flwr "
+                        "(a separate venv: Flower's pins would move packages ours needs)")
+    p.add_argument("--flower-cpus-per-client", type=float, default=1.0,
+                   help="Ray CPUs per simulated Flower client (default 1: as many parallel "
+                        "client actors as cores; Flower's own default is 2)")
+    p.add_argument("--flower-timeout", type=float, default=600.0,
+                   help="seconds per Flower subprocess (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the input vectors (default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH")
+    p.add_argument("--verbose", action="store_true", help="keep hypergossip logs on stderr")
+    args = p.parse_args(argv)
+    if args.quick and args.clients == "10,50,100":
+        args.clients = "10,50"
+    args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
+    args.sizes = [int(float(x)) for x in args.sizes.split(",") if x.strip()]
+    if min(args.clients) < 3:
+        p.error("need at least 3 clients (Flower's num_shares=3)")
+    if min(args.sizes) < 1:
+        p.error("vector lengths must be positive")
+    if args.rounds < 1 or args.warmup_rounds < 0:
+        p.error("--rounds must be >= 1 and --warmup-rounds >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in ("libp2p", "multiaddr", "hypercorn"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not args.verbose:
+        logging.getLogger("hypergossip").setLevel(logging.ERROR)
+    progress(f"clients {args.clients}, sizes {args.sizes}, {os.cpu_count()} CPUs, "
+             f"python {platform.python_version()}")
+    t_start = time.perf_counter()
+
+    protocol: list[ProtocolResult] = []
+    if not args.skip_protocol:
+        protocol_cost(3, 1000, "default", args.seed)  # warm-up: first-call costs, imports
+        for m in args.sizes:
+            for n in args.clients:
+                for setting in SETTINGS:
+                    r = protocol_cost(n, m, setting, args.seed)
+                    protocol.append(r)
+                    progress(f"sans-IO N={n} M={m} {setting}: client {ms(r.client_cpu_mean_s)}, "
+                             f"coordinator {ms(r.server_cpu_s)}, upload "
+                             f"{r.upload_ratio:.4f}x plain, sum {'ok' if r.correct else 'WRONG'}")
+
+    flower_status = "skipped (--skip-flower)"
+    flower: dict[tuple[int, int], dict[str, Any]] = {}
+    if not args.skip_flower:
+        python, flower_status = find_flower(args)
+        progress(flower_status)
+        if python is not None:
+            for m in args.sizes:
+                for n in args.clients:
+                    sansio = run_flower(python, "sansio", n, m, args, args.flower_timeout)
+                    sim = None if args.no_flower_simulation else run_flower(
+                        python, "simulation", n, m, args, args.flower_timeout)
+                    for what, out in (("sans-IO", sansio), ("simulation", sim)):
+                        if out and "error" in out:
+                            progress(f"flower {what} N={n}: {out['error']}")
+                    flower[(n, m)] = {"sansio": sansio, "simulation": sim,
+                                      "summary": flower_summary(sansio, sim,
+                                                                args.warmup_rounds)}
+
+    network: list[NetworkResult] = []
+    if not args.skip_network:
+        for m in args.sizes:
+            for n in args.clients:
+                network.append(trio.run(network_rounds, n, m, args))
+    wall = time.perf_counter() - t_start
+
+    rows = comparison_rows(protocol, network, flower)
+    # wide enough for table 1 when stdout is a file or a pipe
+    console = Console() if sys.stdout.isatty() else Console(width=230)
+    if protocol:
+        console.print(protocol_table(protocol))
+    if network:
+        heartbeat = args.gossip_heartbeat if args.gossip_heartbeat is not None \
+            else DEFAULT_GOSSIP.heartbeat_interval
+        console.print(network_table(network, heartbeat))
+    if flower:
+        console.print(flower_table(flower))
+    console.print(f"Flower: {flower_status}")
+    if rows:
+        console.print(comparison_table(rows))
+    console.print(FOOTNOTES)
+    console.print(f"Total wall time {wall:.0f} s, {os.cpu_count()} CPUs.")
+
+    if args.json:
+        doc = {
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "wall_s": wall,
+            "protocol": [{**asdict(r), "upload_ratio": r.upload_ratio,
+                          "sealed_ratio": r.sealed_ratio} for r in protocol],
+            "network": [{**asdict(r), "wall_mean_s": r.wall_mean_s} for r in network],
+            "flower_status": flower_status,
+            "flower": [{"clients": n, "vector_len": m, **f} for (n, m), f in flower.items()],
+            "comparison": rows,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        progress(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
