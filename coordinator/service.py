@@ -45,6 +45,7 @@ from protocol.messages import (
     ENROLL,
     NOTICE,
     PERSONAL,
+    PROTO_PHASE,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -55,6 +56,8 @@ from protocol.messages import (
     Enroll,
     PersonalNotice,
     PhaseNotice,
+    PhaseReply,
+    PhaseSubmit,
     PullRequest,
     PullResponse,
     RoundAnnounce,
@@ -144,6 +147,7 @@ class Coordinator:
         # frames up to twice the cap are read so an oversize message is counted, not just cut
         self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
+        self.node.serve(PROTO_PHASE, self._on_phase_submit, max_request=2 * MAX_SUBMIT_WIRE)
         latest = self.store.latest_published()
         if latest is not None:  # serve the current state by digest again after a restart
             self.node.blobs.put(canonical_json(json.loads(latest["result"])))
@@ -192,6 +196,30 @@ class Coordinator:
     # --- message intake ---------------------------------------------------------------------
     async def _on_submit_stream(self, request: bytes, remote: str) -> bytes:
         return encode(self.handle(request, via="stream", transport_peer=remote))
+
+    async def _on_phase_submit(self, request: bytes, remote: str) -> bytes:
+        """A phase message; once accepted, held until the next phase opens, whose notice
+        (and the sender's own personal message) come back in the reply."""
+        try:
+            req = decode(request, PhaseSubmit)
+        except RejectedMessage as exc:
+            self.store.count_rejection(remote, exc.reason)
+            return encode(PhaseReply(ack=SubmitAck(accepted=False, reason=str(exc)[:500])))
+        ack = self.handle(req.envelope, via="stream", transport_peer=remote)
+        envelopes: list[bytes] = []
+        env = peek(req.envelope, MAX_SUBMIT_WIRE)
+        if ack.accepted and req.next_phase and env is not None:
+            wait = PullRequest(kind="notice", round=env.round, tag=req.next_phase)
+            with trio.move_on_after(req.wait_ms / 1000):
+                while self._worth_waiting(wait):
+                    await self._broadcast.wait()
+            notice = self.roundlog.get(NOTICE, env.round, req.next_phase)
+            if notice is not None:
+                envelopes.append(notice)
+                personal = self.personal.get((env.round, req.next_phase, remote))
+                if personal is not None:
+                    envelopes.append(personal)
+        return encode(PhaseReply(ack=ack, envelopes=envelopes))
 
     async def _on_submit_gossip(self, data: bytes, origin: str) -> None:
         self.handle(data, via="gossip", transport_peer=origin)
@@ -285,7 +313,7 @@ class Coordinator:
     def _worth_waiting(self, req: PullRequest) -> bool:
         if self.roundlog.has(KINDS[req.kind], req.round, req.tag):
             return False
-        if req.kind == "notice":  # only the open round's phases are still to come
+        if req.kind in ("notice", "result"):  # only the open round's are still to come
             return self.current is not None and self.current.number == req.round
         return req.round == self.store.last_round() + (req.kind == "announce")
 

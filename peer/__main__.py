@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="workload this peer serves (default: %(default)s)")
     p.add_argument("--data", required=True,
                    help="this peer's private input; for stats: height=CM,weight=KG")
-    p.add_argument("--pull-interval", type=float, default=1.0,
+    p.add_argument("--pull-interval", type=float, default=2.0,
                    help="seconds between pulls of missed rounds (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P",
                    help="testing: in each round, with probability P, go silent at a random "

@@ -30,13 +30,14 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from protocol.envelope import RejectedMessage, open_envelope, seal
+from protocol.envelope import RejectedMessage, open_envelope, peek, seal
 from protocol.identity import Identity
 from protocol.messages import (
     ANNOUNCE,
     ENROLL,
     NOTICE,
     PERSONAL,
+    PROTO_PHASE,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -46,6 +47,8 @@ from protocol.messages import (
     Enroll,
     PersonalNotice,
     PhaseNotice,
+    PhaseReply,
+    PhaseSubmit,
     PullRequest,
     PullResponse,
     RoundAnnounce,
@@ -85,7 +88,8 @@ class PeerDaemon:
         gossip: GossipConfig = DEFAULT_GOSSIP,
         subscribe_gossip: bool = True,
         gossip_drop: float = 0.0,
-        pull_interval: float = 1.0,
+        pull_interval: float = 2.0,
+        long_poll: bool = True,
         dropout: float = 0.0,
         dropout_slot: tuple[int, int] | None = None,
         on_result: Callable[[RoundResult], None] | None = None,
@@ -103,16 +107,19 @@ class PeerDaemon:
         self.subscribe_gossip = subscribe_gossip
         self.gossip_drop = gossip_drop
         self.pull_interval = pull_interval
+        self.long_poll = long_poll
         self.on_result = on_result
         self.roundlog = RoundLog()
         self.results: dict[int, RoundResult] = {}
         self.states: dict[int, bytes] = {}  # round -> published state (canonical JSON), verified
         self.received_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
+        self.received_via: dict[tuple[str, int], str] = {}  # (domain, round) -> how it came
         self.first_round = 0  # first round this peer saw; it does not chase older ones
         self.rounds: dict[int, PeerRound | None] = {}  # rounds joined (None: preparing)
         self.dropout = dropout
         self.dropout_slot = dropout_slot
         self._round_events: dict[int, trio.Event] = {}
+        self._personal: dict[tuple[int, str], bytes] = {}  # (round, phase) -> checked body
         self.enrolled = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.node.serve(PROTO_PULL, self._serve_pull, max_request=1024)
@@ -132,7 +139,8 @@ class PeerDaemon:
                 nursery.start_soon(self._keep_connected)
                 nursery.start_soon(self._enroll_loop)
                 nursery.start_soon(self._pull_loop)
-                nursery.start_soon(self._watch_rounds)
+                if self.long_poll:
+                    nursery.start_soon(self._watch_rounds)
                 nursery.start_soon(self._mesh_log_loop)
                 log.info("peer %s listening on %s", self.peer_id, ", ".join(self.node.addrs))
                 task_status.started(self)
@@ -216,8 +224,9 @@ class PeerDaemon:
         tag = msg.phase if isinstance(msg, PhaseNotice) else ""
         if not self.roundlog.add(env.domain, env.round, wire, tag=tag):
             return
-        self.received_at[(env.domain if not tag else f"{NOTICE}/{tag}", env.round)] = \
-            time.monotonic()
+        key = (env.domain if not tag else f"{NOTICE}/{tag}", env.round)
+        self.received_at[key] = time.monotonic()
+        self.received_via[key] = source
         if not self.first_round:
             self.first_round = env.round
         if env.round in self._round_events:
@@ -302,7 +311,8 @@ class PeerDaemon:
         """Wait for a phase notice: by gossip or pull, and meanwhile by long-polling the
         coordinator, so a peer whose mesh is slow learns of the phase at once."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._long_poll, round, phase)
+            if self.long_poll:
+                nursery.start_soon(self._long_poll, round, phase)
             ok = await self._wait_round(round, lambda: self.roundlog.has(NOTICE, round, phase))
             nursery.cancel_scope.cancel()
         return ok
@@ -335,6 +345,15 @@ class PeerDaemon:
             log.warning("round %d: cannot take part: %s", round, exc)
             return
         self.rounds[round] = logic
+        try:
+            await self._run_steps(round, logic, announce)
+        finally:
+            for key in [k for k in self._personal if k[0] == round]:
+                del self._personal[key]
+            for old in [r for r in self.rounds if r < round - 16]:
+                del self.rounds[old]
+
+    async def _run_steps(self, round: int, logic: PeerRound, announce: RoundAnnounce) -> None:
         steps = ["start", *logic.phases]
         silent_at = random.randrange(len(steps)) if self._drops_in(round) else None
         timeout = max(5.0, announce.deadline_ms / 1000 - time.time() + 30.0)
@@ -350,8 +369,10 @@ class PeerDaemon:
                         return  # the round ended without us
                     notice = decode(open_envelope(self.roundlog.get(NOTICE, round, step))
                                     .payload, PhaseNotice)
-                    personal = await self._fetch_personal(round, step) if notice.personal \
-                        else None
+                    personal = None
+                    if notice.personal:
+                        personal = self._personal.pop((round, step), None) or \
+                            await self._fetch_personal(round, step)
                     if notice.personal and personal is None:
                         log.warning("round %d: could not fetch our %s message", round, step)
                         return
@@ -360,8 +381,10 @@ class PeerDaemon:
                     except (SecAggAbort, RejectedMessage) as exc:
                         log.warning("round %d: leaving at phase %s: %s", round, step, exc)
                         return
-                for domain, payload in out:
-                    await self._send(round, domain, payload)
+                next_phase = steps[i + 1] if i + 1 < len(steps) else ""
+                for k, (domain, payload) in enumerate(out):
+                    await self._send(round, domain, payload,
+                                     next_phase=next_phase if k == len(out) - 1 else "")
 
     def _drops_in(self, round: int) -> bool:
         """Testing aid: whether to vanish from ``round``. With a slot ``(i, n)`` exactly
@@ -373,15 +396,56 @@ class PeerDaemon:
         k = int(self.dropout * n)
         return (i + round * k) % n < k
 
-    async def _send(self, round: int, domain: str, payload: bytes) -> None:
+    async def _send(self, round: int, domain: str, payload: bytes, *,
+                    next_phase: str = "") -> None:
+        """Send a round message. With ``next_phase`` it goes on the phase protocol, whose
+        reply also brings that phase's notice and our personal message when they exist."""
         wire = seal(self.identity, domain, round, payload)
+        if next_phase:
+            try:
+                raw = await self.node.request(
+                    self.coordinator_id, PROTO_PHASE,
+                    encode(PhaseSubmit(envelope=wire, next_phase=next_phase, wait_ms=8000)),
+                    max_response=PULL_MAX_RESPONSE * 4, timeout=10.0)
+                reply = decode(raw, PhaseReply)
+                self._log_ack(round, domain, reply.ack)
+                for env_wire in reply.envelopes:
+                    self._ingest_reply(round, next_phase, env_wire)
+                return
+            except (StreamProtocolError, RejectedMessage) as exc:
+                log.debug("phase submit failed (%s); plain submit", exc)
         ack = await self._submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
-        if ack is None:
-            return
+        if ack is not None:
+            self._log_ack(round, domain, ack)
+
+    @staticmethod
+    def _log_ack(round: int, domain: str, ack: SubmitAck) -> None:
         if ack.accepted:
             log.info("round %d: %s accepted", round, domain)
         else:
             log.warning("round %d: %s refused: %s", round, domain, ack.reason)
+
+    def _ingest_reply(self, round: int, phase: str, wire: bytes) -> None:
+        env = peek(wire, len(wire))
+        if env is not None and env.domain == PERSONAL:
+            body = self._check_personal(wire, round, phase)
+            if body is not None:
+                self._personal[(round, phase)] = body
+        else:
+            self._ingest(wire, source="phase reply", origin=self.coordinator_id)
+
+    def _check_personal(self, wire: bytes, round: int, phase: str) -> bytes | None:
+        try:
+            env = open_envelope(wire, domains={PERSONAL}, max_wire=8 * 1024 * 1024)
+            msg = decode(env.payload, PersonalNotice)
+        except RejectedMessage as exc:
+            log.warning("round %d: bad personal message: %s", round, exc)
+            return None
+        if (env.sender_id, msg.round, msg.phase, msg.recipient) != (
+                self.coordinator_id, round, phase, self.peer_id):
+            log.warning("round %d: personal message not for us / not signed right", round)
+            return None
+        return msg.body
 
     async def _fetch_personal(self, round: int, phase: str) -> bytes | None:
         """Our own message for ``phase``, pulled from the coordinator and checked."""
@@ -391,13 +455,9 @@ class PeerDaemon:
                 raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
                                               max_response=8 * 1024 * 1024, timeout=10.0)
                 for wire in decode(raw, PullResponse).envelopes:
-                    env = open_envelope(wire, domains={PERSONAL}, max_wire=8 * 1024 * 1024)
-                    msg = decode(env.payload, PersonalNotice)
-                    if (env.sender_id, msg.round, msg.phase, msg.recipient) == (
-                            self.coordinator_id, round, phase, self.peer_id):
-                        return msg.body
-                    log.warning("round %d: personal message not for us / not signed right",
-                                round)
+                    body = self._check_personal(wire, round, phase)
+                    if body is not None:
+                        return body
             except (StreamProtocolError, RejectedMessage) as exc:
                 log.debug("personal %s pull failed: %s", phase, exc)
             await trio.sleep(0.2 * (attempt + 1))
@@ -430,14 +490,19 @@ class PeerDaemon:
                 self._ingest(wire, source=f"pull from {target}", origin=target)
 
     async def _watch_rounds(self) -> None:
-        """Long-poll the coordinator for the next round's announcement: with gossip working
-        this only duplicates it; without, it saves waiting for the next pull."""
+        """Long-poll the coordinator for what comes next: the open round's result, else the
+        next round's announcement. With gossip working this only duplicates it; without,
+        the peer still learns of it at once rather than at its next pull."""
         await self.enrolled.wait()
         while True:
-            nxt = max(self.roundlog.latest(ANNOUNCE), self.roundlog.latest(RESULT)) + 1
-            request = encode(PullRequest(kind="announce", round=nxt, wait_ms=8000))
+            latest = self.roundlog.latest(ANNOUNCE)
+            if latest and not self.roundlog.has(RESULT, latest):
+                request = PullRequest(kind="result", round=latest, wait_ms=8000)
+            else:
+                nxt = max(latest, self.roundlog.latest(RESULT)) + 1
+                request = PullRequest(kind="announce", round=nxt, wait_ms=8000)
             try:
-                raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
+                raw = await self.node.request(self.coordinator_id, PROTO_PULL, encode(request),
                                               max_response=PULL_MAX_RESPONSE, timeout=9.5)
                 envelopes = decode(raw, PullResponse).envelopes
                 for wire in envelopes:
@@ -445,7 +510,7 @@ class PeerDaemon:
                 if not envelopes:
                     await trio.sleep(0.2)  # nothing yet (or we are behind: the pull catches up)
             except (StreamProtocolError, RejectedMessage) as exc:
-                log.debug("announce long poll failed: %s", exc)
+                log.debug("long poll failed: %s", exc)
                 await trio.sleep(1.0)
 
     async def _pull_loop(self) -> None:

@@ -41,6 +41,7 @@ TOPIC_SUBMIT = "hg/v1/submit"  # peers' signed enrolments and contributions, for
 PROTO_SUBMIT = "/hypergossip/submit/1.0.0"  # envelope -> SubmitAck (coordinator only)
 PROTO_PULL = "/hypergossip/pull/1.0.0"  # PullRequest -> PullResponse (everyone)
 PROTO_BLOB = "/hypergossip/blob/1.0.0"  # 32-byte digest -> blob bytes (everyone)
+PROTO_PHASE = "/hypergossip/phase/1.0.0"  # PhaseSubmit -> PhaseReply (coordinator only)
 
 Short = Annotated[str, Meta(max_length=64)]
 Addr = Annotated[str, Meta(max_length=256)]
@@ -120,6 +121,20 @@ class PlainVector(Strict):
 class SubmitAck(Strict):
     accepted: bool
     reason: Annotated[str, Meta(max_length=512)] = ""
+
+
+class PhaseSubmit(Strict):
+    """Submit an envelope and, once it is accepted, wait for the next phase's notice (one
+    stream per phase instead of a submit, a long poll and a personal pull)."""
+
+    envelope: Annotated[bytes, Meta(max_length=16 * 1024 * 1024)]
+    next_phase: Short = ""
+    wait_ms: Annotated[int, Meta(ge=0, le=8000)] = 0
+
+
+class PhaseReply(Strict):
+    ack: SubmitAck
+    envelopes: Annotated[list[bytes], Meta(max_length=4)] = []  # the notice, our personal one
 
 
 class PullRequest(Strict):
