@@ -416,7 +416,8 @@ class Coordinator:
             self.personal[(number, notice.phase, peer)] = seal(
                 self.identity, PERSONAL, number, encode(PersonalNotice(
                     round=number, phase=notice.phase, recipient=peer, body=body)))
-        self._gossip(TOPIC_ANNOUNCE, wire)
+        # not gossiped: each participant gets it in the reply to its previous phase message,
+        # or by long poll or pull; gossiping it as well cost every peer CPU for nothing
         self._wake_long_polls()
         log.info("round %d: phase %s open (%d-byte notice, %d personal)", number, notice.phase,
                  len(wire), len(notice.personal))
