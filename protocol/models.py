@@ -7,7 +7,7 @@ for a given thread count (shared/NOTES-stack.md): :func:`deterministic`
 fixes one thread, deterministic algorithms and the seeds, so two peers
 given the same task produce bit-identical weights.
 
-Weights travel as safetensors (``protocol.tensors``), never pickle.
+Weights travel as safetensors (``protocol.tensors``); no pickle on any path.
 """
 
 from __future__ import annotations
