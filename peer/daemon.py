@@ -303,7 +303,7 @@ class PeerDaemon:
             blobs[digest] = await self.node.fetch_blob(digest, sources, max_size=size)
         if announce.params:
             x = await trio.to_thread.run_sync(self.workload.vector, announce, self.data, blobs)
-            return SecurePeerRound(self.peer_id, self.workload, announce, x)
+            return SecurePeerRound(self.peer_id, self.workload, announce, x, self.identity.sign)
         c = await trio.to_thread.run_sync(self.workload.contribute, announce, self.data, blobs)
         return ClearPeerRound(c)
 

@@ -11,9 +11,8 @@ in and send the messages that come out; nothing here knows about sockets,
 clocks or which transport carried a message (signatures are checked before
 a message reaches us, so the sender's peer id here is authenticated).
 
-Construction (Bell et al. 2020, section 3, semi-honest server with signed
-keys; the paper's "consistency check" round against a server that lies
-about who survived is not implemented yet -- see ``SecAggClient.unmask``):
+Construction (Bell et al. 2020, building on Bonawitz et al. 2017, with the
+consistency-check round of the actively secure variant):
 
 * Graph: participants are placed on a cycle in an order fixed by a public
   ``graph_seed`` (AES-CTR Fisher-Yates); each client's neighbours are the
@@ -30,6 +29,12 @@ about who survived is not implemented yet -- see ``SecAggClient.unmask``):
   in Z_{2^bits}, over neighbours v that shared keys, with
   ``s_uv = HKDF(X25519(mask_sk_u, mask_pk_v))``, sign +1 if u < v else -1.
   The PRG is AES-256-CTR keyed by the full 256-bit seed.
+* Consistency check: the server names the survivors (those that sent masked
+  inputs); each survivor signs ``(round, survivors)`` with its peer key (its
+  peer id is its Ed25519 public key) and reveals nothing until it holds at
+  least ``threshold`` valid survivor signatures over the very list it signed,
+  so a server cannot tell two clients different survivor sets and collect
+  both kinds of shares for one client.
 * Unmasking: for each neighbour u, a survivor reveals its share of ``b_u``
   if u survived, or of ``mask_sk_u`` if u dropped after sharing -- never both
   (an honest client refuses). The server rebuilds each secret from any
@@ -41,7 +46,8 @@ about who survived is not implemented yet -- see ``SecAggClient.unmask``):
 Phases (server)::
 
     KEYS    --close_keys()--> SHARES --close_shares()--> MASKED
-    MASKED  --close_masked()--> UNMASK --close_unmask()--> DONE
+    MASKED  --close_masked()--> CONSISTENCY --close_consistency()--> UNMASK
+    UNMASK  --close_unmask()--> DONE
 
 Each ``receive_*`` accepts a message only in its phase, only from a sender
 allowed there, at most once; anything else raises :class:`SecAggRejected`
@@ -57,7 +63,7 @@ import hashlib
 import itertools
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -73,6 +79,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import shamir
 from .envelope import RejectedMessage
 from .fixedpoint import FixedPoint
+from .identity import BadPeerId, public_key_from_peer_id, verify_signature
 from .messages import Strict
 
 TAG = b"hypergossip/secagg+/v1/"
@@ -121,8 +128,21 @@ class MaskedInput(Strict):
     vector: bytes
 
 
-class UnmaskRequest(Strict):
+class SurvivorList(Strict):
+    """Server -> survivors: who sent masked inputs; each survivor signs it."""
+
     survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
+
+
+class ConsistencySignature(Strict):
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class UnmaskRequest(Strict):
+    """Server -> survivors: the survivor list with at least ``threshold`` signatures on it."""
+
+    survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
+    signatures: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=10_000)]
 
 
 class UnmaskShares(Strict):
@@ -269,15 +289,30 @@ def _sign(u: str, v: str) -> int:
     return 1 if u < v else -1
 
 
+def consistency_message(round: int, survivors: Iterable[str]) -> bytes:
+    """What each survivor signs in the consistency check (domain-separated)."""
+    return TAG + b"consistency\0" + _round_bytes(round) + msgspec.msgpack.encode(
+        sorted(survivors))
+
+
+def _valid_signature(peer: str, message: bytes, signature: bytes) -> bool:
+    try:
+        return verify_signature(public_key_from_peer_id(peer), signature, message)
+    except BadPeerId:
+        return False
+
+
 # --- client ---------------------------------------------------------------------------------
 class SecAggClient:
     """One client's side of one round. Phases: advertise -> share_keys -> masked_input ->
-    unmask; each is called once, in order."""
+    confirm -> unmask; each is called once, in order. ``sign`` signs with the key behind
+    ``peer_id`` (the peer's identity)."""
 
-    def __init__(self, peer_id: str, cfg: Config):
+    def __init__(self, peer_id: str, cfg: Config, sign: Callable[[bytes], bytes]):
         if peer_id not in cfg.participants:
             raise SecAggMisuse("client is not a participant of this round")
-        self.me, self.cfg = peer_id, cfg
+        self.me, self.cfg, self._sign_with = peer_id, cfg, sign
+        self._confirmed: list[str] | None = None
         self._enc = X25519PrivateKey.generate()
         self._mask = X25519PrivateKey.generate()
         self._b = os.urandom(32)
@@ -360,20 +395,36 @@ class SecAggClient:
             y = y + mask if _sign(self.me, v) > 0 else y - mask
         return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype).tobytes())
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
-        """Reveal, for each neighbour that shared with us, the self-mask share if it survived
-        or the mask-key share if it dropped -- never both for one neighbour.
-
-        Without the consistency-check round a malicious server could tell two clients
-        different survivor sets; we at least refuse sets that are too small or name
-        clients outside this round.
-        """
+    def confirm(self, request: SurvivorList) -> ConsistencySignature:
+        """Sign the survivor list (after sanity checks); only this list can be unmasked."""
         self._advance(3)
-        survivors = set(request.survivors)
-        if not survivors <= set(self.cfg.participants) or self.me not in survivors:
+        survivors = sorted(set(request.survivors))
+        if not set(survivors) <= set(self.cfg.participants) or self.me not in survivors:
             raise SecAggAbort("survivor set names strangers or leaves this client out")
         if len(survivors) < self.cfg.threshold:
             raise SecAggAbort("too few survivors to unmask safely")
+        self._confirmed = survivors
+        return ConsistencySignature(
+            signature=self._sign_with(consistency_message(self.cfg.round, survivors)))
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Reveal, for each neighbour that shared with us, the self-mask share if it survived
+        or the mask-key share if it dropped -- never both for one neighbour, and only when
+        at least ``threshold`` survivors signed the same survivor list we signed."""
+        self._advance(4)
+        survivors = sorted(set(request.survivors))
+        if survivors != self._confirmed:
+            raise SecAggAbort("the server shows a different survivor list than it had us sign")
+        message = consistency_message(self.cfg.round, survivors)
+        valid = 0
+        for peer, sig in request.signatures.items():  # threshold valid ones suffice
+            if peer in survivors and _valid_signature(peer, message, sig):
+                valid += 1
+                if valid >= self.cfg.threshold:
+                    break
+        if valid < self.cfg.threshold:
+            raise SecAggAbort(f"only {valid} valid survivor signatures; "
+                              f"need {self.cfg.threshold}")
         b, s = {}, {}
         for u, share in self._received.items():
             if u in survivors:
@@ -388,8 +439,9 @@ class Phase(enum.Enum):
     KEYS = 0
     SHARES = 1
     MASKED = 2
-    UNMASK = 3
-    DONE = 4
+    CONSISTENCY = 3
+    UNMASK = 4
+    DONE = 5
 
 
 @dataclass
@@ -408,6 +460,7 @@ class SecAggServer:
         self.keys: dict[str, AdvertiseKeys] = {}
         self.bundles: dict[str, ShareBundle] = {}
         self.masked: dict[str, np.ndarray] = {}
+        self.signatures: dict[str, bytes] = {}
         self.unmask_replies: dict[str, UnmaskShares] = {}
         self.rejected: dict[str, str] = {}
 
@@ -465,12 +518,23 @@ class SecAggServer:
         enc = self.cfg.encoding
         self.masked[peer] = np.frombuffer(msg.vector, dtype=enc.wire_dtype).astype(enc.dtype)
 
-    def close_masked(self) -> UnmaskRequest:
+    def close_masked(self) -> SurvivorList:
         self._close(Phase.MASKED, len(self.masked))
-        return UnmaskRequest(survivors=sorted(self.masked))
+        return SurvivorList(survivors=sorted(self.masked))
+
+    def receive_consistency(self, peer: str, msg: ConsistencySignature) -> None:
+        self._check(Phase.CONSISTENCY, peer, self.signatures, self.masked)
+        if not _valid_signature(peer, consistency_message(self.cfg.round, self.masked),
+                                msg.signature):
+            raise self._reject(peer, SecAggRejected("survivor-list signature does not verify"))
+        self.signatures[peer] = msg.signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        self._close(Phase.CONSISTENCY, len(self.signatures))
+        return UnmaskRequest(survivors=sorted(self.masked), signatures=dict(self.signatures))
 
     def receive_unmask(self, peer: str, msg: UnmaskShares) -> None:
-        self._check(Phase.UNMASK, peer, self.unmask_replies, self.masked)
+        self._check(Phase.UNMASK, peer, self.unmask_replies, self.signatures)
         shared_with = {u for u in self.bundles if peer in self.bundles[u].ciphertexts}
         b, s = set(msg.self_mask_shares), set(msg.mask_key_shares)
         if b & s:

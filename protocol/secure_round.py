@@ -2,14 +2,15 @@
 
 Phases, their peer message domains, and what closing each one sends:
 
-=========  ===================  ==============================================
-phase      peers send (domain)  when it closes, the coordinator sends
-=========  ===================  ==============================================
-keys       ``secagg/keys``      notice ``shares``: the key directory
-shares     ``secagg/shares``    notice ``masked`` + each peer's own inbox
-masked     ``secagg/masked``    notice ``unmask``: the survivor list
-unmask     ``secagg/unmask``    the round's result (decoded sum, finalized)
-=========  ===================  ==============================================
+===========  =======================  ==========================================
+phase        peers send (domain)      when it closes, the coordinator sends
+===========  =======================  ==========================================
+keys         ``secagg/keys``          notice ``shares``: the key directory
+shares       ``secagg/shares``        notice ``masked`` + each peer's own inbox
+masked       ``secagg/masked``        notice ``consistency``: the survivor list
+consistency  ``secagg/consistency``   notice ``unmask``: the list + signatures
+unmask       ``secagg/unmask``        the round's result (decoded sum, finalized)
+===========  =======================  ==========================================
 
 A phase closes when every participant still in play that is connected has
 sent, or at the phase deadline; peers that miss a phase are dropouts and
@@ -21,6 +22,7 @@ it would hold every share) -- it is marked failed and a new one opens.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
@@ -32,12 +34,12 @@ from .messages import RoundAnnounce, Strict, decode, encode
 from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
 from .workloads import Workload
 
-KEYS, SHARES, MASKED, UNMASK = "keys", "shares", "masked", "unmask"
-PHASES = (KEYS, SHARES, MASKED, UNMASK)
+KEYS, SHARES, MASKED, CONSISTENCY, UNMASK = "keys", "shares", "masked", "consistency", "unmask"
+PHASES = (KEYS, SHARES, MASKED, CONSISTENCY, UNMASK)
 DOMAIN = {p: f"secagg/{p}" for p in PHASES}
 SCHEMA: dict[str, type[Strict]] = {
     KEYS: secagg.AdvertiseKeys, SHARES: secagg.ShareBundle, MASKED: secagg.MaskedInput,
-    UNMASK: secagg.UnmaskShares}
+    CONSISTENCY: secagg.ConsistencySignature, UNMASK: secagg.UnmaskShares}
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -106,14 +108,17 @@ class SecureRound(RoundLogic):
             raise WrongPhase(f"{domain} arrived during phase {self.phase}")
         msg = decode(payload, SCHEMA[self.phase])
         receive = {KEYS: self.server.receive_keys, SHARES: self.server.receive_shares,
-                   MASKED: self.server.receive_masked, UNMASK: self.server.receive_unmask}
+                   MASKED: self.server.receive_masked,
+                   CONSISTENCY: self.server.receive_consistency,
+                   UNMASK: self.server.receive_unmask}
         receive[self.phase](sender, msg)  # type: ignore[operator]
 
     def _waiting_for(self) -> set[str]:
         s = self.server
         before, now = {KEYS: (set(self.cfg.participants), s.keys),
                        SHARES: (set(s.keys), s.bundles), MASKED: (set(s.bundles), s.masked),
-                       UNMASK: (set(s.masked), s.unmask_replies)}[self.phase]
+                       CONSISTENCY: (set(s.masked), s.signatures),
+                       UNMASK: (set(s.signatures), s.unmask_replies)}[self.phase]
         return before - set(now)
 
     def ready(self, now: float, live: set[str]) -> bool:
@@ -134,7 +139,11 @@ class SecureRound(RoundLogic):
                 self.phase = MASKED
                 return Notice(MASKED, personal={p: encode(i) for p, i in inboxes.items()})
             if self.phase == MASKED:
-                request = self.server.close_masked()
+                survivors = self.server.close_masked()
+                self.phase = CONSISTENCY
+                return Notice(CONSISTENCY, body=encode(survivors))
+            if self.phase == CONSISTENCY:
+                request = self.server.close_consistency()
                 self.phase = UNMASK
                 return Notice(UNMASK, body=encode(request))
             if self.phase != UNMASK:
@@ -167,16 +176,16 @@ class SecureRound(RoundLogic):
 
 
 class SecurePeerRound(PeerRound):
-    phases = (SHARES, MASKED, UNMASK)
+    phases = (SHARES, MASKED, CONSISTENCY, UNMASK)
 
     def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce,
-                 vector: np.ndarray):
+                 vector: np.ndarray, sign: Callable[[bytes], bytes]):
         """``vector``: what the workload computed for this peer this round (unbounded; it
         is bounded and, with DP on, noised here)."""
         self.params = decode(announce.params, SecureParams)
         self.cfg = config(announce.round, self.params)
         self.workload, self.vector = workload, np.asarray(vector, dtype=np.float64)
-        self.client = secagg.SecAggClient(peer_id, self.cfg)
+        self.client = secagg.SecAggClient(peer_id, self.cfg, sign)
 
     def start(self) -> Outgoing:
         return [(DOMAIN[KEYS], encode(self.client.advertise()))]
@@ -197,6 +206,9 @@ class SecurePeerRound(PeerRound):
                 x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
             masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
             return [(DOMAIN[MASKED], encode(masked))]
+        if phase == CONSISTENCY:
+            signature = self.client.confirm(decode(body, secagg.SurvivorList))
+            return [(DOMAIN[CONSISTENCY], encode(signature))]
         if phase == UNMASK:
             reply = self.client.unmask(decode(body, secagg.UnmaskRequest))
             return [(DOMAIN[UNMASK], encode(reply))]

@@ -13,6 +13,7 @@ from protocol.fixedpoint import FixedPoint
 from protocol.identity import Identity
 from protocol.secagg import (
     Config,
+    ConsistencySignature,
     Inbox,
     MaskedInput,
     SecAggAbort,
@@ -20,6 +21,8 @@ from protocol.secagg import (
     SecAggRejected,
     SecAggServer,
     ShareBundle,
+    SurvivorList,
+    UnmaskRequest,
     UnmaskShares,
     _pairwise_seed,
     _raw_private,
@@ -31,8 +34,17 @@ from protocol.secagg import (
 ENC = FixedPoint(clip=10.0, max_summands=200)
 
 
+SIGNERS: dict[str, Identity] = {}
+
+
+def client(peer: str, cfg: Config) -> SecAggClient:
+    return SecAggClient(peer, cfg, SIGNERS[peer].sign)
+
+
 def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.ndarray]]:
-    ids = sorted(Identity.generate().peer_id for _ in range(n))
+    for ident in (Identity.generate() for _ in range(n)):
+        SIGNERS[ident.peer_id] = ident
+    ids = sorted(list(SIGNERS)[-n:])
     cfg = Config.default(1, ids, os.urandom(32), m, ENC, **kw)
     rng = np.random.default_rng(n)
     return cfg, ids, {p: rng.uniform(-12, 12, m) for p in ids}
@@ -41,7 +53,7 @@ def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.nda
 def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
     """Drive one round in memory; returns (outcome, clients, server)."""
     server = SecAggServer(cfg)
-    clients = {p: SecAggClient(p, cfg) for p in ids}
+    clients = {p: client(p, cfg) for p in ids}
     for p, c in clients.items():
         server.receive_keys(p, c.advertise())
     directory = server.close_keys()
@@ -51,7 +63,7 @@ def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
     inboxes = server.close_shares()
     for p, inbox in inboxes.items():
         server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
-    request = server.close_masked()
+    request = confirm_all(server, clients, server.close_masked())
     for p in request.survivors:
         if p in drop_after_masked:
             continue
@@ -60,6 +72,13 @@ def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
             reply = tamper(p, reply)
         server.receive_unmask(p, reply)
     return server.close_unmask(), clients, server
+
+
+def confirm_all(server, clients, survivors):
+    """The consistency check: every survivor signs the list; the server forwards them."""
+    for p in survivors.survivors:
+        server.receive_consistency(p, clients[p].confirm(survivors))
+    return server.close_consistency()
 
 
 def clipped_sum(xs, who):
@@ -89,7 +108,7 @@ def test_thirty_percent_dropout_at_both_phases_still_decodes():
 def test_dropping_after_sharing_removes_that_client_from_the_sum():
     cfg, ids, xs = make(6)
     server = SecAggServer(cfg)
-    clients = {p: SecAggClient(p, cfg) for p in ids}
+    clients = {p: client(p, cfg) for p in ids}
     for p, c in clients.items():
         server.receive_keys(p, c.advertise())
     d = server.close_keys()
@@ -100,7 +119,7 @@ def test_dropping_after_sharing_removes_that_client_from_the_sum():
     for p, inbox in inboxes.items():
         if p != quitter:  # shared its keys, never sent its masked input
             server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
-    req = server.close_masked()
+    req = confirm_all(server, clients, server.close_masked())
     for p in req.survivors:
         server.receive_unmask(p, clients[p].unmask(req))
     out = server.close_unmask()
@@ -128,7 +147,7 @@ def test_lying_shares_are_detected_and_the_round_still_completes():
 def test_malformed_and_duplicate_messages_are_rejected_with_reasons():
     cfg, ids, xs = make(5)
     server = SecAggServer(cfg)
-    clients = {p: SecAggClient(p, cfg) for p in ids}
+    clients = {p: client(p, cfg) for p in ids}
     keys = {p: c.advertise() for p, c in clients.items()}
     for p in ids:
         server.receive_keys(p, keys[p])
@@ -149,7 +168,10 @@ def test_malformed_and_duplicate_messages_are_rejected_with_reasons():
         server.receive_masked(p, clients[p].masked_input(inboxes[p], xs[p]))
     with pytest.raises(SecAggRejected, match="already sent"):
         server.receive_masked(ids[0], MaskedInput(vector=b"\x00" * cfg.byte_len))
-    req = server.close_masked()
+    survivors = server.close_masked()
+    with pytest.raises(SecAggRejected, match="does not verify"):
+        server.receive_consistency(ids[0], ConsistencySignature(signature=bytes(64)))
+    req = confirm_all(server, clients, survivors)
     r0 = clients[ids[0]].unmask(req)
     both = UnmaskShares(self_mask_shares=r0.self_mask_shares,
                         mask_key_shares={ids[1]: r0.self_mask_shares[ids[1]]})
@@ -172,7 +194,7 @@ def test_too_many_dropouts_abort_instead_of_leaking():
 def test_server_sees_only_ciphertext_and_wrong_recipient_cannot_open():
     cfg, ids, xs = make(4)
     server = SecAggServer(cfg)
-    clients = {p: SecAggClient(p, cfg) for p in ids}
+    clients = {p: client(p, cfg) for p in ids}
     for p, c in clients.items():
         server.receive_keys(p, c.advertise())
     d = server.close_keys()
@@ -292,3 +314,36 @@ def test_fixed_point_error_bound_and_no_wrap():
     assert np.allclose(fp.decode_sum(extreme, 100), 100.0)
     with pytest.raises(ValueError):
         fp.encode(np.array([np.nan]))
+
+
+def test_consistency_check_stops_a_server_that_equivocates_on_survivors():
+    """A malicious server tells one client that u survived and another that u dropped, to
+    collect both u's self-mask shares and its mask-key shares. The consistency check makes
+    each honest client refuse: the list it is asked to act on is not the list it signed,
+    or too few survivors signed it."""
+    cfg, ids, xs = make(6)
+    server = SecAggServer(cfg)
+    clients = {p: client(p, cfg) for p in ids}
+    for p, c in clients.items():
+        server.receive_keys(p, c.advertise())
+    d = server.close_keys()
+    for p, c in clients.items():
+        server.receive_shares(p, c.share_keys(d))
+    inboxes = server.close_shares()
+    for p, inbox in inboxes.items():
+        server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    honest_list = server.close_masked()
+    victim = ids[0]
+    lie = SurvivorList(survivors=[p for p in ids if p != victim])  # "victim dropped"
+    sigs = {p: clients[p].confirm(honest_list).signature for p in ids[:3]}
+    forged_sigs = {p: clients[p].confirm(lie).signature for p in ids[3:]}
+    # clients told the truth refuse the lie; clients told the lie lack t signatures on it
+    with pytest.raises(SecAggAbort, match="different survivor list"):
+        clients[ids[1]].unmask(UnmaskRequest(survivors=lie.survivors, signatures=forged_sigs))
+    assert len(forged_sigs) < cfg.threshold
+    with pytest.raises(SecAggAbort, match="valid survivor signatures"):
+        clients[ids[3]].unmask(UnmaskRequest(survivors=lie.survivors, signatures=forged_sigs))
+    # signatures made over the honest list do not count for the lie either
+    with pytest.raises(SecAggAbort, match="valid survivor signatures"):
+        clients[ids[4]].unmask(UnmaskRequest(survivors=lie.survivors,
+                                             signatures={**sigs, **forged_sigs}))

@@ -76,7 +76,7 @@ FLOWER_HELPER = Path(__file__).resolve().with_name("_flower_secagg.py")
 FLOWER_MARKER = "FLOWER_BENCH_JSON "
 DEFAULT_FLOWER_VENV = Path(tempfile.gettempdir()) / "flwr-venv"
 SETTINGS = {"default": "default", "sparse": "Flower-like"}  # Config.default; degree 2, thr. 2
-PHASE_NAMES = ("keys", "shares", "masked", "unmask")
+PHASE_NAMES = ("keys", "shares", "masked", "consistency", "unmask")
 GOAL_UPLOAD = 1.1  # x the plain float32 vector
 GOAL_SERVER = 0.5  # x Flower's server CPU
 GOAL_CLIENT = 1.0  # x Flower's client CPU
@@ -171,7 +171,7 @@ def protocol_cost(n: int, m: int, setting: str, seed: int) -> ProtocolResult:
     clients = {}
     for p in people:
         t0 = time.thread_time()
-        clients[p] = secagg.SecAggClient(p, cfg)  # key generation happens here
+        clients[p] = secagg.SecAggClient(p, cfg, by_peer[p].sign)  # key generation here
         cpu[p]["keys"] += time.thread_time() - t0
     for p in people:
         server(srv.receive_keys, p, client(p, "keys", clients[p].advertise))
@@ -182,7 +182,11 @@ def protocol_cost(n: int, m: int, setting: str, seed: int) -> ProtocolResult:
     for p in people:
         server(srv.receive_masked, p,
                client(p, "masked", clients[p].masked_input, inboxes[p], xs[p]))
-    request = server(srv.close_masked)
+    survivors = server(srv.close_masked)
+    for p in people:
+        server(srv.receive_consistency, p,
+               client(p, "consistency", clients[p].confirm, survivors))
+    request = server(srv.close_consistency)
     for p in people:
         server(srv.receive_unmask, p, client(p, "unmask", clients[p].unmask, request))
     t0 = time.thread_time()
@@ -559,7 +563,7 @@ def network_table(results: list[NetworkResult], heartbeat: float) -> Table:
     table = Table(title="2. Secure rounds over libp2p: coordinator + N peers in one trio process "
                         f"on 127.0.0.1 (Config.default graph, gossip heartbeat {heartbeat:g} s)")
     for col in ("N", "M", "start", "accepted per round", "warm rounds (c)", "mean",
-                "phases keys/shares/masked/unmask (d)", "notice to last peer (e)",
+                "phases keys/shares/masked/consistency/unmask (d)", "notice to last peer (e)",
                 "coord CPU (f)", "process CPU (g)", "sum ok", "note"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
@@ -576,7 +580,8 @@ def network_table(results: list[NetworkResult], heartbeat: float) -> Table:
             ", ".join(ms(x.wall_s) + mark(x, r.peers) for x in measured) or "-",
             ms(r.wall_mean_s),
             mean_over(measured, "phases_s", PHASE_NAMES),
-            mean_over(measured, "delivery_max_s", ("announce", "shares", "masked", "unmask")),
+            mean_over(measured, "delivery_max_s",
+                      ("announce", "shares", "masked", "consistency", "unmask")),
             ms(statistics.fmean(coord)) if coord else "-",
             ms(statistics.fmean(cpus)) if cpus else "-",
             ("yes" if all(norms) else "NO") if norms else "-", "; ".join(notes)[:90])
