@@ -50,8 +50,8 @@ def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.nda
     return cfg, ids, {p: rng.uniform(-12, 12, m) for p in ids}
 
 
-def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
-    """Drive one round in memory; returns (outcome, clients, server)."""
+def run_until_masked(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=()):
+    """Drive a round in memory up to the masked inputs; returns (server, clients)."""
     server = SecAggServer(cfg)
     clients = {p: client(p, cfg) for p in ids}
     for p, c in clients.items():
@@ -60,9 +60,17 @@ def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_masked=(), tamper=None):
     for p, c in clients.items():
         if p not in drop_after_keys:
             server.receive_shares(p, c.share_keys(directory))
-    inboxes = server.close_shares()
-    for p, inbox in inboxes.items():
-        server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    for p, inbox in server.close_shares().items():
+        if p not in drop_after_shares:
+            server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    return server, clients
+
+
+def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=(), drop_after_masked=(),
+        tamper=None):
+    """Drive one round in memory; returns (outcome, clients, server)."""
+    server, clients = run_until_masked(cfg, ids, xs, drop_after_keys=drop_after_keys,
+                                       drop_after_shares=drop_after_shares)
     request = confirm_all(server, clients, server.close_masked())
     for p in request.survivors:
         if p in drop_after_masked:
@@ -107,22 +115,8 @@ def test_thirty_percent_dropout_at_both_phases_still_decodes():
 
 def test_dropping_after_sharing_removes_that_client_from_the_sum():
     cfg, ids, xs = make(6)
-    server = SecAggServer(cfg)
-    clients = {p: client(p, cfg) for p in ids}
-    for p, c in clients.items():
-        server.receive_keys(p, c.advertise())
-    d = server.close_keys()
-    for p, c in clients.items():
-        server.receive_shares(p, c.share_keys(d))
-    inboxes = server.close_shares()
-    quitter = ids[2]
-    for p, inbox in inboxes.items():
-        if p != quitter:  # shared its keys, never sent its masked input
-            server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
-    req = confirm_all(server, clients, server.close_masked())
-    for p in req.survivors:
-        server.receive_unmask(p, clients[p].unmask(req))
-    out = server.close_unmask()
+    quitter = ids[2]  # shared its keys, never sent its masked input
+    out, _, _ = run(cfg, ids, xs, drop_after_shares=[quitter])
     rest = [p for p in ids if p != quitter]
     assert out.dropped == [quitter]
     assert np.max(np.abs(out.total - clipped_sum(xs, rest))) <= ENC.error_bound(5)
@@ -322,16 +316,7 @@ def test_consistency_check_stops_a_server_that_equivocates_on_survivors():
     each honest client refuse: the list it is asked to act on is not the list it signed,
     or too few survivors signed it."""
     cfg, ids, xs = make(6)
-    server = SecAggServer(cfg)
-    clients = {p: client(p, cfg) for p in ids}
-    for p, c in clients.items():
-        server.receive_keys(p, c.advertise())
-    d = server.close_keys()
-    for p, c in clients.items():
-        server.receive_shares(p, c.share_keys(d))
-    inboxes = server.close_shares()
-    for p, inbox in inboxes.items():
-        server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    server, clients = run_until_masked(cfg, ids, xs)
     honest_list = server.close_masked()
     victim = ids[0]
     lie = SurvivorList(survivors=[p for p in ids if p != victim])  # "victim dropped"
