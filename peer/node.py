@@ -128,6 +128,26 @@ class BlobStore:
         return self._blobs.get(digest)
 
 
+class GuardedPubsub(Pubsub):
+    """py-libp2p 0.8.1's pubsub stream handler lets a malformed RPC (protobuf's
+    DecodeError) escape, which stops the swarm and with it the whole process: any peer
+    could crash us with one bad frame. Here any failure on one peer's pubsub stream ends
+    that stream and forgets that peer's subscriptions, and nothing else."""
+
+    async def stream_handler(self, stream) -> None:
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("pubsub stream from %s failed (%s: %s); dropping it", peer_id,
+                        type(exc).__name__, exc)
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            self._handle_dead_peer(peer_id)
+
+
 class NetworkNode:
     def __init__(
         self,
@@ -150,7 +170,7 @@ class NetworkNode:
             spam_protection_enabled=False,
             eclipse_protection_enabled=gossip.eclipse_protection,
         )
-        self.pubsub = Pubsub(self.host, self.router, strict_signing=True)
+        self.pubsub = GuardedPubsub(self.host, self.router, strict_signing=True)
         self.blobs = BlobStore()
         self._nursery: trio.Nursery | None = None
         self.serve(PROTO_BLOB, self._serve_blob, max_request=32)

@@ -114,3 +114,25 @@ async def test_dp_rounds_report_epsilon_and_stay_within_their_noise(data_dir):
     assert model["dp"]["cumulative_epsilon"] == cumulative[2]
     # the noise is real: three releases of the same data differ
     assert len({v["result"]["mean_height"] for v in rounds}) == 3
+
+
+async def test_garbage_on_the_gossip_protocol_does_not_take_a_node_down():
+    """py-libp2p lets a malformed pubsub RPC crash the swarm; our node must survive it."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    from peer.node import GOSSIPSUB_PROTOCOLS
+
+    target, attacker = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    async with target.running(), attacker.running():
+        assert await attacker.connect(target.addrs[0])
+        for proto in GOSSIPSUB_PROTOCOLS:
+            stream = await attacker.host.new_stream(ID.from_base58(target.peer_id),
+                                                    [TProtocol(proto)])
+            await stream.write(bytes([20]) + b"\xff" * 20)  # varint length, then junk
+            await trio.sleep(0.2)
+        # still alive and serving: a blob fetch works, gossip still subscribes and publishes
+        digest = target.blobs.put(b"still here")
+        assert await attacker.fetch_blob(digest, [target.peer_id]) == b"still here"
+        await target.subscribe("t", lambda data, origin: trio.sleep(0))
+        await target.publish("t", b"ok")
