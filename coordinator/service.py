@@ -43,6 +43,7 @@ from protocol.messages import (
     ANNOUNCE,
     CONTRIBUTION,
     ENROLL,
+    ENROLL_WINDOW,
     NOTICE,
     PERSONAL,
     PROTO_PHASE,
@@ -66,6 +67,7 @@ from protocol.messages import (
     SubmitAck,
     decode,
     encode,
+    enroll_round,
 )
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Stats, Workload, get_workload
@@ -246,8 +248,10 @@ class Coordinator:
     def _accept(self, wire: bytes) -> Envelope:
         peeked = peek(wire, MAX_SUBMIT_WIRE)
         if peeked is not None and peeked.domain == ENROLL:
-            env = self.enroll_verifier.verify(wire, domains={ENROLL}, min_round=0,
-                                              max_round=2**53)
+            minute = enroll_round(time.time())
+            env = self.enroll_verifier.verify(wire, domains={ENROLL},
+                                              min_round=minute - ENROLL_WINDOW,
+                                              max_round=minute + ENROLL_WINDOW)
             enroll = decode(env.payload, Enroll)
             if self.config.allow is not None and env.sender_id not in self.config.allow:
                 raise NotAdmitted("key is not on the coordinator's allow list")

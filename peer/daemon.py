@@ -56,6 +56,7 @@ from protocol.messages import (
     SubmitAck,
     decode,
     encode,
+    enroll_round,
 )
 from protocol.rounds import ClearPeerRound, PeerRound
 from protocol.secagg import SecAggAbort
@@ -175,7 +176,7 @@ class PeerDaemon:
         while not self.enrolled.is_set():
             payload = encode(Enroll(workloads=[self.workload.name], addrs=self.node.addrs[:8],
                                     agent="hypergossip-peer/0.1"))
-            wire = seal(self.identity, ENROLL, 0, payload)
+            wire = seal(self.identity, ENROLL, enroll_round(time.time()), payload)
             ack = await self._submit(wire, gossip_fallback=False)
             if ack is not None and ack.accepted:
                 log.info("enrolled with coordinator %s", self.coordinator_id)

@@ -32,6 +32,17 @@ RESULT = "result"  # coordinator -> all: round n's published outcome
 NOTICE = "notice"  # coordinator -> all: a phase of round n opened (multi-phase rounds)
 PERSONAL = "personal"  # coordinator -> one peer: its own message for a phase (pull only)
 
+ENROLL_WINDOW = 10  # minutes either side of the coordinator's clock
+
+
+def enroll_round(now: float) -> int:
+    """The "round" an enrolment is signed for: the current minute (unix time // 60). Peers
+    enrol outside any round, so their replay window is a clock window instead: the
+    coordinator accepts minutes within ``ENROLL_WINDOW`` of its own and forgets nonces
+    older than that, which keeps its memory of enrolments bounded."""
+    return int(now // 60)
+
+
 # --- gossip topics --------------------------------------------------------------------------
 TOPIC_ANNOUNCE = "hg/v1/announce"
 TOPIC_RESULT = "hg/v1/result"

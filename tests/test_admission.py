@@ -43,3 +43,39 @@ async def test_unlisted_key_is_not_admitted(data_dir):
     assert coord.store.admitted() == {listed.peer_id}
     assert coord.store.rejections_by_peer()[unlisted.peer_id]["not_admitted"] >= 1
     assert coord.store.round_row(1)["accepted"] == 1
+
+
+async def test_enrolments_are_fresh_within_a_clock_window(data_dir):
+    """Enrolments carry the current minute as their round: an old one (replayed an hour
+    later) or one from the future is refused, so the coordinator's memory of enrolment
+    nonces stays bounded by the window."""
+    import time
+
+    from peer.node import NetworkNode
+    from protocol.envelope import seal
+    from protocol.messages import (
+        ENROLL,
+        PROTO_SUBMIT,
+        Enroll,
+        SubmitAck,
+        decode,
+        encode,
+        enroll_round,
+    )
+
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=5)
+        node = NetworkNode(Identity.generate())
+        async with node.running():
+            assert await node.connect(coord.node.addrs[0])
+            now = enroll_round(time.time())
+            payload = encode(Enroll(workloads=["stats"]))
+            verdicts = {}
+            for label, minute in (("old", now - 60), ("future", now + 60), ("fresh", now)):
+                raw = await node.request(coord.peer_id, PROTO_SUBMIT,
+                                         seal(node.identity, ENROLL, minute, payload))
+                verdicts[label] = decode(raw, SubmitAck)
+        nursery.cancel_scope.cancel()
+    assert verdicts["old"].reason.startswith("stale_round")
+    assert verdicts["future"].reason.startswith("future_round")
+    assert verdicts["fresh"].accepted

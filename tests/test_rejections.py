@@ -11,6 +11,7 @@ mean of the accepted honest inputs.
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import msgspec
@@ -29,6 +30,7 @@ from protocol.messages import (
     SubmitAck,
     decode,
     encode,
+    enroll_round,
 )
 
 from .netutil import start_coordinator, start_peer, wait_for
@@ -73,7 +75,8 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
         async with node.running():
             await node.subscribe(TOPIC_SUBMIT, lambda data, origin: trio.sleep(0))
             assert await node.connect(boot)
-            enroll = seal(mallory, ENROLL, 0, encode(Enroll(workloads=["stats"])))
+            enroll = seal(mallory, ENROLL, enroll_round(time.time()),
+                          encode(Enroll(workloads=["stats"])))
             assert (await submit(node, coord.peer_id, enroll)).accepted
             await wait_for(lambda: coord.current is not None and coord.current.number == 1)
 

@@ -14,6 +14,7 @@ import math
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -22,7 +23,15 @@ import trio
 from peer.node import NetworkNode
 from protocol.envelope import seal
 from protocol.identity import Identity
-from protocol.messages import ENROLL, PROTO_SUBMIT, Enroll, SubmitAck, decode, encode
+from protocol.messages import (
+    ENROLL,
+    PROTO_SUBMIT,
+    Enroll,
+    SubmitAck,
+    decode,
+    encode,
+    enroll_round,
+)
 
 from .netutil import free_port, start_peer
 
@@ -72,8 +81,9 @@ async def test_restart_on_same_db_keeps_peers_and_rounds(tmp_path, secure):
             silent = NetworkNode(Identity.generate())  # admitted, connected, never contributes
             async with silent.running():
                 assert await silent.connect(boot)
-                ack = decode(await silent.request(key.peer_id, PROTO_SUBMIT, seal(
-                    silent.identity, ENROLL, 0, encode(Enroll(workloads=["stats"])))), SubmitAck)
+                enroll = seal(silent.identity, ENROLL, enroll_round(time.time()),
+                              encode(Enroll(workloads=["stats"])))
+                ack = decode(await silent.request(key.peer_id, PROTO_SUBMIT, enroll), SubmitAck)
                 assert ack.accepted
                 await wait_json(http, f"{url}/rounds/2", lambda b: b["status"] == "open"
                                 and b["accepted"] == 0 and len(b["messages"]) == 3)
