@@ -484,6 +484,8 @@ class Coordinator:
                                outcome.result, digest, wire)
         self.roundlog.add(RESULT, rnd.number, wire)
         self.sent_at[(RESULT, rnd.number)] = time.monotonic()
+        for key in [k for k in self.sent_at if k[1] < rnd.number - 64]:
+            del self.sent_at[key]  # a coordinator runs for months
         self._gossip(TOPIC_RESULT, wire)
         self._wake_long_polls()
         log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,

@@ -69,6 +69,7 @@ from .roundlog import RoundLog
 log = logging.getLogger("hypergossip.peer")
 
 PULL_MAX_RESPONSE = 2 * 1024 * 1024
+KEEP_ROUNDS = 64  # per-round bookkeeping kept in memory
 GAP_FILL_PER_TICK = 8
 
 
@@ -239,6 +240,7 @@ class PeerDaemon:
             log.debug("round %d: phase %s notice (via %s)", msg.round, msg.phase, source)
         else:
             self.results[msg.round] = msg
+            self._forget_before(msg.round - KEEP_ROUNDS)
             log.info("round %d %s: %d accepted, state %s (via %s)", msg.round, msg.status,
                      msg.accepted, msg.state_digest.hex()[:16], source)
             if msg.blob is None:
@@ -247,6 +249,16 @@ class PeerDaemon:
                 self._nursery.start_soon(self._fetch_state, msg, origin)
             if self.on_result is not None:
                 self.on_result(msg)
+
+    def _forget_before(self, round: int) -> None:
+        """A daemon runs for months: per-round bookkeeping keeps the last rounds only (the
+        round log and blob store bound themselves)."""
+        for table in (self.results, self.states):
+            for r in [r for r in table if r < round]:
+                del table[r]
+        for table in (self.received_at, self.received_via):
+            for key in [k for k in table if k[1] < round]:
+                del table[key]
 
     def _keep_state(self, msg: RoundResult, state: bytes) -> None:
         if hashlib.sha256(state).digest() != msg.state_digest:
