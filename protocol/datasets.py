@@ -109,3 +109,11 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in a.shape))
         f.write(a.tobytes())
+
+
+def segment(n: int, segments: int, k: int) -> np.ndarray:
+    """Indices of segment ``k`` of ``segments`` over ``n`` training examples: every
+    ``segments``-th example from ``k`` (the seed's even/odd split is ``segments=2``)."""
+    if not 0 <= k < segments <= n:
+        raise ValueError(f"segment {k} of {segments} over {n} examples")
+    return np.arange(k, n, segments)

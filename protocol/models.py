@@ -95,3 +95,63 @@ def accuracy(vector: np.ndarray, x: np.ndarray, y: np.ndarray, hidden: int = 64)
 def clip_l2(delta: np.ndarray, bound: float) -> np.ndarray:
     norm = float(np.linalg.norm(delta))
     return delta if norm <= bound else delta * (bound / norm)
+
+
+# --- the seed's challenge 2 autoencoder ------------------------------------------------------
+def autoencoder() -> nn.Module:
+    """The seed's MNIST autoencoder: 784-128-64-36-18-9 and back, ReLU between, Sigmoid last
+    (224,601 parameters)."""
+    sizes = [784, 128, 64, 36, 18, 9]
+
+    def stack(dims: list[int], last: nn.Module | None) -> list[nn.Module]:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False)):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        if last is not None:
+            layers.append(last)
+        return layers
+
+    return nn.Sequential(nn.Flatten(), *stack(sizes, None), *stack(sizes[::-1], nn.Sigmoid()))
+
+
+def autoencoder_initial(seed: int = 0) -> np.ndarray:
+    deterministic(seed)
+    return to_vector(autoencoder())
+
+
+def train_autoencoder(vector: np.ndarray, x: np.ndarray, *, lr: float, weight_decay: float,
+                      batch: int = 16, seed: int = 0) -> tuple[np.ndarray, float]:
+    """One pass over ``x`` in order (no shuffle), Adam, MSE reconstruction loss, seeds and
+    deterministic algorithms fixed, one thread: the same inputs give bit-identical weights
+    in any process. Returns (new weights, mean training loss)."""
+    deterministic(seed)
+    model = load_vector(autoencoder(), vector)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.MSELoss()
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1)
+    model.train()
+    total, batches = 0.0, 0
+    for i in range(0, len(xt), batch):
+        opt.zero_grad()
+        loss = loss_fn(model(xt[i:i + batch]), xt[i:i + batch])
+        loss.backward()
+        opt.step()
+        total, batches = total + float(loss.detach()), batches + 1
+    return to_vector(model), total / max(batches, 1)
+
+
+def reconstruction_loss(vector: np.ndarray, x: np.ndarray) -> float:
+    model = load_vector(autoencoder(), vector)
+    model.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1)
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(xt), xt))
+
+
+def weights_digest(vector: np.ndarray) -> bytes:
+    """SHA-256 of the weights' safetensors bytes: what replicas agree on."""
+    import hashlib
+
+    return hashlib.sha256(encode_weights(vector)).digest()
