@@ -125,10 +125,6 @@ class Store:
             (status, time.time(), accepted, json.dumps(rejected), json.dumps(result),
              state_digest, result_wire, round))
 
-    def update_round_rejections(self, round: int, rejected: dict[str, int]) -> None:
-        self.db.execute("UPDATE rounds SET rejected=? WHERE round=?",
-                        (json.dumps(rejected), round))
-
     def open_rounds(self) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM rounds WHERE status='open' ORDER BY round"))
 

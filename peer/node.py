@@ -230,19 +230,6 @@ class NetworkNode:
             log.warning("connect %s failed: %s", addr, exc)
             return False
 
-    async def connect_all(self, addrs: Iterable[str]) -> int:
-        """Dial concurrently (each dial costs ~250 ms in py-libp2p); return successes."""
-        ok = 0
-
-        async def one(a: str) -> None:
-            nonlocal ok
-            ok += await self.connect(a)
-
-        async with trio.open_nursery() as n:
-            for a in addrs:
-                n.start_soon(one, a)
-        return ok
-
     def is_connected(self, peer_id: str) -> bool:
         return ID.from_base58(peer_id) in self.host.get_network().connections
 

@@ -12,6 +12,8 @@ Weights travel as safetensors (``protocol.tensors``); no pickle on any path.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -152,6 +154,4 @@ def reconstruction_loss(vector: np.ndarray, x: np.ndarray) -> float:
 
 def weights_digest(vector: np.ndarray) -> bytes:
     """SHA-256 of the weights' safetensors bytes: what replicas agree on."""
-    import hashlib
-
     return hashlib.sha256(encode_weights(vector)).digest()

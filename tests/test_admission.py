@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
 from coordinator.__main__ import load_allow_list
+from peer.node import NetworkNode
+from protocol.envelope import seal
 from protocol.identity import Identity
+from protocol.messages import (
+    ENROLL,
+    PROTO_SUBMIT,
+    Enroll,
+    SubmitAck,
+    decode,
+    encode,
+    enroll_round,
+)
 
 from .netutil import start_coordinator, start_peer, wait_for
 
@@ -49,20 +62,6 @@ async def test_enrolments_are_fresh_within_a_clock_window(data_dir):
     """Enrolments carry the current minute as their round: an old one (replayed an hour
     later) or one from the future is refused, so the coordinator's memory of enrolment
     nonces stays bounded by the window."""
-    import time
-
-    from peer.node import NetworkNode
-    from protocol.envelope import seal
-    from protocol.messages import (
-        ENROLL,
-        PROTO_SUBMIT,
-        Enroll,
-        SubmitAck,
-        decode,
-        encode,
-        enroll_round,
-    )
-
     async with trio.open_nursery() as nursery:
         coord = await start_coordinator(nursery, data_dir, min_peers=5)
         node = NetworkNode(Identity.generate())
