@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from peer.runtime import run_until_signal, setup_logging
+from protocol.aggregators import AGGREGATORS
 from protocol.identity import (
     BadPeerId,
     KeyFileError,
@@ -67,6 +68,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=0,
                    help="stop after this many rounds (default: 0 = run until stopped)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    g = p.add_argument_group("incremental learning (--workload incremental)")
+    g.add_argument("--segments", type=int, default=4,
+                   help="training-set segments, each one task per round (default: 4)")
+    g.add_argument("--replicas", type=int, default=3,
+                   help="replicas per segment; 1 turns verification off and combines results "
+                   "with --aggregator (default: 3)")
+    g.add_argument("--quorum", type=int, default=None,
+                   help="equal reveals that accept a segment (default: a majority of replicas)")
+    g.add_argument("--dispute", default="reexecute", choices=["reexecute", "replicas"],
+                   help="what settles a segment whose replicas disagree: the coordinator "
+                   "re-executes it, or extra replicas are assigned (default: %(default)s)")
+    g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
+                   help="how accepted segment results are combined (default: mean when "
+                   "verified by replicas, median with --replicas 1)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=1e-8,
+                   help="Adam weight decay (default: 1e-8)")
+    g.add_argument("--dataset-dir", metavar="DIR",
+                   help="real MNIST IDX files (read by torchvision, never downloaded) for "
+                   "fedavg and incremental; default: the embedded scikit-learn digits")
     args = p.parse_args(argv)
     if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
@@ -105,15 +126,23 @@ def main(argv: list[str] | None = None) -> int:
             log.error("--allow: %s", exc)
             return 2
         log.info("admission restricted to %d listed peers", len(allow))
+    options: dict = {}
+    if args.workload == "incremental":
+        options = dict(segments=args.segments, replicas=args.replicas, quorum=args.quorum,
+                       dispute=args.dispute, aggregator=args.aggregator, lr=args.lr,
+                       weight_decay=args.weight_decay, data_dir=args.dataset_dir)
+    elif args.workload == "fedavg" and args.dataset_dir:
+        options = dict(data_dir=args.dataset_dir)
     config = CoordinatorConfig(
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
-        start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+        start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
+        workload_options=options)
     try:
         coordinator = Coordinator(config)
-    except KeyFileError as exc:
+    except (KeyFileError, ValueError) as exc:
         log.error("%s", exc)
         return 2
 

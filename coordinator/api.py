@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from protocol.messages import StatsContribution
 from protocol.workloads import Stats
@@ -112,8 +114,13 @@ def build_app(coord: Coordinator):
             "published_round": pub["round"] if pub else None,
             "result": result,
             "dp": (result or {}).get("dp"),
+            "loss": (result or {}).get("loss"),
+            "model_digest": (result or {}).get("model_digest"),
             "state_digest": bytes(pub["state_digest"]).hex() if pub else None,
         }
+
+    if coord.workload.state_blob() is not None:
+        add_model_endpoints(aim, coord)
 
     @aim.endpoint(
         "/rounds", documentation="Rounds, newest first. Query: limit (1-500, default 50), "
@@ -145,6 +152,51 @@ def build_app(coord: Coordinator):
     if isinstance(coord.workload, Stats):
         add_legacy_endpoints(aim, coord)
     return aim.app()
+
+
+def add_model_endpoints(aim: AIM, coord: Coordinator) -> None:
+    @aim.endpoint(
+        "/model/weights", documentation="The current global model as safetensors (one float32 "
+        "tensor 'weights'); its SHA-256 is the published model_digest, also sent in the "
+        "X-Model-Digest header.", output="<safetensors bytes>",
+        example_calls=[example("<898484 bytes of safetensors>")])
+    async def model_weights(request: Request) -> Response:
+        blob = coord.workload.state_blob()
+        if blob is None:
+            raise HTTPError(404, "this workload publishes no model weights")
+        return Response(blob, media_type="application/octet-stream", headers={
+            "X-Model-Digest": hashlib.sha256(blob).hexdigest(),
+            "Content-Disposition": 'attachment; filename="model.safetensors"'})
+
+    if getattr(coord.workload, "replicated", False):
+        rep = coord.reputation
+
+        @aim.endpoint(
+            "/reputation", documentation="Peers' reputation scores (0..1), whether they are "
+            "eligible for tasks (score >= threshold), and every change with its round and "
+            "reason. Query: peer (one peer id, optional).", input_query="peer=<peer id>",
+            output={"threshold": "<float>", "initial": "<float>", "peers": [
+                {"peer_id": "<str>", "score": "<float>", "eligible": "<bool>",
+                 "changes": [{"round": "<int>", "score": "<float>", "why": "<str>"}]}]},
+            example_calls=[example({"threshold": 0.2, "initial": 0.5, "peers": [
+                {"peer_id": PEER_ID, "score": 0.0, "eligible": False, "changes": [
+                    {"round": 1, "score": 0.0,
+                     "why": "segment 2: revealed a digest the decision refuted"}]}]})])
+        async def reputation(request: Request) -> dict[str, Any]:
+            only = request.query_params.get("peer")
+            peers: dict[str, dict[str, Any]] = {}
+            for p in sorted(coord.store.admitted()):
+                peers[p] = {"peer_id": p, "score": rep.score(p),
+                            "eligible": rep.score(p) >= rep.threshold, "changes": []}
+            for rnd, p, score, why in rep.history:
+                if p in peers:
+                    peers[p]["changes"].append({"round": rnd, "score": score, "why": why})
+            if only is not None:
+                if only not in peers:
+                    raise HTTPError(404, f"no admitted peer {only[:64]!r}")
+                peers = {only: peers[only]}
+            return {"threshold": rep.threshold, "initial": rep.initial,
+                    "peers": sorted(peers.values(), key=lambda v: (v["score"], v["peer_id"]))}
 
 
 def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:

@@ -33,9 +33,9 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from peer.node import GossipConfig, NetworkNode
+from peer.node import GossipConfig, NetworkNode, StreamProtocolError
 from peer.roundlog import KINDS, RoundLog
-from protocol import dp, secure_round
+from protocol import dp, incremental, secure_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
 from protocol.identity import Identity, public_key_from_peer_id
@@ -69,6 +69,7 @@ from protocol.messages import (
     encode,
     enroll_round,
 )
+from protocol.replication import Reputation
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Stats, Workload, get_workload
 
@@ -80,7 +81,7 @@ LIVENESS_GRACE = 3.0
 MAX_LEGACY_PER_ROUND = 10_000
 LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
-PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values()})
+PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values(), *incremental.DOMAINS})
 
 
 class NotAdmitted(RejectedMessage):
@@ -103,6 +104,7 @@ class CoordinatorConfig:
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
     workload: str = "stats"
+    workload_options: dict = field(default_factory=dict)  # e.g. incremental: segments=8
     secure: bool = True  # secure aggregation; False: contributions in the clear (--insecure)
     phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
@@ -126,8 +128,14 @@ class Coordinator:
             if created:
                 log.info("created coordinator key %s", config.key_path)
         self.identity = identity
-        self.workload: Workload = get_workload(config.workload)
+        self.workload: Workload = get_workload(config.workload, **config.workload_options)
+        self.replicated = bool(getattr(self.workload, "replicated", False))
         self.store = Store(config.db_path)
+        self.reputation = Reputation()
+        for event in self.store.reputation_events():  # survives restarts
+            self.reputation.history.append(event)
+            self.reputation.scores[event[1]] = event[2]
+        self._rep_saved = len(self.reputation.history)
         self.node = NetworkNode(identity, config.listen, config.gossip)
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
@@ -353,6 +361,9 @@ class Coordinator:
                 step = rnd.advance(time.time())
                 if isinstance(step, Outcome):
                     break
+                if isinstance(step, incremental.Work):
+                    await self._do_work(rnd, step)
+                    continue
                 self._send_notice(rnd.number, step)
             self._publish(rnd, step)
             self.current = None
@@ -363,6 +374,29 @@ class Coordinator:
         self.stop()
         await trio.sleep(1.5)  # let hypercorn answer in-flight requests, then stop everything
         cancel_scope.cancel()
+
+    async def _do_work(self, rnd: RoundLogic, work: incremental.Work) -> None:
+        """Fetch agreed segment weights from the replicas that revealed them (in parallel,
+        hash-checked) and re-execute contested segments in a worker thread."""
+        assert isinstance(rnd, incremental.ReplicatedRound)
+
+        async def fetch(digest: bytes, sources: list[str]) -> None:
+            with trio.move_on_after(self.config.phase_timeout):
+                try:
+                    rnd.deliver(digest, await self.node.fetch_blob(digest, sources,
+                                                                   max_size=work.max_size))
+                except StreamProtocolError as exc:
+                    log.warning("round %d: weights %s not fetched: %s", rnd.number,
+                                digest.hex()[:12], exc)
+
+        async with trio.open_nursery() as nursery:
+            for digest, sources in work.fetch.items():
+                nursery.start_soon(fetch, digest, sources)
+        if work.recompute:
+            log.info("round %d: re-executing contested segments %s", rnd.number,
+                     work.recompute)
+            start = self.workload.weights.copy()  # type: ignore[attr-defined]
+            await trio.to_thread.run_sync(rnd.recompute, start)
 
     async def _wait_for_peers(self) -> None:
         # a secure sum over one input would be that input: secure rounds need two at least
@@ -383,7 +417,20 @@ class Coordinator:
         prev_digest = bytes(prev["state_digest"]) if prev else b""
         participants = sorted(self.live_peers())
         params = b""
-        if self.config.secure:
+        workload_params = b""
+        if self.replicated:
+            assert isinstance(self.workload, incremental.Incremental)
+            eligible = self.reputation.eligible(participants)
+            task = self.workload.make_params(number, prev_digest, eligible)
+            workload_params = encode(task)
+            deadline = now + self.config.phase_timeout
+            rnd = incremental.ReplicatedRound(number, self.workload, task, self.reputation,
+                                              self.config.phase_timeout, deadline)
+            left_out = sorted(set(participants) - set(eligible))
+            if left_out:
+                log.info("round %d: %d peers below the reputation threshold get no task: %s",
+                         number, len(left_out), left_out)
+        elif self.config.secure:
             secure = secure_round.make_params(
                 self.workload, number, participants, prev_digest,
                 min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
@@ -399,15 +446,16 @@ class Coordinator:
         announce = RoundAnnounce(
             round=number, workload=self.workload.name, deadline_ms=int(deadline * 1000),
             min_peers=self.config.min_peers, prev_state_digest=prev_digest, params=params,
-            workload_params=self.workload.round_params(number))
+            workload_params=workload_params or self.workload.round_params(number))
         wire = seal(self.identity, ANNOUNCE, number, encode(announce))
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
         self.sent_at[(ANNOUNCE, number)] = time.monotonic()
         self._gossip(TOPIC_ANNOUNCE, wire)
         self._wake_long_polls()
-        log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
-                 "secure" if self.config.secure else "clear", len(participants))
+        mode = "replicated" if self.replicated else "secure" if self.config.secure else "clear"
+        log.info("round %d open: %s (%s), %d participants", number, self.workload.name, mode,
+                 len(participants))
         return rnd
 
     def _send_notice(self, number: int, notice: Notice) -> None:
@@ -434,11 +482,12 @@ class Coordinator:
         announce = decode(open_envelope(row["announce_wire"]).payload, RoundAnnounce)
         rnd = Round(row["round"], self.workload, time.time() + self.config.round_timeout,
                     row["min_peers"])
-        if announce.params:  # a secure round: its server state is gone by design
-            log.warning("round %d was a secure round cut by a restart; marking it failed",
-                        rnd.number)
+        if announce.params or self.replicated:  # its server state is gone by design
+            mode = "replicated" if self.replicated else "secure"
+            log.warning("round %d was a %s round cut by a restart; marking it failed",
+                        rnd.number, mode)
             self._publish(rnd, Outcome("failed", 0, {
-                "error": "coordinator restarted during a secure round"}))
+                "error": f"coordinator restarted during a {mode} round"}))
             return None
         for m in self.store.messages(rnd.number, CONTRIBUTION):
             rnd.contributions[m["sender"]] = decode(m["payload"], self.workload.contribution_schema)
@@ -469,6 +518,11 @@ class Coordinator:
         if outcome.status == "published" and (blob := self.workload.state_blob()) is not None:
             self.node.blobs.put(blob)  # the new model, fetched by digest for the next round
             self.store.set_meta("state_blob", self.store.put_blob(blob))
+            self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "")
+        new_events = self.reputation.history[self._rep_saved:]
+        if new_events:
+            self.store.add_reputation(new_events)
+            self._rep_saved = len(self.reputation.history)
         state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
         inline, blob = state, None

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS messages (
     domain TEXT NOT NULL, nonce BLOB NOT NULL, received_at REAL NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_round ON messages (round, domain);
 CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS reputation (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, peer_id TEXT NOT NULL,
+    score REAL NOT NULL, why TEXT NOT NULL);
 """
 MAX_STRANGER_ROWS = 1000
 
@@ -176,9 +179,22 @@ class Store:
         self.db.execute("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", (digest, data))
         return digest
 
+    def prune_blobs(self, keep: str) -> None:
+        """Only the current state is served after a restart: drop the older ones."""
+        self.db.execute("DELETE FROM blobs WHERE digest != ?", (keep,))
+
     def get_blob(self, digest: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    # --- reputation (incremental learning) ------------------------------------------------
+    def add_reputation(self, events: list[tuple[int, str, float, str]]) -> None:
+        self.db.executemany("INSERT INTO reputation (round, peer_id, score, why) "
+                            "VALUES (?, ?, ?, ?)", events)
+
+    def reputation_events(self) -> list[tuple[int, str, float, str]]:
+        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
+            "SELECT round, peer_id, score, why FROM reputation ORDER BY seq")]
 
     # --- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

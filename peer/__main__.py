@@ -12,6 +12,7 @@ import httpx
 from protocol.identity import Identity, KeyFileError
 from protocol.workloads import WORKLOADS, get_workload
 
+from .attacks import ATTACKS, Attack
 from .daemon import PeerDaemon, peer_id_of
 from .runtime import run_until_signal, setup_logging
 
@@ -42,8 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "gives its peer id and multiaddrs, used as --coordinator and --bootstrap")
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="workload this peer serves (default: %(default)s)")
-    p.add_argument("--data", required=True,
-                   help="this peer's private input; for stats: height=CM,weight=KG")
+    p.add_argument("--data", default="",
+                   help="this peer's private input; stats: height=CM,weight=KG; fedavg: "
+                   "part=I/N[,alpha=A][,seed=S][,data_dir=DIR]; incremental: empty or "
+                   "data_dir=DIR (the training set is public, cut into segments)")
+    p.add_argument("--attack", choices=ATTACKS, default=None,
+                   help="testing, incremental workload: behave as this kind of Byzantine peer "
+                   "(see peer/attacks.py)")
+    p.add_argument("--colluders", type=int, default=2,
+                   help="testing: how many attackers the alie attack assumes (default: 2)")
     p.add_argument("--pull-interval", type=float, default=2.0,
                    help="seconds between pulls of missed rounds (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P",
@@ -54,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "drop out each round instead of each peer flipping a coin")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     args = p.parse_args(argv)
+    if not args.data and args.workload != "incremental":
+        p.error(f"--data is required for the {args.workload} workload")
+    if args.attack and args.workload != "incremental":
+        p.error("--attack applies to the incremental workload")
     if not args.bootstrap and not args.coordinator_url:
         p.error("give --coordinator-url, or at least one --bootstrap address (the "
                 "coordinator's, from its /health)")
@@ -112,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                         coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
                         pull_interval=args.pull_interval, dropout=args.dropout,
-                        dropout_slot=slot)
+                        dropout_slot=slot,
+                        attack=Attack(args.attack, colluders=args.colluders)
+                        if args.attack else None)
+    if args.attack:
+        log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
     run_until_signal(daemon.run)
     log.info("stopped")
     return 0

@@ -20,6 +20,7 @@ or acted on; a bad one is logged and dropped.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from protocol import incremental
 from protocol.envelope import RejectedMessage, open_envelope, peek, seal
 from protocol.identity import Identity
 from protocol.messages import (
@@ -42,6 +44,7 @@ from protocol.messages import (
     PROTO_SUBMIT,
     RESULT,
     TOPIC_ANNOUNCE,
+    TOPIC_REPLICAS,
     TOPIC_RESULT,
     TOPIC_SUBMIT,
     Enroll,
@@ -63,6 +66,7 @@ from protocol.secagg import SecAggAbort
 from protocol.secure_round import SecureParams, SecurePeerRound
 from protocol.workloads import Workload
 
+from .attacks import Attack
 from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
 from .roundlog import RoundLog
 
@@ -95,6 +99,7 @@ class PeerDaemon:
         dropout: float = 0.0,
         dropout_slot: tuple[int, int] | None = None,
         on_result: Callable[[RoundResult], None] | None = None,
+        attack: Attack | None = None,
     ):
         self.identity = identity
         self.workload = workload
@@ -123,6 +128,8 @@ class PeerDaemon:
         self._round_events: dict[int, trio.Event] = {}
         self._personal: dict[tuple[int, str], bytes] = {}  # (round, phase) -> checked body
         self.enrolled = trio.Event()
+        self.attack = attack
+        self.models: dict[int, bytes] = {}  # round -> digest of the published model we hold
         self._nursery: trio.Nursery | None = None
         self.node.serve(PROTO_PULL, self._serve_pull, max_request=1024)
 
@@ -135,6 +142,8 @@ class PeerDaemon:
             if self.subscribe_gossip:
                 await self.node.subscribe(TOPIC_ANNOUNCE, self._on_gossip)
                 await self.node.subscribe(TOPIC_RESULT, self._on_gossip)
+                if getattr(self.workload, "replicated", False):
+                    await self.node.subscribe(TOPIC_REPLICAS, self._on_replica_gossip)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._dial_missing()
@@ -266,6 +275,31 @@ class PeerDaemon:
             return
         self.states[msg.round] = state
         self.node.blobs.put(state)  # so neighbours can fetch it from us
+        result_blobs = getattr(self.workload, "result_blobs", None)
+        if result_blobs is not None and msg.status == "published" and self._nursery is not None:
+            try:
+                wanted = result_blobs(json.loads(state))
+            except ValueError:
+                wanted = []
+            for digest, size in wanted:
+                self._nursery.start_soon(self._fetch_model, msg.round, digest, size)
+
+    async def _fetch_model(self, round: int, digest: bytes, size: int) -> None:
+        """Fetch the model a result published, by digest (checked), from the coordinator or
+        neighbours, and keep serving it: every peer holds the coordinator's exact bytes."""
+        sources = [self.coordinator_id] + self.node.connected_peers()
+        for attempt in range(5):
+            try:
+                await self.node.fetch_blob(digest, sources, max_size=size)
+            except StreamProtocolError as exc:
+                log.info("round %d: model not fetched yet (%s)", round, exc)
+                await trio.sleep(0.5 * (attempt + 1))
+                continue
+            self.models[round] = digest
+            for r in [r for r in self.models if r < round - KEEP_ROUNDS]:
+                del self.models[r]
+            log.info("round %d: holds the published model %s", round, digest.hex())
+            return
 
     async def _fetch_state(self, msg: RoundResult, origin: str | None) -> None:
         """Fetch a state published by digest: from whoever sent it, the coordinator, neighbours."""
@@ -295,14 +329,19 @@ class PeerDaemon:
                         announce.workload, self.workload.name)
             return
         try:
-            participants = decode(announce.params, SecureParams).participants \
-                if announce.params else [self.peer_id]
+            if getattr(self.workload, "replicated", False):
+                participants = decode(announce.workload_params,
+                                      incremental.IncrementalParams).eligible
+            elif announce.params:
+                participants = decode(announce.params, SecureParams).participants
+            else:
+                participants = [self.peer_id]
         except RejectedMessage as exc:
             log.warning("round %d: bad secure-round parameters: %s", round, exc)
             return
         if self.peer_id not in participants:
-            log.info("round %d: not among its participants (joined later); sitting it out",
-                     round)
+            log.info("round %d: not among its participants (joined later, or not eligible); "
+                     "sitting it out", round)
             return
         self.rounds[round] = None
         self._nursery.start_soon(self._take_part, round, announce)
@@ -314,6 +353,12 @@ class PeerDaemon:
         sources = [self.coordinator_id] + self.node.connected_peers()
         for digest, size in self.workload.required_blobs(announce):
             blobs[digest] = await self.node.fetch_blob(digest, sources, max_size=size)
+        if getattr(self.workload, "replicated", False):
+            if self.attack is not None:
+                return await trio.to_thread.run_sync(self.attack.peer_round, self.peer_id,
+                                                     announce, self.data, blobs)
+            return await trio.to_thread.run_sync(
+                lambda: incremental.ReplicaPeerRound(self.peer_id, announce, self.data, blobs))
         if announce.params:
             x = await trio.to_thread.run_sync(self.workload.vector, announce, self.data, blobs)
             return SecurePeerRound(self.peer_id, self.workload, announce, x, self.identity.sign)
@@ -375,6 +420,9 @@ class PeerDaemon:
                 if i == silent_at:
                     log.warning("round %d: simulated dropout before %s", round, step)
                     return
+                before = getattr(logic, "before_step", None)
+                if before is not None:
+                    await before(step)
                 if step == "start":
                     out = logic.start()
                 else:
@@ -389,11 +437,14 @@ class PeerDaemon:
                     if notice.personal and personal is None:
                         log.warning("round %d: could not fetch our %s message", round, step)
                         return
-                    try:
-                        out = logic.on_notice(step, notice.body, personal)
+                    try:  # a worker thread: some phases compute (crypto, training)
+                        out = await trio.to_thread.run_sync(logic.on_notice, step, notice.body,
+                                                            personal)
                     except (SecAggAbort, RejectedMessage) as exc:
                         log.warning("round %d: leaving at phase %s: %s", round, step, exc)
                         return
+                for blob in logic.blobs():  # results others fetch from us by digest
+                    self.node.blobs.put(blob)
                 next_phase = steps[i + 1] if i + 1 < len(steps) else ""
                 for k, (domain, payload) in enumerate(out):
                     await self._send(round, domain, payload,
@@ -413,7 +464,16 @@ class PeerDaemon:
                     next_phase: str = "") -> None:
         """Send a round message. With ``next_phase`` it goes on the phase protocol, whose
         reply also brings that phase's notice and our personal message when they exist."""
-        wire = seal(self.identity, domain, round, payload)
+        if self.attack is not None:
+            wire = self.attack.seal(self.identity, domain, round, payload)
+            for old in self.attack.extra_wires(round, wire):
+                ack = await self._submit(old, gossip_fallback=False)
+                if ack is not None:
+                    self._log_ack(round, f"replayed {domain}", ack)
+        else:
+            wire = seal(self.identity, domain, round, payload)
+        if domain in incremental.DOMAINS:  # commitments and reveals are public: gossip them
+            self._publish_replica(wire)
         if next_phase:
             try:
                 raw = await self.node.request(
@@ -430,6 +490,21 @@ class PeerDaemon:
         ack = await self._submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
         if ack is not None:
             self._log_ack(round, domain, ack)
+
+    def _publish_replica(self, wire: bytes) -> None:
+        async def send() -> None:
+            try:
+                await self.node.publish(TOPIC_REPLICAS, wire)
+            except Exception as exc:  # gossip is best effort; the coordinator got it by stream
+                log.debug("replica gossip failed: %s", exc)
+
+        self.node.start_soon(send)
+
+    async def _on_replica_gossip(self, data: bytes, origin: str) -> None:
+        """Peers' signed commitments and reveals: anyone can audit them (and a lazy peer
+        may try to copy them, which commit-reveal defeats)."""
+        if self.attack is not None:
+            self.attack.observe(data)
 
     @staticmethod
     def _log_ack(round: int, domain: str, ack: SubmitAck) -> None:

@@ -47,6 +47,7 @@ def enroll_round(now: float) -> int:
 TOPIC_ANNOUNCE = "hg/v1/announce"
 TOPIC_RESULT = "hg/v1/result"
 TOPIC_SUBMIT = "hg/v1/submit"  # peers' signed enrolments and contributions, for the coordinator
+TOPIC_REPLICAS = "hg/v1/replicas"  # replicas' signed commitments and reveals (public audit)
 
 # --- stream protocols -----------------------------------------------------------------------
 PROTO_SUBMIT = "/hypergossip/submit/1.0.0"  # envelope -> SubmitAck (coordinator only)

@@ -162,7 +162,7 @@ class Reputation:
     initial: float = 0.5
     reward: float = 0.05
     penalty: float = 0.5
-    missing_penalty: float = 0.1
+    missing_penalty: float = 0.15
     threshold: float = 0.2
     scores: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, str, float, str]] = field(default_factory=list)
@@ -185,6 +185,11 @@ class Reputation:
                          f"segment {segment}: revealed a digest the decision refuted")
         for p in decision.missing:
             self._change(round, p, -self.missing_penalty, f"segment {segment}: no reveal")
+
+    def penalize(self, round: int, peer: str, why: str) -> None:
+        """A proven fault outside a segment decision (e.g. a reveal that does not open its
+        own commitment): the full penalty."""
+        self._change(round, peer, -self.penalty, why)
 
     def eligible(self, peers: list[str]) -> list[str]:
         return [p for p in peers if self.score(p) >= self.threshold]

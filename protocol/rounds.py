@@ -126,6 +126,10 @@ class PeerRound:
     def needs_personal(self, phase: str) -> bool:
         return False
 
+    def blobs(self) -> list[bytes]:
+        """Bytes this peer must serve by digest (e.g. the weights it committed to)."""
+        return []
+
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         raise NotImplementedError
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -343,11 +343,20 @@ def _plain(c: PlainVector, length: int) -> np.ndarray:
     return v
 
 
-WORKLOADS: dict[str, type[Workload]] = {Stats.name: Stats, FedAvg.name: FedAvg}
+def _incremental(**options: Any) -> Workload:
+    from .incremental import Incremental  # builds on this module
+
+    return Incremental(**options)
 
 
-def get_workload(name: str) -> Workload:
+WORKLOADS: dict[str, Callable[..., Workload]] = {
+    Stats.name: Stats, FedAvg.name: FedAvg, "incremental": _incremental}
+
+
+def get_workload(name: str, **options: Any) -> Workload:
+    """The workload ``name``; ``options`` go to its constructor (e.g. segments=8)."""
     try:
-        return WORKLOADS[name]()
+        factory = WORKLOADS[name]
     except KeyError:
         raise ValueError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}") from None
+    return factory(**options)

@@ -1,0 +1,173 @@
+"""Byzantine behaviours: real peers that lie in one specific way (testnet ``--attack``).
+
+Each behaviour changes only what a lying peer would control: the weights it
+claims for a segment, how it signs, or what it copies from gossip. Everything
+else (enrolment, transport, phases) is the honest daemon's, so an attack
+exercises the same code paths and the coordinator sees genuine messages.
+
+=========  ======================================================================
+name       what the peer does
+=========  ======================================================================
+random     claims random weights for its segments
+collude    all attackers claim the same wrong weights (derived from round and
+           segment, so they agree without talking): the seed's "two equal
+           values" rule accepts this when two of them share a segment
+copy       trains nothing; copies a co-replica's commitment and, later, its
+           reveal, both read from the replica gossip topic
+replay     claims the older accepted model it started from (no work done) and
+           re-sends its previous round's messages verbatim
+stale      signs its messages for the previous round
+forge      sends its messages with a broken signature
+signflip   trains, then claims ``start - 4 * (trained - start)``
+alie       "A Little Is Enough" (Baruch et al. 2019): trains every segment of the
+           round, claims ``mean - z * std`` of the honest updates
+=========  ======================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+import trio
+
+from protocol import incremental as inc
+from protocol.envelope import Envelope, RejectedMessage, open_envelope, seal
+from protocol.identity import Identity
+from protocol.messages import RoundAnnounce, decode, encode
+from protocol.rounds import Outgoing, PeerRound
+
+log = logging.getLogger("hypergossip.attack")
+
+ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip", "alie")
+SIGNFLIP_SCALE = 4.0
+COPY_WAIT = 4.0  # seconds a copier waits to see a co-replica's message on gossip
+
+
+class Attack:
+    def __init__(self, name: str, *, colluders: int = 2):
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; known: {ATTACKS}")
+        self.name, self.colluders = name, colluders
+        # copy: what the replica gossip showed us, (round, segment) -> {peer: item}
+        self.seen_commits: dict[tuple[int, int], dict[str, bytes]] = {}
+        self.seen_reveals: dict[tuple[int, int], dict[str, inc.RevealItem]] = {}
+        self.sent: dict[int, list[bytes]] = {}  # replay: our wires by round
+
+    # --- what we claim ---------------------------------------------------------------------
+    def claim(self, announce: RoundAnnounce, start: np.ndarray, ds,
+              params: inc.IncrementalParams) -> inc.Claim:
+        round = announce.round
+
+        def claim(segment: int, train: Callable[[], np.ndarray]) -> np.ndarray:
+            if self.name == "random":
+                return np.random.default_rng().normal(0, 0.1, start.shape).astype(np.float32)
+            if self.name == "collude":
+                seed = hashlib.sha256(b"collude" + round.to_bytes(8, "big") +
+                                      segment.to_bytes(4, "big")).digest()
+                rng = np.random.default_rng(int.from_bytes(seed[:8], "big"))
+                return (start + rng.normal(0, 0.05, start.shape)).astype(np.float32)
+            if self.name == "replay":
+                return start
+            if self.name == "signflip":
+                return (start - SIGNFLIP_SCALE * (train() - start)).astype(np.float32)
+            if self.name == "alie":
+                return self._alie(start, ds, params, round)
+            return train()
+
+        return claim
+
+    def _alie(self, start: np.ndarray, ds, params: inc.IncrementalParams,
+              round: int) -> np.ndarray:
+        updates = np.stack([inc.train_segment(start, ds, params, round, k).astype(np.float64)
+                            - start for k in range(params.segments)])
+        z = inc.alie_z(params.segments, self.colluders)
+        return (start + updates.mean(0) - z * updates.std(0)).astype(np.float32)
+
+    # --- how we sign -------------------------------------------------------------------------
+    def seal(self, identity: Identity, domain: str, round: int, payload: bytes) -> bytes:
+        if self.name == "stale":
+            return seal(identity, domain, max(round - 1, 0), payload)
+        wire = seal(identity, domain, round, payload)
+        if self.name == "forge":
+            env = msgspec.msgpack.decode(wire, type=Envelope)
+            sig = bytes([env.signature[0] ^ 1]) + env.signature[1:]
+            return msgspec.msgpack.encode(msgspec.structs.replace(env, signature=sig))
+        return wire
+
+    def extra_wires(self, round: int, wire: bytes) -> list[bytes]:
+        """replay: after each message, re-send the previous round's messages verbatim."""
+        if self.name != "replay":
+            return []
+        self.sent.setdefault(round, []).append(wire)
+        for old in [r for r in self.sent if r < round - 4]:
+            del self.sent[old]
+        return list(self.sent.get(round - 1, []))
+
+    # --- copy ---------------------------------------------------------------------------------
+    def observe(self, wire: bytes) -> None:
+        """A signed commit or reveal seen on the replica gossip topic."""
+        try:
+            env = open_envelope(wire, domains=inc.DOMAINS)
+            if env.domain == inc.DOMAIN_COMMIT:
+                for c in decode(env.payload, inc.Commits).items:
+                    self.seen_commits.setdefault((env.round, c.segment), {})[
+                        env.sender_id] = c.commitment
+            else:
+                for r in decode(env.payload, inc.Reveals).items:
+                    self.seen_reveals.setdefault((env.round, r.segment), {})[env.sender_id] = r
+        except RejectedMessage as exc:
+            log.debug("replica gossip not understood: %s", exc)
+
+    def peer_round(self, peer_id: str, announce: RoundAnnounce, ds, blobs) -> PeerRound:
+        if self.name == "copy":
+            return CopyPeerRound(self, peer_id, announce)
+        params = decode(announce.workload_params, inc.IncrementalParams)
+        start = blobs[params.model_digest]
+        start_w = inc.models.decode_weights(start, len(inc.models.autoencoder_initial(0)))
+        return inc.ReplicaPeerRound(peer_id, announce, ds, blobs,
+                                    claim=self.claim(announce, start_w, ds, params))
+
+
+class CopyPeerRound(PeerRound):
+    """A lazy replica: no training; it copies what its co-replicas gossip. Commit-reveal
+    defeats it: a commitment binds the committer's peer id, so a copied commitment is
+    never opened by a reveal from another peer."""
+
+    def __init__(self, attack: Attack, peer_id: str, announce: RoundAnnounce):
+        self.attack, self.peer_id, self.round = attack, peer_id, announce.round
+        self.params = decode(announce.workload_params, inc.IncrementalParams)
+        self.tasks = [k for k, reps in enumerate(self.params.assignment) if peer_id in reps]
+        self.phases = (inc.REVEAL,)
+
+    def blobs(self) -> list[bytes]:
+        return []
+
+    async def before_step(self, step: str) -> None:
+        seen = self.attack.seen_commits if step == "start" else self.attack.seen_reveals
+        with trio.move_on_after(COPY_WAIT):
+            while not all(self._others(seen, k) for k in self.tasks):
+                await trio.sleep(0.1)
+
+    def _others(self, seen: dict, k: int) -> dict:
+        return {p: v for p, v in seen.get((self.round, k), {}).items() if p != self.peer_id}
+
+    def start(self) -> Outgoing:
+        items = []
+        for k in self.tasks:
+            others = self._others(self.attack.seen_commits, k)
+            value = next(iter(others.values())) if others else os.urandom(32)
+            items.append(inc.CommitItem(k, value))
+        return [(inc.DOMAIN_COMMIT, encode(inc.Commits(items)))] if items else []
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        if phase != inc.REVEAL:
+            return []
+        items = [next(iter(o.values())) for k in self.tasks
+                 if (o := self._others(self.attack.seen_reveals, k))]
+        log.warning("round %d: copying %d reveals from co-replicas", self.round, len(items))
+        return [(inc.DOMAIN_REVEAL, encode(inc.Reveals(items)))] if items else []

@@ -1,0 +1,75 @@
+"""Incremental learning over real libp2p: replicas, commit-reveal, reputation, attacks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+import trio
+
+from peer.attacks import Attack
+from peer.daemon import PeerDaemon
+from protocol import datasets
+from protocol.identity import Identity
+from protocol.workloads import get_workload
+
+from .netutil import start_coordinator, wait_for
+
+DS = datasets.load()
+
+
+async def start_incremental_peer(nursery, boot: str, attack: str | None = None) -> PeerDaemon:
+    daemon = PeerDaemon(Identity.generate(), get_workload("incremental"), DS, bootstrap=[boot],
+                        attack=Attack(attack) if attack else None)
+    await nursery.start(daemon.run)
+    return daemon
+
+
+async def run_net(data_dir, *, peers: int, attackers: int, attack: str | None, rounds: int,
+                  **options):
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(
+            nursery, data_dir, min_peers=2, start_peers=peers, max_rounds=rounds,
+            workload="incremental", phase_timeout=6.0,
+            workload_options=dict(segments=4, replicas=3, **options))
+        boot = coord.node.addrs[0]
+        honest = [await start_incremental_peer(nursery, boot) for _ in range(peers - attackers)]
+        bad = [await start_incremental_peer(nursery, boot, attack) for _ in range(attackers)]
+        await wait_for(lambda: coord.rounds_run >= rounds, timeout=90)
+        async with httpx.AsyncClient() as http:
+            views = [(await http.get(f"{coord.http_url}/rounds/{n}")).json()
+                     for n in range(1, rounds + 1)]
+            rep = (await http.get(f"{coord.http_url}/reputation")).json()
+            weights = await http.get(f"{coord.http_url}/model/weights")
+            model = (await http.get(f"{coord.http_url}/model")).json()
+        await wait_for(lambda: all(rounds in p.models for p in honest + bad), timeout=20)
+        nursery.cancel_scope.cancel()
+    return views, rep, weights, model, honest, bad
+
+
+async def test_collusion_is_refused_and_colluders_lose_their_tasks(data_dir):
+    views, rep, weights, model, honest, bad = await run_net(
+        data_dir, peers=6, attackers=2, attack="collude", rounds=3)
+    bad_ids = {p.peer_id for p in bad}
+    losses = [v["result"]["loss"] for v in views]
+    for v in views:
+        assert v["status"] == "published", v
+        for seg in v["result"]["segments"]:
+            assert seg["used"]
+            assert not bad_ids & set(seg["agree"]), seg  # nothing of theirs accepted
+    assert losses == sorted(losses, reverse=True), losses
+    scores = {p["peer_id"]: p for p in rep["peers"]}
+    for b in bad_ids:
+        assert not scores[b]["eligible"], scores[b]
+    # after falling below the threshold an attacker is assigned nothing
+    for v in views:
+        fallen = {p for p, s in v["result"]["reputation"].items() if s < rep["threshold"]}
+        later = [x for x in views if x["round"] > v["round"]]
+        for x in later:
+            for seg in x["result"]["segments"]:
+                assert not fallen & set(seg["replicas"])
+    # the coordinator serves the published weights; every peer holds the same bytes
+    assert weights.headers["x-model-digest"] == model["model_digest"]
+    assert hashlib.sha256(weights.content).hexdigest() == model["model_digest"]
+    for p in honest + bad:
+        assert p.models[3].hex() == model["model_digest"]
