@@ -51,6 +51,7 @@ from protocol.messages import (
     PROTO_SUBMIT,
     RESULT,
     TOPIC_ANNOUNCE,
+    TOPIC_REPLICAS,
     TOPIC_RESULT,
     TOPIC_SUBMIT,
     BlobRef,
@@ -180,6 +181,8 @@ class Coordinator:
             # announcements and notices pushed at once (not at the next heartbeat or pull)
             for topic in (TOPIC_ANNOUNCE, TOPIC_RESULT):
                 await self.node.subscribe(topic, _ignore)
+            if self.replicated:  # relay replicas' public commitments and reveals (audit)
+                await self.node.subscribe(TOPIC_REPLICAS, _ignore)
             async with trio.open_nursery() as nursery:
                 hc = HypercornConfig()
                 hc.bind = [f"{self.config.http_host}:{self.config.port}"]

@@ -55,6 +55,7 @@ from . import aggregators, datasets
 from .messages import RoundAnnounce, SchemaError, Strict, decode, encode
 from .replication import (
     Decision,
+    ReplicaRejected,
     Reputation,
     SegmentVote,
     Verdict,
@@ -76,6 +77,10 @@ MAX_SEGMENTS = 4096
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 Segment = Annotated[int, msgspec.Meta(ge=0, lt=MAX_SEGMENTS)]
 Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+
+
+class BadReveal(ReplicaRejected):
+    reason = "bad_reveal"
 
 
 class CommitItem(Strict):
@@ -309,7 +314,7 @@ class ReplicatedRound(RoundLogic):
             self._check_items(sender, [i.segment for i in items], votes)
             for i in items:
                 if sender in votes[i.segment].commits:
-                    raise WrongPhase(f"{sender} already committed to segment {i.segment}")
+                    raise ReplicaRejected(f"{sender} already committed to segment {i.segment}")
             for i in items:
                 votes[i.segment].commit(sender, i.commitment)
         elif domain == DOMAIN_REVEAL and self.stage in (REVEAL, EXTRA_REVEAL):
@@ -318,13 +323,14 @@ class ReplicatedRound(RoundLogic):
             for i in items:
                 vote = votes[i.segment]
                 if sender not in vote.commits or sender in vote.reveals:
-                    raise WrongPhase(f"{sender} has no open commitment on segment {i.segment}")
+                    raise ReplicaRejected(f"{sender} has no open commitment on segment "
+                                          f"{i.segment}")
                 if commitment(self.number, i.segment, sender, i.digest, i.salt) != \
                         vote.commits[sender]:
                     # signed evidence of equivocation (or of copying someone's answer)
                     self.bad_reveals.setdefault(i.segment, set()).add(sender)
-                    raise WrongPhase(f"reveal for segment {i.segment} does not open "
-                                     f"{sender}'s commitment")
+                    raise BadReveal(f"reveal for segment {i.segment} does not open "
+                                    f"{sender}'s commitment")
             for i in items:
                 votes[i.segment].reveal(sender, i.digest, i.salt)
         else:
@@ -336,7 +342,7 @@ class ReplicatedRound(RoundLogic):
             raise SchemaError("a segment is listed twice")
         for k in segments:
             if k not in votes or sender not in votes[k].replicas:
-                raise WrongPhase(f"{sender} is not a replica of segment {k} now")
+                raise ReplicaRejected(f"{sender} is not a replica of segment {k} now")
 
     def _waiting_for(self) -> set[str]:
         votes = self._open_votes()

@@ -172,6 +172,7 @@ class Reputation:
 
     def _change(self, round: int, peer: str, delta: float, why: str) -> None:
         new = min(1.0, max(0.0, self.score(peer) + delta))
+        new = math.floor(new * 1e9 + 0.5) / 1e9  # no float drift around the threshold
         self.scores[peer] = new
         self.history.append((round, peer, new, why))
 

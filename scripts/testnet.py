@@ -35,6 +35,8 @@ from rich.progress import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peer.attacks import ATTACKS  # noqa: E402
+from protocol.aggregators import AGGREGATORS  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 from protocol.workloads import WORKLOADS  # noqa: E402
 
@@ -68,6 +70,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(secure mode only; default: off)")
     p.add_argument("--phase-timeout", type=float, default=5.0,
                    help="seconds a secure phase waits for dropouts (default: %(default)s)")
+    g = p.add_argument_group("incremental learning (--workload incremental)")
+    g.add_argument("--segments", type=int, default=4,
+                   help="training-set segments, one task each per round (default: 4)")
+    g.add_argument("--replicas", type=int, default=3,
+                   help="replicas per segment; 1 = no verification, results combined by "
+                   "--aggregator (default: 3)")
+    g.add_argument("--dispute", default="reexecute", choices=["reexecute", "replicas"],
+                   help="how disagreements are settled (default: %(default)s)")
+    g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
+                   help="combiner of segment results (default: mean, or median when r=1)")
+    g.add_argument("--byzantine", type=int, default=0, metavar="B",
+                   help="this many peers run --attack (default: 0)")
+    g.add_argument("--attack", default=None, choices=ATTACKS,
+                   help="what the Byzantine peers do (see peer/attacks.py)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="real MNIST IDX files for fedavg/incremental (default: embedded digits)")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running rounds until Ctrl-C instead of stopping after --rounds")
     p.add_argument("--json", type=Path, metavar="PATH", help="write a JSON summary of the rounds")
@@ -82,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.peers < 1 or args.rounds < 1:
         p.error("--peers and --rounds must be at least 1")
+    if args.byzantine and not args.attack:
+        p.error("--byzantine needs --attack NAME")
+    if args.attack and args.workload != "incremental":
+        p.error("--attack applies to --workload incremental")
+    if not 0 <= args.byzantine < args.peers:
+        p.error("--byzantine must be in [0, --peers)")
     return args
 
 
@@ -94,6 +118,9 @@ class Testnet:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.peer_ids: list[str] = []
+        self.peer_addrs: list[str] = []
+        self.byzantine: list[str] = []
+        self.copies: dict[str, bool] = {}  # peer -> holds the final published model
         rng = random.Random(args.seed)
         self.data = [(round(rng.gauss(170, 10), 1), round(rng.gauss(70, 12), 1))
                      for _ in range(args.peers)]
@@ -127,6 +154,13 @@ class Testnet:
                "--phase-timeout", str(a.phase_timeout)]
         if a.insecure:
             cmd.append("--insecure")
+        if a.workload == "incremental":
+            cmd += ["--segments", str(a.segments), "--replicas", str(a.replicas),
+                    "--dispute", a.dispute]
+            if a.aggregator:
+                cmd += ["--aggregator", a.aggregator]
+        if a.data_dir:
+            cmd += ["--dataset-dir", a.data_dir]
         if a.dp_epsilon:
             cmd += ["--dp-epsilon", str(a.dp_epsilon)]
         if not a.keep_running:
@@ -141,8 +175,13 @@ class Testnet:
         addrs: list[str] = []
         rng = random.Random(a.seed)
         for i, (h, w) in enumerate(self.data):
-            data = f"height={h},weight={w}" if a.workload == "stats" else \
-                f"part={i}/{a.peers},alpha={a.alpha},seed={a.seed or 0}"
+            if a.workload == "stats":
+                data = f"height={h},weight={w}"
+            elif a.workload == "fedavg":
+                data = f"part={i}/{a.peers},alpha={a.alpha},seed={a.seed or 0}"
+                data += f",data_dir={a.data_dir}" if a.data_dir else ""
+            else:
+                data = f"data_dir={a.data_dir}" if a.data_dir else ""
             key = self.run_dir / f"peer-{i}.key"
             ident = Identity.load(key) if key.exists() else Identity.generate()
             ident.save(key)
@@ -152,10 +191,14 @@ class Testnet:
                    "--workload", a.workload, "--data", data,
                    "--log-level", a.log_level, "--dropout", str(a.dropout),
                    "--dropout-slot", f"{i}/{a.peers}"]
+            if i >= a.peers - a.byzantine:
+                cmd += ["--attack", a.attack, "--colluders", str(a.byzantine)]
+                self.byzantine.append(ident.peer_id)
             for other in rng.sample(addrs, min(2, len(addrs))):
                 cmd += ["--bootstrap", other]  # a few peer links so gossip has a mesh
             self.spawn(f"peer-{i}", cmd)
             addrs.append(f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}")
+        self.peer_addrs = addrs
         return health
 
     def wait_health(self, client: httpx.Client, timeout: float = 60.0) -> dict:
@@ -191,13 +234,18 @@ def round_summary(view: dict) -> dict:
 
 
 def describe(row: dict, peers: int) -> str:
-    line = (f"round {row['round']:>3}  {row['status']:<9}  accepted {row['accepted']}/{peers}  "
+    of = len(row["segments"]) if "segments" in row else peers  # incremental: segments
+    line = (f"round {row['round']:>3}  {row['status']:<9}  accepted {row['accepted']}/{of}  "
             f"rejected {row['rejected'] or '{}'}  {row['seconds'] or 0:.2f} s")
     if row.get("mean_height") is not None:
         line += (f"  mean height {row['mean_height']:.4f} cm  "
                  f"mean weight {row['mean_weight']:.4f} kg")
     if row.get("accuracy") is not None:
         line += f"  test accuracy {row['accuracy']:.4f}"
+    if row.get("loss") is not None:
+        segs = row.get("segments", [])
+        line += (f"  held-out loss {row['loss']:.6f}  segments {row['count']}/{len(segs)}"
+                 f"  disputes {row.get('disputes', 0)}  model {row['model_digest'][:12]}")
     if sa := row.get("secure_aggregation"):
         line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
     return line
@@ -242,10 +290,96 @@ def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
     return ok
 
 
+def check_peer_models(net: Testnet, last: dict, timeout: float = 20.0) -> dict[str, bool]:
+    """Ask every peer, over libp2p, for the final published model by its digest; a peer
+    holds the coordinator's model if it serves bytes with exactly that SHA-256."""
+    import hashlib
+
+    import trio
+
+    from peer.node import PROTO_BLOB, NetworkNode, StreamProtocolError
+
+    digest = bytes.fromhex(last["model_digest"])
+    out = dict.fromkeys(net.peer_ids, False)
+
+    async def ask() -> None:
+        node = NetworkNode(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        async with node.running():
+            with trio.move_on_after(timeout):
+                while not all(out.values()):
+                    for pid, addr in zip(net.peer_ids, net.peer_addrs, strict=True):
+                        if out[pid] or not await node.connect(addr):
+                            continue
+                        try:
+                            data = await node.request(pid, PROTO_BLOB, digest, timeout=10.0,
+                                                      max_response=last["model_bytes"])
+                        except StreamProtocolError:
+                            continue
+                        out[pid] = hashlib.sha256(data).digest() == digest
+                    await trio.sleep(0.5)
+
+    trio.run(ask)
+    return out
+
+
+def report_incremental(rows: list[dict], net: Testnet, args: argparse.Namespace) -> dict:
+    """The per-round loss table and the checks of issue 4: loss falls, every peer holds the
+    coordinator's model, and (under attack) attackers lose their reputation and their tasks
+    and nothing only they vouched for was accepted."""
+    ok = all(r["status"] == "published" for r in rows)
+    bad = set(net.byzantine)
+    print("\nround  held-out loss  segments used  disputes  tasks to attackers  "
+          "attackers' results accepted")
+    score: dict[str, float] = {}
+    fallen_at: dict[str, int] = {}
+    accepted_from_bad = 0
+    tasks_after_fall = 0
+    for r in rows:
+        segs = r.get("segments", [])
+        tasks = sum(len(bad & set(s["replicas"] + s["extra_replicas"])) for s in segs)
+        tasks_after_fall += sum(1 for s in segs for p in s["replicas"] + s["extra_replicas"]
+                                if p in fallen_at)
+        from_bad = sum(1 for s in segs if s["used"] and bad & set(s["agree"]))
+        accepted_from_bad += from_bad
+        print(f"{r['round']:>5}  {r['loss']:>13.6f}  {r['count']:>7}/{len(segs):<5}  "
+              f"{r.get('disputes', 0):>8}  {tasks:>18}  {from_bad:>27}")
+        for p, v in r.get("reputation", {}).items():
+            score[p] = v
+            if v < 0.2 and p not in fallen_at:
+                fallen_at[p] = r["round"]
+    losses = [r["loss"] for r in rows]
+    falling = all(b < a for a, b in zip(losses, losses[1:], strict=False))
+    print(f"held-out loss {'falls every round' if falling else 'does NOT fall every round'}: "
+          f"{losses[0]:.6f} -> {losses[-1]:.6f}")
+    held = sum(net.copies.values())
+    print(f"peers holding the coordinator's final model {rows[-1]['model_digest'][:16]}: "
+          f"{held}/{len(net.copies)} (fetched from each peer by digest over libp2p)")
+    ok = ok and held == len(net.copies)
+    if bad and args.replicas > 1:
+        print(f"attack {args.attack} by {len(bad)} peers:")
+        for p in sorted(bad):
+            print(f"  {p}: reputation {score.get(p, 0.5):.2f}, below threshold since round "
+                  f"{fallen_at.get(p, '-')}")
+        print(f"  tasks given to peers after they fell below the threshold: {tasks_after_fall}")
+        print(f"  segments accepted with an attacker among those vouching: {accepted_from_bad}")
+        ok = ok and all(p in fallen_at for p in bad) and tasks_after_fall == 0
+        if args.attack in ("copy", "replay"):
+            ok = ok and accepted_from_bad == 0
+    return {"ok": ok, "losses": losses, "loss_falls_every_round": falling,
+            "final_loss": losses[-1], "peers_holding_final_model": held,
+            "byzantine": sorted(bad), "attack": args.attack,
+            "attackers_fell_at": fallen_at, "tasks_after_fall": tasks_after_fall,
+            "accepted_with_attacker": accepted_from_bad,
+            "aggregator": rows[-1].get("aggregator"), "replicas": args.replicas}
+
+
 def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) -> list[dict]:
     """Poll the coordinator; a progress bar per round (messages accepted of those expected:
     one per peer in the clear, four per peer under secure aggregation), then its line."""
     per_peer = 1 if args.insecure else 4
+    expected = args.peers * per_peer
+    if args.workload == "incremental":  # a commit and a reveal from each peer with a task
+        expected = 2 * min(args.peers, args.segments * args.replicas)
     console = Console()  # not a terminal: rich draws no bar, only the round lines
     rows: list[dict] = []
     next_round = 1
@@ -262,7 +396,7 @@ def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) 
                 continue
             view = resp.json() if resp.status_code == 200 else None
             if view is not None and task is None:
-                task = progress.add_task(f"round {next_round}", total=args.peers * per_peer,
+                task = progress.add_task(f"round {next_round}", total=expected,
                                          phase="")
             if view is None or view["status"] == "open":
                 if view is not None and task is not None:
@@ -293,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"coordinator AIM: {net.url}  (try {net.url}/manifest.json, /model, /peers)")
             print("waiting for peers to enrol and rounds to run ...", flush=True)
             rows += follow_rounds(client, net, args)
+            if args.workload == "incremental" and rows:
+                net.copies = check_peer_models(net, rows[-1])
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the testnet")
     except RuntimeError as exc:
@@ -313,9 +449,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"final test accuracy {final[-1]['accuracy']:.4f} after round "
                   f"{final[-1]['round']} ({'clear' if args.insecure else 'secure aggregation'})")
         ok = ok and all(r["status"] == "published" for r in rows)
+    extra: dict = {}
+    if args.workload == "incremental" and rows:
+        extra = report_incremental(rows, net, args)
+        ok = ok and extra["ok"]
     if args.json:
         args.json.write_text(json.dumps({"rounds": rows, "peers": args.peers,
-                                         "workload": args.workload}, indent=2))
+                                         "workload": args.workload, **extra}, indent=2))
         print(f"summary written to {args.json}")
     print(f"coordinator was at {net.url}; logs in {net.logs}")
     return 0 if ok else 1

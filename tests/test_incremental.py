@@ -7,13 +7,14 @@ import hashlib
 import httpx
 import trio
 
+from coordinator.service import Coordinator
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from protocol import datasets
 from protocol.identity import Identity
 from protocol.workloads import get_workload
 
-from .netutil import start_coordinator, wait_for
+from .netutil import coordinator_config, start_coordinator, wait_for
 
 DS = datasets.load()
 
@@ -73,3 +74,24 @@ async def test_collusion_is_refused_and_colluders_lose_their_tasks(data_dir):
     assert hashlib.sha256(weights.content).hexdigest() == model["model_digest"]
     for p in honest + bad:
         assert p.models[3].hex() == model["model_digest"]
+    # reputation and the model survive a restart on the same database
+    again = Coordinator(coordinator_config(data_dir, workload="incremental"))
+    assert {p: again.reputation.score(p) for p in scores} == {
+        p: v["score"] for p, v in scores.items()}
+    assert hashlib.sha256(again.workload.state_blob()).hexdigest() == model["model_digest"]
+    again.store.close()
+
+
+async def test_copiers_see_the_gossip_but_nothing_they_copy_is_accepted(data_dir):
+    views, rep, _, _, honest, bad = await run_net(
+        data_dir, peers=4, attackers=1, attack="copy", rounds=2)
+    copier = bad[0].peer_id
+    assert bad[0].attack.seen_commits  # it did read co-replicas' commitments off gossip
+    for v in views:
+        assert v["status"] == "published"
+        for seg in v["result"]["segments"]:
+            assert copier not in seg["agree"]
+    first = views[0]["result"]["segments"]
+    assert any(copier in s["bad_reveal"] for s in first) or not any(
+        copier in s["replicas"] for s in first)
+    assert not {p["peer_id"]: p for p in rep["peers"]}[copier]["eligible"]
