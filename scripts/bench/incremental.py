@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+# 2 OpenMP threads spin-waiting on a busy 2-core box run 30x slower (NOTES-stack.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from protocol import datasets, models  # noqa: E402
 from protocol.incremental import task_seed  # noqa: E402
