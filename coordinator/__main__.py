@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
                    help="how accepted segment results are combined (default: mean when "
                    "verified by replicas, median with --replicas 1)")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--lr", type=float, default=0.1,
+                   help="Adam learning rate (default: 0.1, the seed's; 1e-3 learns more)")
     g.add_argument("--weight-decay", type=float, default=1e-8,
                    help="Adam weight decay (default: 1e-8)")
     g.add_argument("--dataset-dir", metavar="DIR",

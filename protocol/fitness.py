@@ -3,9 +3,9 @@
 Each scorer maps ``(output, target)`` to a float where larger is better and
 1.0 (or 0.0 for distances turned into penalties) is a perfect match:
 
-* :func:`vader_score` -- the seed's: 1 minus the Euclidean distance between
-  the VADER polarity vectors (neg, neu, pos, compound) of output and target,
-  halved so the range is about [0, 1];
+* :func:`vader_score` -- the seed's: the L1 distance between the VADER
+  (neg, neu, pos) scores of output and target (each triple sums to 1, so the
+  distance is in [0, 2]), as ``1 - distance / 2``;
 * :func:`lexical_overlap` -- F1 of the two texts' lower-cased word sets;
 * :func:`length_penalty` -- 1 when the output's word count equals the
   target's, falling linearly with the relative difference (never below 0);
@@ -34,14 +34,15 @@ def _vader():
 
 
 @lru_cache(maxsize=65536)
-def vader_vector(text: str) -> tuple[float, float, float, float]:
+def vader_vector(text: str) -> tuple[float, float, float]:
     s = _vader().polarity_scores(text)
-    return (s["neg"], s["neu"], s["pos"], s["compound"])
+    return (s["neg"], s["neu"], s["pos"])
 
 
 def vader_distance(output: str, target: str) -> float:
+    """The seed's fitness (minimised): L1 distance of the VADER neg/neu/pos scores."""
     a, b = vader_vector(output), vader_vector(target)
-    return math.dist(a, b)
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 def vader_score(output: str, target: str) -> float:

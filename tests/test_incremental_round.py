@@ -76,7 +76,7 @@ def expected_weights(w, params) -> np.ndarray:
 
 
 def test_honest_round_accepts_every_segment_by_quorum_and_lowers_the_loss():
-    w, params, rnd, ann = setup()
+    w, params, rnd, ann = setup(lr=1e-3)  # the seed's lr 0.1 first overshoots, then settles
     before = w.heldout_loss()
     want = expected_weights(w, params)
     out, refused = drive(w, rnd, peer_rounds(w, ann))

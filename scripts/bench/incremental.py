@@ -76,13 +76,13 @@ def bare_training(data_dir: Path, segments: int, threads: int | None) -> float:
     for k in range(segments):
         idx = datasets.segment(len(ds.train_y), segments, k)
         if threads is None:  # the task itself: deterministic, one thread
-            models.train_autoencoder(start, ds.train_x[idx], lr=1e-3, weight_decay=1e-8,
+            models.train_autoencoder(start, ds.train_x[idx], lr=0.1, weight_decay=1e-8,
                                      seed=task_seed(1, k))
             continue
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)
         model = models.load_vector(models.autoencoder(), start)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-8)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=1e-8)
         xt = torch.from_numpy(ds.train_x[idx]).reshape(len(idx), -1)
         for i in range(0, len(xt), 16):
             opt.zero_grad()
