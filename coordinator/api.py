@@ -121,6 +121,8 @@ def build_app(coord: Coordinator):
 
     if coord.workload.state_blob() is not None:
         add_model_endpoints(aim, coord)
+    if coord.prompt_jobs is not None:
+        add_prompt_endpoints(aim, coord)
 
     @aim.endpoint(
         "/rounds", documentation="Rounds, newest first. Query: limit (1-500, default 50), "
@@ -152,6 +154,100 @@ def build_app(coord: Coordinator):
     if isinstance(coord.workload, Stats):
         add_legacy_endpoints(aim, coord)
     return aim.app()
+
+
+def _user(request: Request) -> str:
+    return (request.headers.get("hypc_user") or "anonymous")[:128]
+
+
+def _cost_only(request: Request, req: Any) -> bool:
+    flag = request.query_params.get("cost_only") or request.headers.get("cost_only")
+    return bool(getattr(req, "cost_only", False)) or flag not in (None, "", "0", "false")
+
+
+def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
+    from .prompt_jobs import PromptRequest
+
+    jobs = coord.prompt_jobs
+    assert jobs is not None
+    fields_doc = ("Body: target_output (the seed's field) and optionally task "
+                  "('target' or 'sentiment'), population, generations, seed, fitness "
+                  "(weights of vader, lexical, length, embedding; default vader), max_calls, "
+                  "max_seconds, patience, cost_only.")
+
+    async def read(request: Request) -> Any:
+        return await read_json(request, PromptRequest, max_bytes=16 * 1024)
+
+    @aim.endpoint(
+        "/prompt", ["POST"], documentation="Evolve a prompt whose LLM output comes close to "
+        "target_output (genetic search; each phenotype evaluated at most once, outputs cached "
+        "by model digest, parameters and prompt). Answers within 60 s: max_seconds is at most "
+        "50 (default 40). " + fields_doc + " With cost_only (body, query or header) it "
+        "answers the estimated price instead of working.",
+        input_body={"target_output": "<str>"},
+        output={"prompt": "<str>", "score": "<float>", "output": "<str>",
+                "llm_calls": "<int>", "cache_hits": "<int>", "generations": "<int>",
+                "best_per_generation": ["<float>"], "stopped": "<str>"},
+        example_calls=[example({"prompt": "cheerful, bright, sassy", "score": 0.996,
+                                "llm_calls": 534, "cache_hits": 66, "generations": 6},
+                               method="POST", body={"target_output": "simple, lively, strong"})])
+    async def prompt(request: Request) -> dict[str, Any]:
+        req = await read(request)
+        if _cost_only(request, req):
+            return jobs.estimate(req)
+        if why := req.check(sync=True):
+            raise HTTPError(422, why)
+        return await jobs.run_now(req)
+
+    @aim.endpoint(
+        "/prompt/jobs", ["POST"], documentation="Queue a long prompt search; answers its "
+        "job_number (see /queue, /result). " + fields_doc + " max_seconds up to a day.",
+        input_body={"target_output": "<str>", "generations": "<int>"},
+        output={"job_number": "<int>"},
+        example_calls=[example({"job_number": 7}, method="POST",
+                               body={"target_output": "simple, lively, strong",
+                                     "generations": 100, "max_seconds": 3600})])
+    async def prompt_job(request: Request) -> dict[str, Any]:
+        req = await read(request)
+        if _cost_only(request, req):
+            return jobs.estimate(req)
+        if why := req.check(sync=False):
+            raise HTTPError(422, why)
+        try:
+            return {"job_number": jobs.submit(_user(request), req)}
+        except OverflowError as exc:
+            raise HTTPError(429, str(exc)) from None
+
+    @aim.endpoint(
+        "/queue", documentation="The prompt-job queue: the job running now, the next one, and "
+        "how many wait.", output={"current_job_number": "<int|null>",
+                                  "next_job_number": "<int|null>", "queue_length": "<int>"},
+        example_calls=[example({"current_job_number": 7, "next_job_number": 8,
+                                "queue_length": 1})])
+    async def queue(request: Request) -> dict[str, Any]:
+        return jobs.queue()
+
+    @aim.endpoint(
+        "/result", documentation="A prompt job's state and, when completed, its result; "
+        "progress holds the best score per generation so far. Only for the hypc_user who "
+        "submitted it (403 otherwise).", input_query="job_number=<int>",
+        input_headers={"hypc_user": "<the submitting user>"},
+        output={"job_number": "<int>", "completed": "<bool>", "status": "<str>",
+                "result": {}, "progress": {}},
+        example_calls=[example({"job_number": 7, "completed": False, "status": "running",
+                                "result": None, "progress": {"best_per_generation": [0.9]}},
+                               query="job_number=7")])
+    async def result(request: Request) -> dict[str, Any]:
+        n = int_param(request.query_params.get("job_number"), "job_number", lo=1)
+        row = coord.store.job(n)
+        if row is None:
+            raise HTTPError(404, f"no job {n}")
+        if row["user"] != _user(request):
+            raise HTTPError(403, f"job {n} belongs to another user")
+        return {"job_number": n, "completed": row["status"] in ("done", "failed"),
+                "status": row["status"],
+                "result": json.loads(row["result"]) if row["result"] else None,
+                "progress": json.loads(row["progress"]) if row["progress"] else None}
 
 
 def add_model_endpoints(aim: AIM, coord: Coordinator) -> None:

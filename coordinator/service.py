@@ -33,6 +33,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from peer.llm import Embedder, make_backend
 from peer.node import GossipConfig, NetworkNode, StreamProtocolError
 from peer.roundlog import KINDS, RoundLog
 from protocol import dp, incremental, secure_round
@@ -74,6 +75,7 @@ from protocol.replication import Reputation
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Stats, Workload, get_workload
 
+from .prompt_jobs import PromptJobs
 from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
@@ -110,6 +112,9 @@ class CoordinatorConfig:
     phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
     dp_delta: float = 1e-5
+    llm_backend: str | None = "echo"  # prompt search on this coordinator; None: off
+    llm_url: str | None = None
+    llm_model: str | None = None
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
     @property
@@ -141,6 +146,11 @@ class Coordinator:
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.roundlog = RoundLog()
+        self.prompt_jobs: PromptJobs | None = None
+        if config.llm_backend:
+            backend = make_backend(config.llm_backend, url=config.llm_url,
+                                   model=config.llm_model)
+            self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder())
         self.current: RoundLogic | None = None
         self.personal: dict[tuple[int, str, str], bytes] = {}  # (round, phase, peer) -> wire
         self._last_live: dict[str, float] = {}  # peer -> when last seen connected (monotonic)
@@ -196,6 +206,8 @@ class Coordinator:
                          ", ".join(self.http_urls), ", ".join(self.node.addrs))
                 nursery.start_soon(self._round_driver, nursery.cancel_scope)
                 nursery.start_soon(self._mesh_log_loop)
+                if self.prompt_jobs is not None:
+                    nursery.start_soon(self.prompt_jobs.run)
                 task_status.started(self)
 
     def stop(self) -> None:

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS messages (
     domain TEXT NOT NULL, nonce BLOB NOT NULL, received_at REAL NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_round ON messages (round, domain);
 CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS prompt_jobs (
+    job_number INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, request TEXT NOT NULL,
+    status TEXT NOT NULL, progress TEXT, result TEXT, created REAL NOT NULL, finished REAL);
+CREATE TABLE IF NOT EXISTS llm_outputs (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, output TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reputation (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, peer_id TEXT NOT NULL,
     score REAL NOT NULL, why TEXT NOT NULL);
@@ -195,6 +200,55 @@ class Store:
     def reputation_events(self) -> list[tuple[int, str, float, str]]:
         return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
             "SELECT round, peer_id, score, why FROM reputation ORDER BY seq")]
+
+    # --- prompt-search jobs and the LLM output cache ----------------------------------------
+    def add_job(self, user: str, request: str) -> int:
+        cur = self.db.execute("INSERT INTO prompt_jobs (user, request, status, created) "
+                              "VALUES (?, ?, 'queued', ?)", (user, request, time.time()))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def job(self, number: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM prompt_jobs WHERE job_number=?",
+                               (number,)).fetchone()
+
+    def set_job(self, number: int, *, status: str | None = None, progress: str | None = None,
+                result: str | None = None) -> None:
+        if status is not None:
+            finished = time.time() if status in ("done", "failed") else None
+            self.db.execute("UPDATE prompt_jobs SET status=?, finished=? WHERE job_number=?",
+                            (status, finished, number))
+        if progress is not None:
+            self.db.execute("UPDATE prompt_jobs SET progress=? WHERE job_number=?",
+                            (progress, number))
+        if result is not None:
+            self.db.execute("UPDATE prompt_jobs SET result=? WHERE job_number=?",
+                            (result, number))
+
+    def next_queued_job(self) -> int | None:
+        row = self.db.execute("SELECT MIN(job_number) FROM prompt_jobs WHERE status='queued'"
+                              ).fetchone()
+        return row[0]
+
+    def queue_length(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM prompt_jobs WHERE status='queued'"
+                               ).fetchone()[0]
+
+    def requeue_running_jobs(self) -> None:
+        self.db.execute("UPDATE prompt_jobs SET status='queued' WHERE status='running'")
+
+    def cached_outputs(self, keys: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update((r[0], r[1]) for r in self.db.execute(
+                f"SELECT key, output FROM llm_outputs WHERE key IN ({marks})", chunk))
+        return out
+
+    def cache_output(self, key: str, model: str, output: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO llm_outputs (key, model, output, created) "
+                        "VALUES (?, ?, ?, ?)", (key, model, output, time.time()))
 
     # --- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -11,7 +11,8 @@ from coordinator.aim import CORS_HEADERS
 from .netutil import start_coordinator
 
 ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
-             "/current_model", "/post_data/{epoch}"}
+             "/current_model", "/post_data/{epoch}", "/prompt", "/prompt/jobs", "/queue",
+             "/result"}
 
 
 @pytest.fixture
