@@ -89,6 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--dataset-dir", metavar="DIR",
                    help="real MNIST IDX files (read by torchvision, never downloaded) for "
                    "fedavg and incremental; default: the embedded scikit-learn digits")
+    g = p.add_argument_group("prompt search (POST /prompt, /prompt/jobs; --workload prompt)")
+    g.add_argument("--llm-backend", default="echo", choices=["echo", "local", "openai", "none"],
+                   help="the coordinator's own LLM, for jobs when no capable peers are "
+                   "connected and to break ties: echo (output = prompt, the seed's), local "
+                   "(SmolLM2-135M-Instruct, shipped), openai (--llm-url); none turns prompt "
+                   "search off (default: %(default)s)")
+    g.add_argument("--llm-url", help="openai backend: base URL, e.g. http://127.0.0.1:8080/v1")
+    g.add_argument("--llm-model", help="openai backend: model name")
+    g.add_argument("--llm-max-tokens", type=int, default=32,
+                   help="tokens generated per call; evaluator peers must use the same "
+                   "(default: 32)")
+    g.add_argument("--redundancy", type=int, default=2,
+                   help="peers that evaluate each prompt; outputs are accepted when they "
+                   "agree (default: 2; 1 = no verification)")
     args = p.parse_args(argv)
     if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
@@ -140,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
-        workload_options=options)
+        workload_options=options,
+        llm_backend=None if args.llm_backend == "none" else args.llm_backend,
+        llm_url=args.llm_url, llm_model=args.llm_model, redundancy=args.redundancy,
+        llm_max_tokens=args.llm_max_tokens)
     try:
         coordinator = Coordinator(config)
     except (KeyFileError, ValueError) as exc:

@@ -123,6 +123,8 @@ def build_app(coord: Coordinator):
         add_model_endpoints(aim, coord)
     if coord.prompt_jobs is not None:
         add_prompt_endpoints(aim, coord)
+    if getattr(coord.workload, "replicated", False) or coord.workload.name == "prompt":
+        add_reputation_endpoint(aim, coord)
 
     @aim.endpoint(
         "/rounds", documentation="Rounds, newest first. Query: limit (1-500, default 50), "
@@ -264,35 +266,38 @@ def add_model_endpoints(aim: AIM, coord: Coordinator) -> None:
             "X-Model-Digest": hashlib.sha256(blob).hexdigest(),
             "Content-Disposition": 'attachment; filename="model.safetensors"'})
 
-    if getattr(coord.workload, "replicated", False):
-        rep = coord.reputation
 
-        @aim.endpoint(
-            "/reputation", documentation="Peers' reputation scores (0..1), whether they are "
-            "eligible for tasks (score >= threshold), and every change with its round and "
-            "reason. Query: peer (one peer id, optional).", input_query="peer=<peer id>",
-            output={"threshold": "<float>", "initial": "<float>", "peers": [
-                {"peer_id": "<str>", "score": "<float>", "eligible": "<bool>",
-                 "changes": [{"round": "<int>", "score": "<float>", "why": "<str>"}]}]},
-            example_calls=[example({"threshold": 0.2, "initial": 0.5, "peers": [
-                {"peer_id": PEER_ID, "score": 0.0, "eligible": False, "changes": [
-                    {"round": 1, "score": 0.0,
-                     "why": "segment 2: revealed a digest the decision refuted"}]}]})])
-        async def reputation(request: Request) -> dict[str, Any]:
-            only = request.query_params.get("peer")
-            peers: dict[str, dict[str, Any]] = {}
-            for p in sorted(coord.store.admitted()):
-                peers[p] = {"peer_id": p, "score": rep.score(p),
-                            "eligible": rep.score(p) >= rep.threshold, "changes": []}
-            for rnd, p, score, why in rep.history:
-                if p in peers:
-                    peers[p]["changes"].append({"round": rnd, "score": score, "why": why})
-            if only is not None:
-                if only not in peers:
-                    raise HTTPError(404, f"no admitted peer {only[:64]!r}")
-                peers = {only: peers[only]}
-            return {"threshold": rep.threshold, "initial": rep.initial,
-                    "peers": sorted(peers.values(), key=lambda v: (v["score"], v["peer_id"]))}
+
+def add_reputation_endpoint(aim: AIM, coord: Coordinator) -> None:
+    rep = coord.reputation
+
+    @aim.endpoint(
+        "/reputation", documentation="Peers' reputation scores (0..1), whether they are "
+        "eligible for tasks (score >= threshold), and every change with its round and "
+        "reason (replicas in incremental learning, evaluators in prompt search). Query: peer "
+            "(one peer id, optional).", input_query="peer=<peer id>",
+        output={"threshold": "<float>", "initial": "<float>", "peers": [
+            {"peer_id": "<str>", "score": "<float>", "eligible": "<bool>",
+             "changes": [{"round": "<int>", "score": "<float>", "why": "<str>"}]}]},
+        example_calls=[example({"threshold": 0.2, "initial": 0.5, "peers": [
+            {"peer_id": PEER_ID, "score": 0.0, "eligible": False, "changes": [
+                {"round": 1, "score": 0.0,
+                 "why": "segment 2: revealed a digest the decision refuted"}]}]})])
+    async def reputation(request: Request) -> dict[str, Any]:
+        only = request.query_params.get("peer")
+        peers: dict[str, dict[str, Any]] = {}
+        for p in sorted(coord.store.admitted()):
+            peers[p] = {"peer_id": p, "score": rep.score(p),
+                        "eligible": rep.score(p) >= rep.threshold, "changes": []}
+        for rnd, p, score, why in rep.history:
+            if p in peers:
+                peers[p]["changes"].append({"round": rnd, "score": score, "why": why})
+        if only is not None:
+            if only not in peers:
+                raise HTTPError(404, f"no admitted peer {only[:64]!r}")
+            peers = {only: peers[only]}
+        return {"threshold": rep.threshold, "initial": rep.initial,
+                "peers": sorted(peers.values(), key=lambda v: (v["score"], v["peer_id"]))}
 
 
 def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:

@@ -18,21 +18,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import trio
 
-from peer.llm import Backend, BackendError, Embedder
+from peer.llm import Backend, BackendError, Embedder, gen_params_json
 from protocol import ga
-from protocol.prompts import Budget, PromptSearch
+from protocol.prompts import BASELINE_SENTIMENT, Budget, PromptSearch
 
 from .store import Store
 
 log = logging.getLogger("hypergossip.prompts")
 
 MAX_QUEUE = 1000
+# (prompts, model digest, gen params JSON) -> (accepted outputs, undecided prompts) or None
+Remote = Callable[[list[str], str, str], Awaitable[tuple[dict[str, str], list[str]] | None]]
 
 
 class PromptRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,8 +78,11 @@ class JobsConfig:
 
 class PromptJobs:
     def __init__(self, store: Store, backend: Backend, config: JobsConfig | None = None,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, remote: Remote | None = None,
+                 settle: Callable[[dict[str, str]], None] | None = None):
         self.store, self.backend = store, backend
+        self.remote, self.settle = remote, settle
+        self.params_json = gen_params_json(backend)
         self.config = config or JobsConfig()
         self.embedder = embedder
         self._wake = trio.Event()
@@ -149,16 +155,7 @@ class PromptJobs:
                               started=time.monotonic())
         while True:
             needed = search.calls_needed()
-            for key, output in self.store.cached_outputs([search.key(p) for p in needed]).items():
-                if key not in search.outputs:
-                    search.outputs[key] = output
-                    search.hits += 1
-            for prompt in [p for p in needed if search.key(p) not in search.outputs]:
-                if search.out_of_budget(time.monotonic()):
-                    break
-                output = await trio.to_thread.run_sync(self.backend.generate, prompt)
-                search.deliver(prompt, output)
-                self.store.cache_output(search.key(prompt), search.model_digest, output)
+            await self._evaluate(search, needed, budget=True)
             if any(search.key(p) not in search.outputs for p in needed):
                 search.search.stopped = search.out_of_budget(time.monotonic())
                 break  # budget spent mid-generation: the best so far stands
@@ -171,4 +168,59 @@ class PromptJobs:
             return {"prompt": "", "score": 0.0, "llm_calls": search.calls,
                     "cache_hits": search.hits, "generations": 0,
                     "stopped": search.search.stopped or "budget spent before any score"}
-        return search.summary(time.monotonic())
+        out = search.summary(time.monotonic())
+        if req.task == "sentiment":  # report on reviews the search never saw
+            best = search.search.best[1]
+            prompts = search.heldout_prompts(best) + search.heldout_prompts(BASELINE_SENTIMENT) \
+                + search._prompts_of(BASELINE_SENTIMENT)
+            await self._evaluate(search, prompts, budget=False)
+            out["held_out"] = {
+                "reviews": len(search.held_out), "evolved": search.heldout_accuracy(best),
+                "baseline": search.heldout_accuracy(BASELINE_SENTIMENT),
+                "baseline_prompt": BASELINE_SENTIMENT,
+                "baseline_train_accuracy": search.train_accuracy(BASELINE_SENTIMENT)}
+            out["seconds"] = time.monotonic() - search.started
+        out["evaluated_on_peers"], out["evaluated_here"] = search.remote_calls, search.local_calls
+        return out
+
+    async def _evaluate(self, search: PromptSearch, prompts: list[str], *, budget: bool) -> None:
+        """Outputs for ``prompts``: from the shared cache, else verified on peers, else here."""
+        prompts = list(dict.fromkeys(prompts))
+        for key, output in self.store.cached_outputs([search.key(p) for p in prompts]).items():
+            if key not in search.outputs:
+                search.outputs[key] = output
+                search.hits += 1
+        todo = [p for p in prompts if search.key(p) not in search.outputs]
+        spent = (lambda: bool(search.out_of_budget(time.monotonic()))) if budget else (
+            lambda: False)
+        if todo and self.remote is not None and not spent():
+            todo = await self._on_peers(search, todo)
+        for prompt in todo:
+            if spent():
+                break
+            await self._local(search, prompt)
+
+    async def _local(self, search: PromptSearch, prompt: str) -> str:
+        output = await trio.to_thread.run_sync(self.backend.generate, prompt)
+        search.deliver(prompt, output)
+        search.local_calls += 1
+        self.store.cache_output(search.key(prompt), search.model_digest, output)
+        return output
+
+    async def _on_peers(self, search: PromptSearch, prompts: list[str]) -> list[str]:
+        """Evaluate on capable peers (verified by redundancy); the coordinator settles what
+        they could not agree on. Returns the prompts left for local evaluation (all of them
+        when too few capable peers are connected)."""
+        assert self.remote is not None
+        got = await self.remote(prompts, self.backend.model_digest, self.params_json)
+        if got is None:
+            return prompts
+        accepted, undecided = got
+        for prompt, output in accepted.items():
+            search.deliver(prompt, output)
+            search.remote_calls += 1
+            self.store.cache_output(search.key(prompt), search.model_digest, output)
+        settled = {p: await self._local(search, p) for p in undecided}
+        if self.settle is not None:
+            self.settle(settled)
+        return []

@@ -36,7 +36,7 @@ from hypercorn.trio import serve
 from peer.llm import Embedder, make_backend
 from peer.node import GossipConfig, NetworkNode, StreamProtocolError
 from peer.roundlog import KINDS, RoundLog
-from protocol import dp, incremental, secure_round
+from protocol import dp, evaluation, incremental, secure_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
 from protocol.identity import Identity, public_key_from_peer_id
@@ -57,6 +57,7 @@ from protocol.messages import (
     TOPIC_SUBMIT,
     BlobRef,
     Enroll,
+    EvaluatorInfo,
     PersonalNotice,
     PhaseNotice,
     PhaseReply,
@@ -81,6 +82,8 @@ from .store import Store
 log = logging.getLogger("hypergossip.coordinator")
 
 LIVENESS_GRACE = 3.0
+BATCH = 8  # prompts per evaluation request
+EVAL_TIMEOUT = 600.0
 MAX_LEGACY_PER_ROUND = 10_000
 LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
@@ -113,6 +116,8 @@ class CoordinatorConfig:
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
     dp_delta: float = 1e-5
     llm_backend: str | None = "echo"  # prompt search on this coordinator; None: off
+    redundancy: int = 2  # peers that evaluate each prompt (1: no verification)
+    llm_max_tokens: int = 32
     llm_url: str | None = None
     llm_model: str | None = None
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -149,8 +154,12 @@ class Coordinator:
         self.prompt_jobs: PromptJobs | None = None
         if config.llm_backend:
             backend = make_backend(config.llm_backend, url=config.llm_url,
-                                   model=config.llm_model)
-            self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder())
+                                   model=config.llm_model, max_new_tokens=config.llm_max_tokens)
+            self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder(),
+                                          remote=self.evaluate_remotely,
+                                          settle=self.settle_evaluations)
+        self.evaluators: dict[str, EvaluatorInfo] = {}  # peer -> what it can evaluate
+        self._batches = 0
         self.current: RoundLogic | None = None
         self.personal: dict[tuple[int, str, str], bytes] = {}  # (round, phase, peer) -> wire
         self._last_live: dict[str, float] = {}  # peer -> when last seen connected (monotonic)
@@ -204,7 +213,8 @@ class Coordinator:
                                               shutdown_trigger=self._stop.wait))
                 log.info("coordinator %s: HTTP %s, libp2p %s", self.peer_id,
                          ", ".join(self.http_urls), ", ".join(self.node.addrs))
-                nursery.start_soon(self._round_driver, nursery.cancel_scope)
+                if self.workload.name != "prompt":  # prompt search runs jobs, not rounds
+                    nursery.start_soon(self._round_driver, nursery.cancel_scope)
                 nursery.start_soon(self._mesh_log_loop)
                 if self.prompt_jobs is not None:
                     nursery.start_soon(self.prompt_jobs.run)
@@ -280,6 +290,10 @@ class Coordinator:
                 raise NotAdmitted("key is not on the coordinator's allow list")
             if self.store.admit(env.sender_id, list(enroll.addrs), enroll.agent):
                 log.info("admitted peer %s (%s)", env.sender_id, enroll.agent)
+            if enroll.evaluator is not None:
+                self.evaluators[env.sender_id] = enroll.evaluator
+                log.info("peer %s evaluates prompts with %s (%s)", env.sender_id,
+                         enroll.evaluator.backend, enroll.evaluator.model_digest[:16])
             self._changed.set()
             return env
         rnd = self.current
@@ -534,10 +548,7 @@ class Coordinator:
             self.node.blobs.put(blob)  # the new model, fetched by digest for the next round
             self.store.set_meta("state_blob", self.store.put_blob(blob))
             self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "")
-        new_events = self.reputation.history[self._rep_saved:]
-        if new_events:
-            self.store.add_reputation(new_events)
-            self._rep_saved = len(self.reputation.history)
+        self._save_reputation()
         state = canonical_json(outcome.result)
         digest = state_digest(outcome.result)
         inline, blob = state, None
@@ -559,6 +570,86 @@ class Coordinator:
         self._wake_long_polls()
         log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,
                  outcome.accepted, dict(rnd.rejected) or "none", outcome.result)
+
+    def _save_reputation(self) -> None:
+        new_events = self.reputation.history[self._rep_saved:]
+        if new_events:
+            self.store.add_reputation(new_events)
+            self._rep_saved = len(self.reputation.history)
+
+    # --- prompt evaluations on peers -------------------------------------------------------------
+    async def evaluate_remotely(self, prompts: list[str], model_digest: str,
+                                gen_params: str) -> tuple[dict[str, str], list[str]] | None:
+        """Evaluate ``prompts`` on capable peers, each by ``redundancy`` of them, accepting
+        an output only when a majority of at least ``redundancy`` agree (a third peer breaks
+        a tie). Returns (accepted outputs, prompts still undecided -- the caller evaluates
+        those itself and settles them), or None when too few capable peers are connected."""
+        live = self.live_peers()
+        capable = sorted(p for p, info in self.evaluators.items()
+                         if p in live and info.model_digest == model_digest
+                         and info.gen_params == gen_params
+                         and self.reputation.score(p) >= self.reputation.threshold)
+        need = self.config.redundancy
+        if len(capable) < need:
+            return None
+        ver = evaluation.Verification(redundancy=need)
+        for attempt in range(3):
+            todo = ver.undecided(prompts)
+            if not todo:
+                break
+            asked = {p: ver.asked(p) for p in todo}
+            work = evaluation.plan(todo, capable, need if attempt == 0 else 1, already=asked)
+            if not work:
+                break
+            async with trio.open_nursery() as nursery:
+                for peer, items in work.items():
+                    for i in range(0, len(items), BATCH):
+                        nursery.start_soon(self._eval_batch, peer, items[i:i + BATCH],
+                                           model_digest, gen_params, ver)
+        self._eval_verdicts = ver
+        return ver.accepted, ver.undecided(prompts)
+
+    def settle_evaluations(self, settled: dict[str, str]) -> None:
+        """The caller evaluated the undecided prompts itself: decide them, then move the
+        evaluators' reputation by who agreed with the accepted outputs."""
+        ver = getattr(self, "_eval_verdicts", None)
+        if ver is None:
+            return
+        for prompt, output in settled.items():
+            ver.settle(prompt, output)
+        number = self.store.last_round()
+        for peer, prompt in ver.losers:
+            tag = hashlib.sha256(prompt.encode()).hexdigest()[:12]
+            self.reputation.penalize(number, peer, f"prompt {tag}: its evaluation was outvoted")
+        for peer in sorted({p for p, _ in ver.winners}):
+            self.reputation.reward_for(number, peer, "prompt evaluations: agreed")
+        self._save_reputation()
+        self._eval_verdicts = None
+
+    async def _eval_batch(self, peer: str, prompts: list[str], model_digest: str,
+                          gen_params: str, ver: evaluation.Verification) -> None:
+        self._batches += 1
+        batch = self._batches
+        task = evaluation.EvalTask(batch=batch, model_digest=model_digest,
+                                   gen_params=gen_params, prompts=prompts)
+        wire = seal(self.identity, evaluation.EVAL_TASK, batch, encode(task))
+        try:
+            raw = await self.node.request(peer, evaluation.PROTO_EVAL, wire,
+                                          max_response=2 * 1024 * 1024, timeout=EVAL_TIMEOUT)
+            env = open_envelope(raw, domains={evaluation.EVAL_RESULT},
+                                max_wire=2 * 1024 * 1024)
+            res = decode(env.payload, evaluation.EvalResult)
+            if env.sender_id != peer or res.batch != batch or env.round != batch:
+                raise RejectedMessage("result not signed by the peer asked, or another batch")
+            if len(res.outputs) != len(prompts):
+                raise RejectedMessage(f"{len(res.outputs)} outputs for {len(prompts)} prompts")
+        except (StreamProtocolError, RejectedMessage) as exc:
+            reason = getattr(exc, "reason", "unreachable")
+            self.store.count_rejection(peer, f"eval_{reason}")
+            log.warning("evaluation batch %d on %s failed: %s", batch, peer, exc)
+            return
+        for prompt, output in zip(prompts, res.outputs, strict=True):
+            ver.record(peer, prompt, output)
 
     def _wake_long_polls(self) -> None:
         self._broadcast.set()

@@ -14,6 +14,7 @@ from protocol.workloads import WORKLOADS, get_workload
 
 from .attacks import ATTACKS, Attack
 from .daemon import PeerDaemon, peer_id_of
+from .llm import LocalBackend, make_backend
 from .runtime import run_until_signal, setup_logging
 
 log = logging.getLogger("hypergossip.peer")
@@ -50,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack", choices=ATTACKS, default=None,
                    help="testing, incremental workload: behave as this kind of Byzantine peer "
                    "(see peer/attacks.py)")
+    p.add_argument("--llm-backend", choices=["echo", "local", "openai"], default=None,
+                   help="evaluate prompt-search fitness calls for the coordinator with this "
+                   "LLM: local = SmolLM2-135M-Instruct, shipped (default: no evaluations)")
+    p.add_argument("--llm-url", help="openai backend: base URL, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--llm-model", help="openai backend: model name")
+    p.add_argument("--llm-max-tokens", type=int, default=32,
+                   help="tokens generated per call, as the coordinator's (default: 32)")
     p.add_argument("--colluders", type=int, default=2,
                    help="testing: how many attackers the alie attack assumes (default: 2)")
     p.add_argument("--pull-interval", type=float, default=2.0,
@@ -62,10 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "drop out each round instead of each peer flipping a coin")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     args = p.parse_args(argv)
-    if not args.data and args.workload != "incremental":
+    if not args.data and args.workload not in ("incremental", "prompt"):
         p.error(f"--data is required for the {args.workload} workload")
-    if args.attack and args.workload != "incremental":
-        p.error("--attack applies to the incremental workload")
+    if args.attack and args.workload not in ("incremental", "prompt"):
+        p.error("--attack applies to the incremental and prompt workloads")
+    if args.attack == "fakescore" and not args.llm_backend:
+        p.error("--attack fakescore needs --llm-backend (it lies about evaluations)")
     if not args.bootstrap and not args.coordinator_url:
         p.error("give --coordinator-url, or at least one --bootstrap address (the "
                 "coordinator's, from its /health)")
@@ -101,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("bad --data: %s", exc)
         return 2
+    evaluator = None
+    if args.llm_backend:
+        evaluator = make_backend(args.llm_backend, url=args.llm_url, model=args.llm_model,
+                                 max_new_tokens=args.llm_max_tokens)
+        if isinstance(evaluator, LocalBackend):
+            log.info("loading the local LLM before enrolling ...")
+            evaluator.load()
+        log.info("evaluating prompts with %s (%s)", evaluator.name, evaluator.model_digest[:16])
     slot = None
     if args.dropout_slot:
         try:
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         pull_interval=args.pull_interval, dropout=args.dropout,
                         dropout_slot=slot,
                         attack=Attack(args.attack, colluders=args.colluders)
-                        if args.attack else None)
+                        if args.attack else None, evaluator=evaluator)
     if args.attack:
         log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
     run_until_signal(daemon.run)

@@ -19,6 +19,8 @@ replay     claims the older accepted model it started from (no work done) and
 stale      signs its messages for the previous round
 forge      sends its messages with a broken signature
 signflip   trains, then claims ``start - 4 * (trained - start)``
+fakescore  prompt search: answers evaluations with made-up outputs instead of the
+           LLM's (the prompt plus glowing words, to inflate the scores it reports)
 alie       "A Little Is Enough" (Baruch et al. 2019): trains every segment of the
            round, claims ``mean - z * std`` of the honest updates
 =========  ======================================================================
@@ -43,7 +45,8 @@ from protocol.rounds import Outgoing, PeerRound
 
 log = logging.getLogger("hypergossip.attack")
 
-ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip", "alie")
+ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip", "alie",
+           "fakescore")
 SIGNFLIP_SCALE = 4.0
 COPY_WAIT = 4.0  # seconds a copier waits to see a co-replica's message on gossip
 
@@ -107,6 +110,12 @@ class Attack:
         for old in [r for r in self.sent if r < round - 4]:
             del self.sent[old]
         return list(self.sent.get(round - 1, []))
+
+    # --- prompt evaluations ---------------------------------------------------------------------
+    def fake_outputs(self, prompts: list[str], outputs: list[str]) -> list[str]:
+        if self.name != "fakescore":
+            return outputs
+        return [f"{p} - amazing, wonderful, perfect" for p in prompts]
 
     # --- copy ---------------------------------------------------------------------------------
     def observe(self, wire: bytes) -> None:

@@ -33,6 +33,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from protocol import incremental
 from protocol.envelope import RejectedMessage, open_envelope, peek, seal
+from protocol.evaluation import EVAL_RESULT, EVAL_TASK, PROTO_EVAL, EvalResult, EvalTask
 from protocol.identity import Identity
 from protocol.messages import (
     ANNOUNCE,
@@ -48,6 +49,7 @@ from protocol.messages import (
     TOPIC_RESULT,
     TOPIC_SUBMIT,
     Enroll,
+    EvaluatorInfo,
     PersonalNotice,
     PhaseNotice,
     PhaseReply,
@@ -67,6 +69,7 @@ from protocol.secure_round import SecureParams, SecurePeerRound
 from protocol.workloads import Workload
 
 from .attacks import Attack
+from .llm import Backend, gen_params_json
 from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
 from .roundlog import RoundLog
 
@@ -75,6 +78,7 @@ log = logging.getLogger("hypergossip.peer")
 PULL_MAX_RESPONSE = 2 * 1024 * 1024
 KEEP_ROUNDS = 64  # per-round bookkeeping kept in memory
 GAP_FILL_PER_TICK = 8
+EVAL_TIMEOUT = 600.0  # a batch of local-LLM calls takes a while
 
 
 def peer_id_of(addr: str) -> str:
@@ -100,6 +104,7 @@ class PeerDaemon:
         dropout_slot: tuple[int, int] | None = None,
         on_result: Callable[[RoundResult], None] | None = None,
         attack: Attack | None = None,
+        evaluator: Backend | None = None,
     ):
         self.identity = identity
         self.workload = workload
@@ -129,9 +134,14 @@ class PeerDaemon:
         self._personal: dict[tuple[int, str], bytes] = {}  # (round, phase) -> checked body
         self.enrolled = trio.Event()
         self.attack = attack
+        self.evaluator = evaluator
+        self.evaluations = 0  # prompts evaluated for the coordinator
         self.models: dict[int, bytes] = {}  # round -> digest of the published model we hold
         self._nursery: trio.Nursery | None = None
         self.node.serve(PROTO_PULL, self._serve_pull, max_request=1024)
+        if evaluator is not None:
+            self.node.serve(PROTO_EVAL, self._serve_eval, max_request=256 * 1024,
+                            timeout=EVAL_TIMEOUT)
 
     @property
     def peer_id(self) -> str:
@@ -184,8 +194,13 @@ class PeerDaemon:
     async def _enroll_loop(self) -> None:
         delay = 0.5
         while not self.enrolled.is_set():
+            info = None
+            if self.evaluator is not None:
+                info = EvaluatorInfo(backend=self.evaluator.name,
+                                     model_digest=self.evaluator.model_digest,
+                                     gen_params=gen_params_json(self.evaluator))
             payload = encode(Enroll(workloads=[self.workload.name], addrs=self.node.addrs[:8],
-                                    agent="hypergossip-peer/0.1"))
+                                    agent="hypergossip-peer/0.1", evaluator=info))
             wire = seal(self.identity, ENROLL, enroll_round(time.time()), payload)
             ack = await self._submit(wire, gossip_fallback=False)
             if ack is not None and ack.accepted:
@@ -550,6 +565,30 @@ class PeerDaemon:
                 log.debug("personal %s pull failed: %s", phase, exc)
             await trio.sleep(0.2 * (attempt + 1))
         return None
+
+    # --- prompt evaluations -------------------------------------------------------------------
+    async def _serve_eval(self, request: bytes, remote: str) -> bytes:
+        """Evaluate a batch of prompts the coordinator signed for us; answer signed outputs."""
+        assert self.evaluator is not None
+        try:
+            env = open_envelope(request, domains={EVAL_TASK}, max_wire=512 * 1024)
+            task = decode(env.payload, EvalTask)
+        except RejectedMessage as exc:
+            raise StreamProtocolError(f"bad evaluation task: {exc}") from exc
+        if env.sender_id != self.coordinator_id or remote != self.coordinator_id:
+            raise StreamProtocolError("evaluation tasks come from the coordinator only")
+        if (task.model_digest, task.gen_params) != (self.evaluator.model_digest,
+                                                    gen_params_json(self.evaluator)):
+            raise StreamProtocolError("task is for another model or other parameters")
+        outputs = []
+        for prompt in task.prompts:
+            outputs.append(await trio.to_thread.run_sync(self.evaluator.generate, prompt))
+        if self.attack is not None:
+            outputs = self.attack.fake_outputs(task.prompts, outputs)
+        self.evaluations += len(outputs)
+        log.info("evaluated %d prompts (batch %d)", len(outputs), task.batch)
+        return seal(self.identity, EVAL_RESULT, task.batch,
+                    encode(EvalResult(batch=task.batch, outputs=outputs)))
 
     # --- pull --------------------------------------------------------------------------------
     async def _serve_pull(self, request: bytes, remote: str) -> bytes:

@@ -186,6 +186,13 @@ class OpenAIBackend(Backend):
         return str(text)[:MAX_OUTPUT_CHARS]
 
 
+def gen_params_json(backend: Backend) -> str:
+    """Canonical JSON of a backend's generation parameters (what evaluators must share)."""
+    import json
+
+    return json.dumps(backend.gen_params, sort_keys=True, separators=(",", ":"))
+
+
 def make_backend(name: str, *, max_new_tokens: int = 32, url: str | None = None,
                  model: str | None = None) -> Backend:
     if name == "echo":

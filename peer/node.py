@@ -270,11 +270,12 @@ class NetworkNode:
         await self.pubsub.publish(topic, data)
 
     # --- request/response streams ----------------------------------------------------------
-    def serve(self, protocol: str, handler: RequestHandler, *, max_request: int) -> None:
+    def serve(self, protocol: str, handler: RequestHandler, *, max_request: int,
+              timeout: float = STREAM_TIMEOUT) -> None:
         async def on_stream(stream) -> None:
             remote = stream.muxed_conn.peer_id.to_base58()
             try:
-                with trio.fail_after(STREAM_TIMEOUT):
+                with trio.fail_after(timeout):
                     request = await read_frame(stream, max_request)
                     response = await handler(request, remote)
                     await write_frame(stream, response)

@@ -66,10 +66,19 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+class EvaluatorInfo(Strict):
+    """An LLM backend a peer offers for prompt-search evaluations (protocol.evaluation)."""
+
+    backend: Short
+    model_digest: Annotated[str, Meta(max_length=160)]
+    gen_params: Annotated[str, Meta(max_length=1024)]  # canonical JSON
+
+
 class Enroll(Strict):
     workloads: Annotated[list[Short], Meta(max_length=8)]
     addrs: Annotated[list[Addr], Meta(max_length=8)] = []
     agent: Short = ""
+    evaluator: EvaluatorInfo | None = None
 
 
 class RoundAnnounce(Strict):

@@ -71,7 +71,7 @@ def reviews() -> tuple[dict[str, Any], ...]:
     return rows
 
 
-def review_split(train_size: int = 40, seed: int = 0
+def review_split(train_size: int = 24, seed: int = 0
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training reviews for fitness, held-out reviews for reporting), balanced, seeded."""
     rows = list(reviews())
@@ -124,6 +124,8 @@ class PromptSearch:
     embed: Callable[[str], list[float]] | None = None
     calls: int = 0  # LLM calls made for this job (cache misses)
     hits: int = 0  # calls answered from the cache
+    remote_calls: int = 0  # of ``calls``: evaluated on peers (verified)
+    local_calls: int = 0  # of ``calls``: evaluated by the caller itself
     started: float = 0.0  # the caller's clock (seconds) when the job started
 
     def __post_init__(self) -> None:
@@ -201,6 +203,19 @@ class PromptSearch:
             self.search.stopped = why
             return False
         return going
+
+    def heldout_prompts(self, instruction: str) -> list[str]:
+        return [classification_prompt(instruction, r["text"]) for r in self.held_out]
+
+    def heldout_accuracy(self, instruction: str) -> float:
+        """Sentiment: accuracy of ``instruction`` on the held-out reviews (all their outputs
+        must have been delivered)."""
+        outs = [self.outputs[self.key(p)] for p in self.heldout_prompts(instruction)]
+        return accuracy(outs, [r["label"] for r in self.held_out])
+
+    def train_accuracy(self, instruction: str) -> float:
+        outs = [self.outputs[self.key(p)] for p in self._prompts_of(instruction)]
+        return accuracy(outs, [r["label"] for r in self.train])
 
     def best_output(self) -> str:
         assert self.search.best is not None

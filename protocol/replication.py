@@ -187,6 +187,9 @@ class Reputation:
         for p in decision.missing:
             self._change(round, p, -self.missing_penalty, f"segment {segment}: no reveal")
 
+    def reward_for(self, round: int, peer: str, why: str) -> None:
+        self._change(round, peer, self.reward, why)
+
     def penalize(self, round: int, peer: str, why: str) -> None:
         """A proven fault outside a segment decision (e.g. a reveal that does not open its
         own commitment): the full penalty."""

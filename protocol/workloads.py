@@ -343,6 +343,18 @@ def _plain(c: PlainVector, length: int) -> np.ndarray:
     return v
 
 
+class PromptSearchWorkload(Workload):
+    """Genetic prompt search: no rounds; the coordinator runs jobs (coordinator/prompt_jobs)
+    and peers serve LLM evaluations (peer --llm-backend)."""
+
+    name = "prompt"
+    contribution_schema = PlainVector
+    clip = 0.0
+
+    def parse_data(self, text: str) -> None:
+        return None
+
+
 def _incremental(**options: Any) -> Workload:
     from .incremental import Incremental  # builds on this module
 
@@ -350,7 +362,8 @@ def _incremental(**options: Any) -> Workload:
 
 
 WORKLOADS: dict[str, Callable[..., Workload]] = {
-    Stats.name: Stats, FedAvg.name: FedAvg, "incremental": _incremental}
+    Stats.name: Stats, FedAvg.name: FedAvg, "incremental": _incremental,
+    PromptSearchWorkload.name: PromptSearchWorkload}
 
 
 def get_workload(name: str, **options: Any) -> Workload:

@@ -88,6 +88,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what the Byzantine peers do (see peer/attacks.py)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="real MNIST IDX files for fedavg/incremental (default: embedded digits)")
+    g = p.add_argument_group("prompt search (--workload prompt)")
+    g.add_argument("--target", default="simple, lively, strong",
+                   help="the output a prompt should make the LLM produce (default: %(default)r)")
+    g.add_argument("--task", default="target", choices=["target", "sentiment"],
+                   help="target reproduction, or prompts for review sentiment (default: target)")
+    g.add_argument("--backend", default="local", choices=["local", "openai", "echo"],
+                   help="the peers' and coordinator's LLM (default: local = SmolLM2-135M)")
+    g.add_argument("--llm-url", help="openai backend: base URL")
+    g.add_argument("--llm-model", help="openai backend: model name")
+    g.add_argument("--llm-max-tokens", type=int, default=None,
+                   help="tokens per LLM call (default: 32 for target, 4 for sentiment)")
+    g.add_argument("--fitness", default="vader=1",
+                   help="weights of the fitness scorers vader, lexical, length, embedding "
+                   "(default: %(default)s, the seed's)")
+    g.add_argument("--population", type=int, default=8, help="GA population (default: 8)")
+    g.add_argument("--generations", type=int, default=5, help="GA generations (default: 5)")
+    g.add_argument("--redundancy", type=int, default=2,
+                   help="peers evaluating each prompt (default: 2)")
+    g.add_argument("--max-seconds", type=float, default=900.0,
+                   help="time budget of the search (default: 900)")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running rounds until Ctrl-C instead of stopping after --rounds")
     p.add_argument("--json", type=Path, metavar="PATH", help="write a JSON summary of the rounds")
@@ -104,8 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--peers and --rounds must be at least 1")
     if args.byzantine and not args.attack:
         p.error("--byzantine needs --attack NAME")
-    if args.attack and args.workload != "incremental":
-        p.error("--attack applies to --workload incremental")
+    if args.attack and args.workload not in ("incremental", "prompt"):
+        p.error("--attack applies to --workload incremental and prompt")
+    if args.workload == "prompt" and args.attack not in (None, "fakescore"):
+        p.error("the prompt workload's attack is fakescore")
+    if args.workload != "prompt" and args.attack == "fakescore":
+        p.error("fakescore attacks prompt evaluations (--workload prompt)")
     if not 0 <= args.byzantine < args.peers:
         p.error("--byzantine must be in [0, --peers)")
     return args
@@ -165,6 +189,13 @@ class Testnet:
                 cmd += ["--lr", str(a.lr)]
         if a.data_dir:
             cmd += ["--dataset-dir", a.data_dir]
+        llm: list[str] = []
+        if a.workload == "prompt":
+            tokens = a.llm_max_tokens or (4 if a.task == "sentiment" else 32)
+            llm = ["--llm-backend", a.backend, "--llm-max-tokens", str(tokens)]
+            llm += ["--llm-url", a.llm_url] if a.llm_url else []
+            llm += ["--llm-model", a.llm_model] if a.llm_model else []
+            cmd += [*llm, "--redundancy", str(a.redundancy)]
         if a.dp_epsilon:
             cmd += ["--dp-epsilon", str(a.dp_epsilon)]
         if not a.keep_running:
@@ -181,6 +212,8 @@ class Testnet:
         for i, (h, w) in enumerate(self.data):
             if a.workload == "stats":
                 data = f"height={h},weight={w}"
+            elif a.workload == "prompt":
+                data = ""
             elif a.workload == "fedavg":
                 data = f"part={i}/{a.peers},alpha={a.alpha},seed={a.seed or 0}"
                 data += f",data_dir={a.data_dir}" if a.data_dir else ""
@@ -195,6 +228,7 @@ class Testnet:
                    "--workload", a.workload, "--data", data,
                    "--log-level", a.log_level, "--dropout", str(a.dropout),
                    "--dropout-slot", f"{i}/{a.peers}"]
+            cmd += llm
             if i >= a.peers - a.byzantine:
                 cmd += ["--attack", a.attack, "--colluders", str(a.byzantine)]
                 self.byzantine.append(ident.peer_id)
@@ -292,6 +326,82 @@ def check_stats(rows: list[dict], data: dict[str, tuple[float, float]], *,
               (f" (secure aggregation: largest error {worst:.2g}, bound {worst_bound:.2g})"
                if secure else ""))
     return ok
+
+
+def run_prompt_search(client: httpx.Client, net: Testnet, args: argparse.Namespace) -> int:
+    """Wait for the evaluator peers, submit a job, follow it generation by generation, print
+    the outcome and the evaluators' reputation. Returns the exit code."""
+    try:
+        start = time.monotonic()
+        while True:
+            net.check_alive()
+            peers = client.get(f"{net.url}/peers").json()["peers"]
+            if sum(p["connected"] for p in peers) >= args.peers:
+                break
+            if time.monotonic() - start > 600:
+                raise RuntimeError("peers did not connect within 10 minutes")
+            time.sleep(1.0)
+        print(f"{args.peers} evaluator peers enrolled after {time.monotonic() - start:.0f} s "
+              f"({args.backend} backend)")
+        user = {"hypc_user": "testnet"}
+        body = {"target_output": args.target, "task": args.task,
+                "population": args.population, "generations": args.generations,
+                "seed": args.seed or 0, "max_seconds": args.max_seconds, "patience": None,
+                "fitness": {k: float(v) for k, v in
+                            (kv.split("=", 1) for kv in args.fitness.split(",") if kv)}}
+        cost = client.post(f"{net.url}/prompt/jobs?cost_only=1", json=body).json()
+        print(f"estimated cost: {cost['estimated_llm_calls']} LLM calls "
+              f"({cost['estimated_cost']:.4f} {cost['currency']})")
+        job = client.post(f"{net.url}/prompt/jobs", json=body, headers=user).json()
+        n, t0, seen = job["job_number"], time.monotonic(), 0
+        print(f"job {n}: {args.task} search, population {args.population}, "
+              f"{args.generations} generations")
+        while True:
+            net.check_alive()
+            res = client.get(f"{net.url}/result", params={"job_number": n},
+                             headers=user).json()
+            best = (res.get("progress") or {}).get("best_per_generation", [])
+            for g in range(seen, len(best)):
+                prog = res["progress"]
+                print(f"generation {g:>3}  best fitness {best[g]:.4f}  (LLM calls so far "
+                      f"{prog['llm_calls']}, cache hits {prog['cache_hits']}, "
+                      f"{time.monotonic() - t0:.0f} s)", flush=True)
+            seen = len(best)
+            if res["completed"]:
+                break
+            time.sleep(1.0)
+        out = res["result"] or {}
+        wall = time.monotonic() - t0
+        if res["status"] != "done":
+            print(f"job failed: {out.get('error')}")
+            return 1
+        print(f"\nbest prompt:  {out['prompt']!r}")
+        if out.get("output") is not None:
+            print(f"its output:   {out['output']!r}")
+        print(f"best fitness {out['score']:.4f}; stopped: {out['stopped']}")
+        if held := out.get("held_out"):
+            print(f"held-out accuracy on {held['reviews']} reviews: evolved prompt "
+                  f"{held['evolved']:.3f}, hand-written baseline {held['baseline']:.3f} "
+                  f"({held['baseline_prompt']!r}; its training accuracy "
+                  f"{held['baseline_train_accuracy']:.3f})")
+        print(f"LLM calls {out['llm_calls']} ({out['evaluated_on_peers']} verified on peers, "
+              f"{out['evaluated_here']} by the coordinator), cache hits {out['cache_hits']}, "
+              f"phenotype cache hits {out['phenotype_cache_hits']}, wall time {wall:.1f} s")
+        rep = client.get(f"{net.url}/reputation").json()
+        for p in rep["peers"]:
+            role = "FAKESCORE" if p["peer_id"] in net.byzantine else "honest"
+            print(f"  {role:>9} {p['peer_id']}: reputation {p['score']:.2f}"
+                  f"{'' if p['eligible'] else ' (no more tasks)'}")
+        if args.json:
+            args.json.write_text(json.dumps({"job": out, "wall_s": wall, "reputation": rep,
+                                             "byzantine": net.byzantine}, indent=2))
+        liar_ok = all(not p["eligible"] for p in rep["peers"] if p["peer_id"] in net.byzantine)
+        return 0 if liar_ok else 1
+    except (RuntimeError, httpx.HTTPError) as exc:
+        print(f"testnet failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        net.stop()
 
 
 def check_peer_models(net: Testnet, last: dict, timeout: float = 20.0) -> dict[str, bool]:
@@ -435,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             net.start(client)
             print(f"coordinator AIM: {net.url}  (try {net.url}/manifest.json, /model, /peers)")
             print("waiting for peers to enrol and rounds to run ...", flush=True)
+            if args.workload == "prompt":
+                return run_prompt_search(client, net, args)
             rows += follow_rounds(client, net, args)
             if args.workload == "incremental" and rows:
                 net.copies = check_peer_models(net, rows[-1])

@@ -25,6 +25,12 @@ async def test_prompt_endpoints(data_dir):
                                      json={"target_output": "simple, lively, strong"})).json()
             assert again["llm_calls"] == 0 and again["cache_hits"] > 0
             assert again["prompt"] == body["prompt"]
+            # the sentiment task reports held-out accuracy beside the hand-written baseline
+            r = await http.post(f"{url}/prompt", json={"task": "sentiment", "population": 4,
+                                                       "generations": 2})
+            held = r.json()["held_out"]
+            assert held["reviews"] == 176 and 0 <= held["evolved"] <= 1
+            assert 0 <= held["baseline"] <= 1 and held["baseline_prompt"]
             # cost only: a price, no work
             cost = (await http.post(f"{url}/prompt?cost_only=1",
                                     json={"target_output": "x"})).json()
