@@ -158,7 +158,8 @@ class PromptJobs:
             await self._evaluate(search, needed, budget=True)
             if any(search.key(p) not in search.outputs for p in needed):
                 search.search.stopped = search.out_of_budget(time.monotonic())
-                break  # budget spent mid-generation: the best so far stands
+                search.settle_partial()  # budget spent mid-generation: the best so far stands
+                break
             going = await trio.to_thread.run_sync(search.step, time.monotonic())
             if job is not None:
                 self.store.set_job(job, progress=json.dumps(search.summary(time.monotonic())))

@@ -33,7 +33,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from peer.llm import Embedder, make_backend
+from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import GossipConfig, NetworkNode, StreamProtocolError
 from peer.roundlog import KINDS, RoundLog
 from protocol import dp, evaluation, incremental, secure_round
@@ -218,6 +218,9 @@ class Coordinator:
                 nursery.start_soon(self._mesh_log_loop)
                 if self.prompt_jobs is not None:
                     nursery.start_soon(self.prompt_jobs.run)
+                    if isinstance(self.prompt_jobs.backend, LocalBackend):  # load it now, not
+                        nursery.start_soon(trio.to_thread.run_sync,  # in a request's budget
+                                           self.prompt_jobs.backend.load)
                 task_status.started(self)
 
     def stop(self) -> None:

@@ -204,6 +204,17 @@ class PromptSearch:
             return False
         return going
 
+    def settle_partial(self) -> None:
+        """The budget ran out mid-generation: let the best fully evaluated phenotype of it
+        stand beside the best of the finished generations."""
+        done = [p for p in dict.fromkeys(map(self.search.space.phenotype,
+                                             self.search.population))
+                if all(self.key(q) in self.outputs for q in self._prompts_of(p))]
+        for pheno in done:
+            score = self.fitness_of(pheno)
+            if self.search.best is None or score > self.search.best[0]:
+                self.search.best = (score, pheno)
+
     def heldout_prompts(self, instruction: str) -> list[str]:
         return [classification_prompt(instruction, r["text"]) for r in self.held_out]
 
