@@ -22,10 +22,12 @@ AGGREGATORS = ["mean", "median", "trimmed_mean", "krum", "geometric_median",
 
 
 def run(args: argparse.Namespace, aggregator: str, attack: str | None) -> float:
-    out = Path(f"/tmp/hg-robust-{aggregator}-{attack}.json")
+    out = Path(f"/tmp/hg-robust-{aggregator}-{attack}-lr{args.lr}.json")
     cmd = [sys.executable, str(ROOT / "scripts" / "testnet.py"), "--workload", "incremental",
            "--peers", str(args.peers), "--segments", str(args.peers), "--replicas", "1",
            "--rounds", str(args.rounds), "--aggregator", aggregator, "--json", str(out)]
+    if args.lr is not None:
+        cmd += ["--lr", str(args.lr)]
     if attack:
         cmd += ["--byzantine", str(args.byzantine), "--attack", attack]
     print("$", " ".join(cmd[2:]), flush=True)
@@ -41,6 +43,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--attacks", nargs="+", default=["signflip", "alie"])
     p.add_argument("--aggregators", nargs="+", default=AGGREGATORS)
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: the seed's 0.1)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     table: dict[str, dict[str, float]] = {}
@@ -50,7 +54,8 @@ def main() -> int:
             table[agg][attack] = run(args, agg, attack)
     base = table.get("mean", {}).get("none")
     print(f"\nfinal held-out loss after {args.rounds} rounds, r=1, {args.byzantine} of "
-          f"{args.peers} peers attacking (attack-free mean: {base:.6f})" if base else "")
+          f"{args.peers} peers attacking, lr {args.lr or 0.1} (in brackets: against the "
+          f"attack-free mean, {base:.6f})" if base else "")
     print(f"{'aggregator':<18}  {'no attack':>10}  " +
           "  ".join(f"{a:>16}" for a in args.attacks))
     for agg, row in table.items():
