@@ -181,6 +181,7 @@ class PromptJobs:
                 "baseline_prompt": BASELINE_SENTIMENT,
                 "baseline_train_accuracy": search.train_accuracy(BASELINE_SENTIMENT)}
             out["seconds"] = time.monotonic() - search.started
+            out["llm_calls"], out["cache_hits"] = search.calls, search.hits  # held-out included
         out["evaluated_on_peers"], out["evaluated_here"] = search.remote_calls, search.local_calls
         return out
 
