@@ -27,6 +27,7 @@ import trio
 
 from peer.llm import Backend, BackendError, Embedder, gen_params_json
 from protocol import ga
+from protocol.evaluation import Verification
 from protocol.prompts import BASELINE_SENTIMENT, Budget, PromptSearch
 
 from .store import Store
@@ -34,8 +35,8 @@ from .store import Store
 log = logging.getLogger("hypergossip.prompts")
 
 MAX_QUEUE = 1000
-# (prompts, model digest, gen params JSON) -> (accepted outputs, undecided prompts) or None
-Remote = Callable[[list[str], str, str], Awaitable[tuple[dict[str, str], list[str]] | None]]
+# (prompts, model digest, gen params JSON) -> the peers' verified answers, or None (no peers)
+Remote = Callable[[list[str], str, str], Awaitable[Verification | None]]
 
 
 class PromptRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +80,7 @@ class JobsConfig:
 class PromptJobs:
     def __init__(self, store: Store, backend: Backend, config: JobsConfig | None = None,
                  embedder: Embedder | None = None, remote: Remote | None = None,
-                 settle: Callable[[dict[str, str]], None] | None = None):
+                 settle: Callable[[Verification, dict[str, str]], None] | None = None):
         self.store, self.backend = store, backend
         self.remote, self.settle = remote, settle
         self.params_json = gen_params_json(backend)
@@ -214,15 +215,14 @@ class PromptJobs:
         they could not agree on. Returns the prompts left for local evaluation (all of them
         when too few capable peers are connected)."""
         assert self.remote is not None
-        got = await self.remote(prompts, self.backend.model_digest, self.params_json)
-        if got is None:
+        ver = await self.remote(prompts, self.backend.model_digest, self.params_json)
+        if ver is None:
             return prompts
-        accepted, undecided = got
-        for prompt, output in accepted.items():
+        for prompt, output in ver.accepted.items():
             search.deliver(prompt, output)
             search.remote_calls += 1
             self.store.cache_output(search.key(prompt), search.model_digest, output)
-        settled = {p: await self._local(search, p) for p in undecided}
+        settled = {p: await self._local(search, p) for p in ver.undecided(prompts)}
         if self.settle is not None:
-            self.settle(settled)
+            self.settle(ver, settled)
         return []

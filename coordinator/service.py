@@ -582,11 +582,12 @@ class Coordinator:
 
     # --- prompt evaluations on peers -------------------------------------------------------------
     async def evaluate_remotely(self, prompts: list[str], model_digest: str,
-                                gen_params: str) -> tuple[dict[str, str], list[str]] | None:
+                                gen_params: str) -> evaluation.Verification | None:
         """Evaluate ``prompts`` on capable peers, each by ``redundancy`` of them, accepting
         an output only when a majority of at least ``redundancy`` agree (a third peer breaks
-        a tie). Returns (accepted outputs, prompts still undecided -- the caller evaluates
-        those itself and settles them), or None when too few capable peers are connected."""
+        a tie). Returns the verification (``accepted`` outputs; ``undecided`` prompts the
+        caller evaluates itself and passes to :meth:`settle_evaluations`), or None when too
+        few capable peers are connected."""
         live = self.live_peers()
         capable = sorted(p for p, info in self.evaluators.items()
                          if p in live and info.model_digest == model_digest
@@ -609,15 +610,11 @@ class Coordinator:
                     for i in range(0, len(items), BATCH):
                         nursery.start_soon(self._eval_batch, peer, items[i:i + BATCH],
                                            model_digest, gen_params, ver)
-        self._eval_verdicts = ver
-        return ver.accepted, ver.undecided(prompts)
+        return ver
 
-    def settle_evaluations(self, settled: dict[str, str]) -> None:
+    def settle_evaluations(self, ver: evaluation.Verification, settled: dict[str, str]) -> None:
         """The caller evaluated the undecided prompts itself: decide them, then move the
         evaluators' reputation by who agreed with the accepted outputs."""
-        ver = getattr(self, "_eval_verdicts", None)
-        if ver is None:
-            return
         for prompt, output in settled.items():
             ver.settle(prompt, output)
         number = self.store.last_round()
@@ -627,7 +624,6 @@ class Coordinator:
         for peer in sorted({p for p, _ in ver.winners}):
             self.reputation.reward_for(number, peer, "prompt evaluations: agreed")
         self._save_reputation()
-        self._eval_verdicts = None
 
     async def _eval_batch(self, peer: str, prompts: list[str], model_digest: str,
                           gen_params: str, ver: evaluation.Verification) -> None:
