@@ -387,16 +387,11 @@ class Coordinator:
                 await self._wait_for_peers()
                 rnd = self._open_round()
             self.current = rnd
-            while True:
-                while not rnd.ready(time.time(), self.live_peers()):
-                    await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
-                step = rnd.advance(time.time())
-                if isinstance(step, Outcome):
-                    break
-                if isinstance(step, incremental.Work):
-                    await self._do_work(rnd, step)
-                    continue
-                self._send_notice(rnd.number, step)
+            try:
+                step = await self._drive(rnd)
+            except Exception as exc:  # a bug in round logic must not take the coordinator down
+                log.exception("round %d: internal error; publishing it as failed", rnd.number)
+                step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
             self._publish(rnd, step)
             self.current = None
             self.personal.clear()
@@ -406,6 +401,20 @@ class Coordinator:
         self.stop()
         await trio.sleep(1.5)  # let hypercorn answer in-flight requests, then stop everything
         cancel_scope.cancel()
+
+    async def _drive(self, rnd: RoundLogic) -> Outcome:
+        """Run ``rnd``'s phases to its outcome: wait until ready, advance, broadcast notices,
+        do the I/O a replicated round asks for."""
+        while True:
+            while not rnd.ready(time.time(), self.live_peers()):
+                await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
+            step = rnd.advance(time.time())
+            if isinstance(step, Outcome):
+                return step
+            if isinstance(step, incremental.Work):
+                await self._do_work(rnd, step)
+                continue
+            self._send_notice(rnd.number, step)
 
     async def _do_work(self, rnd: RoundLogic, work: incremental.Work) -> None:
         """Fetch agreed segment weights from the replicas that revealed them (in parallel,

@@ -95,3 +95,21 @@ async def test_copiers_see_the_gossip_but_nothing_they_copy_is_accepted(data_dir
     assert any(copier in s["bad_reveal"] for s in first) or not any(
         copier in s["replicas"] for s in first)
     assert not {p["peer_id"]: p for p in rep["peers"]}[copier]["eligible"]
+
+
+async def test_disputes_settled_by_extra_replicas_over_the_network(data_dir):
+    views, rep, _, _, honest, bad = await run_net(
+        data_dir, peers=7, attackers=2, attack="random", rounds=2, dispute="replicas")
+    bad_ids = {p.peer_id for p in bad}
+    first = views[0]["result"]["segments"]
+    contested = [s for s in first if s["extra_replicas"]]
+    assert contested, first  # the liars' segments went to extra replicas
+    for s in contested:  # decided by them (or, failing a clear majority, by re-execution)
+        assert s["decided_by"] in ("extra replicas", "re-execution")
+        assert not bad_ids & set(s["agree"]) and bad_ids & set(s["disagree"])
+    assert any(s["decided_by"] == "extra replicas" for s in contested)
+    for v in views:
+        assert v["status"] == "published"
+        assert all(s["used"] for s in v["result"]["segments"])
+    scores = {p["peer_id"]: p for p in rep["peers"]}
+    assert all(not scores[b]["eligible"] for b in bad_ids)

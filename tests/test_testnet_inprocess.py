@@ -136,3 +136,29 @@ async def test_garbage_on_the_gossip_protocol_does_not_take_a_node_down():
         assert await attacker.fetch_blob(digest, [target.peer_id]) == b"still here"
         await target.subscribe("t", lambda data, origin: trio.sleep(0))
         await target.publish("t", b"ok")
+
+
+async def test_a_bug_in_round_logic_fails_that_round_not_the_coordinator(data_dir, monkeypatch):
+    from protocol.workloads import Stats
+
+    real = Stats.aggregate
+    calls = []
+
+    def flaky(self, contributions):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real(self, contributions)
+
+    monkeypatch.setattr(Stats, "aggregate", flaky)
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=2, max_rounds=2,
+                                        secure=False)
+        boot = coord.node.addrs[0]
+        for h in (170.0, 180.0):
+            await start_peer(nursery, [boot], h, 70.0)
+        await wait_for(lambda: coord.rounds_run >= 2, timeout=30)
+        rows = [coord.store.round_row(n) for n in (1, 2)]
+        nursery.cancel_scope.cancel()
+    assert rows[0]["status"] == "failed" and "internal error" in rows[0]["result"]
+    assert rows[1]["status"] == "published"
