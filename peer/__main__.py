@@ -24,8 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m peer",
         description="Run a hypergossip peer: join the libp2p gossip network through the "
-        "bootstrap addresses, enrol with the coordinator by a signed message, and contribute "
-        "this peer's private data to every round. Logs each round it sees and what it sent.",
+        "bootstrap addresses, enrol with the coordinator by a signed message, and take part "
+        "in every round: private inputs under secure aggregation (stats, fedavg), replicated "
+        "training with commit-reveal (incremental), and, with --llm-backend, prompt-search "
+        "evaluations. Logs each round it sees and what it sent.",
         epilog="Example: python -m peer --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... "
         "--data height=172,weight=68",
     )
