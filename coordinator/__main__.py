@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(E, --dp-delta)-differentially private; GET /model reports per-round and "
                    "cumulative epsilon (default: off)")
     p.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta (default: 1e-5)")
+    p.add_argument("--secagg-degree", type=int, default=None, metavar="K",
+                   help="SecAgg+ graph degree (even, or n-1 for complete); default: complete "
+                   "up to 101 peers, else 100. Smaller is cheaper and weaker")
+    p.add_argument("--secagg-threshold", type=int, default=None, metavar="T",
+                   help="shares needed to recover a peer's masks; default: survives 30 %% "
+                   "dropout")
     p.add_argument("--start-peers", type=int, default=0, metavar="N",
                    help="wait for N connected admitted peers before the first round "
                    "(default: --min-peers)")
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
+        secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,
         workload_options=options,
         llm_backend=None if args.llm_backend == "none" else args.llm_backend,
         llm_url=args.llm_url, llm_model=args.llm_model, redundancy=args.redundancy,

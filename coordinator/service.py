@@ -115,6 +115,8 @@ class CoordinatorConfig:
     phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
     dp_delta: float = 1e-5
+    secagg_degree: int | None = None  # None: secagg.Config.default's graph
+    secagg_threshold: int | None = None
     llm_backend: str | None = "echo"  # prompt search on this coordinator; None: off
     redundancy: int = 2  # peers that evaluate each prompt (1: no verification)
     llm_max_tokens: int = 32
@@ -475,7 +477,8 @@ class Coordinator:
             secure = secure_round.make_params(
                 self.workload, number, participants, prev_digest,
                 min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
-                dp_delta=self.config.dp_delta)
+                dp_delta=self.config.dp_delta, degree=self.config.secagg_degree,
+                threshold=self.config.secagg_threshold)
             params = encode(secure)
             rnd: RoundLogic = secure_round.SecureRound(
                 number, self.workload, secure, min_peers=self.config.min_peers,

@@ -68,16 +68,19 @@ def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
 
 def make_params(workload: Workload, round: int, participants: list[str], prev_digest: bytes,
                 *, max_summands: int = 10_000, dropout: float = 0.3, min_peers: int = 1,
-                dp_epsilon: float = 0.0, dp_delta: float = 1e-5) -> SecureParams:
+                dp_epsilon: float = 0.0, dp_delta: float = 1e-5, degree: int | None = None,
+                threshold: int | None = None) -> SecureParams:
     """Round parameters; with ``dp_epsilon`` the noise is calibrated so that one round is
-    (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.dp)."""
+    (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.dp).
+    ``degree`` and ``threshold`` override :meth:`secagg.Config.default`'s graph."""
     sigma, split, headroom = 0.0, max(1, min_peers), 0.0
     if dp_epsilon:
         sigma = dp.noise_multiplier_for(dp_epsilon, dp_delta) * workload.sensitivity()
         headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
     cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
-                                workload.vector_len(), enc, dropout=dropout)
+                                workload.vector_len(), enc, dropout=dropout, degree=degree,
+                                threshold=threshold)
     return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
                         cfg.vector_len, enc.clip, enc.bits, enc.max_summands, sigma, split,
                         dp_epsilon, dp_delta if dp_epsilon else 0.0)

@@ -324,6 +324,7 @@ class NetworkResult:
     peers: int
     vector_len: int
     warmup_rounds: int
+    graph: str = "Config.default"
     start_s: float = 0.0
     total_s: float = 0.0
     rounds: list[RoundTiming] = field(default_factory=list)
@@ -341,6 +342,8 @@ class NetworkResult:
 async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkResult:
     register_bench_workload(m)
     res = NetworkResult(peers=n, vector_len=m, warmup_rounds=args.warmup_rounds)
+    if args.network_degree is not None:
+        res.graph = f"degree {args.network_degree}, t={args.network_threshold}"
     total_rounds = args.warmup_rounds + args.rounds
     data = [input_vector(k, m, args.seed) for k in range(n)]
     data_of: dict[str, np.ndarray] = {}  # peer id -> its input
@@ -366,7 +369,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
             # shows as accepted < N) instead of failing its quorum
             min_peers=2, start_peers=n, round_pause=0.2, max_rounds=total_rounds,
             workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
-            gossip=gossip)
+            gossip=gossip, secagg_degree=args.network_degree,
+            secagg_threshold=args.network_threshold)
         coord = TimedCoordinator(cfg)
         try:
             async with trio.open_nursery() as nursery:
@@ -643,7 +647,7 @@ def comparison_rows(protocol: list[ProtocolResult], network: list[NetworkResult]
             if net.wall_mean_s is not None and "wall_mean_s" in s:
                 ratio = net.wall_mean_s / s["wall_mean_s"]
                 rows.append(dict(clients=n, vector_len=m, metric="round wall time",
-                                 ours_setting="libp2p, Config.default",
+                                 ours_setting=f"libp2p, {net.graph}",
                                  ours=ms(net.wall_mean_s),
                                  flower=f"{ms(s['wall_mean_s'])} (Ray sim)", ratio=ratio,
                                  goal=f"<= {GOAL_WALL:g}", met=ratio <= GOAL_WALL))
@@ -710,6 +714,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the project's, peer.node.DEFAULT_GOSSIP)")
     p.add_argument("--network-timeout", type=float, default=420.0,
                    help="give up on one N's libp2p rounds after this many seconds (default 420)")
+    p.add_argument("--network-degree", type=int, default=None, metavar="K",
+                   help="libp2p rounds: SecAgg+ graph degree (default: Config.default's; 2 "
+                   "with --network-threshold 2 is Flower's num_shares=3, threshold 2)")
+    p.add_argument("--network-threshold", type=int, default=None, metavar="T")
     p.add_argument("--skip-protocol", action="store_true", help="skip the sans-IO measurement")
     p.add_argument("--skip-network", action="store_true", help="skip the libp2p rounds")
     p.add_argument("--skip-flower", action="store_true", help="skip Flower")
