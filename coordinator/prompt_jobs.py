@@ -174,7 +174,7 @@ class PromptJobs:
         if req.task == "sentiment":  # report on reviews the search never saw
             best = search.search.best[1]
             prompts = search.heldout_prompts(best) + search.heldout_prompts(BASELINE_SENTIMENT) \
-                + search._prompts_of(BASELINE_SENTIMENT)
+                + search.prompts_of(BASELINE_SENTIMENT)
             await self._evaluate(search, prompts, budget=False)
             out["held_out"] = {
                 "reviews": len(search.held_out), "evolved": search.heldout_accuracy(best),

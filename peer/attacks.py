@@ -62,27 +62,24 @@ class Attack:
         self.sent: dict[int, list[bytes]] = {}  # replay: our wires by round
 
     # --- what we claim ---------------------------------------------------------------------
-    def claim(self, announce: RoundAnnounce, start: np.ndarray, ds,
-              params: inc.IncrementalParams) -> inc.Claim:
-        round = announce.round
-
-        def claim(segment: int, train: Callable[[], np.ndarray]) -> np.ndarray:
-            if self.name == "random":
-                return np.random.default_rng().normal(0, 0.1, start.shape).astype(np.float32)
-            if self.name == "collude":
-                seed = hashlib.sha256(b"collude" + round.to_bytes(8, "big") +
-                                      segment.to_bytes(4, "big")).digest()
-                rng = np.random.default_rng(int.from_bytes(seed[:8], "big"))
-                return (start + rng.normal(0, 0.05, start.shape)).astype(np.float32)
-            if self.name == "replay":
-                return start
-            if self.name == "signflip":
-                return (start - SIGNFLIP_SCALE * (train() - start)).astype(np.float32)
-            if self.name == "alie":
-                return self._alie(start, ds, params, round)
-            return train()
-
-        return claim
+    def claim(self, pr: inc.ReplicaPeerRound, segment: int,
+              train: Callable[[], np.ndarray]) -> np.ndarray:
+        """The weights this attacker reports for ``segment`` (an ``inc.Claim``)."""
+        start = pr.start_weights
+        if self.name == "random":
+            return np.random.default_rng().normal(0, 0.1, start.shape).astype(np.float32)
+        if self.name == "collude":
+            seed = hashlib.sha256(b"collude" + pr.round.to_bytes(8, "big") +
+                                  segment.to_bytes(4, "big")).digest()
+            rng = np.random.default_rng(int.from_bytes(seed[:8], "big"))
+            return (start + rng.normal(0, 0.05, start.shape)).astype(np.float32)
+        if self.name == "replay":
+            return start
+        if self.name == "signflip":
+            return (start - SIGNFLIP_SCALE * (train() - start)).astype(np.float32)
+        if self.name == "alie":
+            return self._alie(start, pr.ds, pr.params, pr.round)
+        return train()
 
     def _alie(self, start: np.ndarray, ds, params: inc.IncrementalParams,
               round: int) -> np.ndarray:
@@ -135,11 +132,7 @@ class Attack:
     def peer_round(self, peer_id: str, announce: RoundAnnounce, ds, blobs) -> PeerRound:
         if self.name == "copy":
             return CopyPeerRound(self, peer_id, announce)
-        params = decode(announce.workload_params, inc.IncrementalParams)
-        start = blobs[params.model_digest]
-        start_w = inc.models.decode_weights(start, len(inc.models.autoencoder_initial(0)))
-        return inc.ReplicaPeerRound(peer_id, announce, ds, blobs,
-                                    claim=self.claim(announce, start_w, ds, params))
+        return inc.ReplicaPeerRound(peer_id, announce, ds, blobs, claim=self.claim)
 
 
 class CopyPeerRound(PeerRound):

@@ -299,38 +299,37 @@ class PeerDaemon:
             for digest, size in wanted:
                 self._nursery.start_soon(self._fetch_model, msg.round, digest, size)
 
-    async def _fetch_model(self, round: int, digest: bytes, size: int) -> None:
-        """Fetch the model a result published, by digest (checked), from the coordinator or
-        neighbours, and keep serving it: every peer holds the coordinator's exact bytes."""
-        sources = [self.coordinator_id] + self.node.connected_peers()
+    async def _fetch_retrying(self, what: str, round: int, digest: bytes, size: int,
+                              first: str | None = None) -> bytes | None:
+        """A blob by digest (hash-checked) from ``first``, the coordinator or a neighbour,
+        retried a few times with backoff; None if nobody had it."""
+        sources = [p for p in (first, self.coordinator_id) if p] + self.node.connected_peers()
         for attempt in range(5):
             try:
-                await self.node.fetch_blob(digest, sources, max_size=size)
+                return await self.node.fetch_blob(digest, sources, max_size=size)
             except StreamProtocolError as exc:
-                log.info("round %d: model not fetched yet (%s)", round, exc)
+                log.info("round %d: %s not fetched yet (%s)", round, what, exc)
                 await trio.sleep(0.5 * (attempt + 1))
-                continue
-            self.models[round] = digest
-            for r in [r for r in self.models if r < round - KEEP_ROUNDS]:
-                del self.models[r]
-            log.info("round %d: holds the published model %s", round, digest.hex())
+        return None
+
+    async def _fetch_model(self, round: int, digest: bytes, size: int) -> None:
+        """Fetch the model a result published and keep serving it: every peer holds the
+        coordinator's exact bytes."""
+        if await self._fetch_retrying("model", round, digest, size) is None:
             return
+        self.models[round] = digest
+        for r in [r for r in self.models if r < round - KEEP_ROUNDS]:
+            del self.models[r]
+        log.info("round %d: holds the published model %s", round, digest.hex())
 
     async def _fetch_state(self, msg: RoundResult, origin: str | None) -> None:
         """Fetch a state published by digest: from whoever sent it, the coordinator, neighbours."""
         assert msg.blob is not None
-        sources = [p for p in (origin, self.coordinator_id) if p] + self.node.connected_peers()
-        for attempt in range(5):
-            try:
-                data = await self.node.fetch_blob(msg.blob.digest, sources,
-                                                  max_size=msg.blob.size)
-            except StreamProtocolError as exc:
-                log.info("round %d: state blob not fetched yet (%s)", msg.round, exc)
-                await trio.sleep(0.5 * (attempt + 1))
-                continue
+        data = await self._fetch_retrying("state blob", msg.round, msg.blob.digest,
+                                          msg.blob.size, first=origin)
+        if data is not None:
             self._keep_state(msg, data)
             log.info("round %d: fetched %d-byte state by digest", msg.round, len(data))
-            return
 
     def _maybe_join(self, round: int) -> None:
         if (round in self.rounds or not self.enrolled.is_set() or self._nursery is None

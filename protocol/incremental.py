@@ -62,6 +62,7 @@ from .replication import (
     assign,
     beacon,
     commitment,
+    settle,
 )
 from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
 from .workloads import Workload, models
@@ -210,8 +211,13 @@ class Incremental(Workload):
     def dataset(self) -> datasets.Dataset:
         if self._ds is None:
             self._ds = datasets.load(self.data_dir)
-            self._data_digest = data_digest(self._ds)
         return self._ds
+
+    @property
+    def data_digest(self) -> bytes:
+        if self._data_digest is None:
+            self._data_digest = data_digest(self.dataset)
+        return self._data_digest
 
     def state_blob(self) -> bytes:
         if self._blob is None:
@@ -232,11 +238,9 @@ class Incremental(Workload):
         blob = self.state_blob()
         b = beacon(prev_state_digest, round)
         table = assign(b, self.segments, self.replicas, eligible)
-        _ = self.dataset
-        assert self._data_digest is not None
         return IncrementalParams(
             model_digest=hashlib.sha256(blob).digest(), model_size=len(blob),
-            data_digest=self._data_digest, segments=self.segments, replicas=self.replicas,
+            data_digest=self.data_digest, segments=self.segments, replicas=self.replicas,
             quorum=self.quorum, lr=self.lr, weight_decay=self.weight_decay, batch=self.batch,
             beacon=b, eligible=sorted(set(eligible)),
             assignment=[table.get(k, []) for k in range(self.segments)], dispute=self.dispute)
@@ -431,15 +435,13 @@ class ReplicatedRound(RoundLogic):
         return left
 
     def _settle(self, k: int, truth: bytes) -> Decision:
+        """Settle segment ``k`` over its first and extra replicas together."""
         reveals = dict(self.votes[k].reveals)
         replicas = list(self.votes[k].replicas)
         if k in self.extra:
             reveals.update(self.extra[k].reveals)
             replicas += self.extra[k].replicas
-        agree = sorted(p for p, d in reveals.items() if d == truth)
-        disagree = sorted(p for p, d in reveals.items() if d != truth)
-        missing = [p for p in replicas if p not in reveals]
-        return Decision(Verdict.ACCEPTED, truth, agree, disagree, missing)
+        return settle(reveals, replicas, truth)
 
     def _work(self) -> Work:
         self.stage = WORK
@@ -533,10 +535,11 @@ class ReplicatedRound(RoundLogic):
 
 
 # --- a peer's side -----------------------------------------------------------------------------
-Claim = Callable[[int, Callable[[], np.ndarray]], np.ndarray]
+# (the replica's round, segment, its honest training) -> the weights it reports
+Claim = Callable[["ReplicaPeerRound", int, Callable[[], np.ndarray]], np.ndarray]
 
 
-def honest(segment: int, train: Callable[[], np.ndarray]) -> np.ndarray:
+def honest(pr: ReplicaPeerRound, segment: int, train: Callable[[], np.ndarray]) -> np.ndarray:
     return train()
 
 
@@ -544,8 +547,9 @@ class ReplicaPeerRound(PeerRound):
     """A replica: train its segments (in the constructor: run it in a worker thread), commit
     to each result's digest, reveal after the commit phase, serve the weights by digest.
 
-    ``claim(segment, train)`` returns the weights this peer reports for a segment; honest
-    peers return ``train()``. Attack behaviours (peer/attacks.py) pass another ``claim``."""
+    ``claim(self, segment, train)`` returns the weights this peer reports for a segment;
+    honest peers return ``train()``. Attack behaviours (peer/attacks.py) pass another
+    ``claim``, which may read ``start_weights``, ``ds``, ``params`` and ``round``."""
 
     def __init__(self, peer_id: str, announce: RoundAnnounce, ds: datasets.Dataset,
                  blobs: Mapping[bytes, bytes], *, claim: Claim = honest):
@@ -555,7 +559,7 @@ class ReplicaPeerRound(PeerRound):
             raise SchemaError("this peer's training data differs from the coordinator's")
         self.ds, self.claim = ds, claim
         self.start_weights = models.decode_weights(blobs[self.params.model_digest],
-                                                   len(models.autoencoder_initial(0)))
+                                                   models.autoencoder_size())
         self.phases = (REVEAL, EXTRA_COMMIT, EXTRA_REVEAL) \
             if self.params.dispute == "replicas" else (REVEAL,)
         self.results: dict[int, tuple[bytes, bytes]] = {}  # segment -> (digest, salt)
@@ -566,8 +570,8 @@ class ReplicaPeerRound(PeerRound):
 
     def _train(self, segments: list[int]) -> None:
         for k in segments:
-            w = self.claim(k, lambda k=k: train_segment(self.start_weights, self.ds,
-                                                        self.params, self.round, k))
+            w = self.claim(self, k, lambda k=k: train_segment(self.start_weights, self.ds,
+                                                              self.params, self.round, k))
             blob = models.encode_weights(w)
             self._blobs.append(blob)
             self.results[k] = (hashlib.sha256(blob).digest(), os.urandom(16))

@@ -13,6 +13,7 @@ Weights travel as safetensors (``protocol.tensors``); no pickle on any path.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -116,6 +117,12 @@ def autoencoder() -> nn.Module:
         return layers
 
     return nn.Sequential(nn.Flatten(), *stack(sizes, None), *stack(sizes[::-1], nn.Sigmoid()))
+
+
+@lru_cache(maxsize=1)
+def autoencoder_size() -> int:
+    """Parameters of :func:`autoencoder` (224,601), computed once."""
+    return sum(p.numel() for p in autoencoder().parameters())
 
 
 def autoencoder_initial(seed: int = 0) -> np.ndarray:

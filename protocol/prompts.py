@@ -149,7 +149,7 @@ class PromptSearch:
     def key(self, prompt: str) -> str:
         return ga.cache_key(self.model_digest, self.gen_params, prompt)
 
-    def _prompts_of(self, phenotype: str) -> list[str]:
+    def prompts_of(self, phenotype: str) -> list[str]:
         if self.task == "target":
             return [phenotype]
         return [classification_prompt(phenotype, r["text"]) for r in self.train]
@@ -158,7 +158,7 @@ class PromptSearch:
         """LLM prompts this generation still needs (uncached, deduplicated)."""
         out: dict[str, None] = {}
         for pheno in self.search.wanted():
-            for prompt in self._prompts_of(pheno):
+            for prompt in self.prompts_of(pheno):
                 if self.key(prompt) not in self.outputs:
                     out[prompt] = None
         return list(out)
@@ -177,7 +177,7 @@ class PromptSearch:
             self.hits += 1
 
     def fitness_of(self, phenotype: str) -> float:
-        outs = [self.outputs[self.key(p)] for p in self._prompts_of(phenotype)]
+        outs = [self.outputs[self.key(p)] for p in self.prompts_of(phenotype)]
         if self.task == "sentiment":
             return accuracy(outs, [r["label"] for r in self.train])
         cos = None
@@ -209,7 +209,7 @@ class PromptSearch:
         stand beside the best of the finished generations."""
         done = [p for p in dict.fromkeys(map(self.search.space.phenotype,
                                              self.search.population))
-                if all(self.key(q) in self.outputs for q in self._prompts_of(p))]
+                if all(self.key(q) in self.outputs for q in self.prompts_of(p))]
         for pheno in done:
             score = self.fitness_of(pheno)
             if self.search.best is None or score > self.search.best[0]:
@@ -225,12 +225,12 @@ class PromptSearch:
         return accuracy(outs, [r["label"] for r in self.held_out])
 
     def train_accuracy(self, instruction: str) -> float:
-        outs = [self.outputs[self.key(p)] for p in self._prompts_of(instruction)]
+        outs = [self.outputs[self.key(p)] for p in self.prompts_of(instruction)]
         return accuracy(outs, [r["label"] for r in self.train])
 
     def best_output(self) -> str:
         assert self.search.best is not None
-        return self.outputs[self.key(self._prompts_of(self.search.best[1])[0])]
+        return self.outputs[self.key(self.prompts_of(self.search.best[1])[0])]
 
     def summary(self, now: float) -> dict[str, Any]:
         best = self.search.best

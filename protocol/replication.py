@@ -147,10 +147,16 @@ class SegmentVote:
 
     def settle(self, truth: bytes) -> Decision:
         """Resolve a dispute with the digest a trusted re-execution produced."""
-        agree = sorted(p for p, d in self.reveals.items() if d == truth)
-        disagree = sorted(p for p, d in self.reveals.items() if d != truth)
-        missing = [p for p in self.replicas if p not in self.reveals]
-        return Decision(Verdict.ACCEPTED, truth, agree, disagree, missing)
+        return settle(self.reveals, self.replicas, truth)
+
+
+def settle(reveals: dict[str, bytes], replicas: list[str], truth: bytes) -> Decision:
+    """The decision once ``truth`` is known: who revealed it, who revealed something else,
+    who was assigned and revealed nothing."""
+    agree = sorted(p for p, d in reveals.items() if d == truth)
+    disagree = sorted(p for p, d in reveals.items() if d != truth)
+    missing = [p for p in replicas if p not in reveals]
+    return Decision(Verdict.ACCEPTED, truth, agree, disagree, missing)
 
 
 @dataclass

@@ -87,7 +87,7 @@ def test_honest_round_accepts_every_segment_by_quorum_and_lowers_the_loss():
     assert all(s > 0.5 for s in out.result["reputation"].values())  # agreeing earns
 
 
-def wrong(segment, train):  # the colluders' shared wrong answer
+def wrong(pr, segment, train):  # the colluders' shared wrong answer
     rng = np.random.default_rng(segment)
     return train() + rng.normal(0, 0.01, 224_601).astype(np.float32)
 
@@ -166,7 +166,7 @@ def test_without_verification_the_aggregator_decides_what_signflip_does(agg):
     attackers = {params.assignment[0][0], params.assignment[1][0]}
     start = w.weights.copy()
 
-    def flip(segment, train):
+    def flip(pr, segment, train):
         return start - SIGNFLIP_SCALE * (train() - start)
 
     out, _ = drive(w, rnd, peer_rounds(w, ann, claims=dict.fromkeys(attackers, flip)))
