@@ -1,10 +1,12 @@
 """The coordinator: a network node with duties, and an AIM server, in one trio loop.
 
 ``Coordinator.run`` is the list of what runs concurrently: the libp2p node
-(gossip readers, submit and pull stream handlers), the HTTP server
-(hypercorn's trio worker), the round driver and a mesh logger.
+(gossip readers, the peers' sessions, submit and pull stream handlers), the
+HTTP server (hypercorn's trio worker), the round driver and a mesh logger.
+Announcements, phase notices, personal messages and results are pushed to
+every peer's session (:mod:`peer.session`) as well as gossiped or served.
 
-Every incoming envelope, by stream or by gossip, goes through
+Every incoming envelope, by session, stream or gossip, goes through
 :meth:`Coordinator.handle`: verify (size, structure, domain, digest,
 signature, round window, replay), check admission, decode strictly, offer
 to the open round. Any refusal is counted by claimed sender and reason in
@@ -35,7 +37,8 @@ from hypercorn.trio import serve
 
 from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import GossipConfig, NetworkNode, StreamProtocolError
-from peer.roundlog import KINDS, RoundLog
+from peer.roundlog import RoundLog
+from peer.session import SessionHub
 from protocol import dp, evaluation, incremental, secure_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
@@ -47,7 +50,6 @@ from protocol.messages import (
     ENROLL_WINDOW,
     NOTICE,
     PERSONAL,
-    PROTO_PHASE,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -60,8 +62,6 @@ from protocol.messages import (
     EvaluatorInfo,
     PersonalNotice,
     PhaseNotice,
-    PhaseReply,
-    PhaseSubmit,
     PullRequest,
     PullResponse,
     RoundAnnounce,
@@ -171,7 +171,6 @@ class Coordinator:
         self.rounds_run = 0
         self.sent_at: dict[tuple[str, int], float] = {}  # (domain, round) -> monotonic time
         self._changed = trio.Event()
-        self._broadcast = trio.Event()  # set (and replaced) on each announce, notice, result
         self._stop = trio.Event()
         for kind, domain in (("announce", ANNOUNCE), ("result", RESULT)):
             for r, wire in self.store.wires(kind, since=max(0, self.store.last_round() - 1000)):
@@ -179,7 +178,10 @@ class Coordinator:
         # frames up to twice the cap are read so an oversize message is counted, not just cut
         self.node.serve(PROTO_SUBMIT, self._on_submit_stream, max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self._on_pull, max_request=1024)
-        self.node.serve(PROTO_PHASE, self._on_phase_submit, max_request=2 * MAX_SUBMIT_WIRE)
+        self.sessions = SessionHub(
+            self.node, on_open=self._session_head, max_submit=MAX_SUBMIT_WIRE,
+            on_submit=lambda wire, peer: self.handle(wire, via="session", transport_peer=peer))
+        self._round_peers: list[str] = []  # participants of the open round (notices go there)
         latest = self.store.latest_published()
         if latest is not None:  # serve the current state by digest again after a restart
             self.node.blobs.put(canonical_json(json.loads(latest["result"])))
@@ -236,30 +238,6 @@ class Coordinator:
     # --- message intake ---------------------------------------------------------------------
     async def _on_submit_stream(self, request: bytes, remote: str) -> bytes:
         return encode(self.handle(request, via="stream", transport_peer=remote))
-
-    async def _on_phase_submit(self, request: bytes, remote: str) -> bytes:
-        """A phase message; once accepted, held until the next phase opens, whose notice
-        (and the sender's own personal message) come back in the reply."""
-        try:
-            req = decode(request, PhaseSubmit)
-        except RejectedMessage as exc:
-            self.store.count_rejection(remote, exc.reason)
-            return encode(PhaseReply(ack=SubmitAck(accepted=False, reason=str(exc)[:500])))
-        ack = self.handle(req.envelope, via="stream", transport_peer=remote)
-        envelopes: list[bytes] = []
-        env = peek(req.envelope, MAX_SUBMIT_WIRE)
-        if ack.accepted and req.next_phase and env is not None:
-            wait = PullRequest(kind="notice", round=env.round, tag=req.next_phase)
-            with trio.move_on_after(req.wait_ms / 1000):
-                while self._worth_waiting(wait):
-                    await self._broadcast.wait()
-            notice = self.roundlog.get(NOTICE, env.round, req.next_phase)
-            if notice is not None:
-                envelopes.append(notice)
-                personal = self.personal.get((env.round, req.next_phase, remote))
-                if personal is not None:
-                    envelopes.append(personal)
-        return encode(PhaseReply(ack=ack, envelopes=envelopes))
 
     async def _on_submit_gossip(self, data: bytes, origin: str) -> None:
         self.handle(data, via="gossip", transport_peer=origin)
@@ -350,18 +328,23 @@ class Coordinator:
         if req.kind == "personal":  # only the authenticated asker's own message
             wire = self.personal.get((req.round, req.tag, remote))
             return encode(PullResponse(envelopes=[wire] if wire else []))
-        if req.wait_ms and req.kind in KINDS:  # long poll: hold it until the item exists
-            with trio.move_on_after(req.wait_ms / 1000):
-                while self._worth_waiting(req):
-                    await self._broadcast.wait()
         return self.roundlog.answer(request)
 
-    def _worth_waiting(self, req: PullRequest) -> bool:
-        if self.roundlog.has(KINDS[req.kind], req.round, req.tag):
-            return False
-        if req.kind in ("notice", "result"):  # only the open round's are still to come
-            return self.current is not None and self.current.number == req.round
-        return req.round == self.store.last_round() + (req.kind == "announce")
+    def _session_head(self, peer: str) -> list[bytes] | None:
+        """What a peer's new session gets first: the open round's announcement, the peer's
+        own personal messages, the round's notices (each personal message ahead of its
+        notice), the latest result. None for a peer that is not admitted."""
+        if not self.store.is_admitted(peer):
+            return None
+        out: list[bytes] = []
+        if self.current is not None and (a := self.roundlog.get(ANNOUNCE, self.current.number)):
+            number = self.current.number
+            out.append(a)
+            out += [w for (r, _, p), w in self.personal.items() if r == number and p == peer]
+            out += self.roundlog.notices(number)
+        if latest := self.roundlog.latest(RESULT):
+            out.append(self.roundlog.get(RESULT, latest))
+        return out
 
     # --- rounds --------------------------------------------------------------------------------
     def live_peers(self) -> set[str]:
@@ -495,8 +478,9 @@ class Coordinator:
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
         self.sent_at[(ANNOUNCE, number)] = time.monotonic()
+        self._round_peers = participants
+        self.sessions.broadcast(wire)
         self._gossip(TOPIC_ANNOUNCE, wire)
-        self._wake_long_polls()
         mode = "replicated" if self.replicated else "secure" if self.config.secure else "clear"
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name, mode,
                  len(participants))
@@ -509,12 +493,13 @@ class Coordinator:
         self.roundlog.add(NOTICE, number, wire, tag=notice.phase)
         self.sent_at[(f"{NOTICE}/{notice.phase}", number)] = time.monotonic()
         for peer, body in notice.personal.items():
-            self.personal[(number, notice.phase, peer)] = seal(
-                self.identity, PERSONAL, number, encode(PersonalNotice(
-                    round=number, phase=notice.phase, recipient=peer, body=body)))
-        # not gossiped: each participant gets it in the reply to its previous phase message,
-        # or by long poll or pull; gossiping it as well cost every peer CPU for nothing
-        self._wake_long_polls()
+            personal = seal(self.identity, PERSONAL, number, encode(PersonalNotice(
+                round=number, phase=notice.phase, recipient=peer, body=body)))
+            self.personal[(number, notice.phase, peer)] = personal
+            self.sessions.push(peer, personal)  # ahead of the notice that needs it
+        # not gossiped: participants get it on their sessions, or pull it; gossiping it as
+        # well cost every peer CPU for nothing
+        self.sessions.broadcast(wire, self._round_peers)
         log.info("round %d: phase %s open (%d-byte notice, %d personal)", number, notice.phase,
                  len(wire), len(notice.personal))
 
@@ -581,8 +566,8 @@ class Coordinator:
         self.sent_at[(RESULT, rnd.number)] = time.monotonic()
         for key in [k for k in self.sent_at if k[1] < rnd.number - 64]:
             del self.sent_at[key]  # a coordinator runs for months
+        self.sessions.broadcast(wire)
         self._gossip(TOPIC_RESULT, wire)
-        self._wake_long_polls()
         log.info("round %d %s: %d accepted, rejected %s, result %s", rnd.number, outcome.status,
                  outcome.accepted, dict(rnd.rejected) or "none", outcome.result)
 
@@ -661,10 +646,6 @@ class Coordinator:
             return
         for prompt, output in zip(prompts, res.outputs, strict=True):
             ver.record(peer, prompt, output)
-
-    def _wake_long_polls(self) -> None:
-        self._broadcast.set()
-        self._broadcast = trio.Event()
 
     def _gossip(self, topic: str, wire: bytes) -> None:
         async def send() -> None:

@@ -4,12 +4,17 @@
 
 - keep connected to its bootstrap addresses (redial every few seconds);
 - enrol once with a signed :class:`Enroll`, retrying until acknowledged;
-- react to each round announcement (from gossip or pull) by sending its
-  signed contribution to the coordinator over a stream, falling back to the
-  submit gossip topic when the coordinator cannot be reached directly;
+- once enrolled, keep a session (:mod:`peer.session`) open to the
+  coordinator: it pushes announcements, phase notices, this peer's personal
+  messages and results, and carries this peer's round messages and acks;
+- react to each round announcement (from the session, gossip or pull) by
+  sending its signed messages, phase by phase: on the session, else on the
+  submit stream protocol, else on the submit gossip topic;
 - pull: every ``pull_interval`` ask a neighbour (most ticks) or the
   coordinator (every third tick, or when alone) for the latest round heads,
-  then fill gaps by round, so a peer outside the mesh still sees everything;
+  then fill gaps by round, so a peer outside the mesh and without a session
+  still sees everything (while its session is up a peer does not pull: the
+  coordinator pushes it everything, and its head again on every reconnect);
 - log mesh sizes, loudly when a topic's mesh is empty.
 
 Every coordinator envelope is checked (signature, domain, signer = the
@@ -40,7 +45,6 @@ from protocol.messages import (
     ENROLL,
     NOTICE,
     PERSONAL,
-    PROTO_PHASE,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -52,8 +56,6 @@ from protocol.messages import (
     EvaluatorInfo,
     PersonalNotice,
     PhaseNotice,
-    PhaseReply,
-    PhaseSubmit,
     PullRequest,
     PullResponse,
     RoundAnnounce,
@@ -72,12 +74,14 @@ from .attacks import Attack
 from .llm import Backend, gen_params_json
 from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
 from .roundlog import RoundLog
+from .session import SessionClient, SessionDown
 
 log = logging.getLogger("hypergossip.peer")
 
 PULL_MAX_RESPONSE = 2 * 1024 * 1024
 KEEP_ROUNDS = 64  # per-round bookkeeping kept in memory
 GAP_FILL_PER_TICK = 8
+PERSONAL_WAIT = 2.0  # seconds to wait for a personal message pushed behind its notice
 EVAL_TIMEOUT = 600.0  # a batch of local-LLM calls takes a while
 
 
@@ -99,7 +103,7 @@ class PeerDaemon:
         subscribe_gossip: bool = True,
         gossip_drop: float = 0.0,
         pull_interval: float = 2.0,
-        long_poll: bool = True,
+        session: bool = True,
         dropout: float = 0.0,
         dropout_slot: tuple[int, int] | None = None,
         on_result: Callable[[RoundResult], None] | None = None,
@@ -119,7 +123,8 @@ class PeerDaemon:
         self.subscribe_gossip = subscribe_gossip
         self.gossip_drop = gossip_drop
         self.pull_interval = pull_interval
-        self.long_poll = long_poll
+        self.session = SessionClient(self.node, coordinator_id, self._on_push) if session \
+            else None
         self.on_result = on_result
         self.roundlog = RoundLog()
         self.results: dict[int, RoundResult] = {}
@@ -160,8 +165,8 @@ class PeerDaemon:
                 nursery.start_soon(self._keep_connected)
                 nursery.start_soon(self._enroll_loop)
                 nursery.start_soon(self._pull_loop)
-                if self.long_poll:
-                    nursery.start_soon(self._watch_rounds)
+                if self.session is not None:
+                    nursery.start_soon(self._session_loop)
                 nursery.start_soon(self._mesh_log_loop)
                 log.info("peer %s listening on %s", self.peer_id, ", ".join(self.node.addrs))
                 task_status.started(self)
@@ -192,7 +197,7 @@ class PeerDaemon:
                 log.exception("redialling bootstrap peers failed")
 
     async def _enroll_loop(self) -> None:
-        delay = 0.5
+        delay = 0.5  # each attempt is sealed afresh: a resent wire would read as a replay
         while not self.enrolled.is_set():
             info = None
             if self.evaluator is not None:
@@ -202,7 +207,7 @@ class PeerDaemon:
             payload = encode(Enroll(workloads=[self.workload.name], addrs=self.node.addrs[:8],
                                     agent="hypergossip-peer/0.1", evaluator=info))
             wire = seal(self.identity, ENROLL, enroll_round(time.time()), payload)
-            ack = await self._submit(wire, gossip_fallback=False)
+            ack = await self._submit(wire, gossip_fallback=False, attempts=1)
             if ack is not None and ack.accepted:
                 log.info("enrolled with coordinator %s", self.coordinator_id)
                 self.enrolled.set()
@@ -211,12 +216,13 @@ class PeerDaemon:
                 return
             if ack is not None:
                 log.warning("enrolment refused: %s", ack.reason)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)
 
-    async def _submit(self, wire: bytes, *, gossip_fallback: bool) -> SubmitAck | None:
+    async def _submit(self, wire: bytes, *, gossip_fallback: bool,
+                      attempts: int = 3) -> SubmitAck | None:
         """Send a signed envelope to the coordinator; None when it could not be reached."""
-        for attempt in range(3):
+        for attempt in range(attempts):
             try:
                 raw = await self.node.request(self.coordinator_id, PROTO_SUBMIT, wire,
                                               max_response=1024)
@@ -283,6 +289,8 @@ class PeerDaemon:
         for table in (self.received_at, self.received_via):
             for key in [k for k in table if k[1] < round]:
                 del table[key]
+        for key in [k for k in self._personal if k[0] < round]:
+            del self._personal[key]
 
     def _keep_state(self, msg: RoundResult, state: bytes) -> None:
         if hashlib.sha256(state).digest() != msg.state_digest:
@@ -380,26 +388,18 @@ class PeerDaemon:
         return ClearPeerRound(c)
 
     async def _wait_notice(self, round: int, phase: str) -> bool:
-        """Wait for a phase notice: by gossip or pull, and meanwhile by long-polling the
-        coordinator, so a peer whose mesh is slow learns of the phase at once."""
-        async with trio.open_nursery() as nursery:
-            if self.long_poll:
-                nursery.start_soon(self._long_poll, round, phase)
-            ok = await self._wait_round(round, lambda: self.roundlog.has(NOTICE, round, phase))
-            nursery.cancel_scope.cancel()
-        return ok
+        """Wait for a phase notice (pushed on the session, else pulled); False if the round
+        ended first."""
+        return await self._wait_round(round, lambda: self.roundlog.has(NOTICE, round, phase))
 
-    async def _long_poll(self, round: int, phase: str) -> None:
-        request = encode(PullRequest(kind="notice", round=round, tag=phase, wait_ms=8000))
-        while not self.roundlog.has(NOTICE, round, phase):
-            try:
-                raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
-                                              max_response=PULL_MAX_RESPONSE, timeout=9.5)
-                for wire in decode(raw, PullResponse).envelopes:
-                    self._ingest(wire, source="long poll", origin=self.coordinator_id)
-            except (StreamProtocolError, RejectedMessage) as exc:
-                log.debug("long poll for %s failed: %s", phase, exc)
-                await trio.sleep(0.5)
+    async def _personal_message(self, round: int, phase: str) -> bytes | None:
+        """Our own message for ``phase``: pushed on the session ahead of the notice (so it is
+        here, unless the notice came another way first), else pulled from the coordinator."""
+        key = (round, phase)
+        if key not in self._personal and self.session is not None and self.session.up:
+            with trio.move_on_after(PERSONAL_WAIT):
+                await self._wait_round(round, lambda: key in self._personal)
+        return self._personal.pop(key, None) or await self._fetch_personal(round, phase)
 
     async def _wait_round(self, round: int, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()`` or the round's result arrives; True if ``ready()``."""
@@ -446,23 +446,23 @@ class PeerDaemon:
                                     .payload, PhaseNotice)
                     personal = None
                     if notice.personal:
-                        personal = self._personal.pop((round, step), None) or \
-                            await self._fetch_personal(round, step)
+                        personal = await self._personal_message(round, step)
                     if notice.personal and personal is None:
                         log.warning("round %d: could not fetch our %s message", round, step)
                         return
-                    try:  # a worker thread: some phases compute (crypto, training)
-                        out = await trio.to_thread.run_sync(logic.on_notice, step, notice.body,
-                                                            personal)
+                    try:
+                        if logic.offload:  # training: keep the event loop free meanwhile
+                            out = await trio.to_thread.run_sync(logic.on_notice, step,
+                                                                notice.body, personal)
+                        else:
+                            out = logic.on_notice(step, notice.body, personal)
                     except (SecAggAbort, RejectedMessage) as exc:
                         log.warning("round %d: leaving at phase %s: %s", round, step, exc)
                         return
                 for blob in logic.blobs():  # results others fetch from us by digest
                     self.node.blobs.put(blob)
-                next_phase = steps[i + 1] if i + 1 < len(steps) else ""
-                for k, (domain, payload) in enumerate(out):
-                    await self._send(round, domain, payload,
-                                     next_phase=next_phase if k == len(out) - 1 else "")
+                for domain, payload in out:
+                    await self._send(round, domain, payload)
 
     def _drops_in(self, round: int) -> bool:
         """Testing aid: whether to vanish from ``round``. With a slot ``(i, n)`` exactly
@@ -474,10 +474,9 @@ class PeerDaemon:
         k = int(self.dropout * n)
         return (i + round * k) % n < k
 
-    async def _send(self, round: int, domain: str, payload: bytes, *,
-                    next_phase: str = "") -> None:
-        """Send a round message. With ``next_phase`` it goes on the phase protocol, whose
-        reply also brings that phase's notice and our personal message when they exist."""
+    async def _send(self, round: int, domain: str, payload: bytes) -> None:
+        """Send a round message: on the session when it is up, else by a submit stream (and
+        gossip when even that fails)."""
         if self.attack is not None:
             wire = self.attack.seal(self.identity, domain, round, payload)
             for old in self.attack.extra_wires(round, wire):
@@ -488,19 +487,13 @@ class PeerDaemon:
             wire = seal(self.identity, domain, round, payload)
         if domain in incremental.DOMAINS:  # commitments and reveals are public: gossip them
             self._publish_replica(wire)
-        if next_phase:
+        if self.session is not None and self.session.up:
             try:
-                raw = await self.node.request(
-                    self.coordinator_id, PROTO_PHASE,
-                    encode(PhaseSubmit(envelope=wire, next_phase=next_phase, wait_ms=8000)),
-                    max_response=PULL_MAX_RESPONSE * 4, timeout=10.0)
-                reply = decode(raw, PhaseReply)
-                self._log_ack(round, domain, reply.ack)
-                for env_wire in reply.envelopes:
-                    self._ingest_reply(round, next_phase, env_wire)
+                self._log_ack(round, domain, await self.session.submit(wire))
                 return
-            except (StreamProtocolError, RejectedMessage) as exc:
-                log.debug("phase submit failed (%s); plain submit", exc)
+            except SessionDown as exc:
+                log.info("round %d: %s not sent on the session (%s); submitting", round,
+                         domain, exc)
         ack = await self._submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
         if ack is not None:
             self._log_ack(round, domain, ack)
@@ -527,27 +520,40 @@ class PeerDaemon:
         else:
             log.warning("round %d: %s refused: %s", round, domain, ack.reason)
 
-    def _ingest_reply(self, round: int, phase: str, wire: bytes) -> None:
-        env = peek(wire, len(wire))
-        if env is not None and env.domain == PERSONAL:
-            body = self._check_personal(wire, round, phase)
-            if body is not None:
-                self._personal[(round, phase)] = body
-        else:
-            self._ingest(wire, source="phase reply", origin=self.coordinator_id)
+    # --- the session ---------------------------------------------------------------------------
+    async def _session_loop(self) -> None:
+        assert self.session is not None
+        await self.enrolled.wait()  # the coordinator refuses sessions of strangers
+        await self.session.run()
 
-    def _check_personal(self, wire: bytes, round: int, phase: str) -> bytes | None:
+    def _on_push(self, wire: bytes) -> None:
+        """An envelope the coordinator pushed on our session: checked like any other."""
+        env = peek(wire, len(wire))
+        if env is None or env.domain != PERSONAL:
+            self._ingest(wire, source="session", origin=self.coordinator_id)
+            return
+        msg = self._check_personal(wire)
+        if msg is not None and msg.round in self.rounds:  # a round we take part in
+            self._personal[(msg.round, msg.phase)] = msg.body
+            if msg.round in self._round_events:
+                self._round_events.pop(msg.round).set()
+
+    def _check_personal(self, wire: bytes, round: int | None = None,
+                        phase: str | None = None) -> PersonalNotice | None:
+        """A personal message signed by the coordinator for us (and for ``round`` and
+        ``phase`` when given); None, logged, otherwise."""
         try:
             env = open_envelope(wire, domains={PERSONAL}, max_wire=8 * 1024 * 1024)
             msg = decode(env.payload, PersonalNotice)
         except RejectedMessage as exc:
-            log.warning("round %d: bad personal message: %s", round, exc)
+            log.warning("bad personal message: %s", exc)
             return None
-        if (env.sender_id, msg.round, msg.phase, msg.recipient) != (
-                self.coordinator_id, round, phase, self.peer_id):
-            log.warning("round %d: personal message not for us / not signed right", round)
+        if (env.sender_id, msg.recipient, env.round) != (self.coordinator_id, self.peer_id,
+                                                           msg.round) or \
+                (round is not None and (msg.round, msg.phase) != (round, phase)):
+            log.warning("round %d: personal message not for us / not signed right", msg.round)
             return None
-        return msg.body
+        return msg
 
     async def _fetch_personal(self, round: int, phase: str) -> bytes | None:
         """Our own message for ``phase``, pulled from the coordinator and checked."""
@@ -557,9 +563,9 @@ class PeerDaemon:
                 raw = await self.node.request(self.coordinator_id, PROTO_PULL, request,
                                               max_response=8 * 1024 * 1024, timeout=10.0)
                 for wire in decode(raw, PullResponse).envelopes:
-                    body = self._check_personal(wire, round, phase)
-                    if body is not None:
-                        return body
+                    msg = self._check_personal(wire, round, phase)
+                    if msg is not None:
+                        return msg.body
             except (StreamProtocolError, RejectedMessage) as exc:
                 log.debug("personal %s pull failed: %s", phase, exc)
             await trio.sleep(0.2 * (attempt + 1))
@@ -615,35 +621,13 @@ class PeerDaemon:
             for wire in decode(raw, PullResponse).envelopes:
                 self._ingest(wire, source=f"pull from {target}", origin=target)
 
-    async def _watch_rounds(self) -> None:
-        """Long-poll the coordinator for what comes next: the open round's result, else the
-        next round's announcement. With gossip working this only duplicates it; without,
-        the peer still learns of it at once rather than at its next pull."""
-        await self.enrolled.wait()
-        while True:
-            latest = self.roundlog.latest(ANNOUNCE)
-            if latest and not self.roundlog.has(RESULT, latest):
-                request = PullRequest(kind="result", round=latest, wait_ms=8000)
-            else:
-                nxt = max(latest, self.roundlog.latest(RESULT)) + 1
-                request = PullRequest(kind="announce", round=nxt, wait_ms=8000)
-            try:
-                raw = await self.node.request(self.coordinator_id, PROTO_PULL, encode(request),
-                                              max_response=PULL_MAX_RESPONSE, timeout=9.5)
-                envelopes = decode(raw, PullResponse).envelopes
-                for wire in envelopes:
-                    self._ingest(wire, source="long poll", origin=self.coordinator_id)
-                if not envelopes:
-                    await trio.sleep(0.2)  # nothing yet (or we are behind: the pull catches up)
-            except (StreamProtocolError, RejectedMessage) as exc:
-                log.debug("long poll failed: %s", exc)
-                await trio.sleep(1.0)
-
     async def _pull_loop(self) -> None:
         tick = 0
         while True:
             await trio.sleep(self.pull_interval * random.uniform(0.8, 1.2))
             tick += 1
+            if self.session is not None and self.session.up:
+                continue  # the coordinator pushes us everything (and the head on reconnect)
             neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
             if neighbours and tick % 3:
                 target = random.choice(neighbours)

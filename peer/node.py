@@ -12,7 +12,8 @@ and nothing else: it never decides whether a message is valid (that is
   letting gossipsub drop it silently (its outbound limit is 1 MiB).
 - ``serve(protocol, handler)`` / ``request(peer, protocol, data)``: one
   length-prefixed request and one response per stream, both size-capped and
-  under a deadline.
+  under a deadline; ``serve_stream`` / ``open_stream`` for long-lived streams
+  (the sessions of :mod:`peer.session`).
 - a content-addressed blob store served on :data:`PROTO_BLOB`, so payloads
   too large for gossip are fetched by digest and checked on arrival.
 
@@ -28,12 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import ifaddr
 import multiaddr
@@ -52,12 +56,20 @@ from protocol.messages import PROTO_BLOB
 
 log = logging.getLogger("hypergossip.node")
 
+# py-libp2p's yamux (read at call time): by default it sends a window update after every
+# read that returns data, i.e. about one extra frame per data frame, each a Noise message
+# and several task switches. Off, it tops the window up only once half of it is used,
+# like go-yamux. A secure round at N=100 in one process spent less than half as long in
+# its small-message phases with it off.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
 GOSSIP_MAX = 512 * 1024
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DEFAULT_REQUEST_MAX = 1024 * 1024
 STREAM_TIMEOUT = 10.0
 BLOB_MAX = 64 * 1024 * 1024
 
+T = TypeVar("T")
 Handler = Callable[[bytes, str], Awaitable[None]]
 RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
 
@@ -79,13 +91,19 @@ class GossipConfig:
 DEFAULT_GOSSIP = GossipConfig()
 
 async def write_frame(stream, data: bytes) -> None:
-    await stream.write(struct.pack(">I", len(data)) + data)
+    try:
+        await stream.write(struct.pack(">I", len(data)) + data)
+    except Exception as exc:  # libp2p raises many unrelated types for a broken stream
+        raise StreamProtocolError(f"write failed: {exc!r}") from exc
 
 
 async def read_exact(stream, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = await stream.read(min(n - len(buf), 1 << 20))
+        try:
+            chunk = await stream.read(min(n - len(buf), 1 << 20))
+        except Exception as exc:  # StreamEOF, StreamReset, MuxedConnUnavailable, ...
+            raise StreamProtocolError(f"read failed: {exc!r}") from exc
         if not chunk:
             raise StreamProtocolError("stream ended early")
         buf += chunk
@@ -97,6 +115,72 @@ async def read_frame(stream, max_len: int) -> bytes:
     if n > max_len:
         raise StreamProtocolError(f"frame of {n} bytes exceeds limit {max_len}")
     return await read_exact(stream, n)
+
+
+@lru_cache(maxsize=65536)
+def _peer(peer_id: str) -> ID:
+    """libp2p's ID for a peer id string (its base58 decoding is slow; ids recur)."""
+    return ID.from_base58(peer_id)
+
+
+async def reset(stream) -> None:
+    """Reset ``stream`` (both directions), shielded: an RST is a frame like any other.
+
+    py-libp2p 0.8.1's yamux forgets a reset stream's read event without setting it, so a
+    task blocked reading the stream would wait forever; we set it, and that reader wakes
+    to a closed stream."""
+    muxed = getattr(stream, "muxed_stream", None)
+    events = getattr(getattr(muxed, "conn", None), "stream_events", None)
+    event = events.get(getattr(muxed, "stream_id", None)) if isinstance(events, dict) else None
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+    if event is not None:
+        event.set()
+
+
+async def guarded(stream, deadline: float, io: Callable[[], Awaitable[T]]) -> T:
+    """Run ``io()`` -- reads and writes on ``stream`` -- so that neither its deadline nor a
+    cancellation from outside cuts a libp2p frame in half.
+
+    py-libp2p encrypts a Noise message, then sends it; a trio cancellation between the two
+    (or in the middle of the send) leaves the connection's cipher state out of step with
+    the peer's, whose next decryption fails, and the whole connection -- every stream on
+    it -- dies (``tests/test_node.py`` shows it). Window updates are written from inside
+    ``read()``, so reads are no safer. Here ``io()`` runs shielded, and a watchdog task
+    *resets* the stream at ``deadline`` (trio time) or when we are cancelled, which ends
+    any read or write blocked on it with an error instead. Returns what ``io()`` returned;
+    raises :class:`StreamProtocolError` on failure or at the deadline; a cancellation from
+    outside propagates as usual once ``io()`` has stopped.
+    """
+    state: dict[str, Any] = {}
+
+    async def watchdog() -> None:
+        try:
+            await trio.sleep_until(deadline)
+            state["why"] = "timed out"
+        finally:  # the deadline passed, or we were cancelled (not by the body finishing)
+            if "done" not in state:
+                state.setdefault("why", "cancelled")
+                await reset(stream)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        with trio.CancelScope(shield=True):
+            try:
+                state["result"] = await io()
+            except Exception as exc:  # libp2p's own types too (close() raises them)
+                state["error"] = exc if isinstance(exc, StreamProtocolError) else \
+                    StreamProtocolError(repr(exc))
+            finally:
+                state["done"] = True
+        nursery.cancel_scope.cancel()
+    if "error" in state:  # raised here, outside the nursery: no exception group
+        why = state.get("why")
+        raise StreamProtocolError("timed out" if why == "timed out" else str(state["error"]))
+    return state["result"]
 
 
 def _local_ipv4() -> list[str]:
@@ -223,6 +307,9 @@ class NetworkNode:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
             if info.peer_id == self.host.get_id():
                 return False
+            # libp2p refuses to dial a peer for 60 s after a failed dial; we pace our own
+            # redials, and a coordinator that restarts must be reachable again at once
+            self.host.get_network().unblock_peer(info.peer_id)
             with trio.fail_after(STREAM_TIMEOUT):
                 await self.host.connect(info)
             return True
@@ -231,7 +318,7 @@ class NetworkNode:
             return False
 
     def is_connected(self, peer_id: str) -> bool:
-        return ID.from_base58(peer_id) in self.host.get_network().connections
+        return _peer(peer_id) in self.host.get_network().connections
 
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self.host.get_connected_peers()]
@@ -274,20 +361,49 @@ class NetworkNode:
               timeout: float = STREAM_TIMEOUT) -> None:
         async def on_stream(stream) -> None:
             remote = stream.muxed_conn.peer_id.to_base58()
+            deadline = trio.current_time() + timeout
             try:
-                with trio.fail_after(timeout):
-                    request = await read_frame(stream, max_request)
+                request = await guarded(stream, deadline, lambda: read_frame(stream, max_request))
+                with trio.move_on_at(deadline) as scope:  # no I/O on this stream meanwhile
                     response = await handler(request, remote)
+                if scope.cancelled_caught:
+                    raise StreamProtocolError(f"handler took over {timeout:g} s")
+
+                async def reply() -> None:
                     await write_frame(stream, response)
-                await stream.close()
+                    await stream.close()
+
+                await guarded(stream, deadline, reply)
             except Exception as exc:
                 log.info("%s from %s: %s", protocol, remote, exc or type(exc).__name__)
-                try:
-                    await stream.reset()
-                except Exception:
-                    pass
+                await reset(stream)
 
         self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    def serve_stream(self, protocol: str,
+                     handler: Callable[[object, str], Awaitable[None]]) -> None:
+        """A long-lived stream protocol: ``handler(stream, remote peer id)`` owns the stream
+        until it returns; then the stream is reset. The handler must not cancel its own I/O
+        on the stream (see :func:`guarded`); it ends it by resetting the stream."""
+        async def on_stream(stream) -> None:
+            remote = stream.muxed_conn.peer_id.to_base58()
+            try:
+                await handler(stream, remote)
+            except Exception as exc:
+                log.info("%s from %s: %s", protocol, remote, exc or type(exc).__name__)
+            finally:
+                await reset(stream)
+
+        self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    async def open_stream(self, peer_id: str, protocol: str):
+        """A new stream to ``peer_id`` speaking ``protocol``; the caller owns (and resets) it.
+        Shielded: the protocol negotiation writes frames too (libp2p bounds it itself)."""
+        try:
+            with trio.CancelScope(shield=True):
+                return await self.host.new_stream(_peer(peer_id), [TProtocol(protocol)])
+        except Exception as exc:
+            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}") from exc
 
     async def request(
         self,
@@ -298,22 +414,22 @@ class NetworkNode:
         max_response: int = DEFAULT_REQUEST_MAX,
         timeout: float = STREAM_TIMEOUT,
     ) -> bytes:
+        deadline = trio.current_time() + timeout
+        stream = await self.open_stream(peer_id, protocol)
+
+        async def exchange() -> bytes:
+            await write_frame(stream, data)
+            response = await read_frame(stream, max_response)
+            await stream.close()
+            return response
+
         try:
-            with trio.fail_after(timeout):
-                stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
-                try:
-                    await write_frame(stream, data)
-                    return await read_frame(stream, max_response)
-                finally:
-                    try:
-                        await stream.close()
-                    except Exception:
-                        pass
-        except trio.TooSlowError as exc:
-            raise StreamProtocolError(f"{protocol} to {peer_id}: timed out") from exc
-        except StreamProtocolError:
-            raise
+            return await guarded(stream, deadline, exchange)
+        except StreamProtocolError as exc:
+            await reset(stream)
+            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc}") from exc
         except Exception as exc:
+            await reset(stream)
             raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}") from exc
 
     # --- blobs -----------------------------------------------------------------------------

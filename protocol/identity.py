@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import base58
@@ -43,6 +44,7 @@ class BadPeerId(ValueError):
     """A string is not an Ed25519 libp2p peer id."""
 
 
+@lru_cache(maxsize=65536)  # base58 in pure Python is slow; the same ids recur all round
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer id (``12D3KooW...``) of a raw 32-byte Ed25519 public key."""
     if len(public_key) != PUBLIC_KEY_LEN:
@@ -50,6 +52,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(_PEER_ID_PREFIX + public_key).decode("ascii")
 
 
+@lru_cache(maxsize=65536)
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """Inverse of :func:`peer_id_from_public_key`; raises :class:`BadPeerId`."""
     if not isinstance(peer_id, str) or len(peer_id) > 64:

@@ -30,7 +30,7 @@ ANNOUNCE = "announce"  # coordinator -> all: round n is open
 CONTRIBUTION = "contribution"  # peer -> coordinator: my input to round n
 RESULT = "result"  # coordinator -> all: round n's published outcome
 NOTICE = "notice"  # coordinator -> all: a phase of round n opened (multi-phase rounds)
-PERSONAL = "personal"  # coordinator -> one peer: its own message for a phase (pull only)
+PERSONAL = "personal"  # coordinator -> one peer: its own message for a phase (session, pull)
 
 ENROLL_WINDOW = 10  # minutes either side of the coordinator's clock
 
@@ -53,7 +53,7 @@ TOPIC_REPLICAS = "hg/v1/replicas"  # replicas' signed commitments and reveals (p
 PROTO_SUBMIT = "/hypergossip/submit/1.0.0"  # envelope -> SubmitAck (coordinator only)
 PROTO_PULL = "/hypergossip/pull/1.0.0"  # PullRequest -> PullResponse (everyone)
 PROTO_BLOB = "/hypergossip/blob/1.0.0"  # 32-byte digest -> blob bytes (everyone)
-PROTO_PHASE = "/hypergossip/phase/1.0.0"  # PhaseSubmit -> PhaseReply (coordinator only)
+PROTO_SESSION = "/hypergossip/session/1.0.0"  # one long-lived stream per peer (peer.session)
 
 Short = Annotated[str, Meta(max_length=64)]
 Addr = Annotated[str, Meta(max_length=256)]
@@ -118,7 +118,8 @@ class RoundResult(Strict):
 
 class PhaseNotice(Strict):
     """A phase of a multi-phase round opened; ``body`` is the phase's broadcast message.
-    ``personal`` says each participant must also pull its own :class:`PersonalNotice`."""
+    ``personal`` says each participant also gets its own :class:`PersonalNotice` (pushed
+    on its session before the notice, else pulled)."""
 
     round: RoundNo
     phase: Short
@@ -144,31 +145,15 @@ class SubmitAck(Strict):
     reason: Annotated[str, Meta(max_length=512)] = ""
 
 
-class PhaseSubmit(Strict):
-    """Submit an envelope and, once it is accepted, wait for the next phase's notice (one
-    stream per phase instead of a submit, a long poll and a personal pull)."""
-
-    envelope: Annotated[bytes, Meta(max_length=16 * 1024 * 1024)]
-    next_phase: Short = ""
-    wait_ms: Annotated[int, Meta(ge=0, le=8000)] = 0
-
-
-class PhaseReply(Strict):
-    ack: SubmitAck
-    envelopes: Annotated[list[bytes], Meta(max_length=4)] = []  # the notice, our personal one
-
-
 class PullRequest(Strict):
     """``kind``: ``head`` (latest announcement, its phase notices, latest result), or a
     domain (``announce``, ``result``, ``notice``, ``personal``) with ``round`` and, for
     notices, the phase name in ``tag``. ``personal`` is answered only by the coordinator
-    and only with the asking peer's own message. ``wait_ms`` (coordinator, notices): hold
-    the request until that notice exists, at most this long (a long poll)."""
+    and only with the asking peer's own message."""
 
     kind: Short
     round: RoundNo = 0
     tag: Short = ""
-    wait_ms: Annotated[int, Meta(ge=0, le=8000)] = 0
 
 
 class PullResponse(Strict):

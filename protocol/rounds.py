@@ -119,6 +119,10 @@ class PeerRound:
     """A peer's side of one round: what to send at the start and after each notice."""
 
     phases: tuple[str, ...] = ()  # notices to act on, in order
+    # whether on_notice may take long enough (training, many masks) to run in a worker
+    # thread rather than on the peer's event loop; a short step is cheaper inline, and
+    # threads holding the GIL starve the loop that moves the network traffic
+    offload: bool = True
 
     def start(self) -> Outgoing:
         raise NotImplementedError

@@ -180,6 +180,7 @@ class SecureRound(RoundLogic):
 
 class SecurePeerRound(PeerRound):
     phases = (SHARES, MASKED, CONSISTENCY, UNMASK)
+    offload = False  # milliseconds per phase (sparse graphs) to tens of them (complete)
 
     def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce,
                  vector: np.ndarray, sign: Callable[[bytes], bytes]):

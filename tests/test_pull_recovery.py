@@ -4,7 +4,7 @@ Eight peers never subscribe to the announcement and result topics (they are
 in no mesh at all) and six more drop every gossip message they receive. All
 of them must still hold every round's signed announcement and result within
 5 s of the coordinator publishing it, through the pull protocol. Half of the
-isolated peers also have the coordinator long polls switched off, so they
+isolated peers also have no session with the coordinator, so they
 depend on the periodic pull of heads from a neighbour or the coordinator.
 """
 
@@ -38,7 +38,7 @@ async def test_every_live_peer_gets_every_round_within_5s(data_dir):
                 nursery, [boot, *links], 150.0 + i, 50.0 + i,
                 subscribe_gossip=i >= OUT_OF_MESH,
                 gossip_drop=1.0 if OUT_OF_MESH <= i < OUT_OF_MESH + DROPPING else 0.0,
-                long_poll=i % 2 == 0 or i >= OUT_OF_MESH + DROPPING, pull_interval=1.0))
+                session=i % 2 == 0 or i >= OUT_OF_MESH + DROPPING, pull_interval=1.0))
         await wait_for(lambda: coord.rounds_run >= ROUNDS, timeout=90)
         await wait_for(lambda: all(p.roundlog.has(RESULT, ROUNDS) for p in peers),
                        timeout=LIMIT_S + 1)
@@ -62,7 +62,7 @@ async def test_every_live_peer_gets_every_round_within_5s(data_dir):
     for i in isolated:
         for key, via in peers[i].received_via.items():
             assert not via.startswith("gossip"), (i, key, via)
-    # ... and those without long polls got some of it from a neighbour, not the coordinator
+    # ... and those without a session got some of it from a neighbour, not the coordinator
     from_neighbours = [via for i in isolated if i % 2 for via in peers[i].received_via.values()
                        if via.startswith("pull from") and coord.peer_id not in via]
     assert from_neighbours
