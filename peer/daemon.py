@@ -343,9 +343,9 @@ class PeerDaemon:
         if (round in self.rounds or not self.enrolled.is_set() or self._nursery is None
                 or self.roundlog.has(RESULT, round)):
             return
-        wire = self.roundlog.get(ANNOUNCE, round)
-        assert wire is not None
-        announce = decode(open_envelope(wire).payload, RoundAnnounce)
+        held = peek(self.roundlog.get(ANNOUNCE, round))  # the round log holds verified ones
+        assert held is not None
+        announce = decode(held.payload, RoundAnnounce)
         if announce.workload != self.workload.name:
             log.warning("round %d runs workload %s; this peer serves %s", round,
                         announce.workload, self.workload.name)
@@ -442,8 +442,9 @@ class PeerDaemon:
                 else:
                     if not await self._wait_notice(round, step):
                         return  # the round ended without us
-                    notice = decode(open_envelope(self.roundlog.get(NOTICE, round, step))
-                                    .payload, PhaseNotice)
+                    held = peek(self.roundlog.get(NOTICE, round, step))  # verified on intake
+                    assert held is not None
+                    notice = decode(held.payload, PhaseNotice)
                     personal = None
                     if notice.personal:
                         personal = await self._personal_message(round, step)

@@ -49,6 +49,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.identity import Identity
@@ -62,6 +63,12 @@ log = logging.getLogger("hypergossip.node")
 # like go-yamux. A secure round at N=100 in one process spent less than half as long in
 # its small-message phases with it off.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# Its data frames carry up to 64 KiB, so with the 12-byte frame header each one is two Noise
+# messages (at most 65519 bytes of plaintext each), the second of 29 bytes; frames that fit
+# one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
+# transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
+if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > 65535 - 16 - 12:
+    _yamux.MAX_MESSAGE_SIZE = 65535 - 16 - 12
 
 GOSSIP_MAX = 512 * 1024
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]

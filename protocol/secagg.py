@@ -254,6 +254,21 @@ def prg(seed: bytes, cfg: Config) -> np.ndarray:
     return np.frombuffer(_stream(seed, cfg.byte_len), dtype=cfg.encoding.dtype)
 
 
+class _Masker:
+    """Adds and subtracts masks ``prg(seed)`` to a ring vector in place, the keystream
+    written into one reused buffer: per mask no allocation, one AES pass, one add."""
+
+    def __init__(self, cfg: Config):
+        self._zeros = bytes(cfg.byte_len)
+        self._buf = bytearray(cfg.byte_len)
+        self._mask = np.frombuffer(self._buf, dtype=cfg.encoding.dtype)
+
+    def apply(self, y: np.ndarray, seed: bytes, sign: int) -> None:
+        enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        enc.update_into(self._zeros, self._buf)  # CTR: no tail held back, finalize is empty
+        (np.add if sign > 0 else np.subtract)(y, self._mask, out=y)
+
+
 def _hkdf(secret: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=TAG + info).derive(secret)
 
@@ -319,6 +334,7 @@ class SecAggClient:
         self._step = 0
         self._directory: dict[str, AdvertiseKeys] = {}
         self._received: dict[str, _SharePlaintext] = {}  # shares others gave us, by sender
+        self._enc_shared: dict[str, bytes] = {}  # X25519 secret with each neighbour's enc key
 
     def _advance(self, expect: int) -> None:
         if self._step != expect:
@@ -353,8 +369,10 @@ class SecAggClient:
         return ShareBundle(ciphertexts=out)
 
     def _aead(self, sender: str, recipient: str, other: str) -> ChaCha20Poly1305:
-        shared = self._enc.exchange(X25519PublicKey.from_public_bytes(
-            self._directory[other].enc_pk))
+        shared = self._enc_shared.get(other)
+        if shared is None:  # one agreement per neighbour serves both directions
+            shared = self._enc_shared[other] = self._enc.exchange(
+                X25519PublicKey.from_public_bytes(self._directory[other].enc_pk))
         return ChaCha20Poly1305(_enc_key(shared, self.cfg.round, sender, recipient))
 
     def _seal(self, v: str, plain: bytes) -> bytes:
@@ -387,13 +405,14 @@ class SecAggClient:
             raise SecAggAbort(f"only {len(self._received)} neighbours shared keys")
         if np.shape(x) != (self.cfg.vector_len,):
             raise SecAggMisuse(f"input must have shape ({self.cfg.vector_len},)")
-        y = self.cfg.encoding.encode(x) + prg(self._b, self.cfg)
+        y = self.cfg.encoding.encode(x)
+        masker = _Masker(self.cfg)
+        masker.apply(y, self._b, +1)
         for v in sorted(self._received):
             shared = self._mask.exchange(X25519PublicKey.from_public_bytes(
                 self._directory[v].mask_pk))
-            mask = prg(_pairwise_seed(shared, self.cfg.round, self.me, v), self.cfg)
-            y = y + mask if _sign(self.me, v) > 0 else y - mask
-        return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype).tobytes())
+            masker.apply(y, _pairwise_seed(shared, self.cfg.round, self.me, v), _sign(self.me, v))
+        return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype, copy=False).tobytes())
 
     def confirm(self, request: SurvivorList) -> ConsistencySignature:
         """Sign the survivor list (after sanity checks); only this list can be unmasked."""
@@ -557,12 +576,13 @@ class SecAggServer:
         total = np.zeros(self.cfg.vector_len, dtype=dtype)
         for y in self.masked.values():
             total += y
+        masker = _Masker(self.cfg)
         for u in survivors:
             shares = {v: r.self_mask_shares[u] for v, r in self.unmask_replies.items()
                       if u in r.self_mask_shares}
             b = self._rebuild(u, shares, lambda sec, u=u: _commit(sec) ==
                               self.keys[u].self_mask_commit, bad)
-            total -= prg(b, self.cfg)
+            masker.apply(total, b, -1)
         for u in dropped:
             shares = {v: r.mask_key_shares[u] for v, r in self.unmask_replies.items()
                       if u in r.mask_key_shares}
@@ -572,8 +592,8 @@ class SecAggServer:
             for v in survivors:
                 if u in self.bundles.get(v, ShareBundle(ciphertexts={})).ciphertexts:
                     shared = sk.exchange(X25519PublicKey.from_public_bytes(self.keys[v].mask_pk))
-                    mask = prg(_pairwise_seed(shared, self.cfg.round, v, u), self.cfg)
-                    total = total - mask if _sign(v, u) > 0 else total + mask
+                    masker.apply(total, _pairwise_seed(shared, self.cfg.round, v, u),
+                                 -_sign(v, u))
         return Outcome(self.cfg.encoding.decode_sum(total, len(survivors)), survivors, dropped,
                        dict(self.rejected), bad)
 

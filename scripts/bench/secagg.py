@@ -13,14 +13,17 @@ What it measures, for each N in ``--clients`` and each vector length M in ``--si
    rounds use) and a Flower-like sparse graph (degree 2, threshold 2: Flower's
    ``num_shares=3`` counts the client itself). The decoded sum is checked against the
    clipped float sum within ``FixedPoint.error_bound(n)``.
-2. Secure rounds over real libp2p: an in-process :class:`coordinator.service.Coordinator`
-   (``secure=True``) and N :class:`peer.daemon.PeerDaemon` peers on 127.0.0.1 in one trio
-   process, running a bench-only vector workload (``bench-vector``). A round's wall time
-   runs from the coordinator's announcement to its published result (its ``sent_at``
-   stamps), after ``--warmup-rounds`` warm-up rounds. All peers and the coordinator share
-   one event loop and one core's worth of Python, so the CPU column is the whole process's
-   CPU time per round (coordinator + N peers + libp2p), not the coordinator's: the
-   coordinator's own CPU is table 1's.
+2. Secure rounds over real libp2p: a :class:`coordinator.service.Coordinator`
+   (``secure=True``) in this process and N :class:`peer.daemon.PeerDaemon` peers on
+   127.0.0.1, running a bench-only vector workload (``bench-vector``). By default the peers
+   run in ``--peer-processes 2`` processes of their own (one trio loop each, N/2 peers
+   apiece), as Flower's simulation runs its clients in Ray worker processes beside its
+   driver: coordinator and peers then share this machine's cores instead of one event
+   loop. ``--peer-processes 0`` puts every peer into the coordinator's process and loop.
+   A round's wall time runs from the coordinator's announcement to its published result
+   (its ``sent_at`` stamps), after ``--warmup-rounds`` warm-up rounds. The CPU column is
+   the CPU time per round of all the benchmark's processes together (coordinator, peers,
+   libp2p), not the coordinator's: the coordinator's own CPU is table 1's.
 3. Flower 1.42 (``flwr[simulation]==1.42.*``) SecAggPlusWorkflow + secaggplus_mod on the
    same N and M with ``num_shares=3, reconstruction_threshold=2`` (Flower's own example):
    sans-IO (its workflow against an in-process Grid; same CPU and upload accounting as 1)
@@ -37,11 +40,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,6 +100,12 @@ def ms(v: float | None) -> str:
 
 def kib(n: float) -> str:
     return f"{n / 1024:.1f} KiB"
+
+
+def bench_identity(seed: int, index: int) -> Identity:
+    """Peer ``index``'s key, derived from the seed: the coordinator's process knows every
+    peer's id (and so its input) also when the peers run in other processes."""
+    return Identity(hashlib.sha256(f"secagg-bench/{seed}/{index}".encode()).digest())
 
 
 def input_vector(index: int, m: int, seed: int) -> np.ndarray:
@@ -325,10 +336,16 @@ class NetworkResult:
     vector_len: int
     warmup_rounds: int
     graph: str = "Config.default"
+    peer_processes: int = 0  # processes the peers ran in (0: the coordinator's)
     start_s: float = 0.0
     total_s: float = 0.0
     rounds: list[RoundTiming] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def layout(self) -> str:
+        k = self.peer_processes
+        return f"peers in {k} process{'es' if k > 1 else ''}" if k else "one process"
 
     def measured(self) -> list[RoundTiming]:
         return [r for r in self.rounds[self.warmup_rounds:] if r.wall_s is not None]
@@ -341,18 +358,22 @@ class NetworkResult:
 
 async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkResult:
     register_bench_workload(m)
-    res = NetworkResult(peers=n, vector_len=m, warmup_rounds=args.warmup_rounds)
+    res = NetworkResult(peers=n, vector_len=m, warmup_rounds=args.warmup_rounds,
+                        peer_processes=args.peer_processes)
     if args.network_degree is not None:
         res.graph = f"degree {args.network_degree}, t={args.network_threshold}"
     total_rounds = args.warmup_rounds + args.rounds
-    data = [input_vector(k, m, args.seed) for k in range(n)]
-    data_of: dict[str, np.ndarray] = {}  # peer id -> its input
+    data_of = {bench_identity(args.seed, k).peer_id: input_vector(k, m, args.seed)
+               for k in range(n)}  # peer id -> its input
     cpu_samples: list[tuple[float, float]] = []
-    peers: list[PeerDaemon] = []
+    received: dict[str, dict[tuple[str, int], float]] = {}  # peer -> (key, round) -> time
+    peers: list[PeerDaemon] = []  # in this process (--peer-processes 0)
+    workers: list[tuple[trio.Process, Path]] = []
 
     async def sample_cpu() -> None:
         while True:
-            cpu_samples.append((time.monotonic(), time.process_time()))
+            cpu_samples.append((time.monotonic(), time.process_time() + sum(
+                _cpu_of(proc.pid) for proc, _ in workers)))
             await trio.sleep(0.02)
 
     def cpu_at(t: float) -> float | None:
@@ -378,18 +399,32 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
                 await nursery.start(coord.run)
                 boot = coord.node.addrs[0]
                 workload = WORKLOADS[BenchVector.name]()
-                progress(f"network N={n} M={m}: coordinator up; starting {n} peers")
+                where = f"{args.peer_processes} processes" if args.peer_processes \
+                    else "this process"
+                progress(f"network N={n} M={m}: coordinator up; starting {n} peers in {where}")
 
                 async def start_peer(k: int) -> None:
-                    daemon = PeerDaemon(Identity.generate(), workload, data[k], bootstrap=[boot],
+                    daemon = PeerDaemon(bench_identity(args.seed, k), workload,
+                                        input_vector(k, m, args.seed), bootstrap=[boot],
                                         gossip=gossip)
                     await nursery.start(daemon.run)
                     peers.append(daemon)
-                    data_of[daemon.peer_id] = data[k]
 
-                async with trio.open_nursery() as starter:
-                    for k in range(n):
-                        starter.start_soon(start_peer, k)
+                if args.peer_processes:
+                    for first, count in _slices(n, args.peer_processes):
+                        out = Path(tmp) / f"peers-{first}.json"
+                        argv = [sys.executable, __file__, "--peer-worker", boot,
+                                "--first", str(first), "--count", str(count), "--sizes", str(m),
+                                "--seed", str(args.seed), "--json", str(out)]
+                        if args.gossip_heartbeat is not None:
+                            argv += ["--gossip-heartbeat", str(args.gossip_heartbeat)]
+                        workers.append((await trio.lowlevel.open_process(argv), out))
+                    while len(coord.live_peers()) < n:
+                        await trio.sleep(0.1)
+                else:
+                    async with trio.open_nursery() as starter:
+                        for k in range(n):
+                            starter.start_soon(start_peer, k)
                 res.start_s = time.perf_counter() - t_begin
                 progress(f"network N={n}: {n} peers started in {res.start_s:.1f} s; "
                          f"running {args.warmup_rounds} warm-up + {args.rounds} rounds")
@@ -404,14 +439,29 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
                     res.error = (f"timed out after {args.network_timeout:g} s with "
                                  f"{coord.rounds_run} of {total_rounds} rounds done")
                     progress(f"network N={n}: {res.error}")
+                for proc, _ in workers:  # they write what their peers received, then exit
+                    proc.send_signal(signal.SIGINT)
+                for proc, out in workers:
+                    with trio.move_on_after(30):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+                    if out.exists():
+                        for peer, stamps in json.loads(out.read_text()).items():
+                            received[peer] = {(key, r): t for key, r, t in stamps}
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # keep what was measured; say what went wrong
+            for proc, _ in workers:
+                if proc.returncode is None:
+                    proc.kill()
             leaf = exc
             while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
                 leaf = leaf.exceptions[0]
             res.error = f"{type(leaf).__name__}: {leaf}"
             progress(f"network N={n}: error: {res.error}")
             traceback.print_exception(leaf, file=sys.stderr)
+        for p in peers:
+            received[p.peer_id] = dict(p.received_at)
         for r in range(1, coord.rounds_run + 1):
             row = coord.store.round_row(r)
             start = coord.sent_at.get((ANNOUNCE, r))
@@ -425,8 +475,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
             delivery_max, delivery_median = {}, {}
             for key in [ANNOUNCE, *(f"{NOTICE}/{ph}" for ph in PHASE_NAMES[1:]), RESULT]:
                 sent = coord.sent_at.get((key, r))
-                got = [p.received_at[(key, r)] - sent for p in peers
-                       if sent is not None and (key, r) in p.received_at]
+                got = [stamps[(key, r)] - sent for stamps in received.values()
+                       if sent is not None and (key, r) in stamps]
                 if got:
                     name = key.rsplit("/", 1)[-1]
                     delivery_max[name], delivery_median[name] = max(got), statistics.median(got)
@@ -454,6 +504,55 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
                  f"wall {ms(r.wall_s)}, coordinator CPU {ms(r.coordinator_cpu_s)}, process CPU "
                  f"{ms(r.process_cpu_s)}{', ' + r.error if r.error else ''}")
     return res
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` peers cut into ``parts`` runs of consecutive indices: (first, count) each."""
+    parts = max(1, min(parts, n))
+    return [(k * n // parts, (k + 1) * n // parts - k * n // parts) for k in range(parts)]
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a child process has used so far; 0 where /proc has none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def peer_worker(args: argparse.Namespace) -> int:
+    """``--peer-worker BOOT``: run peers ``--first`` .. ``--first + --count - 1`` in this
+    process until SIGINT, then write what each received when to ``--json``."""
+    m = args.sizes[0]
+    register_bench_workload(m)
+    gossip = DEFAULT_GOSSIP if args.gossip_heartbeat is None else dataclasses.replace(
+        DEFAULT_GOSSIP, heartbeat_interval=args.gossip_heartbeat)
+
+    async def main() -> None:
+        workload = WORKLOADS[BenchVector.name]()
+        daemons: list[PeerDaemon] = []
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def start(k: int) -> None:
+                    daemon = PeerDaemon(bench_identity(args.seed, k), workload,
+                                        input_vector(k, m, args.seed),
+                                        bootstrap=[args.peer_worker], gossip=gossip)
+                    await nursery.start(daemon.run)
+                    daemons.append(daemon)
+
+                async with trio.open_nursery() as starter:
+                    for k in range(args.first, args.first + args.count):
+                        starter.start_soon(start, k)
+                async for _ in signals:
+                    break
+                Path(args.json).write_text(json.dumps(
+                    {d.peer_id: [[key, r, t] for (key, r), t in d.received_at.items()]
+                     for d in daemons}))
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
 
 
 # --- 3. Flower --------------------------------------------------------------------------------
@@ -564,9 +663,10 @@ def mark(x: RoundTiming, peers: int) -> str:
 
 
 def network_table(results: list[NetworkResult], heartbeat: float) -> Table:
-    table = Table(title="2. Secure rounds over libp2p: coordinator + N peers in one trio process "
-                        f"on 127.0.0.1 (Config.default graph, gossip heartbeat {heartbeat:g} s)")
-    for col in ("N", "M", "start", "accepted per round", "warm rounds (c)", "mean",
+    table = Table(title="2. Secure rounds over libp2p: coordinator + N peers on 127.0.0.1 "
+                        f"(gossip heartbeat {heartbeat:g} s)")
+    for col in ("N", "M", "graph, layout", "start", "accepted per round", "warm rounds (c)",
+                "mean",
                 "phases keys/shares/masked/consistency/unmask (d)", "notice to last peer (e)",
                 "coord CPU (f)", "process CPU (g)", "sum ok", "note"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -579,7 +679,7 @@ def network_table(results: list[NetworkResult], heartbeat: float) -> Table:
         notes = [r.error] if r.error else []
         notes += sorted({f"round {x.round}: {x.error}" for x in r.rounds if x.error})
         table.add_row(
-            str(r.peers), f"{r.vector_len:,}", f"{r.start_s:.1f} s",
+            str(r.peers), f"{r.vector_len:,}", f"{r.graph}, {r.layout}", f"{r.start_s:.1f} s",
             ", ".join(str(x.accepted) for x in r.rounds) or "-",
             ", ".join(ms(x.wall_s) + mark(x, r.peers) for x in measured) or "-",
             ms(r.wall_mean_s),
@@ -647,7 +747,7 @@ def comparison_rows(protocol: list[ProtocolResult], network: list[NetworkResult]
             if net.wall_mean_s is not None and "wall_mean_s" in s:
                 ratio = net.wall_mean_s / s["wall_mean_s"]
                 rows.append(dict(clients=n, vector_len=m, metric="round wall time",
-                                 ours_setting=f"libp2p, {net.graph}",
+                                 ours_setting=f"libp2p, {net.graph}, {net.layout}",
                                  ours=ms(net.wall_mean_s),
                                  flower=f"{ms(s['wall_mean_s'])} (Ray sim)", ratio=ratio,
                                  goal=f"<= {GOAL_WALL:g}", met=ratio <= GOAL_WALL))
@@ -680,9 +780,10 @@ FOOTNOTES = """\
 (f) thread CPU of the coordinator's own work per warm round: message intake (verify, decode,
     SecAgg+ receive, SQLite), closing phases (incl. unmasking), notices, result, pull answers;
     not libp2p's transport work for its connections.
-(g) CPU time of the whole benchmark process per warm round (sampled every 20 ms): coordinator,
-    all N peers and libp2p together on one event loop: with many peers the round is CPU-bound
-    on this one process, which a real deployment (one machine per peer) is not.
+(g) CPU time of all the benchmark's processes per warm round (sampled every 20 ms): the
+    coordinator's and the peers' (--peer-processes), libp2p included: with many peers the
+    machine's cores are busy with all of them at once, which a real deployment (one machine
+    per peer) is not.
 (h) Flower client CPU inside secaggplus_mod, excluding the wrapped client's fit (like ours);
     "client app CPU" is the whole ClientApp call (mod + NumPyClient + record conversions).
 (i) Flower's SecAggPlusWorkflow against an in-process Grid, minus the client calls; no
@@ -718,6 +819,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="libp2p rounds: SecAgg+ graph degree (default: Config.default's; 2 "
                    "with --network-threshold 2 is Flower's num_shares=3, threshold 2)")
     p.add_argument("--network-threshold", type=int, default=None, metavar="T")
+    p.add_argument("--peer-processes", type=int, default=2, metavar="K",
+                   help="libp2p rounds: run the N peers in K processes of their own beside the "
+                        "coordinator's (default 2, one per core here, as Flower's simulation "
+                        "runs its clients in Ray worker processes); 0 runs them all in the "
+                        "coordinator's process and event loop")
+    p.add_argument("--peer-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--skip-protocol", action="store_true", help="skip the sans-IO measurement")
     p.add_argument("--skip-network", action="store_true", help="skip the libp2p rounds")
     p.add_argument("--skip-flower", action="store_true", help="skip Flower")
@@ -753,6 +862,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peer_worker:
+        logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+        return peer_worker(args)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     for name in ("libp2p", "multiaddr", "hypercorn"):
