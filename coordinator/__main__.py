@@ -49,7 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="quorum: contributions needed to publish a round (default: %(default)s)")
     p.add_argument("--insecure", action="store_true",
                    help="peers send contributions in the clear (plain sums, for comparison); "
-                   "default: secure aggregation (SecAgg+), the coordinator learns only sums")
+                   "default: secure aggregation, the coordinator learns only sums")
+    p.add_argument("--secure-protocol", default="auto", choices=("auto", "vss", "secagg"),
+                   help="secure rounds: vss = Pedersen VSS to a committee with every input "
+                   "proven in range (stats); secagg = SecAgg+ (any vector, no range proofs); "
+                   "auto = vss where the workload has input ranges (default: %(default)s)")
+    p.add_argument("--vss-committee", type=int, default=16, metavar="C",
+                   help="vss: committee size; its threshold survives 30 %% of it vanishing "
+                   "(default: %(default)s)")
     p.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
                    help="secure rounds: add distributed Gaussian noise so each round is "
                    "(E, --dp-delta)-differentially private; GET /model reports per-round and "
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,
+        secure_protocol=args.secure_protocol, vss_committee=args.vss_committee,
         workload_options=options,
         llm_backend=None if args.llm_backend == "none" else args.llm_backend,
         llm_url=args.llm_url, llm_model=args.llm_model, redundancy=args.redundancy,

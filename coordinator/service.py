@@ -39,7 +39,7 @@ from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import GossipConfig, NetworkNode, StreamProtocolError
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
-from protocol import dp, evaluation, incremental, secure_round
+from protocol import dp, evaluation, incremental, secure_round, verified_round
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
 from protocol.identity import Identity, public_key_from_peer_id
@@ -87,7 +87,8 @@ EVAL_TIMEOUT = 600.0
 MAX_LEGACY_PER_ROUND = 10_000
 LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
-PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values(), *incremental.DOMAINS})
+PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values(),
+                          *verified_round.DOMAIN.values(), *incremental.DOMAINS})
 
 
 class NotAdmitted(RejectedMessage):
@@ -117,6 +118,11 @@ class CoordinatorConfig:
     dp_delta: float = 1e-5
     secagg_degree: int | None = None  # None: secagg.Config.default's graph
     secagg_threshold: int | None = None
+    # secure rounds: "vss" (range-checked inputs; workloads with range_bounds, i.e. stats),
+    # "secagg" (SecAgg+, any vector), "auto": vss where the workload allows it
+    secure_protocol: str = "auto"
+    vss_committee: int = 16  # committee size of vss rounds (threshold survives 30 % of it)
+    vss_bits: int = 14  # range-proof bits per coordinate (resolution of the range)
     llm_backend: str | None = "echo"  # prompt search on this coordinator; None: off
     redundancy: int = 2  # peers that evaluate each prompt (1: no verification)
     llm_max_tokens: int = 32
@@ -143,6 +149,7 @@ class Coordinator:
         self.identity = identity
         self.workload: Workload = get_workload(config.workload, **config.workload_options)
         self.replicated = bool(getattr(self.workload, "replicated", False))
+        self.secure_protocol = secure_protocol_for(self.workload, config.secure_protocol)
         self.store = Store(config.db_path)
         self.reputation = Reputation()
         for event in self.store.reputation_events():  # survives restarts
@@ -456,6 +463,17 @@ class Coordinator:
             if left_out:
                 log.info("round %d: %d peers below the reputation threshold get no task: %s",
                          number, len(left_out), left_out)
+        elif self.config.secure and self.secure_protocol == verified_round.MODE:
+            verified = verified_round.make_params(
+                self.workload, number, participants, prev_digest,
+                min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
+                dp_delta=self.config.dp_delta, committee_size=self.config.vss_committee,
+                bits=self.config.vss_bits)
+            params = encode(verified)
+            rnd = verified_round.VerifiedRound(
+                number, self.workload, verified, min_peers=self.config.min_peers,
+                phase_timeout=self.config.phase_timeout, now=now)
+            deadline = now + 5 * self.config.phase_timeout
         elif self.config.secure:
             secure = secure_round.make_params(
                 self.workload, number, participants, prev_digest,
@@ -470,10 +488,12 @@ class Coordinator:
         else:
             deadline = now + self.config.round_timeout
             rnd = Round(number, self.workload, deadline, self.config.min_peers)
+        mode = "replicated" if self.replicated else \
+            self.secure_protocol if self.config.secure else "clear"
         announce = RoundAnnounce(
             round=number, workload=self.workload.name, deadline_ms=int(deadline * 1000),
             min_peers=self.config.min_peers, prev_state_digest=prev_digest, params=params,
-            workload_params=workload_params or self.workload.round_params(number))
+            workload_params=workload_params or self.workload.round_params(number), mode=mode)
         wire = seal(self.identity, ANNOUNCE, number, encode(announce))
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
@@ -481,7 +501,6 @@ class Coordinator:
         self._round_peers = participants
         self.sessions.broadcast(wire)
         self._gossip(TOPIC_ANNOUNCE, wire)
-        mode = "replicated" if self.replicated else "secure" if self.config.secure else "clear"
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name, mode,
                  len(participants))
         return rnd
@@ -511,8 +530,8 @@ class Coordinator:
         announce = decode(open_envelope(row["announce_wire"]).payload, RoundAnnounce)
         rnd = Round(row["round"], self.workload, time.time() + self.config.round_timeout,
                     row["min_peers"])
-        if announce.params or self.replicated:  # its server state is gone by design
-            mode = "replicated" if self.replicated else "secure"
+        if announce.mode != "clear":  # its server state is gone by design
+            mode = "replicated" if announce.mode == "replicated" else "secure"
             log.warning("round %d was a %s round cut by a restart; marking it failed",
                         rnd.number, mode)
             self._publish(rnd, Outcome("failed", 0, {
@@ -673,6 +692,19 @@ def _claimed_sender(wire: bytes) -> str | None:
     if env is None or len(env.sender) != 32:
         return None
     return env.sender_id
+
+
+def secure_protocol_for(workload: Workload, choice: str) -> str:
+    """The secure-round protocol for ``workload``: ``choice`` ("vss", "secagg"), or for
+    "auto" vss where the workload's inputs have ranges to prove, else SecAgg+."""
+    ranged = workload.range_bounds() is not None
+    if choice == "auto":
+        return verified_round.MODE if ranged else "secagg"
+    if choice == verified_round.MODE and not ranged:
+        raise ValueError(f"workload {workload.name} has no input ranges: use secagg")
+    if choice not in ("secagg", verified_round.MODE):
+        raise ValueError(f"unknown secure protocol {choice!r} (auto, vss, secagg)")
+    return choice
 
 
 def decode_json_stats(payload: bytes) -> StatsContribution:

@@ -74,8 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.data and args.workload not in ("incremental", "prompt"):
         p.error(f"--data is required for the {args.workload} workload")
-    if args.attack and args.workload not in ("incremental", "prompt"):
-        p.error("--attack applies to the incremental and prompt workloads")
+    if args.attack == "outofrange" and args.workload != "stats":
+        p.error("--attack outofrange lies in secure stats rounds (--workload stats)")
+    if args.attack and args.attack != "outofrange" and args.workload not in (
+            "incremental", "prompt"):
+        p.error("--attack applies to the incremental and prompt workloads (outofrange: stats)")
     if args.attack == "fakescore" and not args.llm_backend:
         p.error("--attack fakescore needs --llm-backend (it lies about evaluations)")
     if not args.bootstrap and not args.coordinator_url:

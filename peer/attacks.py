@@ -21,6 +21,10 @@ forge      sends its messages with a broken signature
 signflip   trains, then claims ``start - 4 * (trained - start)``
 fakescore  prompt search: answers evaluations with made-up outputs instead of the
            LLM's (the prompt plus glowing words, to inflate the scores it reports)
+outofrange secure stats rounds: adds 10^6 to its height, outside every range, as a
+           malicious client of a secure sum can: under SecAgg+ by adding it to its
+           masked vector (the ring has room), under vss by committing to it and
+           sending the range proof of its true value (no valid one exists)
 alie       "A Little Is Enough" (Baruch et al. 2019): trains every segment of the
            round, claims ``mean - z * std`` of the honest updates
 =========  ======================================================================
@@ -38,15 +42,20 @@ import numpy as np
 import trio
 
 from protocol import incremental as inc
+from protocol import secagg, vss
 from protocol.envelope import Envelope, RejectedMessage, open_envelope, seal
 from protocol.identity import Identity
 from protocol.messages import RoundAnnounce, decode, encode
 from protocol.rounds import Outgoing, PeerRound
+from protocol.secure_round import MASKED, SecurePeerRound
+from protocol.verified_round import VerifiedPeerRound
 
 log = logging.getLogger("hypergossip.attack")
 
 ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip", "alie",
-           "fakescore")
+           "fakescore", "outofrange")
+SECURE_ATTACKS = ("outofrange",)  # the ones that lie inside secure (stats) rounds
+INFLATE = 1e6  # outofrange: what it adds to its first coordinate (a height, in cm)
 SIGNFLIP_SCALE = 4.0
 COPY_WAIT = 4.0  # seconds a copier waits to see a co-replica's message on gossip
 
@@ -60,6 +69,18 @@ class Attack:
         self.seen_commits: dict[tuple[int, int], dict[str, bytes]] = {}
         self.seen_reveals: dict[tuple[int, int], dict[str, inc.RevealItem]] = {}
         self.sent: dict[int, list[bytes]] = {}  # replay: our wires by round
+
+    # --- secure sums (outofrange) ------------------------------------------------------------
+    def secure_round(self, peer_id: str, workload, announce: RoundAnnounce,
+                     vector: np.ndarray, sign: Callable[[bytes], bytes]) -> PeerRound:
+        """The lying peer's side of a secure round (``announce.mode`` vss or secagg)."""
+        if self.name not in SECURE_ATTACKS:
+            raise ValueError(f"attack {self.name} has no secure-round behaviour")
+        if announce.mode == "vss":
+            rnd = VerifiedPeerRound(peer_id, workload, announce, vector)
+            rnd.client = _InflatingDealer(peer_id, rnd.cfg)
+            return rnd
+        return _InflatingSecure(peer_id, workload, announce, vector, sign)
 
     # --- what we claim ---------------------------------------------------------------------
     def claim(self, pr: inc.ReplicaPeerRound, segment: int,
@@ -173,3 +194,35 @@ class CopyPeerRound(PeerRound):
                  if (o := self._others(self.attack.seen_reveals, k))]
         log.warning("round %d: copying %d reveals from co-replicas", self.round, len(items))
         return [(inc.DOMAIN_REVEAL, encode(inc.Reveals(items)))] if items else []
+
+
+# --- outofrange: a secure-sum client with an input outside its range -------------------------
+class _InflatingDealer(vss.VssClient):
+    """Commits to (and shares) its encoded value plus INFLATE; no range proof exists for
+    it, so it sends the proof of its true value."""
+
+    def deal(self, directory: vss.KeyDirectory, x: np.ndarray) -> vss.Dealing:
+        self._true = self.cfg.encode(x)
+        values = list(self._true)
+        values[0] += int(INFLATE * float(self.cfg.scales[0]))
+        return self._deal(directory, values)
+
+    def _prove(self, j: int, v: int, r: int) -> list:
+        return super()._prove(j, self._true[j], r)
+
+
+class _InflatingSecure(SecurePeerRound):
+    """Adds INFLATE (fixed-point encoded) to its masked vector: the masks still cancel, so
+    the sum carries it, and nothing in SecAgg+ can tell."""
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        out = super().on_notice(phase, body, personal)
+        if phase != MASKED:
+            return out
+        enc = self.cfg.encoding
+        y = np.frombuffer(decode(out[0][1], secagg.MaskedInput).vector,
+                          dtype=enc.wire_dtype).astype(enc.dtype)
+        y[0] += enc.dtype(int(INFLATE * enc.scale))
+        return [(out[0][0], encode(secagg.MaskedInput(
+            vector=y.astype(enc.wire_dtype).tobytes())))]
+

@@ -68,9 +68,11 @@ from protocol.messages import (
 from protocol.rounds import ClearPeerRound, PeerRound
 from protocol.secagg import SecAggAbort
 from protocol.secure_round import SecureParams, SecurePeerRound
+from protocol.verified_round import VerifiedParams, VerifiedPeerRound
+from protocol.vss import VssAbort
 from protocol.workloads import Workload
 
-from .attacks import Attack
+from .attacks import SECURE_ATTACKS, Attack
 from .llm import Backend, gen_params_json
 from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
 from .roundlog import RoundLog
@@ -79,6 +81,7 @@ from .session import SessionClient, SessionDown
 log = logging.getLogger("hypergossip.peer")
 
 PULL_MAX_RESPONSE = 2 * 1024 * 1024
+PARAMS = {"secagg": SecureParams, "vss": VerifiedParams}  # secure round modes' parameters
 KEEP_ROUNDS = 64  # per-round bookkeeping kept in memory
 GAP_FILL_PER_TICK = 8
 PERSONAL_WAIT = 2.0  # seconds to wait for a personal message pushed behind its notice
@@ -351,13 +354,15 @@ class PeerDaemon:
                         announce.workload, self.workload.name)
             return
         try:
-            if getattr(self.workload, "replicated", False):
+            if announce.mode == "replicated":
                 participants = decode(announce.workload_params,
                                       incremental.IncrementalParams).eligible
-            elif announce.params:
-                participants = decode(announce.params, SecureParams).participants
-            else:
+            elif announce.mode in PARAMS:
+                participants = decode(announce.params, PARAMS[announce.mode]).participants
+            elif announce.mode == "clear":
                 participants = [self.peer_id]
+            else:
+                raise RejectedMessage(f"unknown round mode {announce.mode!r}")
         except RejectedMessage as exc:
             log.warning("round %d: bad secure-round parameters: %s", round, exc)
             return
@@ -375,14 +380,19 @@ class PeerDaemon:
         sources = [self.coordinator_id] + self.node.connected_peers()
         for digest, size in self.workload.required_blobs(announce):
             blobs[digest] = await self.node.fetch_blob(digest, sources, max_size=size)
-        if getattr(self.workload, "replicated", False):
+        if announce.mode == "replicated":
             if self.attack is not None:
                 return await trio.to_thread.run_sync(self.attack.peer_round, self.peer_id,
                                                      announce, self.data, blobs)
             return await trio.to_thread.run_sync(
                 lambda: incremental.ReplicaPeerRound(self.peer_id, announce, self.data, blobs))
-        if announce.params:
+        if announce.mode in PARAMS:
             x = await trio.to_thread.run_sync(self.workload.vector, announce, self.data, blobs)
+            if self.attack is not None and self.attack.name in SECURE_ATTACKS:
+                return self.attack.secure_round(self.peer_id, self.workload, announce, x,
+                                                self.identity.sign)
+            if announce.mode == "vss":
+                return VerifiedPeerRound(self.peer_id, self.workload, announce, x)
             return SecurePeerRound(self.peer_id, self.workload, announce, x, self.identity.sign)
         c = await trio.to_thread.run_sync(self.workload.contribute, announce, self.data, blobs)
         return ClearPeerRound(c)
@@ -446,9 +456,10 @@ class PeerDaemon:
                     assert held is not None
                     notice = decode(held.payload, PhaseNotice)
                     personal = None
-                    if notice.personal:
+                    wanted = notice.personal and logic.needs_personal(step)
+                    if wanted:
                         personal = await self._personal_message(round, step)
-                    if notice.personal and personal is None:
+                    if wanted and personal is None:
                         log.warning("round %d: could not fetch our %s message", round, step)
                         return
                     try:
@@ -457,7 +468,7 @@ class PeerDaemon:
                                                                 notice.body, personal)
                         else:
                             out = logic.on_notice(step, notice.body, personal)
-                    except (SecAggAbort, RejectedMessage) as exc:
+                    except (SecAggAbort, VssAbort, RejectedMessage) as exc:
                         log.warning("round %d: leaving at phase %s: %s", round, step, exc)
                         return
                 for blob in logic.blobs():  # results others fetch from us by digest

@@ -54,3 +54,19 @@ def noise_multiplier_for(target_epsilon: float, delta: float) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if epsilon(mid, delta) > target_epsilon else (lo, mid)
     return hi
+
+
+def calibrate(target_epsilon: float, delta: float, sensitivity: float,
+              min_peers: int) -> tuple[float, int]:
+    """(sigma of the sum's noise, k): each of at least ``k = min_peers`` peers adds noise of
+    std ``sigma / sqrt(k)`` so that one round is (target_epsilon, delta)-DP."""
+    return noise_multiplier_for(target_epsilon, delta) * sensitivity, max(1, min_peers)
+
+
+def report(sigma: float, split: int, sensitivity: float, delta: float, target_epsilon: float,
+           n: int) -> dict:
+    """The ``dp`` entry of a published result of ``n`` noised inputs."""
+    return {"mechanism": "distributed Gaussian",
+            "epsilon": epsilon(sigma / sensitivity, delta), "delta": delta,
+            "sigma_of_sum": sigma * (n / split) ** 0.5, "noise_multiplier": sigma / sensitivity,
+            "sensitivity": sensitivity, "target_epsilon": target_epsilon}

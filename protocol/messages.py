@@ -81,6 +81,9 @@ class Enroll(Strict):
     evaluator: EvaluatorInfo | None = None
 
 
+MODES = ("clear", "secagg", "vss", "replicated")  # how a round is run (RoundAnnounce.mode)
+
+
 class RoundAnnounce(Strict):
     round: RoundNo
     workload: Short
@@ -89,6 +92,7 @@ class RoundAnnounce(Strict):
     prev_state_digest: Annotated[bytes, Meta(max_length=32)] = b""
     params: Annotated[bytes, Meta(max_length=400 * 1024)] = b""  # the round mode's parameters
     workload_params: Annotated[bytes, Meta(max_length=16 * 1024)] = b""
+    mode: Short = "clear"  # one of MODES; ``params`` decodes by it
 
 
 class StatsContribution(Strict):

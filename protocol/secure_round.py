@@ -75,7 +75,7 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
     ``degree`` and ``threshold`` override :meth:`secagg.Config.default`'s graph."""
     sigma, split, headroom = 0.0, max(1, min_peers), 0.0
     if dp_epsilon:
-        sigma = dp.noise_multiplier_for(dp_epsilon, dp_delta) * workload.sensitivity()
+        sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
     cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
@@ -162,12 +162,8 @@ class SecureRound(RoundLogic):
         result = self.workload.finalize(out.total, n)
         p = self.params
         if p.dp_sigma:
-            result["dp"] = {
-                "mechanism": "distributed Gaussian", "epsilon": dp.epsilon(
-                    p.dp_sigma / self.workload.sensitivity(), p.dp_delta),
-                "delta": p.dp_delta, "sigma_of_sum": p.dp_sigma * (n / p.dp_split) ** 0.5,
-                "noise_multiplier": p.dp_sigma / self.workload.sensitivity(),
-                "sensitivity": self.workload.sensitivity(), "target_epsilon": p.dp_epsilon}
+            result["dp"] = dp.report(p.dp_sigma, p.dp_split, self.workload.sensitivity(),
+                                     p.dp_delta, p.dp_epsilon, n)
         result["secure_aggregation"] = {
             "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,

@@ -74,6 +74,11 @@ class Workload:
         influence on the sum when it is replaced): what DP noise is calibrated to."""
         raise NotImplementedError
 
+    def range_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(low, high) per coordinate when secure rounds can prove every input lies in them
+        (protocol.verified_round: a few numbers); None for vectors too long for that."""
+        return None
+
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
         """Secure mode: the result from the decoded sum of ``n`` peers' vectors."""
         raise NotImplementedError
@@ -130,6 +135,9 @@ class Stats(Workload):
 
     def sensitivity(self) -> float:
         return float(np.linalg.norm(self.HIGH - self.LOW))
+
+    def range_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.LOW, self.HIGH
 
     @staticmethod
     def _result(n: int, total_h: float, total_w: float) -> dict[str, Any]:

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fedavg: Dirichlet alpha of the peers' non-IID shards (default: 0.5)")
     p.add_argument("--insecure", action="store_true",
                    help="contributions in the clear (plain sums) instead of secure aggregation")
+    p.add_argument("--secure-protocol", default="auto", choices=("auto", "vss", "secagg"),
+                   help="secure rounds' protocol: vss (range-proven inputs, stats), secagg "
+                   "(SecAgg+), auto = vss for stats, secagg otherwise (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="FRACTION",
                    help="this fraction of the peers vanishes from every round (a different "
                    "set each round), each at a random phase (default: 0)")
@@ -124,8 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--peers and --rounds must be at least 1")
     if args.byzantine and not args.attack:
         p.error("--byzantine needs --attack NAME")
-    if args.attack and args.workload not in ("incremental", "prompt"):
-        p.error("--attack applies to --workload incremental and prompt")
+    if args.attack == "outofrange" and (args.workload != "stats" or args.insecure):
+        p.error("--attack outofrange lies in secure stats rounds (--workload stats)")
+    if args.attack and args.attack != "outofrange" and args.workload not in (
+            "incremental", "prompt"):
+        p.error("--attack applies to --workload incremental and prompt (outofrange: stats)")
     if args.workload == "prompt" and args.attack not in (None, "fakescore"):
         p.error("the prompt workload's attack is fakescore")
     if args.workload != "prompt" and args.attack == "fakescore":
@@ -174,12 +180,15 @@ class Testnet:
                "--listen", f"/ip4/127.0.0.1/tcp/{coord_port}", "--data-dir",
                str(self.run_dir / "coordinator"), "--workload", a.workload,
                "--min-peers", str(max(2, math.floor(a.peers * (1 - a.dropout)) - 1)
-                                  if a.dropout else a.peers),
+                                  if a.dropout else a.peers - (a.byzantine if a.attack ==
+                                                               "outofrange" else 0)),
                "--start-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
                "--round-pause", "0.5", "--log-level", a.log_level,
                "--phase-timeout", str(a.phase_timeout)]
         if a.insecure:
             cmd.append("--insecure")
+        else:
+            cmd += ["--secure-protocol", a.secure_protocol]
         if a.workload == "incremental":
             cmd += ["--segments", str(a.segments), "--replicas", str(a.replicas),
                     "--dispute", a.dispute]
@@ -285,7 +294,14 @@ def describe(row: dict, peers: int) -> str:
         line += (f"  held-out loss {row['loss']:.6f}  segments {row['count']}/{len(segs)}"
                  f"  disputes {row.get('disputes', 0)}  model {row['model_digest'][:12]}")
     if sa := row.get("secure_aggregation"):
-        line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
+        if "committee" in sa:  # protocol.verified_round
+            line += (f"  [VSS {sa['survivors']}/{sa['participants']} range-proven, committee "
+                     f"{sa['committee']}, t={sa['threshold']}"
+                     + (f", rejected {len(sa['rejected'])}" if sa["rejected"] else "")
+                     + (f", disqualified {len(sa['disqualified'])}" if sa["disqualified"]
+                        else "") + "]")
+        else:
+            line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
     return line
 
 
@@ -534,6 +550,20 @@ def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) 
     return rows
 
 
+def report_outofrange(rows: list[dict], net: Testnet) -> bool:
+    """Whether any round's sum included a peer that inflated its height by 10^6 cm."""
+    bad, leaked = set(net.byzantine), 0
+    for row in rows:
+        sa = row.get("secure_aggregation") or {}
+        inside = bad & set(sa.get("included", []))
+        leaked += bool(inside)
+        why = sorted({v for p, v in sa.get("rejected", {}).items() if p in bad})
+        print(f"round {row['round']}: {len(inside)} of {len(bad)} inflating peers included"
+              + (f"; refused: {'; '.join(why)}" if why else ""))
+    print(f"inflated inputs reached the published sum in {leaked} of {len(rows)} rounds")
+    return leaked == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     net = Testnet(args)
@@ -564,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peers' true means: height {math.fsum(h for h, _ in net.data) / n:.4f} cm, "
               f"weight {math.fsum(w for _, w in net.data) / n:.4f} kg")
         ok = check_stats(rows, truth, secure=not args.insecure) and ok
+        if args.attack == "outofrange":
+            ok = report_outofrange(rows, net) and ok
     if args.workload == "fedavg" and rows:
         final = [r for r in rows if r.get("accuracy") is not None]
         if final:

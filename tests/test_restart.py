@@ -114,4 +114,6 @@ async def test_restart_on_same_db_keeps_peers_and_rounds(tmp_path, secure):
     for view in (round3,) if secure else (round2, round3):
         assert view["status"] == "published", view
         assert view["accepted"] == 3
-        assert abs(view["result"]["mean_height"] - true_h) <= 1e-3
+        bound = view["result"].get("secure_aggregation", {}).get(
+            "quantization_error_bound", 3e-3) / 3  # clear rounds: float rounding only
+        assert abs(view["result"]["mean_height"] - true_h) <= bound

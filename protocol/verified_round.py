@@ -1,0 +1,236 @@
+"""The verified round mode: a small vector summed with range checks (protocol.vss).
+
+For workloads whose input is a few bounded numbers (``Workload.range_bounds``:
+the seed's height and weight): every input is proven to lie in its range
+before it is counted, which SecAgg+ cannot do, and the coordinator still
+learns only the sum.
+
+Phases, their peer message domains, and what closing each one sends:
+
+=========  ==================  ===================================================
+phase      peers send          when it closes, the coordinator sends
+=========  ==================  ===================================================
+keys       ``vss/keys``        notice ``deal``: the members' keys
+           (members)
+deal       ``vss/deal``        notice ``check``: every accepted dealing's
+           (everyone)          commitments; each member's own inbox (personal)
+check      ``vss/check``       notice ``resolve``: the accused dealers
+           (members)
+resolve    ``vss/resolve``     notice ``aggregate``: the included dealers and the
+           (the accused)       revealed shares
+aggregate  ``vss/aggregate``   the round's result (decoded sum, finalized)
+           (members)
+=========  ==================  ===================================================
+
+A phase closes when everyone expected in it who is connected has sent, or
+at the phase deadline. Like a SecAgg+ round, a verified round cannot be
+resumed after a coordinator restart (members' shares were never stored).
+
+With DP on, each peer adds its share of Gaussian noise before encoding, and
+the range each input is proven to lie in widens by ``DP_TAILS`` standard
+deviations of that share on each side: what a malicious peer can add is
+then bounded by the noise's own scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+import msgspec
+import numpy as np
+
+from . import dp, vss
+from .messages import RoundAnnounce, Strict, decode, encode
+from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
+from .workloads import Workload
+
+KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
+PHASES = (KEYS, DEAL, CHECK, RESOLVE, AGGREGATE)
+DOMAIN = {p: f"vss/{p}" for p in PHASES}
+SCHEMA: dict[str, type[Strict]] = {
+    KEYS: vss.MemberKey, DEAL: vss.Dealing, CHECK: vss.Accusations, RESOLVE: vss.Reveal,
+    AGGREGATE: vss.AggregateShare}
+MODE = "vss"
+DP_TAILS = 6.0  # noise beyond 6 standard deviations is clipped: P < 2e-9 per coordinate
+MAX_PARTICIPANTS = 300  # the check notice carries every dealing's commitments
+PeerId = Annotated[str, msgspec.Meta(max_length=64)]
+Float = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+
+
+class VerifiedParams(Strict):
+    """Everything a peer needs to join a verified round, carried in the announcement."""
+
+    participants: Annotated[list[PeerId], msgspec.Meta(max_length=MAX_PARTICIPANTS)]
+    committee: Annotated[list[PeerId], msgspec.Meta(max_length=vss.MAX_THRESHOLD)]
+    threshold: int
+    low: Annotated[list[Float], msgspec.Meta(max_length=vss.MAX_DIM)]
+    high: Annotated[list[Float], msgspec.Meta(max_length=vss.MAX_DIM)]
+    bits: int
+    min_included: int
+    dp_sigma: float = 0.0  # std of the total Gaussian noise on the sum; 0: no DP
+    dp_split: int = 1  # each peer adds noise of std dp_sigma / sqrt(dp_split)
+    dp_epsilon: float = 0.0
+    dp_delta: float = 0.0
+
+
+def committee_seed(prev_state_digest: bytes, round: int) -> bytes:
+    """Public, unpredictable before the previous result exists: picks the committee."""
+    return hashlib.sha256(b"hypergossip/committee/v1" + prev_state_digest +
+                          round.to_bytes(8, "big")).digest()
+
+
+def make_params(workload: Workload, round: int, participants: list[str], prev_digest: bytes,
+                *, dropout: float = 0.3, min_peers: int = 1, dp_epsilon: float = 0.0,
+                dp_delta: float = 1e-5, committee_size: int = 16,
+                bits: int = 14) -> VerifiedParams:
+    bounds = workload.range_bounds()
+    if bounds is None:
+        raise ValueError(f"workload {workload.name} has no input ranges to check")
+    if len(participants) > MAX_PARTICIPANTS:
+        raise ValueError(f"verified rounds take at most {MAX_PARTICIPANTS} participants")
+    low, high = (np.asarray(b, dtype=np.float64) for b in bounds)
+    sigma, split = 0.0, max(1, min_peers)
+    if dp_epsilon:
+        sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
+        tails = DP_TAILS * sigma / split**0.5
+        low, high = low - tails, high + tails
+    cfg = vss.Config.default(round, participants, committee_seed(prev_digest, round),
+                             low.tolist(), high.tolist(), bits=bits,
+                             committee_size=committee_size, dropout=dropout,
+                             min_included=max(2, min_peers))
+    return VerifiedParams(list(cfg.participants), list(cfg.committee), cfg.threshold,
+                          list(cfg.low), list(cfg.high), cfg.bits, cfg.min_included, sigma,
+                          split, dp_epsilon, dp_delta if dp_epsilon else 0.0)
+
+
+def config(round: int, p: VerifiedParams) -> vss.Config:
+    return vss.Config(round, tuple(p.participants), tuple(p.committee), p.threshold,
+                      tuple(p.low), tuple(p.high), p.bits, p.min_included)
+
+
+class VerifiedRound(RoundLogic):
+    def __init__(self, number: int, workload: Workload, params: VerifiedParams, *,
+                 min_peers: int, phase_timeout: float, now: float):
+        self.number, self.workload, self.params = number, workload, params
+        self.cfg = config(number, params)
+        self.server = vss.VssServer(self.cfg)
+        self.min_peers, self.phase_timeout = min_peers, phase_timeout
+        self.phase = KEYS
+        self.deadline = now + phase_timeout
+        self.rejected: dict[str, int] = {}
+
+    def domains(self) -> frozenset[str]:
+        return frozenset(DOMAIN.values())
+
+    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
+        if domain != DOMAIN.get(self.phase):
+            raise WrongPhase(f"{domain} arrived during phase {self.phase}")
+        msg = decode(payload, SCHEMA[self.phase])
+        receive = {KEYS: self.server.receive_key, DEAL: self.server.receive_dealing,
+                   CHECK: self.server.receive_accusations, RESOLVE: self.server.receive_reveal,
+                   AGGREGATE: self.server.receive_aggregate}
+        receive[self.phase](sender, msg)  # type: ignore[operator]
+
+    def _waiting_for(self) -> set[str]:
+        s, members = self.server, set(self.server.keys)
+        before, now = {KEYS: (set(self.cfg.committee), s.keys),
+                       DEAL: (set(self.cfg.participants), s.dealings),
+                       CHECK: (members, s.accusations), RESOLVE: (set(s.disputes), s.reveals),
+                       AGGREGATE: (members, s.aggregates)}[self.phase]
+        return before - set(now) - s.refused[s.phase]  # a refused message is not resent
+
+    def ready(self, now: float, live: set[str]) -> bool:
+        return now >= self.deadline or not (self._waiting_for() & live)
+
+    def accepted_count(self) -> int:
+        return len(self.server.included or self.server.dealings)
+
+    def advance(self, now: float) -> Notice | Outcome:
+        self.deadline = now + self.phase_timeout
+        s = self.server
+        try:
+            if self.phase == KEYS:
+                directory = s.close_keys()
+                self.phase = DEAL
+                return Notice(DEAL, body=encode(directory))
+            if self.phase == DEAL:
+                body, inboxes = s.close_deal()
+                self.phase = CHECK
+                return Notice(CHECK, body=encode(body),
+                              personal={m: encode(i) for m, i in inboxes.items()})
+            if self.phase == CHECK:
+                disputes = s.close_check()
+                self.phase = RESOLVE
+                return Notice(RESOLVE, body=encode(disputes))
+            if self.phase == RESOLVE:
+                inclusion = s.close_resolve()
+                self.phase = AGGREGATE
+                return Notice(AGGREGATE, body=encode(inclusion))
+            if self.phase != AGGREGATE:
+                raise RoundMisuse(f"advance after the round ended ({self.phase})")
+            out = s.close_aggregate()
+        except vss.VssAbort as exc:
+            self.phase = "failed"
+            return Outcome("failed", 0, {"error": f"verified aggregation aborted: {exc}"})
+        self.phase = "done"
+        n = len(out.included)
+        if n < self.min_peers:
+            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
+        result = self.workload.finalize(out.total, n)
+        p = self.params
+        if p.dp_sigma:
+            result["dp"] = dp.report(p.dp_sigma, p.dp_split, self.workload.sensitivity(),
+                                     p.dp_delta, p.dp_epsilon, n)
+        result["secure_aggregation"] = {
+            "protocol": "Pedersen VSS to a committee, range-proven inputs",
+            "participants": len(self.cfg.participants), "survivors": n,
+            "included": out.included,  # whose inputs the sum holds (not what they were)
+            "committee": len(self.cfg.committee), "threshold": self.cfg.threshold,
+            "members_answered": out.members,
+            "range": {"low": list(self.cfg.low), "high": list(self.cfg.high),
+                      "bits": self.cfg.bits},
+            "quantization_error_bound": self.cfg.error_bound(n),
+            "rejected": out.rejected, "disqualified": out.disqualified}
+        return Outcome("published", n, result)
+
+
+class VerifiedPeerRound(PeerRound):
+    phases = (DEAL, CHECK, RESOLVE, AGGREGATE)
+    offload = True  # a member tests every dealer's shares: tenths of a second at N=100
+
+    def __init__(self, peer_id: str, workload: Workload, announce: RoundAnnounce,
+                 vector: np.ndarray):
+        """``vector``: this peer's input (unbounded; it is bounded and, with DP on, noised
+        here, then proven to lie in the announced range)."""
+        self.params = decode(announce.params, VerifiedParams)
+        self.cfg = config(announce.round, self.params)
+        self.workload, self.vector = workload, np.asarray(vector, dtype=np.float64)
+        self.client = vss.VssClient(peer_id, self.cfg)
+
+    def start(self) -> Outgoing:
+        key = self.client.advertise()
+        return [] if key is None else [(DOMAIN[KEYS], encode(key))]
+
+    def needs_personal(self, phase: str) -> bool:
+        return phase == CHECK and self.client.member
+
+    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        out: msgspec.Struct | None
+        if phase == DEAL:
+            x = self.workload.bound(self.vector)
+            if self.params.dp_sigma:
+                std = self.params.dp_sigma / self.params.dp_split**0.5
+                x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
+            out = self.client.deal(decode(body, vss.KeyDirectory), x)
+        elif phase == CHECK:
+            inbox = decode(personal, vss.Inbox) if personal is not None else \
+                vss.Inbox(ciphertexts={})
+            out = self.client.check(decode(body, vss.Commitments), inbox)
+        elif phase == RESOLVE:
+            out = self.client.reveal(decode(body, vss.Disputes))
+        elif phase == AGGREGATE:
+            out = self.client.aggregate(decode(body, vss.Inclusion))
+        else:
+            raise RoundMisuse(f"unknown phase {phase!r}")
+        return [] if out is None else [(DOMAIN[phase], encode(out))]
