@@ -148,6 +148,23 @@ async def reset(stream) -> None:
         event.set()
 
 
+async def grow_receive_window(stream, size: int) -> None:
+    """Let the remote send up to ``size`` bytes on ``stream`` before it must wait for us.
+
+    yamux starts every stream at a 256 KiB window; a sender that fills it polls every
+    10 ms until the receiver has read half of it and said so. A long-lived stream that
+    carries large messages (a session's masked vectors) is better told at once. No-op on
+    streams that are not yamux's."""
+    muxed = getattr(stream, "muxed_stream", None)
+    current = getattr(muxed, "recv_window", None)
+    if not isinstance(current, int) or size <= current:
+        return
+    muxed.target_recv_window = max(size, getattr(muxed, "target_recv_window", 0))
+    muxed.recv_window = size
+    with trio.CancelScope(shield=True):
+        await muxed.send_window_update(size - current)
+
+
 async def guarded(stream, deadline: float, io: Callable[[], Awaitable[T]]) -> T:
     """Run ``io()`` -- reads and writes on ``stream`` -- so that neither its deadline nor a
     cancellation from outside cuts a libp2p frame in half.

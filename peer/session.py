@@ -49,11 +49,19 @@ import trio
 
 from protocol.messages import PROTO_SESSION, SubmitAck, encode
 
-from .node import NetworkNode, StreamProtocolError, read_frame, reset, write_frame
+from .node import (
+    NetworkNode,
+    StreamProtocolError,
+    grow_receive_window,
+    read_frame,
+    reset,
+    write_frame,
+)
 
 log = logging.getLogger("hypergossip.session")
 
 QUEUE = 256  # frames queued per session before the coordinator drops a slow peer
+RECEIVE_WINDOW = 2 * 1024 * 1024  # per session, at the coordinator: a masked vector in one go
 PUSH_MAX = 8 * 1024 * 1024 + 1024  # a personal message may be this large
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # peer's reconnect backoff, seconds
 HEALTHY_S = 10.0  # a session that lived this long resets the backoff
@@ -138,6 +146,7 @@ class SessionHub:
         if head is None:
             log.info("session from %s refused: not admitted", peer)
             return
+        await grow_receive_window(stream, RECEIVE_WINDOW)
         session = _Session(stream)
         old = self._sessions.get(peer)
         if old is not None:

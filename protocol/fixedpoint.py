@@ -58,8 +58,10 @@ class FixedPoint:
         x = np.asarray(x, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise ValueError("cannot encode NaN or infinity")
-        q = np.rint(np.clip(x, -self.clip, self.clip) * self.scale).astype(np.int64)
-        return q.astype(self.dtype)  # two's complement wrap for negatives
+        q = np.clip(x, -self.clip, self.clip)
+        q *= self.scale  # in place: encoding runs over every coordinate of every input
+        np.rint(q, out=q)
+        return q.astype(np.int64).astype(self.dtype, copy=False)  # two's complement
 
     def decode_sum(self, total: np.ndarray, n: int) -> np.ndarray:
         """Decode a ring sum of ``n`` encoded vectors into floats."""

@@ -178,7 +178,8 @@ class Config:
             raise ValueError("degree must be even (Harary graph) unless the graph is complete")
         if len(self.graph_seed) != 32 or self.vector_len < 1:
             raise ValueError("graph_seed must be 32 bytes and vector_len >= 1")
-        object.__setattr__(self, "_neighbours", _harary(self))
+        object.__setattr__(self, "_order", _cycle_order(self))
+        object.__setattr__(self, "_neighbours", {})
 
     @classmethod
     def default(cls, round: int, participants: Iterable[str], graph_seed: bytes, vector_len: int,
@@ -205,7 +206,12 @@ class Config:
         return cls(round, people, degree, threshold, graph_seed, vector_len, encoding)
 
     def neighbours(self, peer: str) -> tuple[str, ...]:
-        return self._neighbours[peer]  # type: ignore[attr-defined]
+        """``peer``'s neighbours, sorted (computed on first use: a client needs only its
+        own, the server everyone's)."""
+        cache: dict[str, tuple[str, ...]] = self._neighbours  # type: ignore[attr-defined]
+        if peer not in cache:
+            cache[peer] = _neighbours_of(self, peer)
+        return cache[peer]
 
     @property
     def byte_len(self) -> int:
@@ -229,24 +235,33 @@ def _stream(key: bytes, nbytes: int, nonce: bytes = bytes(16)) -> bytes:
     return enc.update(bytes(nbytes)) + enc.finalize()
 
 
-def _harary(cfg: Config) -> dict[str, tuple[str, ...]]:
+def _cycle_order(cfg: Config) -> tuple[dict[str, int], list[str]]:
+    """The participants' places on the Harary graph's cycle (positions, and the cycle)."""
     people = sorted(cfg.participants)
     n = len(people)
-    words = np.frombuffer(_stream(cfg.graph_seed, 8 * 4 * n), dtype=">u8")
+    words = np.frombuffer(_stream(cfg.graph_seed, 8 * 4 * n), dtype=">u8").tolist()
     order, w = list(people), 0
     for i in range(n - 1, 0, -1):  # Fisher-Yates with rejection sampling: unbiased
         bound = (2**64 // (i + 1)) * (i + 1)
-        while int(words[w]) >= bound:
+        while words[w] >= bound:
             w += 1
-        j = int(words[w]) % (i + 1)
+        j = words[w] % (i + 1)
         w += 1
         order[i], order[j] = order[j], order[i]
+    return {p: k for k, p in enumerate(order)}, order
+
+
+def _neighbours_of(cfg: Config, peer: str) -> tuple[str, ...]:
+    """The ``degree/2`` places either side of ``peer`` on the cycle (everyone else, for the
+    complete graph)."""
+    pos, order = cfg._order  # type: ignore[attr-defined]
+    n = len(order)
+    if peer not in pos:
+        raise KeyError(peer)
     if cfg.degree >= n - 1:
-        return {p: tuple(q for q in people if q != p) for p in people}
-    pos = {p: k for k, p in enumerate(order)}
-    half = cfg.degree // 2
-    return {p: tuple(sorted({order[(pos[p] + d) % n] for d in range(-half, half + 1) if d}))
-            for p in people}
+        return tuple(sorted(q for q in order if q != peer))
+    half, k = cfg.degree // 2, pos[peer]
+    return tuple(sorted({order[(k + d) % n] for d in range(-half, half + 1) if d}))
 
 
 def prg(seed: bytes, cfg: Config) -> np.ndarray:

@@ -374,7 +374,7 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
         while True:
             cpu_samples.append((time.monotonic(), time.process_time() + sum(
                 _cpu_of(proc.pid) for proc, _ in workers)))
-            await trio.sleep(0.02)
+            await trio.sleep(0.1)  # reading /proc costs the coordinator's process too
 
     def cpu_at(t: float) -> float | None:
         best = min(cpu_samples, key=lambda s: abs(s[0] - t), default=None)
@@ -780,7 +780,7 @@ FOOTNOTES = """\
 (f) thread CPU of the coordinator's own work per warm round: message intake (verify, decode,
     SecAgg+ receive, SQLite), closing phases (incl. unmasking), notices, result, pull answers;
     not libp2p's transport work for its connections.
-(g) CPU time of all the benchmark's processes per warm round (sampled every 20 ms): the
+(g) CPU time of all the benchmark's processes per warm round (sampled every 0.1 s): the
     coordinator's and the peers' (--peer-processes), libp2p included: with many peers the
     machine's cores are busy with all of them at once, which a real deployment (one machine
     per peer) is not.
