@@ -24,10 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m peer",
         description="Run a hypergossip peer: join the libp2p gossip network through the "
-        "bootstrap addresses, enrol with the coordinator by a signed message, and take part "
-        "in every round: private inputs under secure aggregation (stats, fedavg), replicated "
-        "training with commit-reveal (incremental), and, with --llm-backend, prompt-search "
-        "evaluations. Logs each round it sees and what it sent.",
+        "bootstrap addresses, enrol with the coordinator by a signed message, keep one "
+        "session stream open to it (it pushes rounds and notices; gossip and pulls cover "
+        "for it), and take part in every round: private inputs under secure aggregation "
+        "(stats: range-proven VSS, fedavg: SecAgg+), replicated training with commit-reveal "
+        "(incremental), and, with --llm-backend, prompt-search evaluations. Logs each round "
+        "it sees and what it sent.",
         epilog="Example: python -m peer --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... "
         "--data height=172,weight=68",
     )
@@ -63,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--colluders", type=int, default=2,
                    help="testing: how many attackers the alie attack assumes (default: 2)")
     p.add_argument("--pull-interval", type=float, default=2.0,
-                   help="seconds between pulls of missed rounds (default: %(default)s)")
+                   help="seconds between pulls of missed rounds while the session to the "
+                   "coordinator is down (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P",
                    help="testing: in each round, with probability P, go silent at a random "
                    "phase (simulates a client vanishing mid-round; default: 0)")

@@ -501,13 +501,7 @@ class SecAggServer:
     # each receive_* validates; a failure names the fault and changes nothing
     def _check(self, phase: Phase, peer: str, seen: Mapping[str, object],
                allowed: Iterable[str]) -> None:
-        if self.phase is not phase:
-            raise SecAggRejected(f"{phase.name.lower()} message outside its phase "
-                                 f"(now {self.phase.name.lower()})")
-        if peer not in allowed:
-            raise SecAggRejected(f"{peer} may not send in phase {phase.name.lower()}")
-        if peer in seen:
-            raise SecAggRejected(f"{peer} already sent its {phase.name.lower()} message")
+        admit(self.phase, phase, peer, seen, allowed, SecAggRejected)
 
     def _reject(self, peer: str, exc: SecAggRejected) -> SecAggRejected:
         self.rejected[peer] = str(exc)
@@ -644,6 +638,19 @@ class SecAggServer:
             raise SecAggAbort(f"phase {phase.name.lower()} ended with {count} clients; "
                               f"threshold is {self.cfg.threshold}")
         self.phase = Phase(phase.value + 1)
+
+
+def admit(current: enum.Enum, phase: enum.Enum, peer: str, seen: Mapping[str, object],
+          allowed: Iterable[str], error: type[RejectedMessage]) -> None:
+    """A server's rule for every message: only in its phase, only from a sender allowed
+    there, at most once; else ``error`` with the reason."""
+    if current is not phase:
+        raise error(f"{phase.name.lower()} message outside its phase "
+                    f"(now {current.name.lower()})")
+    if peer not in allowed:
+        raise error(f"{peer} may not send in phase {phase.name.lower()}")
+    if peer in seen:
+        raise error(f"{peer} already sent its {phase.name.lower()} message")
 
 
 def _consistent(basis: list[bytes], share: bytes) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -157,13 +157,9 @@ class SecureRound(RoundLogic):
             return Outcome("failed", 0, {"error": f"secure aggregation aborted: {exc}"})
         self.phase, self.last = "done", out
         n = len(out.survivors)
-        if n < self.min_peers:
-            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
-        result = self.workload.finalize(out.total, n)
-        p = self.params
-        if p.dp_sigma:
-            result["dp"] = dp.report(p.dp_sigma, p.dp_split, self.workload.sensitivity(),
-                                     p.dp_delta, p.dp_epsilon, n)
+        result = finalize(self.workload, self.params, out.total, n, self.min_peers)
+        if isinstance(result, Outcome):
+            return result
         result["secure_aggregation"] = {
             "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
@@ -172,6 +168,19 @@ class SecureRound(RoundLogic):
             "quantization_error_bound": self.cfg.encoding.error_bound(n),
             "bad_shares": out.bad_shares, "rejected": out.rejected}
         return Outcome("published", n, result)
+
+
+def finalize(workload: Workload, params: SecureParams | Any, total: np.ndarray, n: int,
+             min_peers: int) -> dict[str, Any] | Outcome:
+    """A secure round's published result from the decoded sum of ``n`` inputs (with its
+    DP report when ``params`` added noise), or the failed outcome below the quorum."""
+    if n < min_peers:
+        return Outcome("failed", n, {"error": f"quorum not met: {n} < {min_peers}"})
+    result = workload.finalize(total, n)
+    if params.dp_sigma:
+        result["dp"] = dp.report(params.dp_sigma, params.dp_split, workload.sensitivity(),
+                                 params.dp_delta, params.dp_epsilon, n)
+    return result
 
 
 class SecurePeerRound(PeerRound):

@@ -43,6 +43,7 @@ import numpy as np
 from . import dp, vss
 from .messages import RoundAnnounce, Strict, decode, encode
 from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
+from .secure_round import finalize
 from .workloads import Workload
 
 KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
@@ -175,13 +176,9 @@ class VerifiedRound(RoundLogic):
             return Outcome("failed", 0, {"error": f"verified aggregation aborted: {exc}"})
         self.phase = "done"
         n = len(out.included)
-        if n < self.min_peers:
-            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
-        result = self.workload.finalize(out.total, n)
-        p = self.params
-        if p.dp_sigma:
-            result["dp"] = dp.report(p.dp_sigma, p.dp_split, self.workload.sensitivity(),
-                                     p.dp_delta, p.dp_epsilon, n)
+        result = finalize(self.workload, self.params, out.total, n, self.min_peers)
+        if isinstance(result, Outcome):
+            return result
         result["secure_aggregation"] = {
             "protocol": "Pedersen VSS to a committee, range-proven inputs",
             "participants": len(self.cfg.participants), "survivors": n,

@@ -90,7 +90,7 @@ from . import group, rangeproof
 from .envelope import RejectedMessage
 from .group import GroupError, L
 from .messages import Strict
-from .secagg import _hkdf, _raw_public, _round_bytes, _stream
+from .secagg import _hkdf, _raw_public, _round_bytes, _stream, admit
 
 TAG = b"hypergossip/vss/v1/"
 B32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
@@ -482,13 +482,7 @@ class VssServer:
 
     def _check(self, phase: Phase, peer: str, seen: Mapping[str, object],
                allowed: Iterable[str]) -> None:
-        if self.phase is not phase:
-            raise VssRejected(f"{phase.name.lower()} message outside its phase "
-                              f"(now {self.phase.name.lower()})")
-        if peer not in allowed:
-            raise VssRejected(f"{peer} may not send in phase {phase.name.lower()}")
-        if peer in seen:
-            raise VssRejected(f"{peer} already sent its {phase.name.lower()} message")
+        admit(self.phase, phase, peer, seen, allowed, VssRejected)
 
     def _reject(self, peer: str, why: str) -> VssRejected:
         self.rejected[peer] = why
