@@ -222,7 +222,7 @@ class _InflatingSecure(SecurePeerRound):
         enc = self.cfg.encoding
         y = np.frombuffer(decode(out[0][1], secagg.MaskedInput).vector,
                           dtype=enc.wire_dtype).astype(enc.dtype)
-        y[0] += enc.dtype(int(INFLATE * enc.scale))
+        y[0] = (int(y[0]) + int(INFLATE * enc.scale)) % 2**enc.bits  # ring arithmetic
         return [(out[0][0], encode(secagg.MaskedInput(
             vector=y.astype(enc.wire_dtype).tobytes())))]
 
