@@ -469,6 +469,10 @@ class Coordinator:
                 min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
                 dp_delta=self.config.dp_delta, committee_size=self.config.vss_committee,
                 bits=self.config.vss_bits)
+            if len(verified.participants) < len(participants):
+                log.warning("round %d: %d peers; a vss round takes %d (a seeded draw), the "
+                            "others sit this one out", number, len(participants),
+                            len(verified.participants))
             params = encode(verified)
             rnd = verified_round.VerifiedRound(
                 number, self.workload, verified, min_peers=self.config.min_peers,

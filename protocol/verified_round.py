@@ -54,7 +54,7 @@ SCHEMA: dict[str, type[Strict]] = {
     AGGREGATE: vss.AggregateShare}
 MODE = "vss"
 DP_TAILS = 6.0  # noise beyond 6 standard deviations is clipped: P < 2e-9 per coordinate
-MAX_PARTICIPANTS = 300  # the check notice carries every dealing's commitments
+MAX_PARTICIPANTS = 300  # dealers per round (each member tests all their shares)
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 Float = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 
@@ -88,16 +88,19 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
     bounds = workload.range_bounds()
     if bounds is None:
         raise ValueError(f"workload {workload.name} has no input ranges to check")
-    if len(participants) > MAX_PARTICIPANTS:
-        raise ValueError(f"verified rounds take at most {MAX_PARTICIPANTS} participants")
     low, high = (np.asarray(b, dtype=np.float64) for b in bounds)
+    seed = committee_seed(prev_digest, round)
+    # every dealing's commitments travel in one notice: above what fits, a seeded draw
+    # picks who takes part this round (another round, another draw)
+    cap = min(MAX_PARTICIPANTS, vss.max_dealers(len(low), committee_size))  # threshold <= size
+    if len(participants) > cap:
+        participants = vss.rank(participants, seed + b"participants")[:cap]
     sigma, split = 0.0, max(1, min_peers)
     if dp_epsilon:
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         tails = DP_TAILS * sigma / split**0.5
         low, high = low - tails, high + tails
-    cfg = vss.Config.default(round, participants, committee_seed(prev_digest, round),
-                             low.tolist(), high.tolist(), bits=bits,
+    cfg = vss.Config.default(round, participants, seed, low.tolist(), high.tolist(), bits=bits,
                              committee_size=committee_size, dropout=dropout,
                              min_included=max(2, min_peers))
     return VerifiedParams(list(cfg.participants), list(cfg.committee), cfg.threshold,

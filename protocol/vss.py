@@ -220,10 +220,7 @@ class Config:
         """A committee of ``min(n, committee_size)`` in a seeded order, with the threshold
         that survives a ``dropout`` fraction of members vanishing."""
         people = tuple(sorted(set(participants)))
-        words = np.frombuffer(_stream(hashlib.sha256(TAG + seed).digest(), 8 * len(people)),
-                              dtype=">u8")
-        ranked = [p for _, p in sorted(zip(words.tolist(), people, strict=True))]
-        committee = tuple(ranked[:max(1, min(len(people), committee_size))])
+        committee = tuple(rank(people, seed)[:max(1, min(len(people), committee_size))])
         threshold = max(1, len(committee) - math.floor(dropout * len(committee)))
         return cls(round, people, committee, threshold, tuple(low), tuple(high), bits,
                    min_included)
@@ -256,6 +253,19 @@ class Config:
     def context(self, dealer: str, j: int) -> bytes:
         """What a range proof is bound to: round, dealer, coordinate and the encoding."""
         return TAG + _round_bytes(self.round) + dealer.encode() + b"|" + bytes([j, self.bits])
+
+
+def rank(people: Iterable[str], seed: bytes) -> list[str]:
+    """``people`` in a public order drawn from ``seed`` (AES-CTR words as sort keys)."""
+    people = sorted(set(people))
+    words = np.frombuffer(_stream(hashlib.sha256(TAG + seed).digest(), 8 * len(people)),
+                          dtype=">u8")
+    return [p for _, p in sorted(zip(words.tolist(), people, strict=True))]
+
+
+def max_dealers(dim: int, threshold: int, budget: int = 380_000) -> int:
+    """How many dealings' commitments fit in ``budget`` bytes (one phase notice)."""
+    return budget // (2 * 56 + 34 + dim * (34 * threshold + 3))
 
 
 def _aead(shared: bytes, cfg: Config, dealer: str, member: str) -> tuple[ChaCha20Poly1305, bytes]:

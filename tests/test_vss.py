@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from protocol import group, rangeproof, vss
+from protocol import group, rangeproof, verified_round, vss
 from protocol.identity import Identity
+from protocol.messages import PhaseNotice, encode
 from protocol.vss import (
     Accusations,
     AggregateShare,
@@ -21,6 +22,7 @@ from protocol.vss import (
     VssRejected,
     VssServer,
 )
+from protocol.workloads import get_workload
 
 LOW, HIGH = (50.0, 20.0), (250.0, 300.0)  # the stats workload's height/weight ranges
 
@@ -229,3 +231,20 @@ def test_privacy_fewer_than_threshold_members_plus_server_learn_nothing_but_thre
     # degree tau - 1 polynomial through (0, v) and the coalition's points
     assert interpolate(holders[:tau]) == v_true
     assert interpolate(holders[1:tau + 1]) == v_true
+
+
+def test_a_round_with_more_peers_than_a_notice_holds_draws_who_takes_part():
+    people = [Identity.generate().peer_id for _ in range(400)]
+    params = verified_round.make_params(get_workload("stats"), 7, people, b"d" * 32,
+                                        committee_size=32)
+    chosen = params.participants
+    assert len(chosen) < 400 and len(chosen) == len(set(chosen)) and set(chosen) <= set(people)
+    # the largest notice of such a round (every dealing's commitments) stays within limits
+    cfg = verified_round.config(7, params)
+    point = group.base(5)
+    body = vss.Commitments(dealers={p: [[point] * cfg.threshold] * cfg.dim for p in chosen},
+                           dealer_pks={p: point for p in chosen})
+    assert len(encode(PhaseNotice(round=7, phase="check", body=encode(body)))) < 400 * 1024
+    again = verified_round.make_params(get_workload("stats"), 7, people, b"d" * 32,
+                                       committee_size=32)
+    assert again.participants == chosen  # a public draw: anyone can recompute it
