@@ -63,6 +63,7 @@ import hashlib
 import itertools
 import math
 import os
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -497,6 +498,7 @@ class SecAggServer:
         self.signatures: dict[str, bytes] = {}
         self.unmask_replies: dict[str, UnmaskShares] = {}
         self.rejected: dict[str, str] = {}
+        self._weights: dict[tuple, tuple[list[int], list[int]]] = {}  # see _all_on
 
     # each receive_* validates; a failure names the fault and changes nothing
     def _check(self, phase: Phase, peer: str, seen: Mapping[str, object],
@@ -611,24 +613,53 @@ class SecAggServer:
         """The secret from ``threshold`` consistent shares; names holders of shares that
         do not fit the secret's commitment."""
         t = self.cfg.threshold
-        if len(shares) < t:
-            raise SecAggAbort(f"{len(shares)} shares for {owner}, need {t}")
-        holders = sorted(shares)
+        points = {}
+        for v, share in shares.items():
+            try:
+                points[v] = shamir.parse(share)
+            except shamir.ShareError:
+                bad[v] = bad.get(v, 0) + 1
+        if len(points) < t:
+            raise SecAggAbort(f"{len(points)} usable shares for {owner}, need {t}")
+        holders = sorted(points)
         for count, subset in enumerate(itertools.combinations(holders, t)):
             if count >= MAX_COMBINATIONS:
                 break
-            try:
-                secret = shamir.combine(shares[v] for v in subset)
-            except shamir.ShareError:
+            basis = [points[v] for v in subset]
+            if len({x for x, _ in basis}) < t:
+                continue  # two holders claim one index: not a polynomial
+            value = shamir.interpolate(basis, 0)
+            if value >> (8 * shamir.SECRET_LEN):
                 continue
+            secret = value.to_bytes(shamir.SECRET_LEN, "big")
             if not valid(secret):
                 continue
-            basis = [shares[v] for v in subset]
-            for v in holders:  # who handed in a share off the secret's polynomial?
-                if v not in subset and not _consistent(basis, shares[v]):
-                    bad[v] = bad.get(v, 0) + 1
+            extra = [points[v] for v in holders if v not in subset]
+            if extra and not self._all_on(basis, extra):  # then: who is off the polynomial?
+                for v in holders:
+                    x, y = points[v]
+                    if v not in subset and shamir.interpolate(basis, x) != y:
+                        bad[v] = bad.get(v, 0) + 1
             return secret
         raise SecAggAbort(f"no {t} consistent shares rebuild {owner}'s secret")
+
+    def _all_on(self, basis: list[tuple[int, int]], extra: list[tuple[int, int]]) -> bool:
+        """Whether every ``extra`` point lies on the polynomial through ``basis``, tested at
+        once: sum_v r_v y_v == sum_j y_j c_j with random r (fixed per server, drawn after
+        every share was in) and c_j = sum_v r_v L_j(x_v), which depends only on the share
+        indices and so is computed once for all the secrets that share them. A point off
+        the polynomial passes with probability 1/P."""
+        key = (tuple(x for x, _ in basis), tuple(x for x, _ in extra))
+        if key not in self._weights:
+            rs = [secrets.randbelow(shamir.P) for _ in extra]
+            cs = [0] * len(basis)
+            for r, x in zip(rs, key[1], strict=True):
+                for j, lj in enumerate(shamir.lagrange(key[0], x)):
+                    cs[j] = (cs[j] + r * lj) % shamir.P
+            self._weights[key] = (rs, cs)
+        rs, cs = self._weights[key]
+        lhs = sum(r * y for r, (_, y) in zip(rs, extra, strict=True)) % shamir.P
+        return lhs == sum(c * y for c, (_, y) in zip(cs, basis, strict=True)) % shamir.P
 
     def _close(self, phase: Phase, count: int) -> None:
         if self.phase is not phase:
@@ -651,10 +682,3 @@ def admit(current: enum.Enum, phase: enum.Enum, peer: str, seen: Mapping[str, ob
         raise error(f"{peer} may not send in phase {phase.name.lower()}")
     if peer in seen:
         raise error(f"{peer} already sent its {phase.name.lower()} message")
-
-
-def _consistent(basis: list[bytes], share: bytes) -> bool:
-    try:
-        return shamir.consistent(basis, share)
-    except shamir.ShareError:
-        return False

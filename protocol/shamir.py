@@ -79,6 +79,12 @@ def _basis(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
     return tuple(n * i % P for n, i in zip(nums, inverses, strict=True))
 
 
+def lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
+    """The Lagrange basis of the nodes ``xs`` at ``at``: the value there of any polynomial
+    of degree < len(xs) is ``sum_j basis[j] * y_j``."""
+    return _basis(xs, at % P)
+
+
 def _points(shares: Iterable[bytes]) -> list[tuple[int, int]]:
     points = [parse(s) for s in shares]
     if not points:
@@ -90,7 +96,12 @@ def _points(shares: Iterable[bytes]) -> list[tuple[int, int]]:
 
 def evaluate(shares: Iterable[bytes], at: int) -> int:
     """The value at ``at`` of the lowest-degree polynomial through ``shares``."""
-    points = _points(shares)
+    return interpolate(_points(shares), at)
+
+
+def interpolate(points: list[tuple[int, int]], at: int) -> int:
+    """The same for already parsed, distinct points (:func:`parse`): callers that test many
+    shares against one polynomial parse each share once."""
     basis = _basis(tuple(x for x, _ in points), at % P)
     return sum(b * y for b, (_, y) in zip(basis, points, strict=True)) % P
 
