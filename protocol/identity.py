@@ -22,12 +22,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import base58
-from cryptography.exceptions import InvalidSignature
+import nacl.bindings as _sodium
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.exceptions import BadSignatureError
 
 PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
@@ -67,12 +65,17 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
 
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """True iff ``signature`` is a valid Ed25519 signature of ``message``."""
+    """True iff ``signature`` is a valid Ed25519 signature of ``message``.
+
+    libsodium's verifier (via PyNaCl), not OpenSSL's: about half the CPU here (97 vs
+    179 us), and it is the strict one (it also refuses non-canonical and small-order
+    keys and R points, which no honest key produces). Everything that checks signatures
+    goes through this one function, so every verifier in the network agrees."""
     if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
+        _sodium.crypto_sign_open(bytes(signature) + bytes(message), bytes(public_key))
+    except (BadSignatureError, ValueError, TypeError):
         return False
     return True
 

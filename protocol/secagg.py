@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import itertools
 import math
 import os
@@ -69,13 +70,14 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import msgspec
+import nacl.bindings as _sodium
+import nacl.exceptions
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import shamir
 from .envelope import RejectedMessage
@@ -285,8 +287,23 @@ class _Masker:
         (np.add if sign > 0 else np.subtract)(y, self._mask, out=y)
 
 
+def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt: the same bytes as cryptography's ``HKDF``
+    (a test holds it to that), through ``hmac.digest``'s C path in a tenth of the time --
+    a client derives two keys per neighbour per round."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 output length out of range")
+    prk = hmac.digest(bytes(32), secret, "sha256")
+    okm, block, counter = b"", b"", 1
+    while len(okm) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        okm += block
+        counter += 1
+    return okm[:length]
+
+
 def _hkdf(secret: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=TAG + info).derive(secret)
+    return hkdf_sha256(secret, TAG + info)
 
 
 def _round_bytes(r: int) -> bytes:
@@ -298,8 +315,36 @@ def _pairwise_seed(shared: bytes, r: int, u: str, v: str) -> bytes:
     return _hkdf(shared, b"mask" + _round_bytes(r) + a.encode() + b"|" + b.encode())
 
 
-def _enc_key(shared: bytes, r: int, sender: str, recipient: str) -> bytes:
-    return _hkdf(shared, b"enc" + _round_bytes(r) + sender.encode() + b">" + recipient.encode())
+def _enc_keys(shared: bytes, r: int, me: str, other: str) -> tuple[bytes, bytes]:
+    """The share-encryption keys ``me -> other`` and ``other -> me`` (one HKDF call)."""
+    a, b = sorted((me, other))
+    okm = hkdf_sha256(shared, TAG + b"enc" + _round_bytes(r) + a.encode() + b"|" + b.encode(),
+                      64)
+    a_to_b, b_to_a = okm[:32], okm[32:]
+    return (a_to_b, b_to_a) if me == a else (b_to_a, a_to_b)
+
+
+_PROBE = hashlib.sha256(TAG + b"small-order probe").digest()
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """X25519 on raw 32-byte keys through libsodium: no key objects, a fifth less CPU than
+    cryptography's per agreement, and a client makes two per neighbour. Raises ValueError
+    for a small-order public key (the shared secret would be zero whatever the private
+    key: a peer advertising one would make every honest neighbour fail)."""
+    try:
+        return _sodium.crypto_scalarmult(private, public)
+    except nacl.exceptions.CryptoError as exc:
+        raise ValueError("X25519 public key of small order") from exc
+
+
+def usable_public_key(public: bytes) -> bool:
+    """Whether an advertised X25519 key can be agreed with (it is not of small order)."""
+    try:
+        x25519(_PROBE, public)
+    except ValueError:
+        return False
+    return True
 
 
 def _commit(seed: bytes) -> bytes:
@@ -346,11 +391,12 @@ class SecAggClient:
         self._confirmed: list[str] | None = None
         self._enc = X25519PrivateKey.generate()
         self._mask = X25519PrivateKey.generate()
+        self._enc_sk, self._mask_sk = _raw_private(self._enc), _raw_private(self._mask)
         self._b = os.urandom(32)
         self._step = 0
         self._directory: dict[str, AdvertiseKeys] = {}
         self._received: dict[str, _SharePlaintext] = {}  # shares others gave us, by sender
-        self._enc_shared: dict[str, bytes] = {}  # X25519 secret with each neighbour's enc key
+        self._aeads: dict[str, tuple[ChaCha20Poly1305, ChaCha20Poly1305]] = {}  # to, from
 
     def _advance(self, expect: int) -> None:
         if self._step != expect:
@@ -375,7 +421,7 @@ class SecAggClient:
                               f"threshold is {self.cfg.threshold}")
         n = len(self.cfg.neighbours(self.me))
         b_shares = shamir.split(self._b, self.cfg.threshold, n)
-        s_shares = shamir.split(_raw_private(self._mask), self.cfg.threshold, n)
+        s_shares = shamir.split(self._mask_sk, self.cfg.threshold, n)
         out = {}
         for i, v in enumerate(self.cfg.neighbours(self.me)):
             if v not in self._directory:
@@ -384,22 +430,27 @@ class SecAggClient:
             out[v] = self._seal(v, msgspec.msgpack.encode(plain))
         return ShareBundle(ciphertexts=out)
 
-    def _aead(self, sender: str, recipient: str, other: str) -> ChaCha20Poly1305:
-        shared = self._enc_shared.get(other)
-        if shared is None:  # one agreement per neighbour serves both directions
-            shared = self._enc_shared[other] = self._enc.exchange(
-                X25519PublicKey.from_public_bytes(self._directory[other].enc_pk))
-        return ChaCha20Poly1305(_enc_key(shared, self.cfg.round, sender, recipient))
+    def _aead(self, other: str) -> tuple[ChaCha20Poly1305, ChaCha20Poly1305]:
+        """The AEADs towards ``other`` and from it: one agreement per neighbour serves both."""
+        pair = self._aeads.get(other)
+        if pair is None:
+            try:
+                shared = x25519(self._enc_sk, self._directory[other].enc_pk)
+            except ValueError as exc:  # the server should have refused that key
+                raise SecAggAbort(f"{other}'s encryption key is unusable: {exc}") from exc
+            to, frm = _enc_keys(shared, self.cfg.round, self.me, other)
+            pair = self._aeads[other] = (ChaCha20Poly1305(to), ChaCha20Poly1305(frm))
+        return pair
 
     def _seal(self, v: str, plain: bytes) -> bytes:
         nonce = os.urandom(12)
         ad = _round_bytes(self.cfg.round) + self.me.encode() + b">" + v.encode()
-        return nonce + self._aead(self.me, v, v).encrypt(nonce, plain, ad)
+        return nonce + self._aead(v)[0].encrypt(nonce, plain, ad)
 
     def _open(self, u: str, blob: bytes) -> _SharePlaintext:
         ad = _round_bytes(self.cfg.round) + u.encode() + b">" + self.me.encode()
         try:
-            plain = self._aead(u, self.me, u).decrypt(blob[:12], blob[12:], ad)
+            plain = self._aead(u)[1].decrypt(blob[:12], blob[12:], ad)
             msg = msgspec.msgpack.decode(plain, type=_SharePlaintext)
         except (InvalidTag, ValueError, msgspec.DecodeError) as exc:
             raise SecAggRejected(f"share from {u} does not decrypt (not ours, or tampered): "
@@ -425,8 +476,10 @@ class SecAggClient:
         masker = _Masker(self.cfg)
         masker.apply(y, self._b, +1)
         for v in sorted(self._received):
-            shared = self._mask.exchange(X25519PublicKey.from_public_bytes(
-                self._directory[v].mask_pk))
+            try:
+                shared = x25519(self._mask_sk, self._directory[v].mask_pk)
+            except ValueError as exc:
+                raise SecAggAbort(f"{v}'s mask key is unusable: {exc}") from exc
             masker.apply(y, _pairwise_seed(shared, self.cfg.round, self.me, v), _sign(self.me, v))
         return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype, copy=False).tobytes())
 
@@ -513,6 +566,8 @@ class SecAggServer:
         self._check(Phase.KEYS, peer, self.keys, self.cfg.participants)
         if len({msg.enc_pk, msg.mask_pk}) != 2:
             raise self._reject(peer, SecAggRejected("enc and mask keys must differ"))
+        if not (usable_public_key(msg.enc_pk) and usable_public_key(msg.mask_pk)):
+            raise self._reject(peer, SecAggRejected("an X25519 key of small order"))
         self.keys[peer] = msg
 
     def close_keys(self) -> KeyDirectory:
@@ -597,12 +652,11 @@ class SecAggServer:
         for u in dropped:
             shares = {v: r.mask_key_shares[u] for v, r in self.unmask_replies.items()
                       if u in r.mask_key_shares}
-            sk = X25519PrivateKey.from_private_bytes(self._rebuild(
-                u, shares, lambda sec, u=u: _raw_public(X25519PrivateKey.from_private_bytes(sec))
-                == self.keys[u].mask_pk, bad))
+            sk = self._rebuild(u, shares, lambda sec, u=u: _sodium.crypto_scalarmult_base(sec)
+                               == self.keys[u].mask_pk, bad)
             for v in survivors:
                 if u in self.bundles.get(v, ShareBundle(ciphertexts={})).ciphertexts:
-                    shared = sk.exchange(X25519PublicKey.from_public_bytes(self.keys[v].mask_pk))
+                    shared = x25519(sk, self.keys[v].mask_pk)
                     masker.apply(total, _pairwise_seed(shared, self.cfg.round, v, u),
                                  -_sign(v, u))
         return Outcome(self.cfg.encoding.decode_sum(total, len(survivors)), survivors, dropped,

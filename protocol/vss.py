@@ -83,14 +83,23 @@ from typing import Annotated
 import msgspec
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import group, rangeproof
 from .envelope import RejectedMessage
 from .group import GroupError, L
 from .messages import Strict
-from .secagg import _hkdf, _raw_public, _round_bytes, _stream, admit
+from .secagg import (
+    _hkdf,
+    _raw_private,
+    _raw_public,
+    _round_bytes,
+    _stream,
+    admit,
+    usable_public_key,
+    x25519,
+)
 
 TAG = b"hypergossip/vss/v1/"
 B32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
@@ -303,6 +312,7 @@ class VssClient:
         self.me, self.cfg = peer_id, cfg
         self.member = peer_id in cfg.committee
         self._enc = X25519PrivateKey.generate()  # as a member: shares are sealed to it
+        self._enc_sk = _raw_private(self._enc)
         self._dealer = X25519PrivateKey.generate()  # as a dealer: shares are sealed with it
         self._step = 0
         self._polys: list[tuple[list[int], list[int]]] = []  # per coordinate: f, g coeffs
@@ -342,10 +352,12 @@ class VssClient:
             self._polys.append((f, g))
             commitments.append([group.commit(a, b) for a, b in zip(f, g, strict=True)])
             proofs.append(self._prove(j, v, g[0]))
-        ciphertexts = {}
+        ciphertexts, sk = {}, _raw_private(self._dealer)
         for m in members:
-            shared = self._dealer.exchange(X25519PublicKey.from_public_bytes(
-                self._directory[m]))
+            try:
+                shared = x25519(sk, self._directory[m])
+            except ValueError as exc:  # the server should have refused that key
+                raise VssAbort(f"member {m}'s key is unusable: {exc}") from exc
             aead, ad = _aead(shared, cfg, self.me, m)
             nonce = os.urandom(12)
             ciphertexts[m] = nonce + aead.encrypt(nonce, self._share_for(m), ad)
@@ -375,9 +387,9 @@ class VssClient:
             share = None
             blob, pk = inbox.ciphertexts.get(dealer), commitments.dealer_pks.get(dealer)
             if blob is not None and pk is not None and len(blob) > 12:
-                shared = self._enc.exchange(X25519PublicKey.from_public_bytes(pk))
-                aead, ad = _aead(shared, self.cfg, dealer, self.me)
                 try:
+                    shared = x25519(self._enc_sk, pk)
+                    aead, ad = _aead(shared, self.cfg, dealer, self.me)
                     share = _decode_share(aead.decrypt(blob[:12], blob[12:], ad))
                 except (InvalidTag, ValueError, msgspec.DecodeError):
                     share = None
@@ -511,6 +523,8 @@ class VssServer:
     # keys
     def receive_key(self, peer: str, msg: MemberKey) -> None:
         self._check(Phase.KEYS, peer, self.keys, self.cfg.committee)
+        if not usable_public_key(msg.enc_pk):
+            raise self._reject(peer, "an X25519 key of small order")
         self.keys[peer] = msg.enc_pk
 
     def close_keys(self) -> KeyDirectory:
@@ -531,8 +545,9 @@ class VssServer:
             raise self._reject(peer, "ciphertexts must go to exactly the members with keys")
         if any(len(c) > 12 + 16 + 72 * cfg.dim + 16 for c in msg.ciphertexts.values()):
             raise self._reject(peer, "oversized share ciphertext")
+        if not usable_public_key(msg.dealer_pk):
+            raise self._reject(peer, "an X25519 dealer key of small order")
         try:
-            X25519PublicKey.from_public_bytes(msg.dealer_pk)
             for points in msg.commitments:
                 for p in points:
                     group.point(p)

@@ -283,3 +283,20 @@ def test_verify_signature_rejects_invalid_point_without_raising() -> None:
     # not every 32-byte string is a curve point; verify must return False, not raise
     for pk in (b"\xff" * 32, b"\x02" + b"\xff" * 31, b"\x00" * 32, b"\x01" + b"\x00" * 31):
         assert verify_signature(pk, b"\x00" * 64, b"m") is False
+
+
+def test_verify_signature_refuses_the_small_order_key_forgery() -> None:
+    # The identity point as a public key, R = identity, S = 0: a cofactorless check
+    # ([S]B == R + [h]A) holds for every message, so anybody could "sign" as the peer id of
+    # this key. OpenSSL's Ed25519 accepts it; our verifier must not.
+    identity_point = b"\x01" + b"\x00" * 31
+    forged = identity_point + b"\x00" * 32
+    for message in (b"m", b"any message at all", b"\x00" * 1000):
+        assert verify_signature(identity_point, forged, message) is False
+
+
+def test_verify_signature_takes_memoryviews_and_bytearrays() -> None:
+    ident = Identity.generate()
+    sig = ident.sign(b"message")
+    assert verify_signature(memoryview(ident.public_key), bytearray(sig),
+                            memoryview(b"message")) is True

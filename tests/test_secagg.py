@@ -12,6 +12,7 @@ from protocol import secagg, shamir
 from protocol.fixedpoint import FixedPoint
 from protocol.identity import Identity
 from protocol.secagg import (
+    AdvertiseKeys,
     Config,
     ConsistencySignature,
     Inbox,
@@ -332,3 +333,62 @@ def test_consistency_check_stops_a_server_that_equivocates_on_survivors():
     with pytest.raises(SecAggAbort, match="valid survivor signatures"):
         clients[ids[4]].unmask(UnmaskRequest(survivors=lie.survivors,
                                              signatures={**sigs, **forged_sigs}))
+
+
+SMALL_ORDER = (bytes(32), b"\x01" + bytes(31),  # u = 0 and u = 1, and a point of order 8:
+               bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"))
+
+
+@pytest.mark.parametrize("bad", SMALL_ORDER)
+def test_a_small_order_key_is_refused_and_the_round_completes_without_its_sender(bad):
+    # Agreement with a small-order X25519 key yields zero whatever the private key: were it
+    # accepted, every honest neighbour's share_keys would fail on it (one peer stalls all).
+    assert not secagg.usable_public_key(bad)
+    cfg, ids, xs = make(5)
+    server = SecAggServer(cfg)
+    clients = {p: client(p, cfg) for p in ids}
+    liar = ids[2]
+    for p, c in clients.items():
+        keys = c.advertise()
+        if p == liar:
+            with pytest.raises(SecAggRejected, match="small order"):
+                server.receive_keys(p, AdvertiseKeys(enc_pk=bad, mask_pk=keys.mask_pk,
+                                                     self_mask_commit=keys.self_mask_commit))
+            continue
+        server.receive_keys(p, keys)
+    honest = [p for p in ids if p != liar]
+    directory = server.close_keys()
+    for p in honest:
+        server.receive_shares(p, clients[p].share_keys(directory))
+    for p, inbox in server.close_shares().items():
+        server.receive_masked(p, clients[p].masked_input(inbox, xs[p]))
+    request = confirm_all(server, clients, server.close_masked())
+    for p in request.survivors:
+        server.receive_unmask(p, clients[p].unmask(request))
+    out = server.close_unmask()
+    assert "small order" in out.rejected[liar] and sorted(out.survivors) == honest
+    assert np.max(np.abs(out.total - clipped_sum(xs, honest))) <= ENC.error_bound(4)
+
+
+def test_a_client_given_a_small_order_key_by_the_server_aborts_with_a_reason():
+    cfg, ids, _ = make(3)
+    clients = {p: client(p, cfg) for p in ids}
+    keys = {p: c.advertise() for p, c in clients.items()}
+    keys[ids[1]] = AdvertiseKeys(enc_pk=SMALL_ORDER[0], mask_pk=keys[ids[1]].mask_pk,
+                                 self_mask_commit=keys[ids[1]].self_mask_commit)
+    with pytest.raises(SecAggAbort, match="unusable"):  # not a crash in the X25519 call
+        clients[ids[0]].share_keys(secagg.KeyDirectory(keys=keys))
+
+
+@pytest.mark.parametrize("length", [1, 32, 33, 64, 100])
+def test_hkdf_is_rfc_5869_as_cryptography_computes_it(length):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    secret, info = os.urandom(32), b"hypergossip test info"
+    want = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+    assert secagg.hkdf_sha256(secret, info, length) == want
+    # RFC 5869 test case 3 (SHA-256, zero-length salt and info)
+    ikm = bytes.fromhex("0b" * 22)
+    assert secagg.hkdf_sha256(ikm, b"", 42).hex() == (
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+        "9d201395faa4b61a96c8")

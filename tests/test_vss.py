@@ -248,3 +248,28 @@ def test_a_round_with_more_peers_than_a_notice_holds_draws_who_takes_part():
     again = verified_round.make_params(get_workload("stats"), 7, people, b"d" * 32,
                                        committee_size=32)
     assert again.participants == chosen  # a public draw: anyone can recompute it
+
+
+def test_small_order_keys_are_refused_from_members_and_dealers():
+    # A zero X25519 agreement would break every dealer sealing to that member (or every
+    # member opening that dealer's share): refused at intake, with the reason.
+    small = bytes(32)
+    cfg, ids, xs = make(4)
+    server = VssServer(cfg)
+    clients = {p: VssClient(p, cfg) for p in ids}
+    first = cfg.committee[0]
+    with pytest.raises(VssRejected, match="small order"):
+        server.receive_key(first, vss.MemberKey(enc_pk=small))
+    assert "small order" in server.rejected[first]
+    server2 = VssServer(cfg)
+    for p, c in clients.items():
+        key = c.advertise()
+        if key is not None:
+            server2.receive_key(p, key)
+    directory = server2.close_keys()
+    dealer = ids[1]
+    dealing = clients[dealer].deal(directory, xs[dealer])
+    forged = Dealing(commitments=dealing.commitments, proofs=dealing.proofs,
+                     dealer_pk=small, ciphertexts=dealing.ciphertexts)
+    with pytest.raises(VssRejected, match="small order"):
+        server2.receive_dealing(dealer, forged)
