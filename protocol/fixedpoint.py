@@ -55,13 +55,19 @@ class FixedPoint:
         return n / (2 * self.scale)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"cannot encode an array of {x.dtype}")
         if not np.all(np.isfinite(x)):
             raise ValueError("cannot encode NaN or infinity")
-        q = np.clip(x, -self.clip, self.clip)
-        q *= self.scale  # in place: encoding runs over every coordinate of every input
+        q = np.empty(x.shape, dtype=np.float64)  # one float buffer, every step in place:
+        np.clip(x, -self.clip, self.clip, out=q)  # encoding runs over every coordinate
+        q *= self.scale
         np.rint(q, out=q)
-        return q.astype(np.int64).astype(self.dtype, copy=False)  # two's complement
+        # |q| <= clip * scale < 2^(bits-1): the signed cast is exact, and viewing it
+        # unsigned is the two's-complement ring element
+        signed = np.int32 if self.bits == 32 else np.int64
+        return q.astype(signed).view(self.dtype)
 
     def decode_sum(self, total: np.ndarray, n: int) -> np.ndarray:
         """Decode a ring sum of ``n`` encoded vectors into floats."""

@@ -273,18 +273,31 @@ def prg(seed: bytes, cfg: Config) -> np.ndarray:
 
 
 class _Masker:
-    """Adds and subtracts masks ``prg(seed)`` to a ring vector in place, the keystream
-    written into one reused buffer: per mask no allocation, one AES pass, one add."""
+    """Adds ``sign * prg(seed)`` for many masks to a ring vector in place, a slice at a
+    time: every mask's AES-CTR keystream continues from slice to slice, and the slice of
+    ``y``, the keystream buffer and the zeros it encrypts stay in the core's cache (a
+    whole-vector pass per mask streams three vectors through memory each time)."""
+
+    CHUNK = 32768  # ring elements per slice (128 KiB of a 32-bit ring)
 
     def __init__(self, cfg: Config):
-        self._zeros = bytes(cfg.byte_len)
-        self._buf = bytearray(cfg.byte_len)
+        self._n = cfg.vector_len
+        self._item = np.dtype(cfg.encoding.dtype).itemsize
+        chunk = min(self._n, self.CHUNK)
+        self._zeros = bytes(chunk * self._item)
+        self._buf = bytearray(chunk * self._item)
         self._mask = np.frombuffer(self._buf, dtype=cfg.encoding.dtype)
 
-    def apply(self, y: np.ndarray, seed: bytes, sign: int) -> None:
-        enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-        enc.update_into(self._zeros, self._buf)  # CTR: no tail held back, finalize is empty
-        (np.add if sign > 0 else np.subtract)(y, self._mask, out=y)
+    def apply(self, y: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
+        streams = [(Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor(),
+                    np.add if sign > 0 else np.subtract) for seed, sign in masks]
+        zeros, buf = memoryview(self._zeros), memoryview(self._buf)
+        for lo in range(0, self._n, self.CHUNK):
+            k = min(self.CHUNK, self._n - lo)
+            part, mask, nbytes = y[lo:lo + k], self._mask[:k], k * self._item
+            for enc, op in streams:
+                enc.update_into(zeros[:nbytes], buf[:nbytes])  # CTR: nothing held back
+                op(part, mask, out=part)
 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
@@ -473,14 +486,14 @@ class SecAggClient:
         if np.shape(x) != (self.cfg.vector_len,):
             raise SecAggMisuse(f"input must have shape ({self.cfg.vector_len},)")
         y = self.cfg.encoding.encode(x)
-        masker = _Masker(self.cfg)
-        masker.apply(y, self._b, +1)
+        masks = [(self._b, +1)]
         for v in sorted(self._received):
             try:
                 shared = x25519(self._mask_sk, self._directory[v].mask_pk)
             except ValueError as exc:
                 raise SecAggAbort(f"{v}'s mask key is unusable: {exc}") from exc
-            masker.apply(y, _pairwise_seed(shared, self.cfg.round, self.me, v), _sign(self.me, v))
+            masks.append((_pairwise_seed(shared, self.cfg.round, self.me, v), _sign(self.me, v)))
+        _Masker(self.cfg).apply(y, masks)
         return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype, copy=False).tobytes())
 
     def confirm(self, request: SurvivorList) -> ConsistencySignature:
@@ -642,13 +655,13 @@ class SecAggServer:
         total = np.zeros(self.cfg.vector_len, dtype=dtype)
         for y in self.masked.values():
             total += y
-        masker = _Masker(self.cfg)
+        masks = []  # every mask to take off, then one pass over the sum
         for u in survivors:
             shares = {v: r.self_mask_shares[u] for v, r in self.unmask_replies.items()
                       if u in r.self_mask_shares}
             b = self._rebuild(u, shares, lambda sec, u=u: _commit(sec) ==
                               self.keys[u].self_mask_commit, bad)
-            masker.apply(total, b, -1)
+            masks.append((b, -1))
         for u in dropped:
             shares = {v: r.mask_key_shares[u] for v, r in self.unmask_replies.items()
                       if u in r.mask_key_shares}
@@ -657,8 +670,8 @@ class SecAggServer:
             for v in survivors:
                 if u in self.bundles.get(v, ShareBundle(ciphertexts={})).ciphertexts:
                     shared = x25519(sk, self.keys[v].mask_pk)
-                    masker.apply(total, _pairwise_seed(shared, self.cfg.round, v, u),
-                                 -_sign(v, u))
+                    masks.append((_pairwise_seed(shared, self.cfg.round, v, u), -_sign(v, u)))
+        _Masker(self.cfg).apply(total, masks)
         return Outcome(self.cfg.encoding.decode_sum(total, len(survivors)), survivors, dropped,
                        dict(self.rejected), bad)
 

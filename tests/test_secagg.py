@@ -392,3 +392,25 @@ def test_hkdf_is_rfc_5869_as_cryptography_computes_it(length):
     assert secagg.hkdf_sha256(ikm, b"", 42).hex() == (
         "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
         "9d201395faa4b61a96c8")
+
+
+def test_masks_applied_slice_by_slice_equal_whole_keystreams():
+    # _Masker works a slice at a time (each AES-CTR stream continuing across slices); it
+    # must add exactly sign * prg(seed), also over a ragged last slice.
+    m = 2 * secagg._Masker.CHUNK + 1234
+    cfg, _, _ = make(3, m=m)
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2**32, m, dtype=np.uint64).astype(np.uint32)
+    masks = [(os.urandom(32), +1), (os.urandom(32), -1), (os.urandom(32), +1)]
+    want = y.copy()
+    for seed, sign in masks:
+        want = want + prg(seed, cfg) if sign > 0 else want - prg(seed, cfg)
+    secagg._Masker(cfg).apply(y, masks)
+    assert np.array_equal(y, want)
+
+
+def test_a_round_over_several_mask_slices_decodes_with_a_dropout():
+    cfg, ids, xs = make(6, m=secagg._Masker.CHUNK + 99)
+    out, _, _ = run(cfg, ids, xs, drop_after_shares=(ids[1],))
+    live = [p for p in ids if p != ids[1]]
+    assert np.max(np.abs(out.total - clipped_sum(xs, live))) <= ENC.error_bound(5)
