@@ -1,11 +1,13 @@
-"""30 peers in one process, some kept out of gossip: pull still delivers every round in 5 s.
+"""30 peers in one process, some kept out of gossip: pull still delivers every round.
 
 Eight peers never subscribe to the announcement and result topics (they are
 in no mesh at all) and six more drop every gossip message they receive. All
-of them must still hold every round's signed announcement and result within
-5 s of the coordinator publishing it, through the pull protocol. Half of the
-isolated peers also have no session with the coordinator, so they
-depend on the periodic pull of heads from a neighbour or the coordinator.
+of them must still get every round's signed announcement and result, through
+the pull protocol. Half of the isolated peers also have no session with the
+coordinator, so they depend on the periodic pull of heads from a neighbour
+or the coordinator. How late they get them is printed, not asserted (tests
+do not assert wall-clock time; ``scripts/bench/`` measures): the deadline
+below only stops a test that would otherwise hang.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ N_PEERS = 30
 OUT_OF_MESH = 8
 DROPPING = 6
 ROUNDS = 3
-LIMIT_S = 5.0
+DEADLINE_S = 30.0  # liveness only: with pull every 1 s this is several times what it needs
 
 
-async def test_every_live_peer_gets_every_round_within_5s(data_dir):
+async def test_every_live_peer_gets_every_round_through_pull(data_dir):
     rng = random.Random(7)
     async with trio.open_nursery() as nursery:
         coord = await start_coordinator(nursery, data_dir, min_peers=N_PEERS, max_rounds=ROUNDS,
@@ -41,7 +43,7 @@ async def test_every_live_peer_gets_every_round_within_5s(data_dir):
                 session=i % 2 == 0 or i >= OUT_OF_MESH + DROPPING, pull_interval=1.0))
         await wait_for(lambda: coord.rounds_run >= ROUNDS, timeout=90)
         await wait_for(lambda: all(p.roundlog.has(RESULT, ROUNDS) for p in peers),
-                       timeout=LIMIT_S + 1)
+                       timeout=DEADLINE_S)
         nursery.cancel_scope.cancel()
 
     lateness = {}
@@ -56,7 +58,6 @@ async def test_every_live_peer_gets_every_round_within_5s(data_dir):
     print(f"\nlateness after publish: worst {worst:.3f} s over all peers; isolated peers' "
           f"worst {max(v for (i, _, _), v in lateness.items() if i < OUT_OF_MESH + DROPPING):.3f}"
           f" s; gossip-fed peers' worst {max(gossip_fed):.3f} s")
-    assert worst < LIMIT_S, sorted(lateness.items(), key=lambda kv: -kv[1])[:5]
     # the peers outside gossip really did depend on pull (not a vacuous pass) ...
     isolated = range(OUT_OF_MESH + DROPPING)
     for i in isolated:
