@@ -17,7 +17,8 @@ What it measures, for each N in ``--clients`` and each vector length M in ``--si
    reports the median: this machine's speed drifts by tens of percent within minutes.
 2. Secure rounds over real libp2p: a :class:`coordinator.service.Coordinator`
    (``secure=True``) in this process and N :class:`peer.daemon.PeerDaemon` peers on
-   127.0.0.1, running a bench-only vector workload (``bench-vector``). By default the peers
+   127.0.0.1, running a bench-only vector workload (``bench-vector``), on both graphs of
+   table 1 (``--network-settings``): Config.default's and Flower's. By default the peers
    run in ``--peer-processes 2`` processes of their own (one trio loop each, N/2 peers
    apiece), as Flower's simulation runs its clients in Ray worker processes beside its
    driver: coordinator and peers then share this machine's cores instead of one event
@@ -374,12 +375,14 @@ class NetworkResult:
         return statistics.fmean(walls) if walls else None
 
 
-async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkResult:
+async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int | None = None,
+                         threshold: int | None = None) -> NetworkResult:
+    """Secure rounds of N peers over libp2p; ``degree``/``threshold`` None: Config.default."""
     register_bench_workload(m)
     res = NetworkResult(peers=n, vector_len=m, warmup_rounds=args.warmup_rounds,
                         peer_processes=args.peer_processes)
-    if args.network_degree is not None:
-        res.graph = f"degree {args.network_degree}, t={args.network_threshold}"
+    if degree is not None:
+        res.graph = f"degree {degree}, t={threshold}"
     total_rounds = args.warmup_rounds + args.rounds
     data_of = {bench_identity(args.seed, k).peer_id: input_vector(k, m, args.seed)
                for k in range(n)}  # peer id -> its input
@@ -408,8 +411,7 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace) -> NetworkRes
             # shows as accepted < N) instead of failing its quorum
             min_peers=2, start_peers=n, round_pause=0.2, max_rounds=total_rounds,
             workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
-            gossip=gossip, secagg_degree=args.network_degree,
-            secagg_threshold=args.network_threshold)
+            gossip=gossip, secagg_degree=degree, secagg_threshold=threshold)
         coord = TimedCoordinator(cfg)
         try:
             async with trio.open_nursery() as nursery:
@@ -625,6 +627,15 @@ def run_flower(python: str, mode: str, n: int, m: int, args: argparse.Namespace,
     return {"error": f"exit {out.returncode}: {' / '.join(tail)}"[:400]}
 
 
+def network_settings(args: argparse.Namespace) -> list[tuple[int | None, int | None]]:
+    """The graphs the libp2p rounds run: --network-degree/--network-threshold when given,
+    else ``--network-settings`` (both: Config.default and Flower's degree 2, threshold 2)."""
+    if args.network_degree is not None or args.network_threshold is not None:
+        return [(args.network_degree, args.network_threshold)]
+    return {"default": [(None, None)], "flower": [(2, 2)],
+            "both": [(None, None), (2, 2)]}[args.network_settings]
+
+
 def flower_sansio(python: str, n: int, m: int, args: argparse.Namespace) -> dict[str, Any]:
     """``--repeats`` runs of Flower's sans-IO round (a fresh process each); the one with the
     median client CPU, with the server CPU as the median over all (as for ours)."""
@@ -788,6 +799,25 @@ def comparison_rows(protocol: list[ProtocolResult], network: list[NetworkResult]
     return rows
 
 
+def goal_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per graph: how many of its goals are met, and which are not."""
+    out = []
+    for name, test in (("Flower's parameters (degree 2, threshold 2)",
+                        lambda r: "Flower-like" in r["ours_setting"] or
+                        "degree 2, t=2" in r["ours_setting"]),
+                       ("Config.default (complete graph)",
+                        lambda r: r["ours_setting"] == "default" or
+                        "Config.default" in r["ours_setting"])):
+        mine = [r for r in rows if test(r)]
+        if not mine:
+            continue
+        missed = [f"{r['metric']} at N={r['clients']} ({r['ratio']:.2f})" for r in mine
+                  if not r["met"]]
+        out.append(f"Goals at {name}: {len(mine) - len(missed)} of {len(mine)} met"
+                   + (f"; not met: {', '.join(missed)}" if missed else ""))
+    return out
+
+
 def comparison_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="4. Ours / Flower's (ratio < 1: ours is smaller)")
     for col in ("N", "M", "metric", "ours: setting", "ours", "Flower", "ratio", "goal",
@@ -853,6 +883,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="libp2p rounds: SecAgg+ graph degree (default: Config.default's; 2 "
                    "with --network-threshold 2 is Flower's num_shares=3, threshold 2)")
     p.add_argument("--network-threshold", type=int, default=None, metavar="T")
+    p.add_argument("--network-settings", choices=["default", "flower", "both"], default="both",
+                   help="libp2p rounds' graphs unless --network-degree is given: "
+                        "Config.default, Flower's (degree 2, threshold 2), or both (default)")
     p.add_argument("--peer-processes", type=int, default=2, metavar="K",
                    help="libp2p rounds: run the N peers in K processes of their own beside the "
                         "coordinator's (default 2, one per core here, as Flower's simulation "
@@ -945,9 +978,10 @@ def main(argv: list[str] | None = None) -> int:
 
     network: list[NetworkResult] = []
     if not args.skip_network:
-        for m in args.sizes:
-            for n in args.clients:
-                network.append(trio.run(network_rounds, n, m, args))
+        for degree, threshold in network_settings(args):
+            for m in args.sizes:
+                for n in args.clients:
+                    network.append(trio.run(network_rounds, n, m, args, degree, threshold))
     wall = time.perf_counter() - t_start
 
     rows = comparison_rows(protocol, network, flower)
@@ -964,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"Flower: {flower_status}")
     if rows:
         console.print(comparison_table(rows))
+        for line in goal_summary(rows):
+            console.print(line)
     console.print(FOOTNOTES)
     console.print(f"Total wall time {wall:.0f} s, {os.cpu_count()} CPUs.")
 
