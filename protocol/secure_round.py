@@ -91,32 +91,97 @@ def config(round: int, p: SecureParams) -> secagg.Config:
                          p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits))
 
 
-class SecureRound(RoundLogic):
-    def __init__(self, number: int, workload: Workload, params: SecureParams, *, min_peers: int,
+class ServerRound(RoundLogic):
+    """The coordinator's side of a round run by a sans-IO server (SecAgg+ here, vss in
+    protocol.verified_round): messages go to the server in their phase, a phase closes on
+    its deadline or when nobody connected is still owed, and closing it sends the notice
+    the server's ``close_*`` made. Subclasses say which server, how each phase's message
+    is received and closed, and what the result reports."""
+
+    phases: tuple[str, ...]
+    domain: dict[str, str]
+    schema: dict[str, type[Strict]]
+    aborted: type[Exception]  # the server's "cannot finish safely"
+    what: str  # in the failed outcome's error
+
+    def __init__(self, number: int, workload: Workload, params: Any, *, min_peers: int,
                  phase_timeout: float, now: float):
         self.number, self.workload, self.params = number, workload, params
-        self.cfg = config(number, params)
-        self.server = secagg.SecAggServer(self.cfg)
+        self.cfg, self.server = self.start(number, params)
         self.min_peers, self.phase_timeout = min_peers, phase_timeout
-        self.phase = KEYS
+        self.phase = self.phases[0]
         self.deadline = now + phase_timeout
         self.rejected: dict[str, int] = {}
-        self.last: secagg.Outcome | None = None
+
+    def start(self, number: int, params: Any) -> tuple[Any, Any]:
+        """The round's configuration and its server."""
+        raise NotImplementedError
+
+    def receivers(self) -> dict[str, Callable[[str, Any], None]]:
+        raise NotImplementedError
+
+    def waiting_for(self) -> set[str]:
+        """Who still owes a message in this phase."""
+        raise NotImplementedError
+
+    def close(self, phase: str) -> Notice:
+        """Close ``phase`` (not the last) on the server: the next phase's notice."""
+        raise NotImplementedError
+
+    def finish(self) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+        """Close the last phase: the decoded sum, whose inputs it holds, and the
+        ``secure_aggregation`` report."""
+        raise NotImplementedError
 
     def domains(self) -> frozenset[str]:
-        return frozenset(DOMAIN.values())
+        return frozenset(self.domain.values())
 
     def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
-        if domain != DOMAIN[self.phase]:
+        if domain != self.domain.get(self.phase):
             raise WrongPhase(f"{domain} arrived during phase {self.phase}")
-        msg = decode(payload, SCHEMA[self.phase])
-        receive = {KEYS: self.server.receive_keys, SHARES: self.server.receive_shares,
-                   MASKED: self.server.receive_masked,
-                   CONSISTENCY: self.server.receive_consistency,
-                   UNMASK: self.server.receive_unmask}
-        receive[self.phase](sender, msg)  # type: ignore[operator]
+        self.receivers()[self.phase](sender, decode(payload, self.schema[self.phase]))
 
-    def _waiting_for(self) -> set[str]:
+    def ready(self, now: float, live: set[str]) -> bool:
+        return now >= self.deadline or not (self.waiting_for() & live)
+
+    def advance(self, now: float) -> Notice | Outcome:
+        self.deadline = now + self.phase_timeout
+        if self.phase not in self.phases:
+            raise RoundMisuse(f"advance after the round ended ({self.phase})")
+        try:
+            if self.phase != self.phases[-1]:
+                notice = self.close(self.phase)
+                self.phase = notice.phase
+                return notice
+            total, included, report = self.finish()
+        except self.aborted as exc:
+            self.phase = "failed"
+            return Outcome("failed", 0, {"error": f"{self.what} aborted: {exc}"})
+        self.phase = "done"
+        result = finalize(self.workload, self.params, total, len(included), self.min_peers)
+        if isinstance(result, Outcome):
+            return result
+        result["secure_aggregation"] = report
+        return Outcome("published", len(included), result)
+
+
+class SecureRound(ServerRound):
+    phases, domain, schema = PHASES, DOMAIN, SCHEMA
+    aborted, what = secagg.SecAggAbort, "secure aggregation"
+    server: secagg.SecAggServer
+    cfg: secagg.Config
+
+    def start(self, number: int, params: SecureParams
+              ) -> tuple[secagg.Config, secagg.SecAggServer]:
+        cfg = config(number, params)
+        return cfg, secagg.SecAggServer(cfg)
+
+    def receivers(self) -> dict[str, Callable[[str, Any], None]]:
+        s = self.server
+        return {KEYS: s.receive_keys, SHARES: s.receive_shares, MASKED: s.receive_masked,
+                CONSISTENCY: s.receive_consistency, UNMASK: s.receive_unmask}
+
+    def waiting_for(self) -> set[str]:
         s = self.server
         before, now = {KEYS: (set(self.cfg.participants), s.keys),
                        SHARES: (set(s.keys), s.bundles), MASKED: (set(s.bundles), s.masked),
@@ -124,50 +189,29 @@ class SecureRound(RoundLogic):
                        UNMASK: (set(s.signatures), s.unmask_replies)}[self.phase]
         return before - set(now)
 
-    def ready(self, now: float, live: set[str]) -> bool:
-        return now >= self.deadline or not (self._waiting_for() & live)
-
     def accepted_count(self) -> int:
         return len(self.server.masked)
 
-    def advance(self, now: float) -> Notice | Outcome:
-        self.deadline = now + self.phase_timeout
-        try:
-            if self.phase == KEYS:
-                directory = self.server.close_keys()
-                self.phase = SHARES
-                return Notice(SHARES, body=encode(directory))
-            if self.phase == SHARES:
-                inboxes = self.server.close_shares()
-                self.phase = MASKED
-                return Notice(MASKED, personal={p: encode(i) for p, i in inboxes.items()})
-            if self.phase == MASKED:
-                survivors = self.server.close_masked()
-                self.phase = CONSISTENCY
-                return Notice(CONSISTENCY, body=encode(survivors))
-            if self.phase == CONSISTENCY:
-                request = self.server.close_consistency()
-                self.phase = UNMASK
-                return Notice(UNMASK, body=encode(request))
-            if self.phase != UNMASK:
-                raise RoundMisuse(f"advance after the round ended ({self.phase})")
-            out = self.server.close_unmask()
-        except secagg.SecAggAbort as exc:
-            self.phase = "failed"
-            return Outcome("failed", 0, {"error": f"secure aggregation aborted: {exc}"})
-        self.phase, self.last = "done", out
+    def close(self, phase: str) -> Notice:
+        s = self.server
+        if phase == KEYS:
+            return Notice(SHARES, body=encode(s.close_keys()))
+        if phase == SHARES:
+            return Notice(MASKED, personal={p: encode(i) for p, i in s.close_shares().items()})
+        if phase == MASKED:
+            return Notice(CONSISTENCY, body=encode(s.close_masked()))
+        return Notice(UNMASK, body=encode(s.close_consistency()))
+
+    def finish(self) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+        out = self.server.close_unmask()
         n = len(out.survivors)
-        result = finalize(self.workload, self.params, out.total, n, self.min_peers)
-        if isinstance(result, Outcome):
-            return result
-        result["secure_aggregation"] = {
+        return out.total, out.survivors, {
             "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
             "included": out.survivors,  # whose inputs the sum holds (not what they were)
             "threshold": self.cfg.threshold,
             "quantization_error_bound": self.cfg.encoding.error_bound(n),
             "bad_shares": out.bad_shares, "rejected": out.rejected}
-        return Outcome("published", n, result)
 
 
 def finalize(workload: Workload, params: SecureParams | Any, total: np.ndarray, n: int,
@@ -181,6 +225,16 @@ def finalize(workload: Workload, params: SecureParams | Any, total: np.ndarray, 
         result["dp"] = dp.report(params.dp_sigma, params.dp_split, workload.sensitivity(),
                                  params.dp_delta, params.dp_epsilon, n)
     return result
+
+
+def noised_input(workload: Workload, vector: np.ndarray, params: SecureParams | Any
+                 ) -> np.ndarray:
+    """A peer's bounded input plus, with DP on, its share of the Gaussian noise."""
+    x = workload.bound(vector)
+    if params.dp_sigma:
+        std = params.dp_sigma / params.dp_split**0.5
+        x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
+    return x
 
 
 class SecurePeerRound(PeerRound):
@@ -209,10 +263,7 @@ class SecurePeerRound(PeerRound):
         if phase == MASKED:
             if personal is None:
                 raise RoundMisuse("masked phase needs this peer's inbox")
-            x = self.workload.bound(self.vector)
-            if self.params.dp_sigma:
-                std = self.params.dp_sigma / self.params.dp_split**0.5
-                x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
+            x = noised_input(self.workload, self.vector, self.params)
             masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
             return [(DOMAIN[MASKED], encode(masked))]
         if phase == CONSISTENCY:

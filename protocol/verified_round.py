@@ -35,15 +35,16 @@ then bounded by the noise's own scale.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
 from . import dp, vss
 from .messages import RoundAnnounce, Strict, decode, encode
-from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
-from .secure_round import finalize
+from .rounds import Notice, Outgoing, PeerRound, RoundMisuse
+from .secure_round import ServerRound, noised_input
 from .workloads import Workload
 
 KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
@@ -113,30 +114,22 @@ def config(round: int, p: VerifiedParams) -> vss.Config:
                       tuple(p.low), tuple(p.high), p.bits, p.min_included)
 
 
-class VerifiedRound(RoundLogic):
-    def __init__(self, number: int, workload: Workload, params: VerifiedParams, *,
-                 min_peers: int, phase_timeout: float, now: float):
-        self.number, self.workload, self.params = number, workload, params
-        self.cfg = config(number, params)
-        self.server = vss.VssServer(self.cfg)
-        self.min_peers, self.phase_timeout = min_peers, phase_timeout
-        self.phase = KEYS
-        self.deadline = now + phase_timeout
-        self.rejected: dict[str, int] = {}
+class VerifiedRound(ServerRound):
+    phases, domain, schema = PHASES, DOMAIN, SCHEMA
+    aborted, what = vss.VssAbort, "verified aggregation"
+    server: vss.VssServer
+    cfg: vss.Config
 
-    def domains(self) -> frozenset[str]:
-        return frozenset(DOMAIN.values())
+    def start(self, number: int, params: VerifiedParams) -> tuple[vss.Config, vss.VssServer]:
+        cfg = config(number, params)
+        return cfg, vss.VssServer(cfg)
 
-    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
-        if domain != DOMAIN.get(self.phase):
-            raise WrongPhase(f"{domain} arrived during phase {self.phase}")
-        msg = decode(payload, SCHEMA[self.phase])
-        receive = {KEYS: self.server.receive_key, DEAL: self.server.receive_dealing,
-                   CHECK: self.server.receive_accusations, RESOLVE: self.server.receive_reveal,
-                   AGGREGATE: self.server.receive_aggregate}
-        receive[self.phase](sender, msg)  # type: ignore[operator]
+    def receivers(self) -> dict[str, Callable[[str, Any], None]]:
+        s = self.server
+        return {KEYS: s.receive_key, DEAL: s.receive_dealing, CHECK: s.receive_accusations,
+                RESOLVE: s.receive_reveal, AGGREGATE: s.receive_aggregate}
 
-    def _waiting_for(self) -> set[str]:
+    def waiting_for(self) -> set[str]:
         s, members = self.server, set(self.server.keys)
         before, now = {KEYS: (set(self.cfg.committee), s.keys),
                        DEAL: (set(self.cfg.participants), s.dealings),
@@ -144,45 +137,25 @@ class VerifiedRound(RoundLogic):
                        AGGREGATE: (members, s.aggregates)}[self.phase]
         return before - set(now) - s.refused[s.phase]  # a refused message is not resent
 
-    def ready(self, now: float, live: set[str]) -> bool:
-        return now >= self.deadline or not (self._waiting_for() & live)
-
     def accepted_count(self) -> int:
         return len(self.server.included or self.server.dealings)
 
-    def advance(self, now: float) -> Notice | Outcome:
-        self.deadline = now + self.phase_timeout
+    def close(self, phase: str) -> Notice:
         s = self.server
-        try:
-            if self.phase == KEYS:
-                directory = s.close_keys()
-                self.phase = DEAL
-                return Notice(DEAL, body=encode(directory))
-            if self.phase == DEAL:
-                body, inboxes = s.close_deal()
-                self.phase = CHECK
-                return Notice(CHECK, body=encode(body),
-                              personal={m: encode(i) for m, i in inboxes.items()})
-            if self.phase == CHECK:
-                disputes = s.close_check()
-                self.phase = RESOLVE
-                return Notice(RESOLVE, body=encode(disputes))
-            if self.phase == RESOLVE:
-                inclusion = s.close_resolve()
-                self.phase = AGGREGATE
-                return Notice(AGGREGATE, body=encode(inclusion))
-            if self.phase != AGGREGATE:
-                raise RoundMisuse(f"advance after the round ended ({self.phase})")
-            out = s.close_aggregate()
-        except vss.VssAbort as exc:
-            self.phase = "failed"
-            return Outcome("failed", 0, {"error": f"verified aggregation aborted: {exc}"})
-        self.phase = "done"
+        if phase == KEYS:
+            return Notice(DEAL, body=encode(s.close_keys()))
+        if phase == DEAL:
+            body, inboxes = s.close_deal()
+            return Notice(CHECK, body=encode(body),
+                          personal={m: encode(i) for m, i in inboxes.items()})
+        if phase == CHECK:
+            return Notice(RESOLVE, body=encode(s.close_check()))
+        return Notice(AGGREGATE, body=encode(s.close_resolve()))
+
+    def finish(self) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+        out = self.server.close_aggregate()
         n = len(out.included)
-        result = finalize(self.workload, self.params, out.total, n, self.min_peers)
-        if isinstance(result, Outcome):
-            return result
-        result["secure_aggregation"] = {
+        return out.total, out.included, {
             "protocol": "Pedersen VSS to a committee, range-proven inputs",
             "participants": len(self.cfg.participants), "survivors": n,
             "included": out.included,  # whose inputs the sum holds (not what they were)
@@ -192,7 +165,6 @@ class VerifiedRound(RoundLogic):
                       "bits": self.cfg.bits},
             "quantization_error_bound": self.cfg.error_bound(n),
             "rejected": out.rejected, "disqualified": out.disqualified}
-        return Outcome("published", n, result)
 
 
 class VerifiedPeerRound(PeerRound):
@@ -218,10 +190,7 @@ class VerifiedPeerRound(PeerRound):
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         out: msgspec.Struct | None
         if phase == DEAL:
-            x = self.workload.bound(self.vector)
-            if self.params.dp_sigma:
-                std = self.params.dp_sigma / self.params.dp_split**0.5
-                x = x + np.random.default_rng().normal(0.0, std, x.shape)  # OS-seeded
+            x = noised_input(self.workload, self.vector, self.params)
             out = self.client.deal(decode(body, vss.KeyDirectory), x)
         elif phase == CHECK:
             inbox = decode(personal, vss.Inbox) if personal is not None else \
