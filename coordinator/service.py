@@ -110,6 +110,7 @@ class CoordinatorConfig:
     round_pause: float = 1.0
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
+    linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
     workload: str = "stats"
     workload_options: dict = field(default_factory=dict)  # e.g. incremental: segments=8
     secure: bool = True  # secure aggregation; False: contributions in the clear (--insecure)
@@ -389,7 +390,9 @@ class Coordinator:
             self.personal.clear()
             self.rounds_run += 1
             await trio.sleep(self.config.round_pause)
-        log.info("ran %d rounds; stopping", self.rounds_run)
+        log.info("ran %d rounds; stopping%s", self.rounds_run,
+                 f" in {self.config.linger:g} s" if self.config.linger else "")
+        await trio.sleep(self.config.linger)  # HTTP still answers (the final model, rounds)
         self.stop()
         await trio.sleep(1.5)  # let hypercorn answer in-flight requests, then stop everything
         cancel_scope.cancel()

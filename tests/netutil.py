@@ -27,7 +27,10 @@ def free_port() -> int:
 def coordinator_config(data_dir: Path, **overrides) -> CoordinatorConfig:
     base = dict(data_dir=data_dir, http_host="127.0.0.1", port=0,
                 listen=["/ip4/127.0.0.1/tcp/0"], min_peers=2, round_timeout=20.0,
-                round_pause=0.2)
+                round_pause=0.2,
+                # tests read the final state over HTTP after the last round and then cancel:
+                # without this, stopping after max_rounds races those reads
+                linger=60.0)
     base.update(overrides)
     return CoordinatorConfig(**base)
 
