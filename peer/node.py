@@ -57,12 +57,31 @@ from protocol.messages import PROTO_BLOB
 
 log = logging.getLogger("hypergossip.node")
 
-# py-libp2p's yamux (read at call time): by default it sends a window update after every
-# read that returns data, i.e. about one extra frame per data frame, each a Noise message
-# and several task switches. Off, it tops the window up only once half of it is used,
-# like go-yamux. A secure round at N=100 in one process spent less than half as long in
-# its small-message phases with it off.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# py-libp2p's yamux returns receive window to the sender (a WINDOW_UPDATE frame, each a
+# Noise message, a socket write and several task switches) after nearly every read: its
+# "partial slack" rule credits any consumed bytes below its half-window threshold at once,
+# so a length-prefixed message read as prefix then body sent two updates, and a small
+# request and its answer cost three extra frames. go-yamux credits only once half the
+# window is consumed, and so do we: a sender can always send up to the window, it never
+# waits on credit the receiver holds back, since whoever drains the window gets it all
+# back. Its auto-tuning (doubling the window for fast bulk readers) is kept.
+_HALF_WINDOW_CREDIT = os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1"
+
+
+async def _credit_in_halves(self, *, bytes_read: int = 0) -> None:
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta <= 0 or delta < self.target_recv_window // 2:
+            return
+        self.recv_window += delta
+        delta += self._apply_autotune_epoch(buffered)
+    await self.send_window_update(delta, skip_lock=True)
+
+
+if _HALF_WINDOW_CREDIT and hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
+    _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_in_halves
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should the patch not apply
 # Its data frames carry up to 64 KiB, so with the 12-byte frame header each one is two Noise
 # messages (at most 65519 bytes of plaintext each), the second of 29 bytes; frames that fit
 # one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
@@ -98,8 +117,15 @@ class GossipConfig:
 DEFAULT_GOSSIP = GossipConfig()
 
 async def write_frame(stream, data: bytes) -> None:
+    await write_frames(stream, [data])
+
+
+async def write_frames(stream, frames: list[bytes]) -> None:
+    """Write ``frames`` back to back in one stream write: the reader sees them as separate
+    frames, and the transport pays its per-write cost (a yamux frame, a Noise message, a
+    socket write) once for all of them rather than once each."""
     try:
-        await stream.write(struct.pack(">I", len(data)) + data)
+        await stream.write(b"".join(b for f in frames for b in (struct.pack(">I", len(f)), f)))
     except Exception as exc:  # libp2p raises many unrelated types for a broken stream
         raise StreamProtocolError(f"write failed: {exc!r}") from exc
 

@@ -56,6 +56,7 @@ from .node import (
     read_frame,
     reset,
     write_frame,
+    write_frames,
 )
 
 log = logging.getLogger("hypergossip.session")
@@ -65,6 +66,7 @@ RECEIVE_WINDOW = 2 * 1024 * 1024  # per session, at the coordinator: a masked ve
 PUSH_MAX = 8 * 1024 * 1024 + 1024  # a personal message may be this large
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # peer's reconnect backoff, seconds
 HEALTHY_S = 10.0  # a session that lived this long resets the backoff
+COALESCE = 256 * 1024  # frames queued for one peer are written together up to this size
 WRITE_LIMIT = 120.0  # a single frame write that takes longer: the connection is dead anyway
 
 
@@ -168,7 +170,16 @@ class SessionHub:
     async def _write_loop(self, session: _Session) -> None:
         try:
             async for frame in session.receive:
-                await write_frame(session.stream, frame)
+                # whatever queued meanwhile (an ack and the notice it completed, a personal
+                # message and its notice) goes in the same write
+                frames, size = [frame], len(frame)
+                while size < COALESCE:
+                    try:
+                        frames.append(session.receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    size += len(frames[-1])
+                await write_frames(session.stream, frames)
         except StreamProtocolError as exc:
             log.debug("session write failed: %s", exc)
         finally:  # dropped (slow peer, or the reader ended): make sure the reader ends too

@@ -131,3 +131,49 @@ async def test_a_peer_that_stops_reading_is_dropped_and_resyncs_on_reconnect():
             nursery.start_soon(client.run)
             await wait_for(lambda: got == [b"head"], timeout=10)  # current again at once
             nursery.cancel_scope.cancel()
+
+
+async def test_yamux_credit_comes_back_in_halves_and_bulk_still_flows(monkeypatch):
+    """py-libp2p's yamux sent a WINDOW_UPDATE after nearly every read (three extra frames
+    for a small submit and its ack); ``peer.node`` credits only once half the window is
+    consumed, as go-yamux does. A slow reader of 3 MB through the default window still gets
+    it all: credit comes back as it drains."""
+    from libp2p.stream_muxer.yamux import yamux
+
+    updates = []
+    send_window_update = yamux.YamuxStream.send_window_update
+
+    async def counted(self, increment, skip_lock=False):
+        updates.append(increment)
+        await send_window_update(self, increment, skip_lock)
+
+    monkeypatch.setattr(yamux.YamuxStream, "send_window_update", counted)
+    hub_node, peer = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    _hub(hub_node, {peer.peer_id}, [], [])
+    received = bytearray()
+
+    async def slow_sink(stream, remote: str) -> None:
+        while len(received) < 3_000_000:
+            received.extend(await stream.read(4096))
+            await trio.sleep(0)
+
+    hub_node.serve_stream("/test/sink/1", slow_sink)
+    async with hub_node.running(), peer.running(), trio.open_nursery() as nursery:
+        assert await peer.connect(hub_node.addrs[0])
+        client = SessionClient(peer, hub_node.peer_id, lambda envelope: None)
+        nursery.start_soon(client.run)
+        await wait_for(lambda: client.up, timeout=10)
+        await client.submit(b"good warm-up")
+        before = len(updates)
+        for i in range(100):
+            assert (await client.submit(b"good %d" % i)).accepted
+        assert len(updates) - before <= 2, f"{len(updates) - before} window updates for " \
+            "100 small submits and their acks"
+
+        stream = await peer.open_stream(hub_node.peer_id, "/test/sink/1")
+        payload = os.urandom(3_000_000)
+        with trio.fail_after(60):
+            await stream.write(payload)
+            await wait_for(lambda: len(received) == len(payload), timeout=60)
+        assert bytes(received) == payload
+        nursery.cancel_scope.cancel()
