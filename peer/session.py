@@ -148,7 +148,10 @@ class SessionHub:
         if head is None:
             log.info("session from %s refused: not admitted", peer)
             return
-        await grow_receive_window(stream, RECEIVE_WINDOW)
+        # registered with its head before anything awaits: a broadcast from then on reaches
+        # this session, and one from before is in the head. (Registering after the window
+        # update below lost a round announcement sent in between: the peer, its session up,
+        # did not pull, and missed the round.)
         session = _Session(stream)
         old = self._sessions.get(peer)
         if old is not None:
@@ -160,6 +163,7 @@ class SessionHub:
         # neither loop is ever cancelled mid-frame (see peer.node.guarded): the reader ends
         # when the stream does, the writer when the queue is closed, and each ends the other
         try:
+            await grow_receive_window(stream, RECEIVE_WINDOW)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, session)
                 await self._read_loop(session, peer)

@@ -177,3 +177,31 @@ async def test_yamux_credit_comes_back_in_halves_and_bulk_still_flows(monkeypatc
             await wait_for(lambda: len(received) == len(payload), timeout=60)
         assert bytes(received) == payload
         nursery.cancel_scope.cancel()
+
+
+async def test_a_broadcast_while_a_session_opens_reaches_it():
+    """The hub computes a session's head, then registers the session. A broadcast between the
+    two (a round announced while a peer connects) once reached neither, and the peer, its
+    session up, never pulled: it missed the round (3 of 100 peers in the secagg bench)."""
+    hub_node, peer = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    opening = trio.Event()
+
+    def on_open(remote: str) -> list[bytes]:
+        opening.set()
+        return [b"head"]
+
+    hub = SessionHub(hub_node, on_open=on_open, max_submit=1024,
+                     on_submit=lambda envelope, remote: SubmitAck(accepted=True))
+    got: list[bytes] = []
+
+    async def announce_as_it_opens() -> None:
+        await opening.wait()  # runs at the hub's first checkpoint after on_open
+        hub.broadcast(b"round announced")
+
+    async with hub_node.running(), peer.running(), trio.open_nursery() as nursery:
+        nursery.start_soon(announce_as_it_opens)
+        assert await peer.connect(hub_node.addrs[0])
+        nursery.start_soon(SessionClient(peer, hub_node.peer_id, got.append).run)
+        await wait_for(lambda: len(got) >= 2, timeout=10)
+        assert got == [b"head", b"round announced"]
+        nursery.cancel_scope.cancel()
