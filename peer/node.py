@@ -75,7 +75,7 @@ async def _credit_in_halves(self, *, bytes_read: int = 0) -> None:
     async with self.window_lock:
         buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
         delta = self.target_recv_window - (self.recv_window + buffered)
-        if delta <= 0 or delta < self.target_recv_window // 2:
+        if delta < self.target_recv_window // 2:  # nothing, or too little, to give back yet
             return
         self.recv_window += delta
         delta += self._apply_autotune_epoch(buffered)
