@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--secagg-threshold", type=int, default=None, metavar="T",
                    help="shares needed to recover a peer's masks; default: survives 30 %% "
                    "dropout")
+    p.add_argument("--secagg-agreement", type=int, default=None, metavar="A",
+                   help="survivor signatures a peer needs before it reveals shares; a "
+                   "coordinator that lies about who survived is stopped while fewer than "
+                   "2A - n peers collude with it; default: all but 30 %% of the n peers")
     p.add_argument("--start-peers", type=int, default=0, metavar="N",
                    help="wait for N connected admitted peers before the first round "
                    "(default: --min-peers)")
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,
+        secagg_agreement=args.secagg_agreement,
         secure_protocol=args.secure_protocol, vss_committee=args.vss_committee,
         workload_options=options,
         llm_backend=None if args.llm_backend == "none" else args.llm_backend,

@@ -119,6 +119,7 @@ class CoordinatorConfig:
     dp_delta: float = 1e-5
     secagg_degree: int | None = None  # None: secagg.Config.default's graph
     secagg_threshold: int | None = None
+    secagg_agreement: int | None = None  # survivor signatures a peer needs before unmasking
     # secure rounds: "vss" (range-checked inputs; workloads with range_bounds, i.e. stats),
     # "secagg" (SecAgg+, any vector), "auto": vss where the workload allows it
     secure_protocol: str = "auto"
@@ -486,7 +487,8 @@ class Coordinator:
                 self.workload, number, participants, prev_digest,
                 min_peers=self.config.min_peers, dp_epsilon=self.config.dp_epsilon,
                 dp_delta=self.config.dp_delta, degree=self.config.secagg_degree,
-                threshold=self.config.secagg_threshold)
+                threshold=self.config.secagg_threshold,
+                agreement=self.config.secagg_agreement)
             params = encode(secure)
             rnd: RoundLogic = secure_round.SecureRound(
                 number, self.workload, secure, min_peers=self.config.min_peers,

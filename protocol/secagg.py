@@ -4,8 +4,19 @@ Theory of operation
 -------------------
 The server learns the sum of the surviving clients' vectors and nothing
 else about any one of them, as long as fewer than ``threshold`` of a
-client's neighbours collude with it; up to ``degree - threshold`` of a
-client's neighbours may drop out at any phase and the sum still decodes.
+client's neighbours collude with it and the server follows the protocol;
+up to ``degree - threshold`` of a client's neighbours may drop out at any
+phase and the sum still decodes. A server that lies about who survived
+(to collect both kinds of share for one client) is stopped by the
+consistency check as long as fewer than ``2 * agreement - n`` of the ``n``
+participants collude with it (Bonawitz et al. 2017, section 6): each honest
+client signs one survivor list and reveals shares only when ``agreement``
+participants signed that same list, so two lists would need
+``2 * agreement`` signatures from ``n`` participants of whom only the
+colluders sign both. The defaults make ``agreement`` all but the tolerated
+dropouts (``(n - 1) - floor(0.3 n)``), so that against a lying server about
+``0.4 n`` colluders are tolerated on every graph; checking it costs each
+client ``agreement`` signature verifications.
 This file holds both sides as sans-IO state machines: callers pass messages
 in and send the messages that come out; nothing here knows about sockets,
 clocks or which transport carried a message (signatures are checked before
@@ -32,7 +43,7 @@ consistency-check round of the actively secure variant):
 * Consistency check: the server names the survivors (those that sent masked
   inputs); each survivor signs ``(round, survivors)`` with its peer key (its
   peer id is its Ed25519 public key) and reveals nothing until it holds at
-  least ``threshold`` valid survivor signatures over the very list it signed,
+  least ``agreement`` valid survivor signatures over the very list it signed,
   so a server cannot tell two clients different survivor sets and collect
   both kinds of shares for one client.
 * Unmasking: for each neighbour u, a survivor reveals its share of ``b_u``
@@ -142,7 +153,7 @@ class ConsistencySignature(Strict):
 
 
 class UnmaskRequest(Strict):
-    """Server -> survivors: the survivor list with at least ``threshold`` signatures on it."""
+    """Server -> survivors: the survivor list with at least ``agreement`` signatures on it."""
 
     survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
     signatures: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=10_000)]
@@ -170,6 +181,7 @@ class Config:
     graph_seed: bytes
     vector_len: int
     encoding: FixedPoint
+    agreement: int = 0  # survivor signatures a client needs before unmasking; 0: threshold
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -177,6 +189,10 @@ class Config:
             raise ValueError("need at least 2 distinct participants")
         if not 1 <= self.threshold <= min(self.degree, n - 1):
             raise ValueError("threshold must be in [1, min(degree, n - 1)]")
+        if self.agreement == 0:
+            object.__setattr__(self, "agreement", self.threshold)
+        if not self.threshold <= self.agreement <= n:
+            raise ValueError("agreement must be in [threshold, n]")
         if self.degree < n - 1 and self.degree % 2:
             raise ValueError("degree must be even (Harary graph) unless the graph is complete")
         if len(self.graph_seed) != 32 or self.vector_len < 1:
@@ -187,7 +203,7 @@ class Config:
     @classmethod
     def default(cls, round: int, participants: Iterable[str], graph_seed: bytes, vector_len: int,
                 encoding: FixedPoint, *, degree: int | None = None, threshold: int | None = None,
-                dropout: float = 0.3) -> Config:
+                agreement: int | None = None, dropout: float = 0.3) -> Config:
         """Defaults that survive a ``dropout`` fraction of clients vanishing.
 
         Up to 101 clients the graph is complete (classic SecAgg) and the threshold is
@@ -195,6 +211,10 @@ class Config:
         many of its neighbours remain. Larger rounds use a degree-100 Harary graph and the
         largest threshold for which random dropout leaves some client short of shares with
         probability at most 1e-6 per round (binomial tail, union bound over clients).
+        ``agreement`` is ``(n - 1) - floor(dropout * n)`` on every graph (at least the
+        threshold): a sparse graph's small threshold must not also be the number of
+        signatures that convinces a client, or a server could show each half of the clients
+        its own survivor list and collect both kinds of share for a client between them.
         """
         people = tuple(sorted(set(participants)))
         n = len(people)
@@ -206,7 +226,9 @@ class Config:
             else:
                 threshold = _largest_safe_threshold(degree, 1 - dropout, n)
             threshold = max(1, threshold)
-        return cls(round, people, degree, threshold, graph_seed, vector_len, encoding)
+        if agreement is None:
+            agreement = max(threshold, (n - 1) - math.floor(dropout * n))
+        return cls(round, people, degree, threshold, graph_seed, vector_len, encoding, agreement)
 
     def neighbours(self, peer: str) -> tuple[str, ...]:
         """``peer``'s neighbours, sorted (computed on first use: a client needs only its
@@ -502,8 +524,9 @@ class SecAggClient:
         survivors = sorted(set(request.survivors))
         if not set(survivors) <= set(self.cfg.participants) or self.me not in survivors:
             raise SecAggAbort("survivor set names strangers or leaves this client out")
-        if len(survivors) < self.cfg.threshold:
-            raise SecAggAbort("too few survivors to unmask safely")
+        if len(survivors) < self.cfg.agreement:
+            raise SecAggAbort(f"{len(survivors)} survivors; unmasking needs {self.cfg.agreement}"
+                              " to have signed the list")
         self._confirmed = survivors
         return ConsistencySignature(
             signature=self._sign_with(consistency_message(self.cfg.round, survivors)))
@@ -511,21 +534,21 @@ class SecAggClient:
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
         """Reveal, for each neighbour that shared with us, the self-mask share if it survived
         or the mask-key share if it dropped -- never both for one neighbour, and only when
-        at least ``threshold`` survivors signed the same survivor list we signed."""
+        at least ``agreement`` survivors signed the same survivor list we signed."""
         self._advance(4)
         survivors = sorted(set(request.survivors))
         if survivors != self._confirmed:
             raise SecAggAbort("the server shows a different survivor list than it had us sign")
         message = consistency_message(self.cfg.round, survivors)
         valid = 0
-        for peer, sig in request.signatures.items():  # threshold valid ones suffice
+        for peer, sig in request.signatures.items():  # agreement valid ones suffice
             if peer in survivors and _valid_signature(peer, message, sig):
                 valid += 1
-                if valid >= self.cfg.threshold:
+                if valid >= self.cfg.agreement:
                     break
-        if valid < self.cfg.threshold:
+        if valid < self.cfg.agreement:
             raise SecAggAbort(f"only {valid} valid survivor signatures; "
-                              f"need {self.cfg.threshold}")
+                              f"need {self.cfg.agreement}")
         b, s = {}, {}
         for u, share in self._received.items():
             if u in survivors:
@@ -617,7 +640,7 @@ class SecAggServer:
         self.masked[peer] = np.frombuffer(msg.vector, dtype=enc.wire_dtype).astype(enc.dtype)
 
     def close_masked(self) -> SurvivorList:
-        self._close(Phase.MASKED, len(self.masked))
+        self._close(Phase.MASKED, len(self.masked), self.cfg.agreement)  # or nobody unmasks
         return SurvivorList(survivors=sorted(self.masked))
 
     def receive_consistency(self, peer: str, msg: ConsistencySignature) -> None:
@@ -628,7 +651,7 @@ class SecAggServer:
         self.signatures[peer] = msg.signature
 
     def close_consistency(self) -> UnmaskRequest:
-        self._close(Phase.CONSISTENCY, len(self.signatures))
+        self._close(Phase.CONSISTENCY, len(self.signatures), self.cfg.agreement)
         return UnmaskRequest(survivors=sorted(self.masked), signatures=dict(self.signatures))
 
     def receive_unmask(self, peer: str, msg: UnmaskShares) -> None:
@@ -728,13 +751,14 @@ class SecAggServer:
         lhs = sum(r * y for r, (_, y) in zip(rs, extra, strict=True)) % shamir.P
         return lhs == sum(c * y for c, (_, y) in zip(cs, basis, strict=True)) % shamir.P
 
-    def _close(self, phase: Phase, count: int) -> None:
+    def _close(self, phase: Phase, count: int, need: int | None = None) -> None:
         if self.phase is not phase:
             raise SecAggMisuse(f"closing {phase.name} while in {self.phase.name}")
-        if count < self.cfg.threshold:
+        need = self.cfg.threshold if need is None else need
+        if count < need:
             self.phase = Phase.DONE
             raise SecAggAbort(f"phase {phase.name.lower()} ended with {count} clients; "
-                              f"threshold is {self.cfg.threshold}")
+                              f"it needs {need}")
         self.phase = Phase(phase.value + 1)
 
 

@@ -58,6 +58,7 @@ class SecureParams(Strict):
     dp_split: int = 1  # each peer adds noise of std dp_sigma / sqrt(dp_split)
     dp_epsilon: float = 0.0  # the per-round target it was calibrated to
     dp_delta: float = 0.0
+    agreement: int = 0  # survivor signatures needed before unmasking; 0: threshold
 
 
 def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
@@ -69,10 +70,10 @@ def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
 def make_params(workload: Workload, round: int, participants: list[str], prev_digest: bytes,
                 *, max_summands: int = 10_000, dropout: float = 0.3, min_peers: int = 1,
                 dp_epsilon: float = 0.0, dp_delta: float = 1e-5, degree: int | None = None,
-                threshold: int | None = None) -> SecureParams:
+                threshold: int | None = None, agreement: int | None = None) -> SecureParams:
     """Round parameters; with ``dp_epsilon`` the noise is calibrated so that one round is
     (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.dp).
-    ``degree`` and ``threshold`` override :meth:`secagg.Config.default`'s graph."""
+    ``degree``, ``threshold`` and ``agreement`` override :meth:`secagg.Config.default`'s."""
     sigma, split, headroom = 0.0, max(1, min_peers), 0.0
     if dp_epsilon:
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
@@ -80,15 +81,15 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
     cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
                                 workload.vector_len(), enc, dropout=dropout, degree=degree,
-                                threshold=threshold)
+                                threshold=threshold, agreement=agreement)
     return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
                         cfg.vector_len, enc.clip, enc.bits, enc.max_summands, sigma, split,
-                        dp_epsilon, dp_delta if dp_epsilon else 0.0)
+                        dp_epsilon, dp_delta if dp_epsilon else 0.0, cfg.agreement)
 
 
 def config(round: int, p: SecureParams) -> secagg.Config:
     return secagg.Config(round, tuple(p.participants), p.degree, p.threshold, p.graph_seed,
-                         p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits))
+                         p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits), p.agreement)
 
 
 class ServerRound(RoundLogic):
@@ -209,7 +210,7 @@ class SecureRound(ServerRound):
             "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
             "included": out.survivors,  # whose inputs the sum holds (not what they were)
-            "threshold": self.cfg.threshold,
+            "threshold": self.cfg.threshold, "agreement": self.cfg.agreement,
             "quantization_error_bound": self.cfg.encoding.error_bound(n),
             "bad_shares": out.bad_shares, "rejected": out.rejected}
 

@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 The server learns the sum of the included clients' vectors and nothing else
 about any one of them, as long as fewer than ``threshold`` committee
-members collude with it; and every input it sums was proven, in zero
-knowledge, to lie in the workload's range, so a malicious client can move
+members collude with it (fewer than ``2 * threshold - c`` if it also names
+different included sets to different members, see Guarantees); and every
+input it sums was proven, in zero knowledge, to lie in the workload's
+range, so a malicious client can move
 the sum no more than an honest one with an extreme value could. This is
 the committee Shamir scheme for small statistics (Pedersen's verifiable
 secret sharing, CRYPTO '91, with the range proofs of
@@ -54,8 +56,11 @@ are uniformly distributed whatever its constant term, and the commitments
 are perfectly hiding, so the server with fewer than ``tau`` members learns
 only the sum over ``A``. Members refuse an ``A`` with fewer than
 ``min_included`` dealers; a server naming different ``A`` to different
-members gains nothing, since each member answers once and every sum needs
-``tau > c/2`` answers. Commitments bind under discrete log, so an included
+members gains nothing, since each honest member answers once and every
+sum needs ``tau > c/2`` answers: two sums would need ``2 * tau`` answers
+from ``c`` members of whom only colluders answer twice, so against such a
+server the bound on colluding members is ``2 * tau - c`` (8 of the default
+16 at 30 % dropout), not ``tau``. Commitments bind under discrete log, so an included
 input is the range-checked one. The round completes when ``tau`` members
 answer; clients need not stay after dealing.
 

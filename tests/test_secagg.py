@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -333,6 +334,60 @@ def test_consistency_check_stops_a_server_that_equivocates_on_survivors():
     with pytest.raises(SecAggAbort, match="valid survivor signatures"):
         clients[ids[4]].unmask(UnmaskRequest(survivors=lie.survivors,
                                              signatures={**sigs, **forged_sigs}))
+
+
+def split_survivors_attack(cfg, ids, xs):
+    """A lying server against one victim on a sparse graph: it shows half the clients the
+    true survivor list (the victim survived: they reveal its self-mask shares) and the other
+    half the list without the victim (they reveal its mask-key shares), each half with the
+    signatures made on its own list; then it removes both masks from the victim's vector.
+    Returns (victim's input as the server rebuilt it, the truth); raises SecAggAbort where
+    the honest clients refuse."""
+    server, clients = run_until_masked(cfg, ids, xs)
+    truth_list = server.close_masked()
+    victim, others = ids[0], ids[1:]
+    lie = SurvivorList(survivors=[p for p in truth_list.survivors if p != victim])
+    world_a, world_b = [victim, *others[0::2]], others[1::2]
+    sigs_a = {p: clients[p].confirm(truth_list).signature for p in world_a}
+    sigs_b = {p: clients[p].confirm(lie).signature for p in world_b}
+    b_shares, s_shares = {}, {}
+    for p in world_a[1:]:
+        reply = clients[p].unmask(UnmaskRequest(survivors=truth_list.survivors, signatures=sigs_a))
+        if victim in reply.self_mask_shares:
+            b_shares[p] = reply.self_mask_shares[victim]
+    for p in world_b:
+        reply = clients[p].unmask(UnmaskRequest(survivors=lie.survivors, signatures=sigs_b))
+        if victim in reply.mask_key_shares:
+            s_shares[p] = reply.mask_key_shares[victim]
+    keys = server.keys[victim]
+    b = server._rebuild(victim, b_shares, lambda sec: secagg._commit(sec) ==
+                        keys.self_mask_commit, {})
+    sk = server._rebuild(victim, s_shares, lambda sec: _raw_public(
+        X25519PrivateKey.from_private_bytes(sec)) == keys.mask_pk, {})
+    y = server.masked[victim] - prg(b, cfg)
+    for v in cfg.neighbours(victim):
+        shared = X25519PrivateKey.from_private_bytes(sk).exchange(
+            X25519PublicKey.from_public_bytes(server.keys[v].mask_pk))
+        mask = prg(_pairwise_seed(shared, cfg.round, victim, v), cfg)
+        y = y - mask if _sign(victim, v) > 0 else y + mask
+    return ENC.decode_sum(y, 1), np.clip(xs[victim], -ENC.clip, ENC.clip)
+
+
+def test_a_server_that_shows_each_half_its_own_survivor_list_learns_nothing():
+    """On a sparse graph the share threshold is small (43 of 100 neighbours at n=150), so
+    were it also the number of signatures that convinces a client, a server could split
+    the clients in two halves with a survivor list each and collect both kinds of share
+    for one victim: with ``agreement = threshold`` the attack below recovers the victim's
+    input exactly (so the attack code is sound). The default agreement, all but 30 % of the
+    participants, makes both halves refuse: neither holds enough signatures on its list."""
+    cfg, ids, xs = make(150, m=8)
+    assert cfg.degree == 100 and 2 * cfg.threshold < cfg.degree
+    assert cfg.agreement == 149 - 45 and 2 * cfg.agreement - 150 > 50  # colluders tolerated
+    weak = dataclasses.replace(cfg, agreement=cfg.threshold)
+    recovered, truth = split_survivors_attack(weak, ids, xs)
+    assert np.max(np.abs(recovered - truth)) <= ENC.error_bound(1)
+    with pytest.raises(SecAggAbort, match=f"valid survivor signatures; need {cfg.agreement}"):
+        split_survivors_attack(cfg, ids, xs)
 
 
 SMALL_ORDER = (bytes(32), b"\x01" + bytes(31),  # u = 0 and u = 1, and a point of order 8:

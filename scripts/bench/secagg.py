@@ -411,7 +411,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
             # shows as accepted < N) instead of failing its quorum
             min_peers=2, start_peers=n, round_pause=0.2, max_rounds=total_rounds,
             workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
-            gossip=gossip, secagg_degree=degree, secagg_threshold=threshold)
+            gossip=gossip, secagg_degree=degree, secagg_threshold=threshold,
+            secagg_agreement=threshold)  # an explicit graph: as many signatures as shares
         coord = TimedCoordinator(cfg)
         try:
             async with trio.open_nursery() as nursery:
@@ -831,8 +832,9 @@ def comparison_table(rows: list[dict[str, Any]]) -> Table:
 
 
 FOOTNOTES = """\
-(a) default: Config.default (complete graph up to 101 clients, threshold (n-1) - floor(0.3 n));
-    Flower-like: degree 2, threshold 2 (Flower's num_shares=3 counts the client itself).
+(a) default: Config.default (complete graph up to 101 clients, threshold (n-1) - floor(0.3 n),
+    as many survivor signatures needed before unmasking); Flower-like: degree 2, threshold 2
+    (Flower's num_shares=3 counts the client itself), 2 signatures (Flower has no such round).
 (b) client CPU in masked_input alone (fixed-point encoding, self mask, one AES-256-CTR pairwise
     mask per neighbour). Client CPU includes the X25519 key generation in SecAggClient().
 (c) coordinator's announcement -> its published result; * = published with dropouts (accepted
