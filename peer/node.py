@@ -32,6 +32,8 @@ import logging
 import os
 import random
 import struct
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -47,8 +49,12 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
+from libp2p.pubsub import gossipsub as _gossipsub_module
+from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.utils import maybe_consume_signed_record as _maybe_consume_signed_record
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -91,6 +97,55 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should the p
 # transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
 if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > 65535 - 16 - 12:
     _yamux.MAX_MESSAGE_SIZE = 65535 - 16 - 12
+
+# py-libp2p's pubsub puts the host's signed peer record into every RPC it sends and checks
+# the one in every RPC it receives (twice for an RPC with control messages): about 0.2 ms to
+# assemble it (host.get_addrs() each time) and 0.18 ms to verify its Ed25519 signature and
+# store it, per RPC, measured here. Neither answer changes between RPCs: a host's record
+# changes only with its listen addresses, and a sender's record bytes verified once verify
+# again. So the record sent is rebuilt at most every RECORD_RECHECK seconds, and a record
+# received is checked once per (host, sender, exact bytes) every RECORD_REFRESH seconds (so
+# that the peerstore's 2-hour record TTL is still renewed); a new or changed record is still
+# checked in full, and one that fails is refused as before.
+RECORD_RECHECK = 10.0
+RECORD_REFRESH = 600.0
+_RECORDS_SEEN_MAX = 4096
+_sent_records: weakref.WeakKeyDictionary[Any, tuple[float, tuple[bytes, bool]]] = \
+    weakref.WeakKeyDictionary()
+_seen_records: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, bytes], float]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _cached_record_to_send(host: Any) -> tuple[bytes, bool]:
+    now = time.monotonic()
+    hit = _sent_records.get(host)
+    if hit is not None and now - hit[0] < RECORD_RECHECK:
+        return hit[1][0], False
+    answer = _env_to_send_in_rpc(host)
+    _sent_records[host] = (now, answer)
+    return answer
+
+
+def _consume_record_once(msg: Any, host: Any, peer_id: ID) -> bool:
+    if not msg.HasField("senderRecord"):
+        return True
+    seen = _seen_records.setdefault(host, {})
+    key, now = (peer_id.to_bytes(), msg.senderRecord), time.monotonic()
+    if now - seen.get(key, -RECORD_REFRESH) < RECORD_REFRESH:
+        return True
+    if not _maybe_consume_signed_record(msg, host, peer_id):
+        return False
+    if len(seen) >= _RECORDS_SEEN_MAX:
+        seen.clear()
+    seen[key] = now
+    return True
+
+
+for _module in (_pubsub_module, _gossipsub_module):
+    if getattr(_module, "env_to_send_in_RPC", None) is _env_to_send_in_rpc:
+        _module.env_to_send_in_RPC = _cached_record_to_send
+    if getattr(_module, "maybe_consume_signed_record", None) is _maybe_consume_signed_record:
+        _module.maybe_consume_signed_record = _consume_record_once
 
 GOSSIP_MAX = 512 * 1024
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]

@@ -205,3 +205,54 @@ async def test_a_broadcast_while_a_session_opens_reaches_it():
         await wait_for(lambda: len(got) >= 2, timeout=10)
         assert got == [b"head", b"round announced"]
         nursery.cancel_scope.cancel()
+
+
+async def test_signed_peer_records_are_checked_once_per_sender_and_bad_ones_refused(
+        monkeypatch):
+    """py-libp2p's pubsub signs and verifies a peer record in every RPC (0.2 + 0.18 ms
+    each); ``peer.node`` verifies a sender's exact record bytes once. Gossip still flows,
+    the verifier runs once per sender however many RPCs arrive, and a record with a flipped
+    bit, or one presented by another peer, is refused as before."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub import pubsub as pubsub_module
+    from libp2p.pubsub.pb import rpc_pb2
+
+    import peer.node as node_module
+
+    checked = []
+    real = node_module._maybe_consume_signed_record
+
+    def counted(msg, host, peer_id):
+        checked.append(peer_id)
+        return real(msg, host, peer_id)
+
+    monkeypatch.setattr(node_module, "_maybe_consume_signed_record", counted)
+    a, b = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    got: dict[str, set[bytes]] = {a.peer_id: set(), b.peer_id: set()}
+
+    def keeper(node: NetworkNode):
+        async def keep(data: bytes, origin: str) -> None:
+            if origin != node.peer_id:  # a node's handler sees its own messages too
+                got[node.peer_id].add(data)
+        return keep
+
+    async with a.running(), b.running():
+        await a.subscribe("t", keeper(a))
+        await b.subscribe("t", keeper(b))
+        assert await b.connect(a.addrs[0])
+        await wait_for(lambda: a.mesh_sizes().get("t") and b.mesh_sizes().get("t"), timeout=20)
+        for i in range(30):
+            await a.publish("t", b"m%d" % i)
+            await b.publish("t", b"n%d" % i)
+        await wait_for(lambda: len(got[a.peer_id]) == len(got[b.peer_id]) == 30, timeout=20)
+        a_id, b_id = ID.from_base58(a.peer_id), ID.from_base58(b.peer_id)
+        assert checked.count(a_id) == 1 and checked.count(b_id) == 1, checked
+
+        record, _ = pubsub_module.env_to_send_in_RPC(a.host)
+        rpc = rpc_pb2.RPC(senderRecord=record)
+        assert pubsub_module.maybe_consume_signed_record(rpc, b.host, a_id)
+        flipped = rpc_pb2.RPC(senderRecord=record[:-1] + bytes([record[-1] ^ 1]))
+        assert not pubsub_module.maybe_consume_signed_record(flipped, b.host, a_id)
+        third = NetworkNode(Identity.generate())
+        assert not pubsub_module.maybe_consume_signed_record(
+            rpc, b.host, ID.from_base58(third.peer_id))  # a's record, shown by another
