@@ -110,20 +110,19 @@ if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > 65535 - 16 - 12:
 RECORD_RECHECK = 10.0
 RECORD_REFRESH = 600.0
 _RECORDS_SEEN_MAX = 4096
-_sent_records: weakref.WeakKeyDictionary[Any, tuple[float, tuple[bytes, bool]]] = \
-    weakref.WeakKeyDictionary()
+_sent_records: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
 _seen_records: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, bytes], float]] = \
     weakref.WeakKeyDictionary()
 
 
 def _cached_record_to_send(host: Any) -> tuple[bytes, bool]:
     now = time.monotonic()
-    hit = _sent_records.get(host)
-    if hit is not None and now - hit[0] < RECORD_RECHECK:
-        return hit[1][0], False
-    answer = _env_to_send_in_rpc(host)
-    _sent_records[host] = (now, answer)
-    return answer
+    built, record = _sent_records.get(host, (-RECORD_RECHECK, b""))
+    if now - built < RECORD_RECHECK:
+        return record, False
+    record, fresh = _env_to_send_in_rpc(host)
+    _sent_records[host] = (now, record)
+    return record, fresh
 
 
 def _consume_record_once(msg: Any, host: Any, peer_id: ID) -> bool:

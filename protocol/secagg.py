@@ -218,16 +218,17 @@ class Config:
         """
         people = tuple(sorted(set(participants)))
         n = len(people)
+        all_but_dropouts = (n - 1) - math.floor(dropout * n)
         if degree is None:
             degree = n - 1 if n <= 101 else 100
         if threshold is None:
             if degree >= n - 1:
-                threshold = (n - 1) - math.floor(dropout * n)
+                threshold = all_but_dropouts
             else:
                 threshold = _largest_safe_threshold(degree, 1 - dropout, n)
             threshold = max(1, threshold)
         if agreement is None:
-            agreement = max(threshold, (n - 1) - math.floor(dropout * n))
+            agreement = max(threshold, all_but_dropouts)
         return cls(round, people, degree, threshold, graph_seed, vector_len, encoding, agreement)
 
     def neighbours(self, peer: str) -> tuple[str, ...]:
