@@ -1,6 +1,6 @@
 """A small AIM (HyperCycle AI Machine) framework of our own, on Starlette.
 
-Shape as in shared/AIM.md: one decorator per endpoint carries the endpoint's
+Shape as the AIM spec has it: one decorator per endpoint carries the endpoint's
 manifest entry, and ``GET /manifest.json`` is generated from them. Every
 response (errors included) carries the AIM CORS headers; unknown routes and
 wrong methods answer JSON 404/405; a handler signals a client error by

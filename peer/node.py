@@ -17,8 +17,8 @@ and nothing else: it never decides whether a message is valid (that is
 - a content-addressed blob store served on :data:`PROTO_BLOB`, so payloads
   too large for gossip are fetched by digest and checked on arrival.
 
-Gossipsub settings differ from py-libp2p's defaults on purpose (see
-shared/NOTES-stack.md): adaptive gossip off (it let heartbeats drift to
+Gossipsub settings differ from py-libp2p's defaults on purpose (each measured
+on our 2-core machines): adaptive gossip off (it let heartbeats drift to
 30-60 s), spam protection off (its 10 msg/s/topic limit drops bursts of
 honest traffic; our own signature checks and caps do that job), eclipse
 protection off (it wants 3 distinct IPs in a mesh, which loopback testnets
@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import struct
-import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -49,102 +46,16 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
-from libp2p.pubsub import gossipsub as _gossipsub_module
-from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.utils import maybe_consume_signed_record as _maybe_consume_signed_record
-from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.identity import Identity
 from protocol.messages import PROTO_BLOB
 
+from . import libp2p_patches
+
 log = logging.getLogger("hypergossip.node")
-
-# py-libp2p's yamux returns receive window to the sender (a WINDOW_UPDATE frame, each a
-# Noise message, a socket write and several task switches) after nearly every read: its
-# "partial slack" rule credits any consumed bytes below its half-window threshold at once,
-# so a length-prefixed message read as prefix then body sent two updates, and a small
-# request and its answer cost three extra frames. go-yamux credits only once half the
-# window is consumed, and so do we: a sender can always send up to the window, it never
-# waits on credit the receiver holds back, since whoever drains the window gets it all
-# back. Its auto-tuning (doubling the window for fast bulk readers) is kept. The rule is the
-# receiver's alone: senders need not run it. ``HG_YAMUX_EAGER_CREDIT=1`` restores py-libp2p's
-# rule, to compare the two (``scripts/bench/secagg.py``: about 13 % less CPU for a secure
-# round at N=100 with ours, the same round's wall time about 7 % shorter).
-_HALF_WINDOW_CREDIT = os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1"
-
-
-async def _credit_in_halves(self, *, bytes_read: int = 0) -> None:
-    async with self.window_lock:
-        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
-        delta = self.target_recv_window - (self.recv_window + buffered)
-        if delta < self.target_recv_window // 2:  # nothing, or too little, to give back yet
-            return
-        self.recv_window += delta
-        delta += self._apply_autotune_epoch(buffered)
-    await self.send_window_update(delta, skip_lock=True)
-
-
-if _HALF_WINDOW_CREDIT and hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
-    _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_in_halves
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should the patch not apply
-# Its data frames carry up to 64 KiB, so with the 12-byte frame header each one is two Noise
-# messages (at most 65519 bytes of plaintext each), the second of 29 bytes; frames that fit
-# one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
-# transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
-if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > 65535 - 16 - 12:
-    _yamux.MAX_MESSAGE_SIZE = 65535 - 16 - 12
-
-# py-libp2p's pubsub puts the host's signed peer record into every RPC it sends and checks
-# the one in every RPC it receives (twice for an RPC with control messages): about 0.2 ms to
-# assemble it (host.get_addrs() each time) and 0.18 ms to verify its Ed25519 signature and
-# store it, per RPC, measured here. Neither answer changes between RPCs: a host's record
-# changes only with its listen addresses, and a sender's record bytes verified once verify
-# again. So the record sent is rebuilt at most every RECORD_RECHECK seconds, and a record
-# received is checked once per (host, sender, exact bytes) every RECORD_REFRESH seconds (so
-# that the peerstore's 2-hour record TTL is still renewed); a new or changed record is still
-# checked in full, and one that fails is refused as before.
-RECORD_RECHECK = 10.0
-RECORD_REFRESH = 600.0
-_RECORDS_SEEN_MAX = 4096
-_sent_records: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
-_seen_records: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, bytes], float]] = \
-    weakref.WeakKeyDictionary()
-
-
-def _cached_record_to_send(host: Any) -> tuple[bytes, bool]:
-    now = time.monotonic()
-    built, record = _sent_records.get(host, (-RECORD_RECHECK, b""))
-    if now - built < RECORD_RECHECK:
-        return record, False
-    record, fresh = _env_to_send_in_rpc(host)
-    _sent_records[host] = (now, record)
-    return record, fresh
-
-
-def _consume_record_once(msg: Any, host: Any, peer_id: ID) -> bool:
-    if not msg.HasField("senderRecord"):
-        return True
-    seen = _seen_records.setdefault(host, {})
-    key, now = (peer_id.to_bytes(), msg.senderRecord), time.monotonic()
-    if now - seen.get(key, -RECORD_REFRESH) < RECORD_REFRESH:
-        return True
-    if not _maybe_consume_signed_record(msg, host, peer_id):
-        return False
-    if len(seen) >= _RECORDS_SEEN_MAX:
-        seen.clear()
-    seen[key] = now
-    return True
-
-
-for _module in (_pubsub_module, _gossipsub_module):
-    if getattr(_module, "env_to_send_in_RPC", None) is _env_to_send_in_rpc:
-        _module.env_to_send_in_RPC = _cached_record_to_send
-    if getattr(_module, "maybe_consume_signed_record", None) is _maybe_consume_signed_record:
-        _module.maybe_consume_signed_record = _consume_record_once
 
 GOSSIP_MAX = 512 * 1024
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
@@ -320,23 +231,37 @@ class BlobStore:
 
 
 class GuardedPubsub(Pubsub):
-    """py-libp2p 0.8.1's pubsub stream handler lets a malformed RPC (protobuf's
-    DecodeError) escape, which stops the swarm and with it the whole process: any peer
-    could crash us with one bad frame. Here any failure on one peer's pubsub stream ends
-    that stream and forgets that peer's subscriptions, and nothing else."""
+    """py-libp2p 0.8.1's pubsub lets remote input escape in two places: its stream handler
+    (a malformed RPC raises protobuf's DecodeError), and ``push_msg``, a task per received
+    message, whose signature check raises on a ``key`` field that is not a public key. Either
+    stopped the pubsub service, the host and the process. Here a failure on one peer's
+    stream ends that stream and forgets that peer's subscriptions, and a failure on one
+    message drops that message; both are counted in ``faults`` against the peer that sent
+    it (:mod:`peer.libp2p_patches` contains every other per-input task the same way)."""
+
+    def __init__(self, *args: Any, faults: libp2p_patches.Faults, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.faults = faults
 
     async def stream_handler(self, stream) -> None:
         try:
             await super().stream_handler(stream)
         except Exception as exc:
             peer_id = stream.muxed_conn.peer_id
-            log.warning("pubsub stream from %s failed (%s: %s); dropping it", peer_id,
-                        type(exc).__name__, exc)
+            self.faults.record("pubsub stream", peer_id.to_base58(), exc)
             try:
                 await stream.reset()
             except Exception:
                 pass
             self._handle_dead_peer(peer_id)
+
+    async def push_msg(self, msg_forwarder: ID, msg) -> None:
+        if msg_forwarder == self.my_id:  # our own publish: its caller sees any error
+            return await super().push_msg(msg_forwarder, msg)
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as exc:
+            self.faults.record("gossip message", msg_forwarder.to_base58(), exc)
 
 
 class NetworkNode:
@@ -346,10 +271,16 @@ class NetworkNode:
         listen: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
         gossip: GossipConfig = DEFAULT_GOSSIP,
     ):
+        libp2p_patches.install()
         self.identity = identity
         self.listen = [multiaddr.Multiaddr(a) for a in listen]
         self.gossip_config = gossip
-        self.host = new_host(key_pair=create_new_key_pair(identity.seed))
+        self.faults = libp2p_patches.Faults()  # what remote input broke in the stack, contained
+        key_pair = create_new_key_pair(identity.seed)
+        self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair))
+        transports = self.host.get_network().transport_manager.get_transports()
+        if any("quic" in type(t).__name__.lower() for t in transports):  # see libp2p_patches
+            raise RuntimeError("refusing to run a QUIC transport (GHSA-hrfr-7729-443m)")
         self.router = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
             degree=gossip.degree,
@@ -361,7 +292,10 @@ class NetworkNode:
             spam_protection_enabled=False,
             eclipse_protection_enabled=gossip.eclipse_protection,
         )
-        self.pubsub = GuardedPubsub(self.host, self.router, strict_signing=True)
+        self.pubsub = GuardedPubsub(self.host, self.router, strict_signing=True,
+                                    faults=self.faults)
+        for service in (self.host.get_network(), self.pubsub, self.router):
+            libp2p_patches.register(service, self.faults)
         self.blobs = BlobStore()
         self._nursery: trio.Nursery | None = None
         self.serve(PROTO_BLOB, self._serve_blob, max_request=32)

@@ -3,7 +3,7 @@
 Everything a peer and the coordinator must agree on about a model lives
 here: architecture, parameter order (``state_dict`` order), the initial
 weights (seeded), and the training step. Training is deterministic on CPU
-for a given thread count (shared/NOTES-stack.md): :func:`deterministic`
+for a given thread count (1 and 2 threads give different bytes): :func:`deterministic`
 fixes one thread, deterministic algorithms and the seeds, so two peers
 given the same task produce bit-identical weights.
 

@@ -210,23 +210,23 @@ async def test_a_broadcast_while_a_session_opens_reaches_it():
 async def test_signed_peer_records_are_checked_once_per_sender_and_bad_ones_refused(
         monkeypatch):
     """py-libp2p's pubsub signs and verifies a peer record in every RPC (0.2 + 0.18 ms
-    each); ``peer.node`` verifies a sender's exact record bytes once. Gossip still flows,
+    each); ``peer.libp2p_patches`` verifies a sender's exact record bytes once. Gossip still flows,
     the verifier runs once per sender however many RPCs arrive, and a record with a flipped
     bit, or one presented by another peer, is refused as before."""
     from libp2p.peer.id import ID
     from libp2p.pubsub import pubsub as pubsub_module
     from libp2p.pubsub.pb import rpc_pb2
 
-    import peer.node as node_module
+    import peer.libp2p_patches as patches
 
     checked = []
-    real = node_module._maybe_consume_signed_record
+    real = patches._maybe_consume_signed_record
 
     def counted(msg, host, peer_id):
         checked.append(peer_id)
         return real(msg, host, peer_id)
 
-    monkeypatch.setattr(node_module, "_maybe_consume_signed_record", counted)
+    monkeypatch.setattr(patches, "_maybe_consume_signed_record", counted)
     a, b = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
     got: dict[str, set[bytes]] = {a.peer_id: set(), b.peer_id: set()}
 

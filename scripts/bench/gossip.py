@@ -21,7 +21,7 @@ Caveats that matter when reading the numbers: all peers share one event loop
 and the machine's cores, so latency includes CPU contention (the "loop lag"
 column shows how late a 10 ms timer fired during the measurement); and
 py-libp2p's gossipsub sometimes leaves a node with an empty mesh, which then
-receives nothing (see shared/NOTES-stack.md); the "empty mesh" column counts
+receives nothing (seen in 50- and 100-peer graphs here); the "empty mesh" column counts
 those nodes at the start of the measurement.
 
 Run from the repository root: ``.venv/bin/python scripts/bench/gossip.py``.

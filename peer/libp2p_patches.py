@@ -1,0 +1,330 @@
+"""What we change in py-libp2p 0.8.1, and why: every change to the stack in one place.
+
+Nothing changes on import. :func:`install` applies the process-wide changes
+(idempotent; :class:`peer.node.NetworkNode` calls it before it builds a
+host), and :class:`Faults` is where a node counts what remote input broke.
+
+====================================  ================================================
+change                                why
+====================================  ================================================
+per-input tasks are contained         py-libp2p runs per-message, per-peer and
+(``TrioManager.run_task``)            per-connection work as service tasks, and any
+                                      task that raises cancels its whole service:
+                                      one gossip frame with a bad ``key`` field made
+                                      ``push_msg`` raise protobuf's DecodeError, which
+                                      stopped pubsub, the host and the process. Here
+                                      such a task's failure ends that task (and, for
+                                      a connection's own task, that connection), is
+                                      counted and logged once per peer and minute.
+                                      Daemon tasks (the services' main loops) keep
+                                      failing loudly: they do not run on one input.
+stream handlers are contained         a stream handler that raises (ours are guarded;
+(``SwarmConn._handle_muxed_stream``)  identify's, ping's, multistream's are not) ended
+                                      the connection's stream loop and then the swarm;
+                                      here it resets that stream only.
+yamux credit in halves                py-libp2p sent a WINDOW_UPDATE after nearly every
+(``YamuxStream``)                     read (202 per 100 small submits); go-yamux's
+                                      rule sends one per half window (0 for them).
+yamux frames fit one Noise message    64 KiB data frames plus the 12-byte header were
+(``yamux.MAX_MESSAGE_SIZE``)          two Noise messages each, the second of 29 bytes.
+signed peer records built and         pubsub built the host's record for every RPC it
+checked once (pubsub)                 sent (0.2 ms) and verified the sender's in every
+                                      RPC it received (0.18 ms), though neither changes.
+multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which the
+(``read_delim``)                      registry lacks): the first bytes of a connection,
+                                      before any authentication, were a length prefix
+                                      read without bound (a 2^31 prefix buffered 128 MiB
+                                      per connection; 2^62 raised MemoryError). 0.8.2's
+                                      bound, backported.
+QUIC certificates' key signature      GHSA-hrfr-7729-443m: 0.8.1 ignored the result of
+checked (``PeerAuthenticator``)       the check that a QUIC peer holds the key its
+                                      certificate names, so anyone could claim any peer
+                                      id. We listen and dial on TCP only (no QUIC
+                                      transport is built), so this is defence in depth.
+Noise only (:func:`security`)         py-libp2p's default security options include
+                                      ``/plaintext/2.0.0``, in which a peer *states* its
+                                      public key: anyone could connect as any peer id
+                                      (our coordinator would have taken the session of
+                                      the peer it named). Hosts offer Noise alone.
+====================================  ================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections import Counter
+from typing import Any
+
+import libp2p.utils as _libp2p_utils
+import trio
+from cryptography.hazmat.primitives import serialization
+from libp2p.abc import IMuxedConn, INetConn
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
+from libp2p.exceptions import ParseError
+from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
+from libp2p.protocol_muxer import multiselect_communicator as _multiselect_communicator
+from libp2p.pubsub import gossipsub as _gossipsub_module
+from libp2p.pubsub import pubsub as _pubsub_module
+from libp2p.pubsub.utils import maybe_consume_signed_record as _maybe_consume_signed_record
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as _yamux
+from libp2p.tools.anyio_service.trio_manager import TrioManager
+from libp2p.tools.anyio_service.utils import get_task_name
+from libp2p.transport.quic import security as _quic_security
+from libp2p.transport.quic.exceptions import QUICPeerVerificationError
+from libp2p.utils import varint as _varint
+from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
+
+from protocol.ratelimit import LogLimiter
+
+log = logging.getLogger("hypergossip.node")
+
+
+# --- faults: what remote input broke, counted per node ------------------------------------------
+class Faults:
+    """Failures that remote input caused in the stack, by kind (a task or handler name) and
+    by peer. Each is logged at most once per (kind, peer) a minute, saying how many were
+    muted meanwhile."""
+
+    def __init__(self) -> None:
+        self.by_kind: Counter[str] = Counter()
+        self.by_peer: Counter[str] = Counter()
+        self._log = LogLimiter(60.0)
+
+    def record(self, kind: str, peer: str, exc: BaseException) -> None:
+        self.by_kind[kind] += 1
+        if len(self.by_peer) < 10_000 or peer in self.by_peer:
+            self.by_peer[peer] += 1
+        muted = self._log.allow((kind, peer), time.monotonic())
+        if muted is not None:
+            log.warning("%s failed on input from %s and was contained (%s: %s)%s", kind, peer,
+                        type(exc).__name__, str(exc)[:200],
+                        f"; {muted} more like it muted" if muted else "")
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+
+_UNATTRIBUTED = Faults()  # services no node registered (none in our own code)
+_faults: weakref.WeakKeyDictionary[Any, Faults] = weakref.WeakKeyDictionary()
+
+
+def register(service: Any, faults: Faults) -> None:
+    """Count faults of ``service`` (a swarm, pubsub or router) in ``faults``."""
+    _faults[service] = faults
+
+
+def faults_of(service: Any) -> Faults:
+    return _faults.get(service, _UNATTRIBUTED)
+
+
+def _name(peer: Any) -> str:
+    return peer.to_base58() if isinstance(peer, ID) else "?"
+
+
+def _peer_of(fn: Any, args: tuple) -> str:
+    """The peer a task works for: an ID among its arguments, or its connection's peer."""
+    for a in args:
+        if isinstance(a, ID):
+            return a.to_base58()
+    owner = getattr(fn, "__self__", None)
+    return _name(getattr(owner, "peer_id", None) or
+                 getattr(getattr(owner, "muxed_conn", None), "peer_id", None))
+
+
+# --- contained tasks --------------------------------------------------------------------------
+_original_run_task = TrioManager.run_task
+
+
+def _contain(service: Any, fn: Any, name: str) -> Any:
+    async def contained(*args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            if is_expected_connection_shutdown(exc):
+                return  # a peer went away: py-libp2p absorbs these too, at debug level
+            faults_of(service).record(name, _peer_of(fn, args), exc)
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, INetConn | IMuxedConn):  # a connection's own task died:
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):  # end it
+                    try:
+                        await owner.close()
+                    except Exception:
+                        pass
+
+    contained.__name__ = name
+    return contained
+
+
+def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False,
+              name: str | None = None, _internal: bool = False) -> None:
+    if not daemon:
+        name = get_task_name(async_fn, name)
+        async_fn = _contain(self._service, async_fn, name)
+    _original_run_task(self, async_fn, *args, daemon=daemon, name=name, _internal=_internal)
+
+
+# --- contained stream handlers ------------------------------------------------------------------
+_original_handle_muxed_stream = SwarmConn._handle_muxed_stream
+
+
+async def _handle_muxed_stream(self: SwarmConn, muxed_stream: Any) -> None:
+    try:
+        await _original_handle_muxed_stream(self, muxed_stream)
+    except Exception as exc:
+        if not is_expected_connection_shutdown(exc):
+            peer = getattr(self.muxed_conn, "peer_id", None)
+            faults_of(self.swarm).record("stream handler", _name(peer), exc)
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+            try:
+                await muxed_stream.reset()
+            except Exception:
+                pass
+
+
+# --- yamux: credit in halves, frames that fit one Noise message -------------------------------
+# py-libp2p's yamux returns receive window to the sender (a WINDOW_UPDATE frame, each a
+# Noise message, a socket write and several task switches) after nearly every read: its
+# "partial slack" rule credits any consumed bytes below its half-window threshold at once,
+# so a length-prefixed message read as prefix then body sent two updates, and a small
+# request and its answer cost three extra frames. go-yamux credits only once half the
+# window is consumed, and so do we: a sender can always send up to the window, it never
+# waits on credit the receiver holds back, since whoever drains the window gets it all
+# back. Its auto-tuning (doubling the window for fast bulk readers) is kept. The rule is the
+# receiver's alone: senders need not run it. ``HG_YAMUX_EAGER_CREDIT=1`` keeps py-libp2p's
+# rule, to compare the two (``scripts/bench/secagg.py``: about 13 % less CPU for a secure
+# round at N=100 with ours, the same round's wall time about 7 % shorter).
+async def _credit_in_halves(self: Any, *, bytes_read: int = 0) -> None:
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta < self.target_recv_window // 2:  # nothing, or too little, to give back yet
+            return
+        self.recv_window += delta
+        delta += self._apply_autotune_epoch(buffered)
+    await self.send_window_update(delta, skip_lock=True)
+
+
+# Its data frames carry up to 64 KiB, so with the 12-byte frame header each one is two Noise
+# messages (at most 65519 bytes of plaintext each), the second of 29 bytes; frames that fit
+# one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
+# transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
+_NOISE_FRAME = 65535 - 16 - 12
+
+
+# --- pubsub: signed peer records built and checked once ------------------------------------------
+# py-libp2p's pubsub puts the host's signed peer record into every RPC it sends and checks
+# the one in every RPC it receives (twice for an RPC with control messages): about 0.2 ms to
+# assemble it (host.get_addrs() each time) and 0.18 ms to verify its Ed25519 signature and
+# store it, per RPC, measured here. Neither answer changes between RPCs: a host's record
+# changes only with its listen addresses, and a sender's record bytes verified once verify
+# again. So the record sent is rebuilt at most every RECORD_RECHECK seconds, and a record
+# received is checked once per (host, sender, exact bytes) every RECORD_REFRESH seconds (so
+# that the peerstore's 2-hour record TTL is still renewed); a new or changed record is still
+# checked in full, and one that fails is refused as before.
+RECORD_RECHECK = 10.0
+RECORD_REFRESH = 600.0
+_RECORDS_SEEN_MAX = 4096
+_sent_records: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
+_seen_records: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, bytes], float]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _cached_record_to_send(host: Any) -> tuple[bytes, bool]:
+    now = time.monotonic()
+    built, record = _sent_records.get(host, (-RECORD_RECHECK, b""))
+    if now - built < RECORD_RECHECK:
+        return record, False
+    record, fresh = _env_to_send_in_rpc(host)
+    _sent_records[host] = (now, record)
+    return record, fresh
+
+
+def _consume_record_once(msg: Any, host: Any, peer_id: ID) -> bool:
+    if not msg.HasField("senderRecord"):
+        return True
+    seen = _seen_records.setdefault(host, {})
+    key, now = (peer_id.to_bytes(), msg.senderRecord), time.monotonic()
+    if now - seen.get(key, -RECORD_REFRESH) < RECORD_REFRESH:
+        return True
+    if not _maybe_consume_signed_record(msg, host, peer_id):
+        return False
+    if len(seen) >= _RECORDS_SEEN_MAX:
+        seen.clear()
+    seen[key] = now
+    return True
+
+
+# --- multistream: bounded reads (GHSA-hmjq-g7pp-rw3x) -------------------------------------------
+MULTISTREAM_MAX = 64 * 1024  # 0.8.2's bound; a protocol name is a few dozen bytes
+
+
+async def bounded_read_delim(reader: Any) -> bytes:
+    """py-libp2p's ``read_delim`` (one newline-terminated multistream message), refusing a
+    length prefix over :data:`MULTISTREAM_MAX` before reading the body."""
+    msg = await _varint.read_varint_prefixed_bytes_limited(reader, MULTISTREAM_MAX)
+    if not msg:
+        raise ParseError("empty multistream message")
+    if msg[-1:] != b"\n":
+        raise ParseError("multistream message is not newline-terminated")
+    return msg[:-1]
+
+
+# --- QUIC: the certificate's key signature is checked (GHSA-hrfr-7729-443m) ----------------------
+_original_verify_certificate = _quic_security.PeerAuthenticator.verify_peer_certificate
+
+
+def _verify_peer_certificate(self: Any, certificate: Any, expected_peer_id: Any = None) -> ID:
+    peer_id = _original_verify_certificate(self, certificate, expected_peer_id)
+    ext = next(e for e in certificate.extensions
+               if e.oid == _quic_security.LIBP2P_TLS_EXTENSION_OID)  # the original found it
+    public_key, signature = self.extension_handler.parse_signed_key_extension(ext)
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not public_key.verify(b"libp2p-tls-handshake:" + spki, signature):
+        raise QUICPeerVerificationError("the certificate's libp2p key signature is invalid")
+    return peer_id
+
+
+# --- security: Noise only -----------------------------------------------------------------------
+def security(key_pair: KeyPair) -> dict:
+    """The ``sec_opt`` of every host we build: Noise alone (no plaintext, no secio, no TLS
+    we do not test)."""
+    return {NOISE_PROTOCOL_ID: NoiseTransport(key_pair,
+                                              noise_privkey=_new_x25519().private_key)}
+
+
+# --- install ----------------------------------------------------------------------------------
+_installed = False
+
+
+def install() -> None:
+    """Apply the process-wide changes above (once; later calls do nothing)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    TrioManager.run_task = _run_task  # type: ignore[method-assign]
+    SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
+    if os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1" and \
+            hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
+        _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_in_halves
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should that not apply
+    if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > _NOISE_FRAME:
+        _yamux.MAX_MESSAGE_SIZE = _NOISE_FRAME
+    for module in (_multiselect_communicator, _libp2p_utils, _varint):  # imported by name
+        module.read_delim = bounded_read_delim
+    _quic_security.PeerAuthenticator.verify_peer_certificate = _verify_peer_certificate
+    for module in (_pubsub_module, _gossipsub_module):
+        if getattr(module, "env_to_send_in_RPC", None) is _env_to_send_in_rpc:
+            module.env_to_send_in_RPC = _cached_record_to_send
+        if getattr(module, "maybe_consume_signed_record", None) is _maybe_consume_signed_record:
+            module.maybe_consume_signed_record = _consume_record_once

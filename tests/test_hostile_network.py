@@ -1,0 +1,157 @@
+"""Hostile traffic below our envelopes, over real libp2p: nodes stay up, rounds go on.
+
+Each test sends what a modified client can send at one layer (a gossip frame
+py-libp2p chokes on, a stream written past its window, ...) from a bare
+libp2p host (:mod:`peer.hostile`) at a real coordinator and real peers, then
+checks that every node is still running, the harm was contained and counted,
+and the next round publishes.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from peer.hostile import bad_key_rpc, dial, raw_host, send_rpcs
+from peer.node import NetworkNode
+from protocol.identity import Identity
+from protocol.messages import TOPIC_ANNOUNCE, TOPIC_SUBMIT
+
+from .netutil import start_coordinator, start_peer, wait_for
+
+
+def running(node) -> bool:
+    return node.pubsub.manager.is_running and node.router.manager.is_running and \
+        node.host.get_network().manager.is_running
+
+
+async def test_one_bad_gossip_frame_kills_neither_the_coordinator_nor_a_peer(data_dir):
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=2, secure=False)
+        boot = coord.node.addrs[0]
+        peers = [await start_peer(nursery, [boot]) for _ in range(2)]
+        await wait_for(lambda: coord.rounds_run >= 1, timeout=30)
+        async with raw_host() as mallory:
+            await send_rpcs(mallory, boot, [bad_key_rpc(TOPIC_SUBMIT)])
+            await send_rpcs(mallory, peers[0].node.addrs[0], [bad_key_rpc(TOPIC_ANNOUNCE)])
+            await wait_for(lambda: coord.node.faults.total >= 1 and
+                           peers[0].node.faults.total >= 1, timeout=10)
+            at_frame = coord.rounds_run
+            # the next round publishes, and both peers take part in it
+            await wait_for(lambda: coord.rounds_run > at_frame + 1, timeout=30)
+        for node in (coord.node, peers[0].node, peers[1].node):
+            assert running(node)
+        assert coord.node.faults.by_kind["gossip message"] == 1
+        assert peers[0].node.faults.by_kind["gossip message"] == 1
+        last = coord.store.round_row(coord.store.last_round() - 1)
+        assert last["status"] == "published" and last["accepted"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_multistream_length_prefix_is_bounded_before_authentication(data_dir):
+    """GHSA-hmjq-g7pp-rw3x: the first bytes of a TCP connection are a multistream message,
+    read before any handshake. A 2^31 length prefix made py-libp2p 0.8.1 buffer what
+    followed (128 MiB per connection here); now the read stops at the prefix."""
+    from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+    from libp2p.utils.varint import encode_uvarint
+
+    class Endless:  # what the attacker sends: the prefix, then bytes for ever
+        def __init__(self) -> None:
+            self.pending, self.served = encode_uvarint(2**31), 0
+
+        async def read(self, n: int = -1) -> bytes:
+            if not self.pending:
+                self.pending = b"A" * 65536
+            chunk, self.pending = self.pending[:n], self.pending[n:]
+            self.served += len(chunk)
+            return chunk
+
+    NetworkNode(Identity.generate())  # installs our changes to the stack
+    endless = Endless()
+    try:
+        await MultiselectCommunicator(endless).read()
+        raise AssertionError("an oversized multistream message was read")
+    except MultiselectCommunicatorError:
+        pass
+    assert endless.served == len(encode_uvarint(2**31))  # not one byte of the body
+
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=1, secure=False)
+        host, port = coord.node.addrs[0].split("/")[2], int(coord.node.addrs[0].split("/")[4])
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(encode_uvarint(2**31) + b"A" * 65536)
+        with trio.fail_after(10):  # the node hangs up on us rather than reading on
+            try:
+                while await stream.receive_some(65536):
+                    pass
+            except trio.BrokenResourceError:
+                pass
+        assert running(coord.node)
+        nursery.cancel_scope.cancel()
+
+
+def test_no_quic_transport_and_a_forged_quic_certificate_is_refused():
+    """GHSA-hrfr-7729-443m: 0.8.1 accepted a QUIC certificate naming anyone's public key
+    with a junk signature. Our hosts build no QUIC transport; should one ever be built,
+    the signature is checked."""
+    import os
+
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.transport.quic.exceptions import QUICPeerVerificationError
+    from libp2p.transport.quic.security import CertificateGenerator, PeerAuthenticator
+
+    node = NetworkNode(Identity.generate())
+    assert [type(t).__name__ for t in
+            node.host.get_network().transport_manager.get_transports()] == ["TCP"]
+    victim = create_new_key_pair()
+    victim_id = ID.from_pubkey(victim.public_key)
+
+    class Forger:  # knows the victim's public key only
+        def get_public_key(self):
+            return victim.public_key
+
+        def sign(self, data: bytes) -> bytes:
+            return os.urandom(64)
+
+        def get_type(self):
+            return victim.private_key.get_type()
+
+    forged = CertificateGenerator().generate_certificate(Forger(), victim_id)
+    try:
+        PeerAuthenticator().verify_peer_certificate(forged.certificate)
+        raise AssertionError("a forged QUIC certificate was accepted")
+    except QUICPeerVerificationError:
+        pass
+    genuine = CertificateGenerator().generate_certificate(victim.private_key, victim_id)
+    assert PeerAuthenticator().verify_peer_certificate(genuine.certificate, victim_id) == \
+        victim_id
+
+
+async def test_a_peer_cannot_claim_another_peers_id_over_plaintext(data_dir, monkeypatch):
+    """py-libp2p offers ``/plaintext/2.0.0`` by default, where a peer states its key: an
+    attacker connected to a default host as a victim's peer id. Our hosts speak Noise
+    only, so the claim fails and no connection under the victim's id appears."""
+    import libp2p.security.insecure.transport as plaintext
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    victim, attacker = create_new_key_pair(), create_new_key_pair()
+    exchange = plaintext.make_exchange_message
+    monkeypatch.setattr(plaintext, "make_exchange_message", lambda key: exchange(
+        victim.public_key if key == attacker.public_key else key))
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=1, secure=False)
+        sec = {plaintext.PLAINTEXT_PROTOCOL_ID: plaintext.InsecureTransport(attacker)}
+        async with raw_host(sec_opt=sec) as mallory:
+            try:
+                with trio.fail_after(10):
+                    await dial(mallory, coord.node.addrs[0])
+                raise AssertionError("a plaintext connection was accepted")
+            except Exception as exc:
+                assert not isinstance(exc, AssertionError)
+            await trio.sleep(0.3)
+            from libp2p.peer.id import ID
+            assert ID.from_pubkey(victim.public_key).to_base58() not in \
+                coord.node.connected_peers()
+        assert running(coord.node)
+        nursery.cancel_scope.cancel()
