@@ -22,6 +22,18 @@ stream handlers are contained         a stream handler that raises (ours are gua
 (``SwarmConn._handle_muxed_stream``)  identify's, ping's, multistream's are not) ended
                                       the connection's stream loop and then the swarm;
                                       here it resets that stream only.
+receive windows enforced              yamux only logged "peer exceeded receive window"
+(:class:`BoundedYamux`)               and kept buffering: 128 MiB sent past the window
+                                      cost the coordinator 150 MB until disconnect. A
+                                      DATA frame larger than the window we granted is a
+                                      protocol error (as in go-yamux): the connection
+                                      is closed before its body is read, so a stream
+                                      never holds more than we granted. mplex, which has
+                                      no flow control at all, is not offered.
+inbound streams per connection        yamux set no limit on streams a remote opens (it
+capped (``_handle_muxed_stream``)     bounds only our own), and each one runs a
+                                      negotiation and a handler; beyond
+                                      :data:`MAX_INBOUND_STREAMS` a new one is reset.
 yamux credit in halves                py-libp2p sent a WINDOW_UPDATE after nearly every
 (``YamuxStream``)                     read (202 per 100 small submits); go-yamux's
                                       rule sends one per half window (0 for them).
@@ -53,6 +65,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 import weakref
 from collections import Counter
@@ -64,7 +77,9 @@ from cryptography.hazmat.primitives import serialization
 from libp2p.abc import IMuxedConn, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
+from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
@@ -74,6 +89,7 @@ from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.utils import maybe_consume_signed_record as _maybe_consume_signed_record
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer import muxer_multistream as _muxer_multistream
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from libp2p.tools.anyio_service.utils import get_task_name
@@ -104,9 +120,9 @@ class Faults:
             self.by_peer[peer] += 1
         muted = self._log.allow((kind, peer), time.monotonic())
         if muted is not None:
-            log.warning("%s failed on input from %s and was contained (%s: %s)%s", kind, peer,
+            log.warning("contained bad input from %s in %s: %s: %s%s", peer, kind,
                         type(exc).__name__, str(exc)[:200],
-                        f"; {muted} more like it muted" if muted else "")
+                        f" ({muted} more like it muted)" if muted else "")
 
     @property
     def total(self) -> int:
@@ -172,22 +188,104 @@ def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False
     _original_run_task(self, async_fn, *args, daemon=daemon, name=name, _internal=_internal)
 
 
-# --- contained stream handlers ------------------------------------------------------------------
+# --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------
 _original_handle_muxed_stream = SwarmConn._handle_muxed_stream
+MAX_INBOUND_STREAMS = 64  # per connection; a peer of ours has at most a few open at once
 
 
 async def _handle_muxed_stream(self: SwarmConn, muxed_stream: Any) -> None:
+    inbound = getattr(self, "_hg_inbound", 0)
+    if inbound >= MAX_INBOUND_STREAMS:
+        faults_of(self.swarm).record("inbound stream limit", _name(self.muxed_conn.peer_id),
+                                     RuntimeError(f"{inbound} inbound streams already open"))
+        await _reset_quietly(muxed_stream)
+        return
+    self._hg_inbound = inbound + 1
     try:
         await _original_handle_muxed_stream(self, muxed_stream)
     except Exception as exc:
         if not is_expected_connection_shutdown(exc):
             peer = getattr(self.muxed_conn, "peer_id", None)
             faults_of(self.swarm).record("stream handler", _name(peer), exc)
-        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-            try:
-                await muxed_stream.reset()
-            except Exception:
-                pass
+        await _reset_quietly(muxed_stream)
+    finally:
+        self._hg_inbound -= 1
+
+
+async def _reset_quietly(stream: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+# --- yamux: receive windows enforced --------------------------------------------------------------
+class WindowExceeded(RawConnError):
+    """The remote sent more on a stream than the receive window we granted it."""
+
+
+_headers: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_original_read_exactly = _yamux.read_exactly
+
+
+async def _read_exactly_noting_headers(conn: Any, n: int) -> bytes:
+    data = await _original_read_exactly(conn, n)
+    if n == _yamux.HEADER_SIZE:  # the frame header handle_incoming just read (or a
+        _headers[conn] = data  # 12-byte body, read only after the check that needs it)
+    return data
+
+
+class BoundedYamux(_yamux.Yamux):
+    """py-libp2p's yamux with the receive window enforced.
+
+    Before a DATA frame's body is read, its length is checked against the window we granted
+    on its stream: the stream's ``recv_window`` (what is left of every credit we sent), or,
+    for a frame that opens a stream, yamux's initial 256 KiB. A frame over it closes the
+    connection, counted in the node's faults. ``buffered_max`` records the most any stream
+    of this connection ever held unread (tests read it: bytes, not time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.buffered_max = 0
+        self.violations = 0
+        self._cleaned = False
+
+    def _granted(self, flags: int, stream_id: int) -> int:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream.recv_window
+        if flags & _yamux.FLAG_SYN:
+            return _yamux.DEFAULT_WINDOW_SIZE
+        return 1 << 62  # no such stream: the body is read and dropped, nothing is held
+
+    async def _read_data_body(self, length: int) -> bytes:
+        header = _headers.get(self.secured_conn)
+        if header is not None:
+            _, _, flags, stream_id, _ = struct.unpack(_yamux.YAMUX_HEADER_FORMAT, header)
+            granted = self._granted(flags, stream_id)
+            if length > granted:
+                self.violations += 1
+                exc = WindowExceeded(f"{length}-byte DATA frame on stream {stream_id}, whose "
+                                     f"receive window is {granted}")
+                faults_of(getattr(self, "swarm", None)).record("yamux window",
+                                                               _name(self.peer_id), exc)
+                await self._cleanup_on_error()  # close it before reading any of the body
+                raise exc
+            buffered = len(self.stream_buffers.get(stream_id, b"")) + length
+            self.buffered_max = max(self.buffered_max, buffered)
+        return await super()._read_data_body(length)
+
+    async def _cleanup_on_error(self) -> None:  # once: the error can reach it twice
+        if not self._cleaned:
+            self._cleaned = True
+            await super()._cleanup_on_error()
+
+
+def muxers() -> dict:
+    """The ``muxer_opt`` of every host we build: yamux alone (:func:`install` makes every
+    yamux connection a :class:`BoundedYamux`)."""
+    return {TProtocol(_yamux.PROTOCOL_ID): BoundedYamux}
 
 
 # --- yamux: credit in halves, frames that fit one Noise message -------------------------------
@@ -313,6 +411,8 @@ def install() -> None:
         return
     _installed = True
     TrioManager.run_task = _run_task  # type: ignore[method-assign]
+    _yamux.read_exactly = _read_exactly_noting_headers
+    _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt
     SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
     if os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1" and \
             hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):

@@ -277,7 +277,8 @@ class NetworkNode:
         self.gossip_config = gossip
         self.faults = libp2p_patches.Faults()  # what remote input broke in the stack, contained
         key_pair = create_new_key_pair(identity.seed)
-        self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair))
+        self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair),
+                             muxer_opt=libp2p_patches.muxers())
         transports = self.host.get_network().transport_manager.get_transports()
         if any("quic" in type(t).__name__.lower() for t in transports):  # see libp2p_patches
             raise RuntimeError("refusing to run a QUIC transport (GHSA-hrfr-7729-443m)")

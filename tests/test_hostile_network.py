@@ -155,3 +155,30 @@ async def test_a_peer_cannot_claim_another_peers_id_over_plaintext(data_dir, mon
                 coord.node.connected_peers()
         assert running(coord.node)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_writing_past_its_receive_window_is_cut_off():
+    """yamux 0.8.1 buffered whatever a peer sent past the window it was granted (128 MiB
+    cost the coordinator 150 MB). A modified sender that ignores its send window, writing
+    8 MiB to a stream nobody reads, is cut off at the first frame over the window, and the
+    stream never held more than the 256 KiB yamux grants a new stream."""
+    from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
+
+    node = NetworkNode(Identity.generate())
+    node.serve_stream("/hypergossip/test-sink/1", lambda stream, peer: trio.sleep_forever())
+    async with node.running(), raw_host() as mallory:
+        peer = await dial(mallory, node.addrs[0])
+        stream = await mallory.new_stream(peer, ["/hypergossip/test-sink/1"])
+        await wait_for(lambda: mallory.get_id() in node.host.get_network().connections)
+        muxer = node.host.get_network().connections[mallory.get_id()][0].muxed_conn
+        stream.muxed_stream.send_window = 1 << 40  # what a modified client can do
+        with trio.move_on_after(20):
+            try:
+                await stream.write(b"\x00" * (8 << 20))
+            except Exception:
+                pass  # the connection went away under the write
+        await wait_for(lambda: not node.is_connected(mallory.get_id().to_base58()))
+        assert muxer.violations == 1
+        assert 0 < muxer.buffered_max <= DEFAULT_WINDOW_SIZE
+        assert node.faults.by_kind["yamux window"] == 1
+        assert running(node)
