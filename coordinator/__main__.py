@@ -6,12 +6,15 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from peer.runtime import run_until_signal, setup_logging
+from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
+from protocol.admission import AdmissionConfig, issue_ticket
 from protocol.aggregators import AGGREGATORS
 from protocol.identity import (
     BadPeerId,
+    Identity,
     KeyFileError,
     peer_id_from_public_key,
     public_key_from_peer_id,
@@ -30,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "every signed message, runs rounds (closing on quorum or timeout) and publishes results "
         "over gossip and over its AIM HTTP API (see GET /manifest.json). State is kept in "
         "SQLite; restarting on the same --db continues where it stopped.",
+        epilog="Admission tickets for --ticket-key: python -m coordinator ticket --help",
     )
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 4000)),
                    help="HTTP port (default: $PORT or 4000)")
@@ -43,6 +47,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow", type=Path, metavar="FILE",
                    help="admit only the keys listed in FILE: one peer id or hex Ed25519 public "
                    "key per line, # comments; default: open admission")
+    d = AdmissionConfig()
+    g = p.add_argument_group("admission (who may enrol; README: Hostile networks)")
+    g.add_argument("--ticket-key", metavar="PEER_ID",
+                   help="admit only peers holding an admission ticket signed by this operator "
+                   "key (peer id or hex public key; tickets: python -m coordinator ticket)")
+    g.add_argument("--max-peers", type=int, default=d.max_peers, metavar="N",
+                   help="admitted peers at most (default: %(default)s)")
+    g.add_argument("--enroll-burst", type=int, default=d.per_source_burst, metavar="N",
+                   help="new keys one source (IP address) may enrol at once (default: "
+                   "%(default)s)")
+    g.add_argument("--enroll-per-minute", type=float, default=d.per_source_rate * 60,
+                   metavar="R", help="new keys a minute one source may enrol once its burst "
+                   "is spent (default: %(default)g)")
+    g.add_argument("--enroll-rate", type=float, default=d.total_rate, metavar="R",
+                   help="new keys a second from all sources together (default: %(default)g, "
+                   f"bursts of {d.total_burst})")
+    g.add_argument("--peer-expiry-days", type=float, default=d.expire_after / 86400,
+                   metavar="D", help="forget admitted peers unheard of for D days; they may "
+                   "enrol again (default: %(default)g)")
+    add_limit_args(p)
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="what rounds compute (default: %(default)s)")
     p.add_argument("--min-peers", type=int, default=2,
@@ -128,6 +152,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def public_key_of(key: str) -> bytes:
+    """A raw Ed25519 public key from a peer id or 64 hex digits; ValueError otherwise."""
+    key = key.strip()
+    if len(key) == 64 and all(c in "0123456789abcdefABCDEF" for c in key):
+        return bytes.fromhex(key)
+    try:
+        return public_key_from_peer_id(key)
+    except BadPeerId as exc:
+        raise ValueError(f"--ticket-key: {exc}") from exc
+
+
 def load_allow_list(path: Path) -> frozenset[str]:
     """Admitted keys, one per line: a peer id (12D3KooW...) or a 64-hex-digit Ed25519 public
     key; blank lines and # comments ignored. Returns peer ids; any bad line is an error."""
@@ -147,7 +182,43 @@ def load_allow_list(path: Path) -> frozenset[str]:
     return frozenset(ids)
 
 
+def parse_ticket_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m coordinator ticket",
+        description="Issue an admission ticket: the operator's key signs that PEER may enrol "
+        "until it expires. Run coordinators with --ticket-key <the operator's peer id> (this "
+        "command prints it) and give each peer its ticket with --ticket FILE. A ticket names "
+        "one key and is not secret.")
+    p.add_argument("--key", type=Path, required=True,
+                   help="the operator's Ed25519 key file (created if missing, mode 0600)")
+    p.add_argument("--peer", required=True, metavar="PEER_ID", help="the peer it admits")
+    p.add_argument("--days", type=float, default=30.0, help="valid for (default: 30)")
+    p.add_argument("--note", default="", help="free text kept in the ticket (max 128)")
+    p.add_argument("--out", type=Path, help="file to write (default: PEER_ID.ticket)")
+    return p.parse_args(argv)
+
+
+def issue(argv: list[str]) -> int:
+    args = parse_ticket_args(argv)
+    try:
+        public_key_from_peer_id(args.peer)
+        operator, created = Identity.load_or_create(args.key)
+    except (BadPeerId, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    expires = int(time.time() + args.days * 86400)
+    out = args.out or Path(f"{args.peer}.ticket")
+    out.write_bytes(issue_ticket(operator, args.peer, expires, args.note[:128]))
+    print(f"{'created operator key ' + str(args.key) + '; ' if created else ''}ticket for "
+          f"{args.peer} valid until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(expires))} "
+          f"UTC written to {out}; run coordinators with --ticket-key {operator.peer_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ticket"]:
+        return issue(argv[1:])
     args = parse_args(argv)
     setup_logging(args.log_level)
     allow = None
@@ -158,6 +229,22 @@ def main(argv: list[str] | None = None) -> int:
             log.error("--allow: %s", exc)
             return 2
         log.info("admission restricted to %d listed peers", len(allow))
+    try:
+        ticket_key = None if args.ticket_key is None else public_key_of(args.ticket_key)
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.max_peers < 1 or args.enroll_burst < 1 or args.enroll_rate <= 0 or \
+            args.enroll_per_minute < 0 or args.peer_expiry_days <= 0:
+        log.error("admission limits must be positive")
+        return 2
+    admission = AdmissionConfig(
+        ticket_key=ticket_key, max_peers=args.max_peers, per_source_burst=args.enroll_burst,
+        per_source_rate=args.enroll_per_minute / 60, total_rate=args.enroll_rate,
+        expire_after=args.peer_expiry_days * 86400)
+    if ticket_key is not None:
+        log.info("admission by ticket: operator %s", peer_id_from_public_key(ticket_key))
     options: dict = {}
     if args.workload == "incremental":
         options = dict(segments=args.segments, replicas=args.replicas, quorum=args.quorum,
@@ -167,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         options = dict(data_dir=args.dataset_dir)
     config = CoordinatorConfig(
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
-        listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, min_peers=args.min_peers,
+        listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,
+        limits=limits, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,

@@ -22,6 +22,7 @@ with its stored contributions and a fresh deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,12 +37,21 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from peer.llm import Embedder, LocalBackend, make_backend
-from peer.node import GossipConfig, NetworkNode, StreamProtocolError
+from peer.node import GossipConfig, Limits, NetworkNode, StreamProtocolError
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
 from protocol import dp, evaluation, incremental, secure_round, verified_round
+from protocol.admission import AdmissionConfig, AdmissionPolicy
 from protocol.canonical import canonical_json, state_digest
-from protocol.envelope import Envelope, RejectedMessage, Verifier, open_envelope, peek, seal
+from protocol.envelope import (
+    Envelope,
+    Malformed,
+    RejectedMessage,
+    Verifier,
+    open_envelope,
+    peek,
+    seal,
+)
 from protocol.identity import Identity, public_key_from_peer_id
 from protocol.messages import (
     ANNOUNCE,
@@ -72,6 +82,7 @@ from protocol.messages import (
     encode,
     enroll_round,
 )
+from protocol.ratelimit import LogLimiter
 from protocol.replication import Reputation
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Stats, Workload, get_workload
@@ -87,6 +98,10 @@ EVAL_TIMEOUT = 600.0
 MAX_LEGACY_PER_ROUND = 10_000
 LEGACY = "legacy"  # store domain of values posted in the clear over HTTP
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
+# refusals that say the message itself is bad (not late, not a replay): gossip that a peer
+# should never have forwarded
+FORWARDER_FAULTS = frozenset({"malformed", "oversize", "wrong_domain", "digest_mismatch",
+                              "bad_signature", "schema"})
 PEER_DOMAINS = frozenset({CONTRIBUTION, *secure_round.DOMAIN.values(),
                           *verified_round.DOMAIN.values(), *incremental.DOMAINS})
 
@@ -103,7 +118,8 @@ class CoordinatorConfig:
     http_host: str = "0.0.0.0"
     port: int = 4000
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
-    allow: frozenset[str] | None = None  # None: open admission
+    allow: frozenset[str] | None = None  # None: open admission (admission.allow, merged)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     min_peers: int = 2
     start_peers: int = 0  # live peers to wait for before the first round (0: min_peers)
     round_timeout: float = 30.0
@@ -131,6 +147,7 @@ class CoordinatorConfig:
     llm_url: str | None = None
     llm_model: str | None = None
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def db_path(self) -> Path:
@@ -158,7 +175,11 @@ class Coordinator:
             self.reputation.history.append(event)
             self.reputation.scores[event[1]] = event[2]
         self._rep_saved = len(self.reputation.history)
-        self.node = NetworkNode(identity, config.listen, config.gossip)
+        self.node = NetworkNode(identity, config.listen, config.gossip, config.limits)
+        admission = config.admission if config.allow is None else \
+            dataclasses.replace(config.admission, allow=config.allow)
+        self.admission = AdmissionPolicy(admission, time.time())
+        self._refusal_log = LogLimiter(60.0)
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.roundlog = RoundLog()
@@ -208,13 +229,17 @@ class Coordinator:
         from .api import build_app  # api imports this module's types
 
         async with self.node.running():
-            await self.node.subscribe(TOPIC_SUBMIT, self._on_submit_gossip)
+            # a submitted message is handled by the topic's validator, which sees it before
+            # gossipsub delivers or forwards it: what it refuses as malformed or forged
+            # lowers its forwarder's score (see peer.node.SCORING)
+            await self.node.subscribe(TOPIC_SUBMIT, _ignore, validate=self._on_submit_gossip)
             # join the meshes we publish on, so that peers whose only link is to us get
             # announcements and notices pushed at once (not at the next heartbeat or pull)
             for topic in (TOPIC_ANNOUNCE, TOPIC_RESULT):
-                await self.node.subscribe(topic, _ignore)
+                await self.node.subscribe(topic, _ignore, validate=self._ours)
             if self.replicated:  # relay replicas' public commitments and reveals (audit)
-                await self.node.subscribe(TOPIC_REPLICAS, _ignore)
+                await self.node.subscribe(TOPIC_REPLICAS, _ignore,
+                                          validate=incremental.valid_replica_gossip)
             async with trio.open_nursery() as nursery:
                 hc = HypercornConfig()
                 hc.bind = [f"{self.config.http_host}:{self.config.port}"]
@@ -229,6 +254,7 @@ class Coordinator:
                 if self.workload.name != "prompt":  # prompt search runs jobs, not rounds
                     nursery.start_soon(self._round_driver, nursery.cancel_scope)
                 nursery.start_soon(self._mesh_log_loop)
+                nursery.start_soon(self._expiry_loop)
                 if self.prompt_jobs is not None:
                     nursery.start_soon(self.prompt_jobs.run)
                     if isinstance(self.prompt_jobs.backend, LocalBackend):  # load it now, not
@@ -248,52 +274,49 @@ class Coordinator:
     async def _on_submit_stream(self, request: bytes, remote: str) -> bytes:
         return encode(self.handle(request, via="stream", transport_peer=remote))
 
-    async def _on_submit_gossip(self, data: bytes, origin: str) -> None:
-        self.handle(data, via="gossip", transport_peer=origin)
+    def _on_submit_gossip(self, data: bytes, origin: str) -> bool:
+        """Handle a message submitted by gossip; False (an invalid message, for gossipsub's
+        score) only when it is malformed or forged, not when it merely came too late."""
+        ack = self.handle(data, via="gossip", transport_peer=origin)
+        return ack.accepted or ack.reason.split(":", 1)[0] not in FORWARDER_FAULTS
+
+    def _ours(self, data: bytes, origin: str) -> bool:
+        """Gossip on the topics only we publish: valid when we signed it."""
+        env = peek(data, len(data))
+        return env is not None and env.sender == self.identity.public_key
 
     def handle(self, wire: bytes, *, via: str, transport_peer: str) -> SubmitAck:
         """Verify and apply one envelope; count and explain any refusal.
 
-        A refusal is filed under the sender the message claims, or, when it is
-        too broken to claim anyone, under the peer the transport authenticated.
+        ``transport_peer`` is who delivered it, as the transport authenticated them (the
+        Noise handshake of a session or stream, the pubsub signature of a gossip message).
+        A refusal is counted against that peer, never against the key the message names:
+        a forger cannot move an honest peer's counters. Only refusals of admitted peers
+        count in the open round's (signed) result, and each (peer, reason) is logged at
+        most once a minute.
         """
         try:
-            env = self._accept(wire)
+            env = self._accept(wire, transport_peer)
         except RejectedMessage as exc:
-            sender = _claimed_sender(wire) or transport_peer
-            self.store.count_rejection(sender, exc.reason)
-            if self.current is not None:
+            self.store.count_rejection(transport_peer, exc.reason)
+            if self.current is not None and self.store.is_admitted(transport_peer):
                 self.current.count_rejection(exc.reason)
-            log.warning("rejected %s from %s (filed under %s): %s: %s", via, transport_peer,
-                        sender, exc.reason, exc)
+            muted = self._refusal_log.allow((transport_peer, exc.reason), time.monotonic())
+            if muted is not None:
+                log.warning("rejected %s from %s: %s: %s%s", via, transport_peer, exc.reason,
+                            exc, f" ({muted} more like it muted)" if muted else "")
             return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
         self.store.touch(env.sender_id)
         return SubmitAck(accepted=True)
 
-    def _accept(self, wire: bytes) -> Envelope:
+    def _accept(self, wire: bytes, transport_peer: str) -> Envelope:
         peeked = peek(wire, MAX_SUBMIT_WIRE)
         if peeked is not None and peeked.domain == ENROLL:
-            minute = enroll_round(time.time())
-            env = self.enroll_verifier.verify(wire, domains={ENROLL},
-                                              min_round=minute - ENROLL_WINDOW,
-                                              max_round=minute + ENROLL_WINDOW)
-            enroll = decode(env.payload, Enroll)
-            if self.config.allow is not None and env.sender_id not in self.config.allow:
-                raise NotAdmitted("key is not on the coordinator's allow list")
-            if self.store.admit(env.sender_id, list(enroll.addrs), enroll.agent):
-                log.info("admitted peer %s (%s)", env.sender_id, enroll.agent)
-            if enroll.evaluator is not None:
-                self.evaluators[env.sender_id] = enroll.evaluator
-                log.info("peer %s evaluates prompts with %s (%s)", env.sender_id,
-                         enroll.evaluator.backend, enroll.evaluator.model_digest[:16])
-            self._changed.set()
-            return env
+            return self._enroll(wire, peeked, transport_peer)
         rnd = self.current
         last = rnd.number if rnd is not None else self.store.last_round()
         env = self.round_verifier.verify(wire, domains=PEER_DOMAINS, min_round=last,
-                                         max_round=last)
-        if not self.store.is_admitted(env.sender_id):
-            raise NotAdmitted("sender has not enrolled (or is not allowed)")
+                                         max_round=last, check=self._sender_admitted)
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
         rnd.offer_message(env.sender_id, env.domain, env.payload)
@@ -304,6 +327,47 @@ class Coordinator:
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
         self._changed.set()
         return env
+
+    def _sender_admitted(self, env: Envelope) -> None:
+        if not self.store.is_admitted(env.sender_id):
+            raise NotAdmitted("sender has not enrolled (or is not allowed)")
+
+    def _enroll(self, wire: bytes, peeked: Envelope, transport_peer: str) -> Envelope:
+        """An enrolment: the admission policy's rate and capacity rules on the claimed key
+        (before any signature check, see protocol.admission), then the signature, then its
+        ticket rule; then the peer is admitted (or its addresses refreshed)."""
+        claimed = _claimed_sender(wire)
+        if claimed is None:
+            raise Malformed("enrolment names no key")
+        now = time.time()
+        source = self.node.remote_ip(transport_peer) or "unknown"
+        self.admission.before_verify(claimed, source, known=self.store.is_admitted(claimed),
+                                     admitted=self.store.count_admitted(), now=now)
+        minute = enroll_round(now)
+        env = self.enroll_verifier.verify(wire, domains={ENROLL},
+                                          min_round=minute - ENROLL_WINDOW,
+                                          max_round=minute + ENROLL_WINDOW)
+        enroll = decode(env.payload, Enroll)
+        self.admission.check_ticket(env.sender_id, enroll.ticket, now)
+        if self.store.admit(env.sender_id, list(enroll.addrs), enroll.agent):
+            log.info("admitted peer %s (%s) from %s", env.sender_id, enroll.agent, source)
+        if enroll.evaluator is not None:
+            self.evaluators[env.sender_id] = enroll.evaluator
+            log.info("peer %s evaluates prompts with %s (%s)", env.sender_id,
+                     enroll.evaluator.backend, enroll.evaluator.model_digest[:16])
+        self._changed.set()
+        return env
+
+    async def _expiry_loop(self) -> None:
+        """Forget admitted peers unheard of for ``admission.expire_after`` (none of them
+        connected now: a connected peer is live, and live_peers() keeps touching it)."""
+        while True:
+            await trio.sleep(min(600.0, self.admission.config.expire_after / 4))
+            gone = self.store.forget_silent(self.admission.expired_before(time.time()),
+                                            keep=set(self.node.connected_peers()))
+            if gone:
+                log.info("forgot %d peers unheard of for %.0f s (they may enrol again)",
+                         len(gone), self.admission.config.expire_after)
 
     # --- the seed's legacy HTTP API (values in the clear) -------------------------------------
     def legacy_epoch(self) -> int:
@@ -363,6 +427,7 @@ class Coordinator:
         now = time.monotonic()
         for p in set(self.node.connected_peers()) & self.store.admitted():
             self._last_live[p] = now
+            self.store.touch(p, every=60.0)  # connected is seen: not forgotten by expiry
         for p in [p for p, t in self._last_live.items() if now - t > LIVENESS_GRACE]:
             del self._last_live[p]
         return set(self._last_live)
@@ -696,7 +761,8 @@ async def _ignore(data: bytes, origin: str) -> None:
 
 
 def _claimed_sender(wire: bytes) -> str | None:
-    """Who the message says it is from (unverified; used only to file counters)."""
+    """Who the message says it is from (unverified: used only by the admission policy's rate
+    rules, which must run before the signature check that would verify it)."""
     env = peek(wire, 2 * MAX_SUBMIT_WIRE)
     if env is None or len(env.sender) != 32:
         return None

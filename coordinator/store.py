@@ -85,11 +85,27 @@ class Store:
     def admitted(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT peer_id FROM peers")}
 
-    def touch(self, peer_id: str) -> None:
-        """Note that ``peer_id`` was heard from; written at most once a second per peer (a
-        secure round hears from each peer five times in about a second)."""
+    def count_admitted(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM peers").fetchone()[0]
+
+    def forget_silent(self, before: float, keep: set[str]) -> list[str]:
+        """Forget admitted peers last seen before ``before`` (unix s), except ``keep`` (those
+        connected now); they must enrol again to come back. Returns whom."""
+        gone = [r[0] for r in self.db.execute("SELECT peer_id FROM peers WHERE last_seen < ?",
+                                               (before,)) if r[0] not in keep]
+        for i in range(0, len(gone), 500):
+            chunk = gone[i:i + 500]
+            self.db.execute(f"DELETE FROM peers WHERE peer_id IN ({','.join('?' * len(chunk))})",
+                            chunk)
+        for peer in gone:
+            self._touched.pop(peer, None)
+        return gone
+
+    def touch(self, peer_id: str, every: float = 1.0) -> None:
+        """Note that ``peer_id`` was heard from; written at most once every ``every`` seconds
+        per peer (a secure round hears from each peer five times in about a second)."""
         now = time.time()
-        if now - self._touched.get(peer_id, 0.0) < 1.0:
+        if now - self._touched.get(peer_id, 0.0) < every:
             return
         if len(self._touched) > 100_000:
             self._touched.clear()

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 
+from protocol.admission import MAX_TICKET_WIRE
 from protocol.identity import Identity, KeyFileError
 from protocol.workloads import WORKLOADS, get_workload
 
 from .attacks import ATTACKS, Attack
 from .daemon import PeerDaemon, peer_id_of
 from .llm import LocalBackend, make_backend
-from .runtime import run_until_signal, setup_logging
+from .runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 
 log = logging.getLogger("hypergossip.peer")
 
@@ -73,7 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout-slot", metavar="I/N",
                    help="testing: this peer is slot I of N; then exactly floor(P*N) slots "
                    "drop out each round instead of each peer flipping a coin")
+    p.add_argument("--ticket", type=Path, metavar="FILE",
+                   help="an admission ticket from the coordinator's operator, for coordinators "
+                   "that admit by ticket (python -m coordinator ticket)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    add_limit_args(p)
     args = p.parse_args(argv)
     if not args.data and args.workload not in ("incremental", "prompt"):
         p.error(f"--data is required for the {args.workload} workload")
@@ -146,7 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         bootstrap = addrs + bootstrap
         log.info("coordinator %s at %s", coordinator_id, ", ".join(addrs))
-    daemon = PeerDaemon(identity, workload, data, bootstrap=bootstrap,
+    try:
+        limits = limits_from_args(args)
+        ticket = args.ticket.read_bytes()[:MAX_TICKET_WIRE + 1] if args.ticket else b""
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if len(ticket) > MAX_TICKET_WIRE:
+        log.error("--ticket %s is not a ticket (over %d bytes)", args.ticket, MAX_TICKET_WIRE)
+        return 2
+    daemon = PeerDaemon(identity, workload, data, bootstrap=bootstrap, limits=limits,
+                        ticket=ticket,
                         coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
                         pull_interval=args.pull_interval, dropout=args.dropout,

@@ -75,7 +75,15 @@ from protocol.workloads import Workload
 
 from .attacks import SECURE_ATTACKS, Attack
 from .llm import Backend, gen_params_json
-from .node import DEFAULT_GOSSIP, GOSSIP_MAX, GossipConfig, NetworkNode, StreamProtocolError
+from .node import (
+    DEFAULT_GOSSIP,
+    DEFAULT_LIMITS,
+    GOSSIP_MAX,
+    GossipConfig,
+    Limits,
+    NetworkNode,
+    StreamProtocolError,
+)
 from .roundlog import RoundLog
 from .session import SessionClient, SessionDown
 
@@ -114,6 +122,8 @@ class PeerDaemon:
         on_result: Callable[[RoundResult], None] | None = None,
         attack: Attack | None = None,
         evaluator: Backend | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        ticket: bytes = b"",
     ):
         self.identity = identity
         self.workload = workload
@@ -124,7 +134,8 @@ class PeerDaemon:
                 raise ValueError("need --coordinator or a --bootstrap address with /p2p/<id>")
             coordinator_id = peer_id_of(self.bootstrap[0])
         self.coordinator_id = coordinator_id
-        self.node = NetworkNode(identity, listen, gossip)
+        self.node = NetworkNode(identity, listen, gossip, limits)
+        self.ticket = ticket  # the operator's admission ticket, for coordinators that want one
         self.subscribe_gossip = subscribe_gossip
         self.gossip_drop = gossip_drop
         self.pull_interval = pull_interval
@@ -159,11 +170,13 @@ class PeerDaemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with self.node.running():
-            if self.subscribe_gossip:
-                await self.node.subscribe(TOPIC_ANNOUNCE, self._on_gossip)
-                await self.node.subscribe(TOPIC_RESULT, self._on_gossip)
+            if self.subscribe_gossip:  # validators run before delivery and forwarding
+                for topic in (TOPIC_ANNOUNCE, TOPIC_RESULT):
+                    await self.node.subscribe(topic, self._on_gossip,
+                                              validate=self._signed_by_coordinator)
                 if getattr(self.workload, "replicated", False):
-                    await self.node.subscribe(TOPIC_REPLICAS, self._on_replica_gossip)
+                    await self.node.subscribe(TOPIC_REPLICAS, self._on_replica_gossip,
+                                              validate=incremental.valid_replica_gossip)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._dial_missing()
@@ -210,7 +223,8 @@ class PeerDaemon:
                                      model_digest=self.evaluator.model_digest,
                                      gen_params=gen_params_json(self.evaluator))
             payload = encode(Enroll(workloads=[self.workload.name], addrs=self.node.addrs[:8],
-                                    agent="hypergossip-peer/0.1", evaluator=info))
+                                    agent="hypergossip-peer/0.1", evaluator=info,
+                                    ticket=self.ticket))
             wire = seal(self.identity, ENROLL, enroll_round(time.time()), payload)
             ack = await self._submit(wire, gossip_fallback=False, attempts=1)
             if ack is not None and ack.accepted:
@@ -241,6 +255,15 @@ class PeerDaemon:
         return None
 
     # --- coordinator envelopes (gossip or pull) ------------------------------------------
+    def _signed_by_coordinator(self, data: bytes, origin: str) -> bool:
+        """Gossip on the coordinator's topics: valid when the coordinator signed it (a peer
+        forwarding anything else is lowered in our gossip scores)."""
+        try:
+            env = open_envelope(data, domains={ANNOUNCE, RESULT, NOTICE})
+        except RejectedMessage:
+            return False
+        return env.sender_id == self.coordinator_id
+
     async def _on_gossip(self, data: bytes, origin: str) -> None:
         if self.gossip_drop and random.random() < self.gossip_drop:
             return

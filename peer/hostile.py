@@ -50,6 +50,20 @@ async def send_rpcs(host: Any, addr: str, rpcs: list[bytes]) -> Any:
     return stream
 
 
+def signed_messages(host: Any, topic: str, payloads: list[bytes]) -> bytes:
+    """One RPC publishing ``payloads`` on ``topic``, each signed by ``host``'s key as strict
+    signing wants: valid gossip as far as py-libp2p can tell (a flood, in numbers)."""
+    from_id = host.get_id().to_bytes()
+    key = host.get_private_key()
+    msgs = []
+    for data in payloads:
+        msg = rpc_pb2.Message(data=data, topicIDs=[topic], from_id=from_id,
+                              seqno=os.urandom(8))
+        msg.signature = key.sign(b"libp2p-pubsub:" + msg.SerializeToString())
+        msgs.append(msg)
+    return rpc_pb2.RPC(publish=msgs).SerializeToString()
+
+
 def bad_key_rpc(topic: str) -> bytes:
     """One meshsub RPC whose message claims a sender id without an embedded key (a SHA-256
     multihash) and carries a ``key`` field that is not a protobuf public key: py-libp2p

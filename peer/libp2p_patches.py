@@ -42,6 +42,9 @@ yamux frames fit one Noise message    64 KiB data frames plus the 12-byte header
 signed peer records built and         pubsub built the host's record for every RPC it
 checked once (pubsub)                 sent (0.2 ms) and verified the sender's in every
                                       RPC it received (0.18 ms), though neither changes.
+subscription queues of 512             py-libp2p's hold 32 messages and drop the rest
+(``SUBSCRIPTION_CHANNEL_SIZE``)       silently: a burst one peer is allowed (200, see
+                                      ``peer.node.Limits``) must not push out another's.
 multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which the
 (``read_delim``)                      registry lacks): the first bytes of a connection,
                                       before any authentication, were a length prefix
@@ -190,12 +193,12 @@ def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False
 
 # --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------
 _original_handle_muxed_stream = SwarmConn._handle_muxed_stream
-MAX_INBOUND_STREAMS = 64  # per connection; a peer of ours has at most a few open at once
+MAX_INBOUND_STREAMS = 64  # per connection, unless the node sets its own (peer.node.Limits)
 
 
 async def _handle_muxed_stream(self: SwarmConn, muxed_stream: Any) -> None:
     inbound = getattr(self, "_hg_inbound", 0)
-    if inbound >= MAX_INBOUND_STREAMS:
+    if inbound >= getattr(self.swarm, "_hg_max_inbound_streams", MAX_INBOUND_STREAMS):
         faults_of(self.swarm).record("inbound stream limit", _name(self.muxed_conn.peer_id),
                                      RuntimeError(f"{inbound} inbound streams already open"))
         await _reset_quietly(muxed_stream)
@@ -361,6 +364,9 @@ def _consume_record_once(msg: Any, host: Any, peer_id: ID) -> bool:
     return True
 
 
+SUBSCRIPTION_QUEUE = 512
+
+
 # --- multistream: bounded reads (GHSA-hmjq-g7pp-rw3x) -------------------------------------------
 MULTISTREAM_MAX = 64 * 1024  # 0.8.2's bound; a protocol name is a few dozen bytes
 
@@ -420,6 +426,7 @@ def install() -> None:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should that not apply
     if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > _NOISE_FRAME:
         _yamux.MAX_MESSAGE_SIZE = _NOISE_FRAME
+    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_QUEUE
     for module in (_multiselect_communicator, _libp2p_utils, _varint):  # imported by name
         module.read_delim = bounded_read_delim
     _quic_security.PeerAuthenticator.verify_peer_certificate = _verify_peer_certificate

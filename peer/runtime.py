@@ -1,13 +1,17 @@
-"""Process plumbing shared by the daemons' command lines: logging and signal-driven shutdown."""
+"""Process plumbing shared by the daemons' command lines: logging, signal-driven shutdown,
+and the network node's resource limits as flags."""
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 
 import trio
+
+from .node import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("hypergossip")
 
@@ -48,3 +52,35 @@ def run_until_signal(main: Callable[[], Awaitable[None]],
     # a stopped daemon must exit: if some library's non-daemon thread still holds the
     # interpreter after 5 s, dump every thread's stack to the log and exit anyway
     faulthandler.dump_traceback_later(5.0, exit=True)
+
+
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """Flags for :class:`peer.node.Limits`: what one remote may hold of this node at once."""
+    d = DEFAULT_LIMITS
+    g = p.add_argument_group("limits on what remote peers may hold of this node (beyond a "
+                             "limit the input is refused and counted)")
+    g.add_argument("--max-streams-per-conn", type=int, default=d.streams_per_connection,
+                   metavar="N", help="inbound streams open at once on one connection "
+                   "(default: %(default)s)")
+    g.add_argument("--max-requests-per-peer", type=int, default=d.requests_per_peer,
+                   metavar="N", help="request streams of one peer being read or answered at "
+                   "once (default: %(default)s)")
+    g.add_argument("--max-request-mib", type=int, default=d.request_bytes >> 20, metavar="MIB",
+                   help="request bytes held at once, all peers together (default: "
+                   "%(default)s)")
+    g.add_argument("--gossip-rate", type=float, default=d.gossip_rate, metavar="MSGS",
+                   help="gossip messages a second each forwarding peer may send us, with "
+                   "bursts of 2 s of them (at least 200); beyond it they are dropped and the "
+                   "peer's gossip score falls (default: %(default)s)")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    for name in ("max_streams_per_conn", "max_requests_per_peer", "max_request_mib"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.gossip_rate <= 0:
+        raise ValueError("--gossip-rate must be positive")
+    return Limits(streams_per_connection=args.max_streams_per_conn,
+                  requests_per_peer=args.max_requests_per_peer,
+                  request_bytes=args.max_request_mib << 20, gossip_rate=args.gossip_rate,
+                  gossip_burst=max(DEFAULT_LIMITS.gossip_burst, 2 * args.gossip_rate))

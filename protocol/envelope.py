@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -194,13 +194,19 @@ class Verifier:
         self._seen: dict[int, set[tuple[bytes, bytes]]] = {}
 
     def verify(
-        self, wire: bytes, *, domains: Iterable[str], min_round: int, max_round: int
+        self, wire: bytes, *, domains: Iterable[str], min_round: int, max_round: int,
+        check: Callable[[Envelope], None] | None = None,
     ) -> Envelope:
+        """Checks 1-7; ``check(env)``, when given, runs after 1-6 and before the nonce is
+        remembered, and refuses by raising: a rule such as "the sender is admitted" then
+        keeps strangers' messages out of the nonce memory (and its per-round cap)."""
         env = open_envelope(wire, domains=domains, max_wire=self.max_wire)
         if env.round < min_round:
             raise StaleRound(f"round {env.round} is older than {min_round}")
         if env.round > max_round:
             raise FutureRound(f"round {env.round} is newer than {max_round}")
+        if check is not None:
+            check(env)
         self.forget_before(min_round)
         seen = self._seen.setdefault(env.round, set())
         key = (env.sender, env.nonce)

@@ -52,6 +52,7 @@ import msgspec
 import numpy as np
 
 from . import aggregators, datasets
+from .envelope import RejectedMessage, open_envelope
 from .messages import RoundAnnounce, SchemaError, Strict, decode, encode
 from .replication import (
     Decision,
@@ -77,6 +78,15 @@ MAX_SEGMENTS = 4096
 
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 Segment = Annotated[int, msgspec.Meta(ge=0, lt=MAX_SEGMENTS)]
+
+
+def valid_replica_gossip(wire: bytes, origin: str) -> bool:
+    """Whether gossip on the replica topic is a replica's own signed commitment or reveal
+    (what nodes check before they deliver or forward it)."""
+    try:
+        return open_envelope(wire, domains=DOMAINS).sender_id == origin
+    except RejectedMessage:
+        return False
 Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
 

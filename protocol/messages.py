@@ -79,6 +79,7 @@ class Enroll(Strict):
     addrs: Annotated[list[Addr], Meta(max_length=8)] = []
     agent: Short = ""
     evaluator: EvaluatorInfo | None = None
+    ticket: Annotated[bytes, Meta(max_length=1024)] = b""  # protocol.admission: operator's
 
 
 MODES = ("clear", "secagg", "vss", "replicated")  # how a round is run (RoundAnnounce.mode)

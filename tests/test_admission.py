@@ -78,3 +78,157 @@ async def test_enrolments_are_fresh_within_a_clock_window(data_dir):
     assert verdicts["old"].reason.startswith("stale_round")
     assert verdicts["future"].reason.startswith("future_round")
     assert verdicts["fresh"].accepted
+
+
+async def submit(node: NetworkNode, coordinator: str, wire: bytes) -> SubmitAck:
+    return decode(await node.request(coordinator, PROTO_SUBMIT, wire), SubmitAck)
+
+
+def enrolment(identity: Identity, ticket: bytes = b"") -> bytes:
+    return seal(identity, ENROLL, enroll_round(time.time()),
+                encode(Enroll(workloads=["stats"], ticket=ticket)))
+
+
+async def test_a_sybil_flood_from_one_host_is_refused_beyond_its_budget(data_dir):
+    """Finding: open admission took 4,453 fresh keys from one host in two minutes. With the
+    default policy a source (an IP address) enrols 64 new keys at once, then one a minute:
+    the 65th and later fresh keys are refused with ``enroll_rate``, counted against the node
+    that sent them, while a key admitted earlier still re-enrols."""
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=500)
+        node = NetworkNode(Identity.generate())
+        async with node.running():
+            assert await node.connect(coord.node.addrs[0])
+            acks = [await submit(node, coord.peer_id, enrolment(Identity.generate()))
+                    for _ in range(80)]
+            first = Identity.generate()  # spends nothing: it is refused like the rest
+            assert (await submit(node, coord.peer_id, enrolment(first))).reason.startswith(
+                "enroll_rate")
+            known = next(p for p in coord.store.admitted())
+        nursery.cancel_scope.cancel()
+    verdicts = [a.accepted for a in acks]
+    assert verdicts == [True] * 64 + [False] * 16
+    assert all(a.reason.startswith("enroll_rate") for a in acks[64:])
+    assert coord.store.count_admitted() == 64
+    assert coord.store.rejections_by_peer()[node.peer_id] == {"enroll_rate": 17}
+    assert coord.admission.refused == {"enroll_rate": 17}
+    assert known in coord.store.admitted()
+
+
+async def test_re_enrolment_spends_nothing_and_admission_is_capped(data_dir):
+    from protocol.admission import AdmissionConfig
+
+    admitted = [Identity.generate() for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=500,
+                                        admission=AdmissionConfig(max_peers=3,
+                                                                  per_source_burst=3))
+        node = NetworkNode(Identity.generate())
+        async with node.running():
+            assert await node.connect(coord.node.addrs[0])
+            for ident in admitted:
+                assert (await submit(node, coord.peer_id, enrolment(ident))).accepted
+            full = await submit(node, coord.peer_id, enrolment(Identity.generate()))
+            again = [await submit(node, coord.peer_id, enrolment(ident)) for ident in admitted]
+        nursery.cancel_scope.cancel()
+    assert full.reason.startswith("enroll_full")
+    assert all(a.accepted for a in again)  # no budget left, yet known keys get through
+
+
+async def test_admission_by_operator_ticket(data_dir):
+    from protocol.admission import AdmissionConfig, issue_ticket
+
+    operator, alice, bob = Identity.generate(), Identity.generate(), Identity.generate()
+    later = int(time.time()) + 3600
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(
+            nursery, data_dir, min_peers=1, max_rounds=1, secure=False,
+            admission=AdmissionConfig(ticket_key=operator.public_key))
+        node = NetworkNode(Identity.generate())
+        async with node.running():
+            assert await node.connect(coord.node.addrs[0])
+            verdicts = {
+                "none": await submit(node, coord.peer_id, enrolment(bob)),
+                "other peer's": await submit(node, coord.peer_id, enrolment(
+                    bob, issue_ticket(operator, alice.peer_id, later))),
+                "not the operator's": await submit(node, coord.peer_id, enrolment(
+                    bob, issue_ticket(bob, bob.peer_id, later))),
+                "expired": await submit(node, coord.peer_id, enrolment(
+                    bob, issue_ticket(operator, bob.peer_id, int(time.time()) - 1))),
+            }
+        # a real peer with its ticket enrols and takes part in a round
+        peer = await start_peer(nursery, [coord.node.addrs[0]], identity=alice,
+                                ticket=issue_ticket(operator, alice.peer_id, later))
+        await wait_for(lambda: coord.rounds_run >= 1)
+        nursery.cancel_scope.cancel()
+    assert verdicts["none"].reason.startswith("no_ticket")
+    for label in ("other peer's", "not the operator's", "expired"):
+        assert verdicts[label].reason.startswith("bad_ticket"), label
+    assert peer.enrolled.is_set() and coord.store.admitted() == {alice.peer_id}
+    assert coord.store.round_row(1)["accepted"] == 1
+
+
+async def test_strangers_spend_neither_the_nonce_budget_nor_the_round_record(data_dir):
+    """Finding: the per-round nonce cap was filled before the admission check, so a flood of
+    validly signed messages from keys that never enrolled could make an honest peer's
+    message fail as "too many messages"; and refusals of such senders went into the round's
+    signed result. Now a stranger's message is refused before its nonce is remembered, and
+    only refusals of admitted peers are in the round's record."""
+    import json
+
+    from protocol.messages import CONTRIBUTION, StatsContribution
+
+    def contribution(identity: Identity, height: float) -> bytes:
+        return seal(identity, CONTRIBUTION, 1,
+                    encode(StatsContribution(height=height, weight=70.0)))
+
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=2, max_rounds=1,
+                                        secure=False, round_timeout=30.0)
+        coord.round_verifier.max_nonces_per_round = 5
+        alice, mallory = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+        outsider = NetworkNode(Identity.generate())  # never enrols
+        async with alice.running(), mallory.running(), outsider.running():
+            for node in (alice, mallory):
+                assert await node.connect(coord.node.addrs[0])
+                assert (await submit(node, coord.peer_id, enrolment(node.identity))).accepted
+            assert await outsider.connect(coord.node.addrs[0])
+            await wait_for(lambda: coord.current is not None)
+            for _ in range(5):  # an outsider's own refusals stay out of the round's record
+                ack = await submit(outsider, coord.peer_id,
+                                   contribution(outsider.identity, 100.0))
+                assert ack.reason.startswith("not_admitted")
+            for _ in range(10):  # strangers' contributions, delivered by mallory
+                ack = await submit(mallory, coord.peer_id,
+                                   contribution(Identity.generate(), 100.0))
+                assert ack.reason.startswith("not_admitted")
+            assert (await submit(alice, coord.peer_id, contribution(alice.identity, 160.0))
+                    ).accepted
+            assert (await submit(mallory, coord.peer_id,
+                                 contribution(mallory.identity, 180.0))).accepted
+            await wait_for(lambda: coord.rounds_run >= 1, timeout=40)
+        nursery.cancel_scope.cancel()
+    row = coord.store.round_row(1)
+    assert row["status"] == "published" and row["accepted"] == 2
+    assert json.loads(row["result"])["mean_height"] == 170.0
+    assert json.loads(row["rejected"]) == {"not_admitted": 10}  # mallory is admitted
+
+
+async def test_repeated_refusals_are_logged_once_a_minute_per_peer(data_dir, caplog):
+    import logging
+
+    from protocol.messages import CONTRIBUTION
+
+    caplog.set_level(logging.WARNING, logger="hypergossip.coordinator")
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=5)
+        node = NetworkNode(Identity.generate())
+        async with node.running():
+            assert await node.connect(coord.node.addrs[0])
+            for _ in range(50):
+                await submit(node, coord.peer_id, seal(Identity.generate(), CONTRIBUTION, 9,
+                                                       b"junk"))
+        nursery.cancel_scope.cancel()
+    lines = [r for r in caplog.records if r.name == "hypergossip.coordinator" and
+             "rejected" in r.getMessage()]
+    assert len(lines) == 1 and coord.store.rejection_totals() == {"future_round": 50}
