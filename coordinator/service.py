@@ -42,6 +42,7 @@ from peer.roundlog import RoundLog
 from peer.session import SessionHub
 from protocol import dp, evaluation, incremental, secure_round, verified_round
 from protocol.admission import AdmissionConfig, AdmissionPolicy
+from protocol.attendance import Attendance
 from protocol.canonical import canonical_json, state_digest
 from protocol.envelope import (
     Envelope,
@@ -212,6 +213,9 @@ class Coordinator:
             self.node, on_open=self._session_head, max_submit=MAX_SUBMIT_WIRE,
             on_submit=lambda wire, peer: self.handle(wire, via="session", transport_peer=peer))
         self._round_peers: list[str] = []  # participants of the open round (notices go there)
+        self.attendance = Attendance()  # silent participants sit out the next rounds
+        self._asked: list[str] = []  # whom the open round expects a message from
+        self._answered: set[str] = set()  # who sent it one it accepted
         latest = self.store.latest_published()
         if latest is not None:  # serve the current state by digest again after a restart
             self.node.blobs.put(canonical_json(json.loads(latest["result"])))
@@ -320,6 +324,7 @@ class Coordinator:
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
         rnd.offer_message(env.sender_id, env.domain, env.payload)
+        self._answered.add(env.sender_id)
         # secure rounds keep only digests: their payloads are masked vectors and ciphertexts
         # nobody may use later, and a restart abandons such a round anyway
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
@@ -452,6 +457,11 @@ class Coordinator:
                 log.exception("round %d: internal error; publishing it as failed", rnd.number)
                 step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
             self._publish(rnd, step)
+            benched = self.attendance.record(rnd.number, self._asked, self._answered)
+            if benched:
+                log.info("round %d: %d participants sent nothing and sit out the next "
+                         "rounds: %s", rnd.number, len(benched), ", ".join(benched[:8]) +
+                         (" ..." if len(benched) > 8 else ""))
             self.current = None
             self.personal.clear()
             self.rounds_run += 1
@@ -467,7 +477,7 @@ class Coordinator:
         """Run ``rnd``'s phases to its outcome: wait until ready, advance, broadcast notices,
         do the I/O a replicated round asks for."""
         while True:
-            while not rnd.ready(time.time(), self.live_peers()):
+            while not rnd.ready(time.time(), self._expected()):
                 await self._wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
             step = rnd.advance(time.time())
             if isinstance(step, Outcome):
@@ -500,6 +510,27 @@ class Coordinator:
             start = self.workload.weights.copy()  # type: ignore[attr-defined]
             await trio.to_thread.run_sync(rnd.recompute, start)
 
+    def _expected(self) -> set[str]:
+        """The live peers the open round waits for: its participants (a resumed round,
+        whose participants were not stored, waits for every live peer)."""
+        live = self.live_peers()
+        return live & set(self._round_peers) if self._round_peers else live
+
+    def _participants(self, number: int) -> list[str]:
+        """Round ``number``'s participants: the live peers, less those sitting out for
+        having been silent (:mod:`protocol.attendance`), unless that leaves fewer than the
+        round needs: then those whose bench ends first are asked again."""
+        live = self.live_peers()
+        benched = self.attendance.benched(number) & live
+        chosen = live - benched
+        short = max(self.config.min_peers, 2 if self.config.secure else 1) - len(chosen)
+        if short > 0:
+            chosen |= set(sorted(benched, key=lambda p: (self.attendance.until[p], p))[:short])
+        if benched - chosen:
+            log.info("round %d: %d silent peers sit this one out", number,
+                     len(benched - chosen))
+        return sorted(chosen)
+
     async def _wait_for_peers(self) -> None:
         # a secure sum over one input would be that input: secure rounds need two at least
         need = max(self.config.min_peers, 2 if self.config.secure else 1)
@@ -517,7 +548,8 @@ class Coordinator:
         now = time.time()
         prev = self.store.latest_published()
         prev_digest = bytes(prev["state_digest"]) if prev else b""
-        participants = sorted(self.live_peers())
+        participants = self._participants(number)
+        asked = participants  # whom the round expects a message from (attendance)
         params = b""
         workload_params = b""
         if self.replicated:
@@ -528,6 +560,7 @@ class Coordinator:
             deadline = now + self.config.phase_timeout
             rnd = incremental.ReplicatedRound(number, self.workload, task, self.reputation,
                                               self.config.phase_timeout, deadline)
+            asked = []  # replicas answer for no-shows by reputation, not attendance
             left_out = sorted(set(participants) - set(eligible))
             if left_out:
                 log.info("round %d: %d peers below the reputation threshold get no task: %s",
@@ -542,7 +575,7 @@ class Coordinator:
                 log.warning("round %d: %d peers; a vss round takes %d (a seeded draw), the "
                             "others sit this one out", number, len(participants),
                             len(verified.participants))
-            params = encode(verified)
+            params, asked = encode(verified), verified.participants
             rnd = verified_round.VerifiedRound(
                 number, self.workload, verified, min_peers=self.config.min_peers,
                 phase_timeout=self.config.phase_timeout, now=now)
@@ -572,7 +605,7 @@ class Coordinator:
         self.store.open_round(number, self.workload.name, deadline, self.config.min_peers, wire)
         self.roundlog.add(ANNOUNCE, number, wire)
         self.sent_at[(ANNOUNCE, number)] = time.monotonic()
-        self._round_peers = participants
+        self._round_peers, self._asked, self._answered = participants, asked, set()
         self.sessions.broadcast(wire)
         self._gossip(TOPIC_ANNOUNCE, wire)
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name, mode,

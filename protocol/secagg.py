@@ -31,7 +31,12 @@ consistency-check round of the actively secure variant):
   the complete graph, i.e. the original SecAgg of Bonawitz et al. 2017.
 * Keys: each client makes two X25519 key pairs, ``enc`` (to encrypt shares)
   and ``mask`` (pairwise mask agreement), and a 256-bit self-mask seed ``b``;
-  it advertises the public keys and ``SHA-256(b)``.
+  it advertises the public keys and ``SHA-256(b)``. A round configured to
+  re-plan (``Config.replan``, the default for rounds the coordinator runs)
+  then goes on with the participants that advertised as its members: the
+  graph, threshold and agreement become those of the default rule over them
+  (``Config.restricted``), so a participant silent from the start costs
+  nothing but the wait.
 * Shares: ``b`` and the ``mask`` private key are Shamir-shared among the
   neighbours with threshold ``threshold`` and sent through the server
   encrypted with ChaCha20-Poly1305 under HKDF(X25519(enc keys)) keys bound to
@@ -182,6 +187,9 @@ class Config:
     vector_len: int
     encoding: FixedPoint
     agreement: int = 0  # survivor signatures a client needs before unmasking; 0: threshold
+    # 0: the participants are the round's members. Else the round is re-planned over the
+    # participants that advertise keys (see restricted), for this dropout fraction.
+    replan: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -203,7 +211,8 @@ class Config:
     @classmethod
     def default(cls, round: int, participants: Iterable[str], graph_seed: bytes, vector_len: int,
                 encoding: FixedPoint, *, degree: int | None = None, threshold: int | None = None,
-                agreement: int | None = None, dropout: float = 0.3) -> Config:
+                agreement: int | None = None, dropout: float = 0.3,
+                replan: bool = False) -> Config:
         """Defaults that survive a ``dropout`` fraction of clients vanishing.
 
         Up to 101 clients the graph is complete (classic SecAgg) and the threshold is
@@ -229,7 +238,29 @@ class Config:
             threshold = max(1, threshold)
         if agreement is None:
             agreement = max(threshold, all_but_dropouts)
-        return cls(round, people, degree, threshold, graph_seed, vector_len, encoding, agreement)
+        return cls(round, people, degree, threshold, graph_seed, vector_len, encoding, agreement,
+                   dropout if replan else 0.0)
+
+    def restricted(self, members: Iterable[str]) -> Config:
+        """This round over ``members``, the participants that advertised keys, when it
+        re-plans (``replan``); itself otherwise, or when everyone advertised.
+
+        Nothing secret has been sent when the keys phase closes, so a participant that
+        stayed silent in it can be left out at no cost: graph, threshold and agreement are
+        then those of :meth:`default` over the members, by the same rule both sides apply
+        (the server to the keys it received, each client to the key directory it is
+        shown). Without it a silent participant is a dropout from the start, and enough of
+        them (free to make: enrol a key and say nothing) stopped every round. A server that
+        names fewer members than answered gains nothing it could not have by announcing
+        fewer participants in the first place. Raises ValueError for members that are not
+        participants, or fewer than two."""
+        members = frozenset(members)
+        if not self.replan or members == frozenset(self.participants):
+            return self
+        if not members <= frozenset(self.participants):
+            raise ValueError("members must be participants of the round")
+        return Config.default(self.round, members, self.graph_seed, self.vector_len,
+                              self.encoding, dropout=self.replan, replan=True)
 
     def neighbours(self, peer: str) -> tuple[str, ...]:
         """``peer``'s neighbours, sorted (computed on first use: a client needs only its
@@ -446,6 +477,10 @@ class SecAggClient:
 
     def share_keys(self, directory: KeyDirectory) -> ShareBundle:
         self._advance(1)
+        try:
+            self.cfg = self.cfg.restricted(directory.keys)  # the members, if it re-plans
+        except ValueError as exc:
+            raise SecAggAbort(f"the key directory cannot be this round's: {exc}") from exc
         mine = directory.keys.get(self.me)
         if mine is None or mine.enc_pk != _raw_public(self._enc) or \
                 mine.mask_pk != _raw_public(self._mask):
@@ -608,7 +643,13 @@ class SecAggServer:
         self.keys[peer] = msg
 
     def close_keys(self) -> KeyDirectory:
-        self._close(Phase.KEYS, len(self.keys))
+        """Close the keys phase: the directory of who advertised. A re-planning round goes
+        on with them as its members (two at least); a fixed one needs ``threshold``."""
+        if self.cfg.replan:
+            self._close(Phase.KEYS, len(self.keys), 2)
+            self.cfg = self.cfg.restricted(self.keys)
+        else:
+            self._close(Phase.KEYS, len(self.keys))
         return KeyDirectory(keys=dict(self.keys))
 
     def receive_shares(self, peer: str, msg: ShareBundle) -> None:

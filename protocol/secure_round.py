@@ -14,7 +14,10 @@ unmask       ``secagg/unmask``        the round's result (decoded sum, finalized
 
 A phase closes when every participant still in play that is connected has
 sent, or at the phase deadline; peers that miss a phase are dropouts and
-the protocol recovers their masks. A round cannot be resumed after a
+the protocol recovers their masks. Participants silent in the keys phase are
+not dropouts: the round is re-planned over those that advertised keys
+(``SecureParams.replan``), so any number of silent members is survived as
+long as two participants (and the quorum) answer. A round cannot be resumed after a
 coordinator restart (the SecAgg server state is deliberately not persisted:
 it would hold every share) -- it is marked failed and a new one opens.
 """
@@ -59,6 +62,9 @@ class SecureParams(Strict):
     dp_epsilon: float = 0.0  # the per-round target it was calibrated to
     dp_delta: float = 0.0
     agreement: int = 0  # survivor signatures needed before unmasking; 0: threshold
+    # 0: the participants are the members; else the round goes on with those that advertise
+    # keys, re-planned for this dropout fraction (secagg.Config.restricted)
+    replan: float = 0.0
 
 
 def graph_seed(prev_state_digest: bytes, round: int) -> bytes:
@@ -79,17 +85,19 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
+    replan = degree is None and threshold is None and agreement is None  # the default rule
     cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
                                 workload.vector_len(), enc, dropout=dropout, degree=degree,
-                                threshold=threshold, agreement=agreement)
+                                threshold=threshold, agreement=agreement, replan=replan)
     return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
                         cfg.vector_len, enc.clip, enc.bits, enc.max_summands, sigma, split,
-                        dp_epsilon, dp_delta if dp_epsilon else 0.0, cfg.agreement)
+                        dp_epsilon, dp_delta if dp_epsilon else 0.0, cfg.agreement, cfg.replan)
 
 
 def config(round: int, p: SecureParams) -> secagg.Config:
     return secagg.Config(round, tuple(p.participants), p.degree, p.threshold, p.graph_seed,
-                         p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits), p.agreement)
+                         p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits), p.agreement,
+                         p.replan)
 
 
 class ServerRound(RoundLogic):
@@ -108,15 +116,21 @@ class ServerRound(RoundLogic):
     def __init__(self, number: int, workload: Workload, params: Any, *, min_peers: int,
                  phase_timeout: float, now: float):
         self.number, self.workload, self.params = number, workload, params
-        self.cfg, self.server = self.start(number, params)
+        self.announced, self.server = self.start(number, params)
         self.min_peers, self.phase_timeout = min_peers, phase_timeout
         self.phase = self.phases[0]
         self.deadline = now + phase_timeout
         self.rejected: dict[str, int] = {}
 
     def start(self, number: int, params: Any) -> tuple[Any, Any]:
-        """The round's configuration and its server."""
+        """The round's configuration as announced, and its server."""
         raise NotImplementedError
+
+    @property
+    def cfg(self) -> Any:
+        """The configuration the server runs now: the announced one, or, once the first
+        phase re-planned the round over the participants that answered it, that one."""
+        return self.server.cfg
 
     def receivers(self) -> dict[str, Callable[[str, Any], None]]:
         raise NotImplementedError
@@ -207,7 +221,9 @@ class SecureRound(ServerRound):
         out = self.server.close_unmask()
         n = len(out.survivors)
         return out.total, out.survivors, {
-            "protocol": "SecAgg+ (Bell et al. 2020)", "participants": len(self.cfg.participants),
+            "protocol": "SecAgg+ (Bell et al. 2020)",
+            "participants": len(self.announced.participants),
+            "members": len(self.cfg.participants),  # those that advertised keys
             "survivors": n, "dropped": len(out.dropped), "degree": self.cfg.degree,
             "included": out.survivors,  # whose inputs the sum holds (not what they were)
             "threshold": self.cfg.threshold, "agreement": self.cfg.agreement,

@@ -10,8 +10,9 @@ Phases, their peer message domains, and what closing each one sends:
 =========  ==================  ===================================================
 phase      peers send          when it closes, the coordinator sends
 =========  ==================  ===================================================
-keys       ``vss/keys``        notice ``deal``: the members' keys
-           (members)
+keys       ``vss/keys``        notice ``deal``: the keys (the committee is drawn
+           (everyone)          again from those that sent one: silent participants
+                               are left out)
 deal       ``vss/deal``        notice ``check``: every accepted dealing's
            (everyone)          commitments; each member's own inbox (personal)
 check      ``vss/check``       notice ``resolve``: the accused dealers
@@ -74,6 +75,11 @@ class VerifiedParams(Strict):
     dp_split: int = 1  # each peer adds noise of std dp_sigma / sqrt(dp_split)
     dp_epsilon: float = 0.0
     dp_delta: float = 0.0
+    # 0: the committee is as announced; else every participant advertises a key and the
+    # committee is drawn again, with ``seed``, from those that did (vss.Config.restricted)
+    replan: float = 0.0
+    seed: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    committee_size: int = 16
 
 
 def committee_seed(prev_state_digest: bytes, round: int) -> bytes:
@@ -103,15 +109,17 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
         low, high = low - tails, high + tails
     cfg = vss.Config.default(round, participants, seed, low.tolist(), high.tolist(), bits=bits,
                              committee_size=committee_size, dropout=dropout,
-                             min_included=max(2, min_peers))
+                             min_included=max(2, min_peers), replan=True)
     return VerifiedParams(list(cfg.participants), list(cfg.committee), cfg.threshold,
                           list(cfg.low), list(cfg.high), cfg.bits, cfg.min_included, sigma,
-                          split, dp_epsilon, dp_delta if dp_epsilon else 0.0)
+                          split, dp_epsilon, dp_delta if dp_epsilon else 0.0, cfg.replan,
+                          cfg.seed, cfg.committee_size)
 
 
 def config(round: int, p: VerifiedParams) -> vss.Config:
     return vss.Config(round, tuple(p.participants), tuple(p.committee), p.threshold,
-                      tuple(p.low), tuple(p.high), p.bits, p.min_included)
+                      tuple(p.low), tuple(p.high), p.bits, p.min_included, p.replan, p.seed,
+                      p.committee_size)
 
 
 class VerifiedRound(ServerRound):
@@ -130,8 +138,9 @@ class VerifiedRound(ServerRound):
                 RESOLVE: s.receive_reveal, AGGREGATE: s.receive_aggregate}
 
     def waiting_for(self) -> set[str]:
-        s, members = self.server, set(self.server.keys)
-        before, now = {KEYS: (set(self.cfg.committee), s.keys),
+        s, members = self.server, set(self.server.members)
+        before, now = {KEYS: (set(self.cfg.participants if self.cfg.replan else
+                                  self.cfg.committee), s.keys),
                        DEAL: (set(self.cfg.participants), s.dealings),
                        CHECK: (members, s.accusations), RESOLVE: (set(s.disputes), s.reveals),
                        AGGREGATE: (members, s.aggregates)}[self.phase]
@@ -157,7 +166,9 @@ class VerifiedRound(ServerRound):
         n = len(out.included)
         return out.total, out.included, {
             "protocol": "Pedersen VSS to a committee, range-proven inputs",
-            "participants": len(self.cfg.participants), "survivors": n,
+            "participants": len(self.announced.participants),
+            "members": len(self.cfg.participants),  # those that advertised keys
+            "survivors": n,
             "included": out.included,  # whose inputs the sum holds (not what they were)
             "committee": len(self.cfg.committee), "threshold": self.cfg.threshold,
             "members_answered": out.members,

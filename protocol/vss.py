@@ -28,7 +28,12 @@ threshold ``tau``:
 * Committee: ``c = min(n, committee_size)`` participants in an order fixed
   by the public ``seed``; member ``k`` (0-based) holds the shares at
   ``x = k + 1``. ``tau = c - floor(dropout * c)``, which is more than ``c/2``.
-* Keys: each member advertises a fresh X25519 key for the round.
+* Keys: each member advertises a fresh X25519 key for the round. A round
+  configured to re-plan (``Config.replan``, the default for rounds the
+  coordinator runs) has every participant advertise one, and goes on with
+  those that did: its committee is drawn again from them with the same seed
+  (``Config.restricted``), so a participant silent from the start holds no
+  seat and costs nothing but the wait.
 * Deal: each client picks, per coordinate, polynomials ``f_j`` and ``g_j`` of
   degree ``tau - 1`` with ``f_j(0) = v_j``, ``g_j(0) = r_j`` and uniform
   other coefficients, publishes ``E_{j,k} = f_{j,k} H + g_{j,k} G`` (so
@@ -210,6 +215,12 @@ class Config:
     high: tuple[float, ...]
     bits: int
     min_included: int = 2
+    # 0: the participants are the round's members and only the committee advertises keys.
+    # Else every participant advertises one, and the round goes on with those that did,
+    # its committee drawn again from them (restricted) for this dropout fraction.
+    replan: float = 0.0
+    seed: bytes = b""  # the public seed the committee is drawn with (to draw it again)
+    committee_size: int = 16
 
     def __post_init__(self) -> None:
         n, c, d = len(self.participants), len(self.committee), len(self.low)
@@ -230,14 +241,35 @@ class Config:
     def default(cls, round: int, participants: Iterable[str], seed: bytes,
                 low: Iterable[float], high: Iterable[float], *, bits: int = 14,
                 committee_size: int = 16, dropout: float = 0.3,
-                min_included: int = 2) -> Config:
+                min_included: int = 2, replan: bool = False) -> Config:
         """A committee of ``min(n, committee_size)`` in a seeded order, with the threshold
         that survives a ``dropout`` fraction of members vanishing."""
         people = tuple(sorted(set(participants)))
         committee = tuple(rank(people, seed)[:max(1, min(len(people), committee_size))])
         threshold = max(1, len(committee) - math.floor(dropout * len(committee)))
         return cls(round, people, committee, threshold, tuple(low), tuple(high), bits,
-                   min_included)
+                   min_included, dropout if replan else 0.0, seed, committee_size)
+
+    def restricted(self, members: Iterable[str]) -> Config:
+        """This round over ``members``, the participants that advertised keys, when it
+        re-plans (``replan``); itself otherwise, or when everyone advertised.
+
+        No share has been dealt when the keys phase closes, so a participant silent in it
+        can be left out at no cost: the committee is drawn again from the members with the
+        same seed, and its threshold is the default rule's, on both sides alike (the server
+        from the keys it received, each client from the directory it is shown). Without
+        it, silent members (free to make: enrol a key and say nothing) held committee seats
+        and stopped every round once they outnumbered its dropout tolerance. Raises
+        ValueError for members that are not participants, or fewer than two."""
+        members = frozenset(members)
+        if not self.replan or members == frozenset(self.participants):
+            return self
+        if not members <= frozenset(self.participants):
+            raise ValueError("members must be participants of the round")
+        return Config.default(self.round, members, self.seed, self.low, self.high,
+                              bits=self.bits, committee_size=self.committee_size,
+                              dropout=self.replan, min_included=self.min_included,
+                              replan=True)
 
     @property
     def dim(self) -> int:
@@ -331,8 +363,11 @@ class VssClient:
         self._step += 1
 
     def advertise(self) -> MemberKey | None:
+        """The key shares are sealed to, as a member: every participant sends one when the
+        round re-plans (the committee is drawn from those that do), else members only."""
         self._advance(0)
-        return MemberKey(enc_pk=_raw_public(self._enc)) if self.member else None
+        return MemberKey(enc_pk=_raw_public(self._enc)) if self.member or self.cfg.replan \
+            else None
 
     def deal(self, directory: KeyDirectory, x: np.ndarray) -> Dealing:
         """Commit to, prove the range of and share the encoding of ``x`` (floats)."""
@@ -343,6 +378,13 @@ class VssClient:
 
     def _deal(self, directory: KeyDirectory, values: list[int]) -> Dealing:
         self._advance(1)
+        try:
+            self.cfg = self.cfg.restricted(directory.keys)  # the members, if it re-plans
+        except ValueError as exc:
+            raise VssAbort(f"the key directory cannot be this round's: {exc}") from exc
+        if self.me not in self.cfg.participants:
+            raise VssAbort("the directory leaves this client out")
+        self.member = self.me in self.cfg.committee
         cfg, t = self.cfg, self.cfg.threshold
         members = [m for m in cfg.committee if m in directory.keys]
         if len(members) < t:
@@ -494,7 +536,8 @@ class VssServer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.phase = Phase.KEYS
-        self.keys: dict[str, bytes] = {}
+        self.keys: dict[str, bytes] = {}  # everyone who advertised (members only, if fixed)
+        self.members: dict[str, bytes] = {}  # the committee members with keys, once closed
         self.dealings: dict[str, Dealing] = {}
         self.accusations: dict[str, list[str]] = {}  # member -> dealers it accused
         self.disputes: dict[str, list[str]] = {}  # dealer -> members it must answer
@@ -527,13 +570,23 @@ class VssServer:
 
     # keys
     def receive_key(self, peer: str, msg: MemberKey) -> None:
-        self._check(Phase.KEYS, peer, self.keys, self.cfg.committee)
+        self._check(Phase.KEYS, peer, self.keys,
+                    self.cfg.participants if self.cfg.replan else self.cfg.committee)
         if not usable_public_key(msg.enc_pk):
             raise self._reject(peer, "an X25519 key of small order")
         self.keys[peer] = msg.enc_pk
 
     def close_keys(self) -> KeyDirectory:
-        self._close(Phase.KEYS, len(self.keys), self.cfg.threshold, "members")
+        """Close the keys phase. A re-planning round goes on with the participants that
+        advertised (at least ``min_included``), its committee drawn again from them, and
+        the directory holds every member's key; a fixed one needs ``threshold`` of its
+        committee."""
+        if not self.cfg.replan:
+            self._close(Phase.KEYS, len(self.keys), self.cfg.threshold, "members")
+        else:
+            self._close(Phase.KEYS, len(self.keys), max(2, self.cfg.min_included), "members")
+            self.cfg = self.cfg.restricted(self.keys)
+        self.members = {m: self.keys[m] for m in self.cfg.committee if m in self.keys}
         return KeyDirectory(keys=dict(self.keys))
 
     # deal
@@ -546,7 +599,7 @@ class VssServer:
                 len(c) != cfg.threshold for c in msg.commitments):
             raise self._reject(peer, f"dealing must hold {cfg.dim} x {cfg.threshold} "
                                      "commitments and a range proof per coordinate")
-        if set(msg.ciphertexts) != set(self.keys):
+        if set(msg.ciphertexts) != set(self.members):
             raise self._reject(peer, "ciphertexts must go to exactly the members with keys")
         if any(len(c) > 12 + 16 + 72 * cfg.dim + 16 for c in msg.ciphertexts.values()):
             raise self._reject(peer, "oversized share ciphertext")
@@ -571,12 +624,12 @@ class VssServer:
         body = Commitments(dealers={u: d.commitments for u, d in self.dealings.items()},
                            dealer_pks={u: d.dealer_pk for u, d in self.dealings.items()})
         inboxes = {m: Inbox(ciphertexts={u: d.ciphertexts[m] for u, d in self.dealings.items()})
-                   for m in self.keys}
+                   for m in self.members}
         return body, inboxes
 
     # check
     def receive_accusations(self, peer: str, msg: Accusations) -> None:
-        self._check(Phase.CHECK, peer, self.accusations, self.keys)
+        self._check(Phase.CHECK, peer, self.accusations, self.members)
         if not set(msg.dealers) <= set(self.dealings):
             raise self._reject(peer, "accuses dealers that did not deal")
         self.accusations[peer] = sorted(set(msg.dealers))
@@ -623,7 +676,7 @@ class VssServer:
 
     # aggregate
     def receive_aggregate(self, peer: str, msg: AggregateShare) -> None:
-        self._check(Phase.AGGREGATE, peer, self.aggregates, self.keys)
+        self._check(Phase.AGGREGATE, peer, self.aggregates, self.members)
         if msg.included_digest != included_digest(self.included):
             raise self._reject(peer, "aggregate share over another set of dealers")
         share = _Share(f=msg.f, g=msg.g)

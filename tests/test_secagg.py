@@ -52,10 +52,11 @@ def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.nda
     return cfg, ids, {p: rng.uniform(-12, 12, m) for p in ids}
 
 
-def run_until_masked(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=()):
-    """Drive a round in memory up to the masked inputs; returns (server, clients)."""
+def run_until_masked(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=(), silent=()):
+    """Drive a round in memory up to the masked inputs; returns (server, clients). The
+    ``silent`` participants never advertise keys (nor send anything else)."""
     server = SecAggServer(cfg)
-    clients = {p: client(p, cfg) for p in ids}
+    clients = {p: client(p, cfg) for p in ids if p not in silent}
     for p, c in clients.items():
         server.receive_keys(p, c.advertise())
     directory = server.close_keys()
@@ -69,10 +70,10 @@ def run_until_masked(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=()):
 
 
 def run(cfg, ids, xs, *, drop_after_keys=(), drop_after_shares=(), drop_after_masked=(),
-        tamper=None):
+        tamper=None, silent=()):
     """Drive one round in memory; returns (outcome, clients, server)."""
     server, clients = run_until_masked(cfg, ids, xs, drop_after_keys=drop_after_keys,
-                                       drop_after_shares=drop_after_shares)
+                                       drop_after_shares=drop_after_shares, silent=silent)
     request = confirm_all(server, clients, server.close_masked())
     for p in request.survivors:
         if p in drop_after_masked:
@@ -469,3 +470,38 @@ def test_a_round_over_several_mask_slices_decodes_with_a_dropout():
     out, _, _ = run(cfg, ids, xs, drop_after_shares=(ids[1],))
     live = [p for p in ids if p != ids[1]]
     assert np.max(np.abs(out.total - clipped_sum(xs, live))) <= ENC.error_bound(5)
+
+
+def test_a_round_that_replans_goes_on_with_the_participants_that_advertised_keys():
+    """Two thirds of the participants never say a word (keys are free to make): a fixed
+    round aborts, far past its 30 % tolerance; a re-planning one (what the coordinator
+    runs) goes on with the four that advertised, on the default graph and threshold over
+    them, and sums exactly their inputs, surviving a dropout among them too."""
+    cfg, ids, xs = make(12, replan=True)
+    silent = ids[:8]
+    members = ids[8:]
+    with pytest.raises(SecAggAbort, match="keys ended with 4"):
+        run(dataclasses.replace(cfg, replan=0.0), ids, xs, silent=silent)
+    out, clients, server = run(cfg, ids, xs, silent=silent)
+    again = Config.default(1, members, cfg.graph_seed, cfg.vector_len, ENC)
+    assert server.cfg.participants == tuple(members)
+    assert (server.cfg.degree, server.cfg.threshold, server.cfg.agreement) == \
+        (again.degree, again.threshold, again.agreement) == (3, 2, 2)
+    assert all(c.cfg == server.cfg for c in clients.values())
+    assert out.survivors == members
+    assert np.max(np.abs(out.total - clipped_sum(xs, members))) <= ENC.error_bound(4)
+    out, _, _ = run(cfg, ids, xs, silent=silent, drop_after_masked=members[:1])
+    assert out.survivors == members  # its masks are recovered from the other three
+
+
+def test_a_client_refuses_a_key_directory_that_names_strangers():
+    cfg, ids, xs = make(5, replan=True)
+    server = SecAggServer(cfg)
+    clients = {p: client(p, cfg) for p in ids}
+    for p, c in clients.items():
+        server.receive_keys(p, c.advertise())
+    directory = server.close_keys()
+    forged = dict(directory.keys)
+    forged[Identity.generate().peer_id] = directory.keys[ids[0]]
+    with pytest.raises(SecAggAbort, match="cannot be this round's"):
+        clients[ids[1]].share_keys(secagg.KeyDirectory(keys=forged))

@@ -35,10 +35,11 @@ def make(n: int, committee: int = 16, **kw) -> tuple[Config, list[str], dict[str
 
 
 def run(cfg, ids, xs, *, skip_deal=(), tamper_deal=None, skip_aggregate=(),
-        tamper_aggregate=None, accuse=None, silent_reveal=()):
-    """Drive one round in memory; returns (outcome, server, clients)."""
+        tamper_aggregate=None, accuse=None, silent_reveal=(), silent=()):
+    """Drive one round in memory; returns (outcome, server, clients). The ``silent``
+    participants never send anything."""
     server = VssServer(cfg)
-    clients = {p: VssClient(p, cfg) for p in ids}
+    clients = {p: VssClient(p, cfg) for p in ids if p not in silent}
     for p, c in clients.items():
         key = c.advertise()
         if key is not None:
@@ -273,3 +274,24 @@ def test_small_order_keys_are_refused_from_members_and_dealers():
                      dealer_pk=small, ciphertexts=dealing.ciphertexts)
     with pytest.raises(VssRejected, match="small order"):
         server2.receive_dealing(dealer, forged)
+
+
+def test_a_round_that_replans_draws_its_committee_again_from_those_that_answered():
+    """Most of a committee says nothing (members are drawn from free keys): a fixed round
+    aborts at the keys phase; a re-planning one (what the coordinator runs) draws its
+    committee again from the participants that advertised, with the same seed, and sums
+    exactly their inputs."""
+    cfg, ids, xs = make(10, committee=6, replan=True)
+    silent = list(cfg.committee[:4])  # 4 of the 6 members: far past the 30 % tolerance
+    answered = [p for p in ids if p not in silent]
+    fixed = Config(cfg.round, cfg.participants, cfg.committee, cfg.threshold, cfg.low,
+                   cfg.high, cfg.bits, cfg.min_included)
+    with pytest.raises(VssAbort, match="keys ended with 2 members"):
+        run(fixed, ids, xs, silent=silent)
+    out, server, clients = run(cfg, ids, xs, silent=silent)
+    assert server.cfg.participants == tuple(answered)
+    assert server.cfg.committee == tuple(vss.rank(answered, cfg.seed)[:6])
+    assert not set(silent) & set(server.cfg.committee)
+    assert all(c.cfg == server.cfg for c in clients.values())
+    assert out.included == answered
+    assert np.max(np.abs(out.total - truth(cfg, xs, answered))) <= cfg.error_bound(6)
