@@ -7,12 +7,21 @@ wrong methods answer JSON 404/405; a handler signals a client error by
 raising :class:`HTTPError` (JSON ``{"error": reason}``); anything else that
 escapes a handler is logged and answered as JSON 500 (a bug to fix, but the
 server stays up and never leaks a traceback).
+
+Requests are bounded before any handler runs: a GET that carries a body is
+refused (400), a JSON body is read only up to its endpoint's cap (413 past
+it, 400 when the client hangs up mid-body), and an endpoint declared with a
+:class:`Budget` admits each client (by IP address) only so often and so many
+at once (429 with ``Retry-After``), and everyone together only so many at
+once (503): what an unauthenticated caller can make the server spend is the
+budget, not their persistence.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +29,11 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from protocol.ratelimit import Buckets
 
 log = logging.getLogger("hypergossip.aim")
 
@@ -46,6 +57,45 @@ class HTTPError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What one client (IP address) may spend on an expensive endpoint: ``per_minute``
+    calls a minute, bursts of ``burst``, ``concurrent`` at once; and every client together
+    ``total_concurrent`` at once."""
+
+    per_minute: float
+    burst: int
+    concurrent: int = 1
+    total_concurrent: int = 4
+
+
+class _Spender:
+    """The running tally behind one endpoint's :class:`Budget`."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.buckets = Buckets(budget.per_minute / 60, budget.burst, max_keys=65536)
+        self.running: dict[str, int] = {}
+
+    def enter(self, client: str) -> None:
+        b = self.budget
+        if sum(self.running.values()) >= b.total_concurrent:
+            raise HTTPError(503, f"busy: {b.total_concurrent} such requests running; retry "
+                                 "later")
+        if self.running.get(client, 0) >= b.concurrent:
+            raise HTTPError(429, f"at most {b.concurrent} such request at a time per client")
+        bucket = self.buckets.bucket(client, time.monotonic())
+        if not bucket.take(time.monotonic()):
+            raise HTTPError(429, f"at most {b.per_minute:g} such requests a minute per "
+                                 f"client; retry in {bucket.wait(time.monotonic()):.0f} s")
+        self.running[client] = self.running.get(client, 0) + 1
+
+    def leave(self, client: str) -> None:
+        self.running[client] -= 1
+        if not self.running[client]:
+            del self.running[client]
+
+
 @dataclass
 class Endpoint:
     uri: str
@@ -58,6 +108,7 @@ class Endpoint:
     input_body: Any = ""
     example_calls: list[dict[str, Any]] = field(default_factory=list)
     is_public: bool = True
+    budget: Budget | None = None
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -93,11 +144,13 @@ class AIM:
     def endpoint(self, uri: str, methods: Sequence[str] = ("GET",), *, documentation: str,
                  output: Any, example_calls: Sequence[dict[str, Any]] = (),
                  input_query: Any = "", input_headers: Any = "", input_body: Any = "",
-                 is_public: bool = True) -> Callable[[Handler], Handler]:
+                 is_public: bool = True, budget: Budget | None = None
+                 ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(Endpoint(
                 uri, [m.upper() for m in methods], handler, documentation, output,
-                input_query, input_headers, input_body, list(example_calls), is_public))
+                input_query, input_headers, input_body, list(example_calls), is_public,
+                budget))
             return handler
 
         return register
@@ -111,7 +164,8 @@ class AIM:
         return {**self.info, "endpoints": eps}
 
     def app(self) -> Starlette:
-        routes = [Route(e.uri, _wrap(e.handler), methods=e.methods) for e in self.endpoints]
+        routes = [Route(e.uri, _wrap(e.handler, e.budget), methods=e.methods)
+                  for e in self.endpoints]
         if not any(e.uri == "/manifest.json" for e in self.endpoints):
             async def manifest(_: Request) -> dict[str, Any]:
                 return self.manifest()
@@ -119,7 +173,7 @@ class AIM:
             routes.append(Route("/manifest.json", _wrap(manifest), methods=["GET"]))
         app = Starlette(routes=routes, exception_handlers={
             HTTPException: _http_exception, Exception: _server_error})
-        return CORSMiddleware(app)  # type: ignore[return-value]
+        return CORSMiddleware(NoBodyOnGet(app))  # type: ignore[return-value]
 
 
 async def _noop(_: Request) -> None:
@@ -130,12 +184,24 @@ def json_response(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 
 
-def _wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def _wrap(handler: Handler, budget: Budget | None = None
+          ) -> Callable[[Request], Awaitable[Response]]:
+    spender = None if budget is None else _Spender(budget)
+
     async def endpoint(request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
         try:
-            out = await handler(request)
+            if spender is not None:
+                spender.enter(client)
+            try:
+                out = await handler(request)
+            finally:
+                if spender is not None:
+                    spender.leave(client)
         except HTTPError as exc:
-            return json_response({"error": exc.reason, "status": exc.status}, exc.status)
+            headers = {"Retry-After": "10"} if exc.status in (429, 503) else None
+            return JSONResponse({"error": exc.reason, "status": exc.status}, exc.status,
+                                headers=headers)
         return out if isinstance(out, Response) else json_response(out)
 
     return endpoint
@@ -154,6 +220,24 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error serving %s %s", request.method, request.url.path)
     return json_response({"error": "internal error", "status": 500}, 500)
+
+
+class NoBodyOnGet:
+    """GET and HEAD carry no body here: one that declares one is refused before routing
+    (a 60 kB body on ``GET /peers`` used to sit in the server unread)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            headers = dict(scope.get("headers", []))
+            length = headers.get(b"content-length", b"0").strip()
+            if length not in (b"", b"0") or b"transfer-encoding" in headers:
+                await json_response({"error": f"{scope['method']} requests carry no body",
+                                     "status": 400}, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class CORSMiddleware:
@@ -192,10 +276,13 @@ async def read_json(request: Request, schema: type | None = None, *,
         if int(declared) > max_bytes:
             raise HTTPError(413, f"body over {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise HTTPError(413, f"body over {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise HTTPError(413, f"body over {max_bytes} bytes")
+    except ClientDisconnect:  # nobody reads the answer, but the log stays clean
+        raise HTTPError(400, "the request body was cut short (client disconnected)") from None
     if not body:
         raise HTTPError(400, "expected a JSON body")
     try:

@@ -13,7 +13,8 @@ from starlette.responses import Response
 from protocol.messages import StatsContribution
 from protocol.workloads import Stats
 
-from .aim import AIM, HTTPError, example, int_param, read_json
+from .aim import AIM, Budget, HTTPError, example, int_param, read_json
+from .prompt_jobs import MAX_PER_USER, MAX_QUEUE
 
 if TYPE_CHECKING:
     from sqlite3 import Row
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 PEER_ID = "12D3KooW..."
+# what one client (IP address) may spend on the expensive endpoints
+SEARCH_NOW = Budget(per_minute=10, burst=10, concurrent=1, total_concurrent=2)  # POST /prompt
+QUEUE_JOB = Budget(per_minute=1, burst=8, concurrent=1, total_concurrent=4)  # /prompt/jobs
 
 
 def round_view(row: Row, *, detail: bool = False, store: Any = None) -> dict[str, Any]:
@@ -65,29 +69,37 @@ def build_app(coord: Coordinator):
                 "workload": coord.workload.name, "uptime_s": time.time() - coord.started_at}
 
     @aim.endpoint(
-        "/peers", documentation="Admitted peers with last-seen time, whether connected now, and "
-        "counts of their rejected messages by reason; rejections of senders that are not "
-        "admitted are listed under 'strangers'; 'rejected_total' sums all by reason.",
-        output={"peers": [{"peer_id": "<str>", "admitted_at": "<unix s>",
-                           "last_seen": "<unix s>", "connected": "<bool>",
-                           "rejected": {"<reason>": "<int>"}}],
+        "/peers", documentation="Admitted peers, oldest first, a page at a time (query: limit "
+        "1-1000, default 100; offset), with last-seen time, whether connected now, and "
+        "counts of the messages they delivered that were refused, by reason (counted against "
+        "the peer the transport authenticated, never the key a message names); refusals of "
+        "peers that are not admitted are under 'strangers' (at most 100 listed); "
+        "'rejected_total' sums all by reason; 'admission' counts enrolments the admission "
+        "policy refused, by reason.", input_query="limit=<int>&offset=<int>",
+        output={"total": "<int>", "peers": [{"peer_id": "<str>", "admitted_at": "<unix s>",
+                                              "last_seen": "<unix s>", "connected": "<bool>",
+                                              "rejected": {"<reason>": "<int>"}}],
                 "strangers": {"<peer id>": {"<reason>": "<int>"}},
-                "rejected_total": {"<reason>": "<int>"}},
-        example_calls=[example({"peers": [{"peer_id": PEER_ID, "admitted_at": 1764070000.0,
-                                           "last_seen": 1764070042.1, "connected": True,
-                                           "addrs": [], "agent": "hypergossip-peer/0.1",
-                                           "rejected": {"replay": 1}}],
-                                "strangers": {}, "rejected_total": {"replay": 1}})])
+                "rejected_total": {"<reason>": "<int>"}, "admission": {"<reason>": "<int>"}},
+        example_calls=[example({"total": 1, "peers": [
+            {"peer_id": PEER_ID, "admitted_at": 1764070000.0, "last_seen": 1764070042.1,
+             "connected": True, "addrs": [], "agent": "hypergossip-peer/0.1",
+             "rejected": {"replay": 1}}], "strangers": {}, "rejected_total": {"replay": 1},
+            "admission": {}}, query="limit=100")])
     async def peers(request: Request) -> dict[str, Any]:
-        rejections = store.rejections_by_peer()
+        limit = int_param(request.query_params.get("limit"), "limit", default=100, lo=1,
+                          hi=1000)
+        offset = int_param(request.query_params.get("offset"), "offset", default=0)
         connected = set(coord.node.connected_peers())
-        listed = []
-        for p in store.peers():
+        listed = store.peers(limit, offset)
+        rejections = store.rejections_by_peer([p["peer_id"] for p in listed])
+        for p in listed:
             p["connected"] = p["peer_id"] in connected
-            p["rejected"] = rejections.pop(p["peer_id"], {})
-            listed.append(p)
-        return {"peers": listed, "strangers": rejections,
-                "rejected_total": store.rejection_totals()}
+            p["rejected"] = rejections.get(p["peer_id"], {})
+        return {"total": store.count_admitted(), "peers": listed,
+                "strangers": store.stranger_rejections(100),
+                "rejected_total": store.rejection_totals(),
+                "admission": dict(coord.admission.refused)}
 
     @aim.endpoint(
         "/model", documentation="The current round and its status, and the latest published "
@@ -192,7 +204,8 @@ def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
                 "best_per_generation": ["<float>"], "stopped": "<str>"},
         example_calls=[example({"prompt": "cheerful, bright, sassy", "score": 0.996,
                                 "llm_calls": 534, "cache_hits": 66, "generations": 6},
-                               method="POST", body={"target_output": "simple, lively, strong"})])
+                               method="POST", body={"target_output": "simple, lively, strong"})],
+        budget=SEARCH_NOW)
     async def prompt(request: Request) -> dict[str, Any]:
         req = await read(request)
         if _cost_only(request, req):
@@ -203,12 +216,15 @@ def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
 
     @aim.endpoint(
         "/prompt/jobs", ["POST"], documentation="Queue a long prompt search; answers its "
-        "job_number (see /queue, /result). " + fields_doc + " max_seconds up to a day.",
+        "job_number (see /queue, /result). " + fields_doc + " max_seconds up to 6 hours; "
+        f"at most {MAX_PER_USER} jobs waiting or running per hypc_user and {MAX_QUEUE} "
+        "waiting in all (429 beyond).",
         input_body={"target_output": "<str>", "generations": "<int>"},
         output={"job_number": "<int>"},
         example_calls=[example({"job_number": 7}, method="POST",
                                body={"target_output": "simple, lively, strong",
-                                     "generations": 100, "max_seconds": 3600})])
+                                     "generations": 100, "max_seconds": 3600})],
+        budget=QUEUE_JOB)
     async def prompt_job(request: Request) -> dict[str, Any]:
         req = await read(request)
         if _cost_only(request, req):

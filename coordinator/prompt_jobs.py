@@ -34,7 +34,9 @@ from .store import Store
 
 log = logging.getLogger("hypergossip.prompts")
 
-MAX_QUEUE = 1000
+MAX_QUEUE = 64  # jobs waiting, all users together
+MAX_PER_USER = 4  # jobs waiting or running for one hypc_user
+MAX_JOB_SECONDS = 6 * 3600.0
 # (prompts, model digest, gen params JSON) -> the peers' verified answers, or None (no peers)
 Remote = Callable[[list[str], str, str], Awaitable[Verification | None]]
 
@@ -62,7 +64,7 @@ class PromptRequest(msgspec.Struct, forbid_unknown_fields=True):
             return "population must be in [2, 200] and generations in [1, 500]"
         if not 1 <= self.max_calls <= 100_000:
             return "max_calls must be in [1, 100000]"
-        limit = 50.0 if sync else 24 * 3600.0
+        limit = 50.0 if sync else MAX_JOB_SECONDS
         if not 0 < self.max_seconds <= limit:
             return f"max_seconds must be in (0, {limit:g}] here"
         if any(k not in ("vader", "lexical", "length", "embedding") or not 0 <= v <= 100
@@ -107,6 +109,8 @@ class PromptJobs:
     def submit(self, user: str, req: PromptRequest) -> int:
         if self.store.queue_length() >= MAX_QUEUE:
             raise OverflowError(f"the queue holds {MAX_QUEUE} jobs already")
+        if self.store.active_jobs(user) >= MAX_PER_USER:
+            raise OverflowError(f"{user} has {MAX_PER_USER} jobs waiting or running already")
         number = self.store.add_job(user, msgspec.json.encode(req).decode())
         self._wake.set()
         return number

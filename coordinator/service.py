@@ -33,8 +33,6 @@ from pathlib import Path
 
 import msgspec
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import GossipConfig, Limits, NetworkNode, StreamProtocolError
@@ -88,6 +86,7 @@ from protocol.replication import Reputation
 from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
 from protocol.workloads import Stats, Workload, get_workload
 
+from . import httpserver
 from .prompt_jobs import PromptJobs
 from .store import Store
 
@@ -142,7 +141,9 @@ class CoordinatorConfig:
     secure_protocol: str = "auto"
     vss_committee: int = 16  # committee size of vss rounds (threshold survives 30 % of it)
     vss_bits: int = 14  # range-proof bits per coordinate (resolution of the range)
-    llm_backend: str | None = "echo"  # prompt search on this coordinator; None: off
+    http_write_timeout: float = httpserver.WRITE_TIMEOUT  # slower HTTP readers are cut off
+    llm_backend: str | None = "echo"  # prompt search's own LLM; None: no prompt search
+    prompt_search: bool = False  # serve prompt search beside another workload (prompt: always)
     redundancy: int = 2  # peers that evaluate each prompt (1: no verification)
     llm_max_tokens: int = 32
     llm_url: str | None = None
@@ -185,7 +186,7 @@ class Coordinator:
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.roundlog = RoundLog()
         self.prompt_jobs: PromptJobs | None = None
-        if config.llm_backend:
+        if config.llm_backend and (config.workload == "prompt" or config.prompt_search):
             backend = make_backend(config.llm_backend, url=config.llm_url,
                                    model=config.llm_model, max_new_tokens=config.llm_max_tokens)
             self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder(),
@@ -245,14 +246,12 @@ class Coordinator:
                 await self.node.subscribe(TOPIC_REPLICAS, _ignore,
                                           validate=incremental.valid_replica_gossip)
             async with trio.open_nursery() as nursery:
-                hc = HypercornConfig()
-                hc.bind = [f"{self.config.http_host}:{self.config.port}"]
-                hc.accesslog = None
-                hc.errorlog = logging.getLogger("hypercorn.error")
-                hc.graceful_timeout = 1.0
+                hc = httpserver.config(self.config.http_host, self.config.port,
+                                       write_timeout=self.config.http_write_timeout)
                 self.http_urls = await nursery.start(
-                    lambda task_status: serve(build_app(self), hc, task_status=task_status,
-                                              shutdown_trigger=self._stop.wait))
+                    lambda task_status: httpserver.serve_http(
+                        build_app(self), hc, task_status=task_status,
+                        shutdown_trigger=self._stop.wait))
                 log.info("coordinator %s: HTTP %s, libp2p %s", self.peer_id,
                          ", ".join(self.http_urls), ", ".join(self.node.addrs))
                 if self.workload.name != "prompt":  # prompt search runs jobs, not rounds

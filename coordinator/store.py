@@ -112,14 +112,36 @@ class Store:
         self._touched[peer_id] = now
         self.db.execute("UPDATE peers SET last_seen=? WHERE peer_id=?", (now, peer_id))
 
-    def peers(self) -> list[dict[str, Any]]:
+    def peers(self, limit: int = 2**31, offset: int = 0) -> list[dict[str, Any]]:
         return [{"peer_id": r["peer_id"], "admitted_at": r["admitted_at"],
                  "last_seen": r["last_seen"], "addrs": json.loads(r["addrs"]), "agent": r["agent"]}
-                for r in self.db.execute("SELECT * FROM peers ORDER BY admitted_at")]
+                for r in self.db.execute("SELECT * FROM peers ORDER BY admitted_at, peer_id "
+                                         "LIMIT ? OFFSET ?", (limit, offset))]
 
-    def rejections_by_peer(self) -> dict[str, dict[str, int]]:
+    def rejections_by_peer(self, peers: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Refusal counts by peer and reason (of ``peers`` only, when given)."""
         out: dict[str, dict[str, int]] = {}
-        for r in self.db.execute("SELECT peer_id, reason, count FROM rejections ORDER BY reason"):
+        if peers is None:
+            rows = self.db.execute("SELECT peer_id, reason, count FROM rejections ORDER BY reason")
+        else:
+            rows = []
+            for i in range(0, len(peers), 500):
+                chunk = peers[i:i + 500]
+                rows += self.db.execute(
+                    "SELECT peer_id, reason, count FROM rejections WHERE peer_id IN "
+                    f"({','.join('?' * len(chunk))}) ORDER BY reason", chunk).fetchall()
+        for r in rows:
+            out.setdefault(r["peer_id"], {})[r["reason"]] = r["count"]
+        return out
+
+    def stranger_rejections(self, limit: int) -> dict[str, dict[str, int]]:
+        """Refusal counts of up to ``limit`` peers that are not admitted, most recent first."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self.db.execute(
+            "SELECT r.peer_id, r.reason, r.count FROM rejections r WHERE r.peer_id IN ("
+            " SELECT peer_id FROM rejections WHERE peer_id NOT IN (SELECT peer_id FROM peers)"
+            " GROUP BY peer_id ORDER BY MAX(last_at) DESC LIMIT ?) ORDER BY r.reason", (limit,))
+        for r in rows:
             out.setdefault(r["peer_id"], {})[r["reason"]] = r["count"]
         return out
 
@@ -254,6 +276,10 @@ class Store:
         row = self.db.execute("SELECT MIN(job_number) FROM prompt_jobs WHERE status='queued'"
                               ).fetchone()
         return row[0]
+
+    def active_jobs(self, user: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM prompt_jobs WHERE user=? AND status IN "
+                               "('queued', 'running')", (user,)).fetchone()[0]
 
     def queue_length(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM prompt_jobs WHERE status='queued'"

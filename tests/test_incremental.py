@@ -92,8 +92,10 @@ async def test_copiers_see_the_gossip_but_nothing_they_copy_is_accepted(data_dir
         for seg in v["result"]["segments"]:
             assert copier not in seg["agree"]
     first = views[0]["result"]["segments"]
-    assert any(copier in s["bad_reveal"] for s in first) or not any(
-        copier in s["replicas"] for s in first)
+    # what it copied in is refused (a reveal that does not open its commitment), or, when
+    # no co-replica's reveal reached it in time (a loaded machine), it revealed nothing
+    assert all(copier in s["bad_reveal"] or copier in s["missing"]
+               for s in first if copier in s["replicas"])
     assert not {p["peer_id"]: p for p in rep["peers"]}[copier]["eligible"]
 
 

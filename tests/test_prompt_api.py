@@ -10,7 +10,7 @@ from .netutil import start_coordinator, wait_for
 
 async def test_prompt_endpoints(data_dir):
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, max_rounds=0, llm_backend="echo")
+        coord = await start_coordinator(nursery, data_dir, workload="prompt", llm_backend="echo")
         url = coord.http_url
         async with httpx.AsyncClient(timeout=60) as http:
             # the seed's own test
