@@ -136,6 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "connected and to break ties: echo (output = prompt, the seed's), local "
                    "(SmolLM2-135M-Instruct, shipped), openai (--llm-url); none turns prompt "
                    "search off (default: %(default)s)")
+    g.add_argument("--prompt-search", action="store_true",
+                   help="serve prompt search (POST /prompt, /prompt/jobs) beside another "
+                   "workload; --workload prompt always does, other coordinators do not")
     g.add_argument("--llm-url", help="openai backend: base URL, e.g. http://127.0.0.1:8080/v1")
     g.add_argument("--llm-model", help="openai backend: model name")
     g.add_argument("--llm-max-tokens", type=int, default=32,
@@ -264,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         secure_protocol=args.secure_protocol, vss_committee=args.vss_committee,
         workload_options=options,
         llm_backend=None if args.llm_backend == "none" else args.llm_backend,
+        prompt_search=args.prompt_search,
         llm_url=args.llm_url, llm_model=args.llm_model, redundancy=args.redundancy,
         llm_max_tokens=args.llm_max_tokens)
     try:

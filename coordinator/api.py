@@ -57,16 +57,19 @@ def build_app(coord: Coordinator):
 
     @aim.endpoint(
         "/health", documentation="Liveness, this coordinator's libp2p peer id and multiaddrs "
-        "(give one to a peer as --bootstrap), the current round and uptime.",
+        "(give one to a peer as --bootstrap), the current round and uptime, and 'contained': "
+        "inputs below our envelopes that were refused or broke a task of the network stack "
+        "and were contained, by kind (gossip flood, yamux window, request limit, ...).",
         output={"status": "ok", "peer_id": "<str>", "multiaddrs": ["<str>"], "round": "<int>",
-                "workload": "<str>", "uptime_s": "<float>"},
+                "workload": "<str>", "uptime_s": "<float>", "contained": {"<kind>": "<int>"}},
         example_calls=[example({"status": "ok", "peer_id": PEER_ID,
                                 "multiaddrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}"],
                                 "round": 3, "workload": "stats", "uptime_s": 12.5})])
     async def health(request: Request) -> dict[str, Any]:
         return {"status": "ok", "peer_id": coord.peer_id, "multiaddrs": coord.node.addrs,
                 "round": coord.current.number if coord.current else store.last_round(),
-                "workload": coord.workload.name, "uptime_s": time.time() - coord.started_at}
+                "workload": coord.workload.name, "uptime_s": time.time() - coord.started_at,
+                "contained": dict(coord.node.faults.by_kind)}
 
     @aim.endpoint(
         "/peers", documentation="Admitted peers, oldest first, a page at a time (query: limit "

@@ -1,31 +1,75 @@
-"""Hostile wire traffic: what a modified client can send below our envelopes.
+"""Hostile wire traffic: what a modified client can send below and around our envelopes.
 
 :mod:`peer.attacks` holds peers that lie inside the protocol; this module
-holds the raw material for the layers under it: a bare libp2p host with no
+holds the raw material for everything else: a bare libp2p host with no
 pubsub and none of our protocols (so nothing of ours filters what it sends),
-and builders for frames that py-libp2p or our handlers must survive. The
-hostile harness (``scripts/bench/hostile.py``) and the tests use it; nothing
-in a node imports it.
+builders for frames that py-libp2p or our handlers must survive, and a
+catalogue of hostile inputs by layer (:data:`LAYERS`) for the hostile
+harness (``scripts/bench/hostile.py``) and the tests. Nothing in a node
+imports it.
+
+Every attack is ``async (Hostile, Target) -> Counter`` of outcomes as the
+attacker sees them (``refused:<reason>``, ``reset``, ``closed``, ``4xx``,
+...), one count per hostile input it sent; none of them should ever read
+``accepted``. Each is bounded in time (no attack waits longer than a few
+seconds) and in bytes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import random
+import struct
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+import msgspec
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.utils import encode_varint_prefixed
+from libp2p.utils.varint import encode_uvarint
+
+from protocol.envelope import Envelope, seal
+from protocol.identity import Identity
+from protocol.messages import (
+    ANNOUNCE,
+    CONTRIBUTION,
+    ENROLL,
+    PROTO_BLOB,
+    PROTO_PULL,
+    PROTO_SESSION,
+    PROTO_SUBMIT,
+    RESULT,
+    TOPIC_ANNOUNCE,
+    TOPIC_REPLICAS,
+    TOPIC_RESULT,
+    TOPIC_SUBMIT,
+    Enroll,
+    PullRequest,
+    RoundAnnounce,
+    StatsContribution,
+    SubmitAck,
+    decode,
+    encode,
+    enroll_round,
+)
 
 MESHSUB = TProtocol("/meshsub/1.1.0")
+Outcomes = Counter
 
 
+# --- raw material ------------------------------------------------------------------------------
 @asynccontextmanager
 async def raw_host(seed: bytes | None = None, **options: Any) -> AsyncIterator[Any]:
     """A running libp2p host (TCP on 127.0.0.1) that runs nothing but what its user sends."""
@@ -72,3 +116,435 @@ def bad_key_rpc(topic: str) -> bytes:
                           seqno=os.urandom(8), topicIDs=[topic], signature=b"\x01" * 64,
                           key=b"\xff\xff\xff")
     return rpc_pb2.RPC(publish=[msg]).SerializeToString()
+
+
+def yamux_frame(typ: int, flags: int, stream_id: int, length: int, body: bytes = b"",
+                version: int = 0) -> bytes:
+    return struct.pack("!BBHII", version, typ, flags, stream_id, length) + body
+
+
+def frame(data: bytes) -> bytes:
+    """Our stream protocols' frame: a 4-byte big-endian length, then the bytes."""
+    return struct.pack(">I", len(data)) + data
+
+
+# --- the hostile client ---------------------------------------------------------------------------
+@dataclass
+class Target:
+    peer_id: str
+    addr: str  # /ip4/127.0.0.1/tcp/PORT/p2p/ID
+    http: str | None = None  # the coordinator's base URL
+    coordinator: bool = False
+
+    @property
+    def tcp(self) -> tuple[str, int]:
+        parts = self.addr.split("/")
+        return parts[2], int(parts[4])
+
+
+@dataclass
+class Hostile:
+    """One attacker: a bare libp2p host under a key the coordinator admitted (``mallory``),
+    a stranger's key, and what it learned (``seen``: envelopes it was sent, to replay)."""
+
+    host: Any
+    mallory: Identity
+    coordinator_id: str
+    round_hint: int = 1
+    seen: list[bytes] = field(default_factory=list)
+    http: httpx.AsyncClient | None = None
+
+    async def stream(self, target: Target, protocol: str) -> Any:
+        peer = await dial(self.host, target.addr)
+        return await self.host.new_stream(peer, [TProtocol(protocol)])
+
+    async def exchange(self, target: Target, protocol: str, data: bytes, *,
+                       timeout: float = 3.0) -> str:
+        """Write raw ``data`` on a fresh stream, read one framed answer: the outcome."""
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.stream(target, protocol)
+                await stream.write(data)
+                head = await _read(stream, 4)
+                if head is None:
+                    return "reset"
+                (n,) = struct.unpack(">I", head)
+                if n > 16 << 20:
+                    return "bad answer"
+                body = await _read(stream, n)
+                await _reset(stream)
+        except trio.TooSlowError:
+            return "timeout"
+        except Exception:
+            return "reset"
+        if body is None:
+            return "reset"
+        if protocol == PROTO_SUBMIT:
+            try:
+                ack = decode(body, SubmitAck)
+            except Exception:
+                return "answered"
+            return "accepted" if ack.accepted else f"refused:{ack.reason.split(':')[0]}"
+        return "answered" if body else "empty"
+
+
+async def _read(stream: Any, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = await stream.read(n - len(buf))
+        except Exception:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+async def _reset(stream: Any) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+async def _tcp_probes(target: Target, make: Callable[[], bytes], n: int = 8) -> Outcomes:
+    """``n`` fresh TCP connections at once, each writing ``make()``: how many the node closed
+    (at once, or at its 5 s handshake deadline), and how many it still held after 12 s."""
+    out: Outcomes = Counter()
+
+    async def one() -> None:
+        out[await _tcp_probe(target, make(), wait=12.0)] += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return out
+
+
+async def _tcp_probe(target: Target, data: bytes, *, wait: float = 3.0) -> str:
+    """Write raw bytes on a fresh TCP connection: closed by the node, or still open."""
+    try:
+        stream = await trio.open_tcp_stream(*target.tcp)
+    except OSError:
+        return "refused"
+    try:
+        with trio.move_on_after(wait) as scope:
+            await stream.send_all(data)
+            while await stream.receive_some(65536):
+                pass
+        return "open" if scope.cancelled_caught else "closed"
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return "closed"
+    finally:
+        await stream.aclose()
+
+
+def _junk_envelopes(h: Hostile, r: int) -> list[tuple[str, bytes]]:
+    """Envelopes a modified client can make, none of which may be accepted."""
+    stranger = Identity.generate()
+    good = encode(StatsContribution(height=170.0, weight=70.0))
+    real = msgspec.msgpack.decode(seal(h.mallory, CONTRIBUTION, r, good), type=Envelope)
+    forged = msgspec.structs.replace(real, sender=Identity.generate().public_key)
+    flipped = msgspec.structs.replace(real, payload=b"x" + real.payload[1:])
+    out = [
+        ("forged", msgspec.msgpack.encode(forged)),
+        ("tampered", msgspec.msgpack.encode(flipped)),
+        ("stale", seal(h.mallory, CONTRIBUTION, max(0, r - 5), good)),
+        ("future", seal(h.mallory, CONTRIBUTION, r + 5, good)),
+        ("stranger", seal(stranger, CONTRIBUTION, r, good)),
+        ("schema", seal(h.mallory, CONTRIBUTION, r, b"\x81\xa3bad\x01")),
+        ("wrong_domain", seal(h.mallory, ANNOUNCE, r, good)),
+        ("oversize", seal(h.mallory, CONTRIBUTION, r, os.urandom(9 << 20))),
+        ("garbage", os.urandom(random.randint(1, 400))),
+        ("out_of_range", seal(h.mallory, CONTRIBUTION, r, encode(
+            StatsContribution(height=250.0, weight=300.0))[:-1] + b"\xff")),
+    ]
+    out += [("replay", w) for w in h.seen[-2:]]
+    return out
+
+
+# --- attacks by layer ---------------------------------------------------------------------------
+async def tcp_noise(h: Hostile, t: Target) -> Outcomes:
+    """Random bytes where a multistream header belongs, or nothing at all (slowloris)."""
+    return await _tcp_probes(t, lambda: os.urandom(random.choice([0, 1, 7, 300, 4096])))
+
+
+async def tcp_huge_prefix(h: Hostile, t: Target) -> Outcomes:
+    """GHSA-hmjq-g7pp-rw3x: a 2^31 length prefix before authentication, then a stream of
+    bytes (0.8.1 buffered it all)."""
+    return await _tcp_probes(t, lambda: encode_uvarint(2**31) + b"A" * 65536)
+
+
+async def tcp_bad_security(h: Hostile, t: Target) -> Outcomes:
+    """A multistream header, then security protocols we do not speak (plaintext, which
+    let anyone claim any peer id, among them), then garbage where Noise belongs."""
+    proposals = [b"/multistream/1.0.0\n", b"/plaintext/2.0.0\n", b"/secio/1.0.0\n",
+                 b"/noise\n"]
+    data = b"".join(encode_uvarint(len(p)) + p for p in proposals)
+    return await _tcp_probes(t, lambda: data + os.urandom(512))
+
+
+async def multistream_junk(h: Hostile, t: Target) -> Outcomes:
+    """Stream protocol names nobody serves, oversize, or not UTF-8."""
+    out: Outcomes = Counter()
+    for proto in (f"/{os.urandom(8).hex()}/1.0.0", "/" + "x" * 2000, "/\udcff/bad"):
+        try:
+            with trio.fail_after(5):
+                await h.stream(t, proto)
+            out["accepted"] += 1
+        except Exception:
+            out["refused"] += 1
+    return out
+
+
+async def multistream_oversize(h: Hostile, t: Target) -> Outcomes:
+    """A 2^31 multistream length prefix on an authenticated stream."""
+    try:
+        peer = await dial(h.host, t.addr)
+        conn = h.host.get_network().connections[peer][0]
+        muxed = await conn.muxed_conn.open_stream()
+        await muxed.write(encode_uvarint(2**31) + b"B" * 4096)
+        with trio.move_on_after(3):
+            while await muxed.read(1024):  # the node's own header, then it hangs up
+                pass
+            return Counter({"closed": 1})
+        await muxed.reset()
+        return Counter({"open": 1})
+    except Exception:
+        return Counter({"closed": 1})
+
+
+async def _yamux_raw(h: Hostile, t: Target, frames: bytes) -> str:
+    """Write raw yamux frames under the attacker's own muxer; the connection survives them
+    (``alive``) or the node closes it (``closed``)."""
+    try:
+        peer = await dial(h.host, t.addr)
+        conn = h.host.get_network().connections[peer][0]
+        await conn.muxed_conn.secured_conn.write(frames)
+        await trio.sleep(0.2)
+        with trio.fail_after(3):
+            await h.host.new_stream(peer, [TProtocol(PROTO_PULL)])
+        return "alive"
+    except Exception:
+        return "closed"
+    finally:  # a fresh connection for the next attack
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await h.host.disconnect(ID.from_base58(t.peer_id))
+        except Exception:
+            pass
+
+
+async def yamux_over_window(h: Hostile, t: Target) -> Outcomes:
+    """A new stream whose first DATA frames carry 512 KiB against a 256 KiB window."""
+    sid = random.randrange(1 << 20, 1 << 30) | 1
+    chunk = os.urandom(65536 - 12)
+    frames = yamux_frame(0, 1, sid, len(chunk), chunk)
+    frames += b"".join(yamux_frame(0, 0, sid, len(chunk), chunk) for _ in range(8))
+    return Counter({await _yamux_raw(h, t, frames): 1})
+
+
+async def yamux_bad_frames(h: Hostile, t: Target) -> Outcomes:
+    """A frame of an unknown version or type, DATA for streams that do not exist, a
+    window update that overflows, a ping flood, a go-away."""
+    sid = random.randrange(1 << 20, 1 << 30) | 1
+    choice = random.choice([
+        yamux_frame(0, 0, 0, 0, version=7),
+        yamux_frame(9, 0, sid, 0),
+        yamux_frame(0, 0, sid + 2, 16, b"\x00" * 16),
+        yamux_frame(1, 1, sid, 0xFFFFFFFF) + yamux_frame(1, 0, sid, 0xFFFFFFFF),
+        b"".join(yamux_frame(2, 1, 0, i) for i in range(200)),
+        yamux_frame(3, 0, 0, 2),
+        yamux_frame(0, 0, sid, 1 << 30),  # announces more than MAX_WINDOW_SIZE
+    ])
+    return Counter({await _yamux_raw(h, t, choice): 1})
+
+
+async def yamux_stream_flood(h: Hostile, t: Target) -> Outcomes:
+    """200 streams opened at once (SYN only) on one connection: beyond the node's limit
+    they are reset."""
+    base = random.randrange(1 << 20, 1 << 29) | 1
+    syns = b"".join(yamux_frame(1, 1, base + 2 * i, 0) for i in range(200))
+    return Counter({await _yamux_raw(h, t, syns): 200})
+
+
+async def meshsub_rpcs(h: Hostile, t: Target) -> Outcomes:
+    """Meshsub RPCs py-libp2p must survive: the bad-key message of finding 1, garbage, an
+    oversize frame, a subscription flood, control floods (IHAVE, IWANT, GRAFT, PRUNE with
+    junk peer records and a huge back-off), messages with bad signatures or claiming the
+    coordinator's id."""
+    topic = random.choice([TOPIC_SUBMIT, TOPIC_ANNOUNCE, TOPIC_RESULT, TOPIC_REPLICAS])
+    coord = ID.from_base58(h.coordinator_id).to_bytes()
+    ctrl = rpc_pb2.ControlMessage(
+        ihave=[rpc_pb2.ControlIHave(topicID=topic, messageIDs=[os.urandom(20)
+                                                                for _ in range(500)])],
+        iwant=[rpc_pb2.ControlIWant(messageIDs=[os.urandom(20) for _ in range(500)])],
+        graft=[rpc_pb2.ControlGraft(topicID=f"t{i}") for i in range(50)],
+        prune=[rpc_pb2.ControlPrune(topicID=topic, backoff=2**63, peers=[
+            rpc_pb2.PeerInfo(peerID=os.urandom(38), signedPeerRecord=os.urandom(100))])])
+    rpcs = [
+        bad_key_rpc(topic),
+        os.urandom(300),
+        rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=f"junk{i}")
+                                   for i in range(6000)]).SerializeToString(),
+        rpc_pb2.RPC(control=ctrl).SerializeToString(),
+        rpc_pb2.RPC(publish=[rpc_pb2.Message(from_id=coord, data=os.urandom(64),
+                                             seqno=os.urandom(8), topicIDs=[topic],
+                                             signature=os.urandom(64))]).SerializeToString(),
+    ]
+    out: Outcomes = Counter()
+    try:
+        stream = await send_rpcs(h.host, t.addr, rpcs)
+        await stream.write(encode_uvarint(2 << 20) + b"C" * 1024)  # an oversize RPC frame
+        out["sent"] += len(rpcs) + 1
+        await _reset(stream)
+    except Exception:
+        out["closed"] += len(rpcs) + 1
+    return out
+
+
+async def topic_junk(h: Hostile, t: Target) -> Outcomes:
+    """Validly signed gossip (by the attacker's libp2p key) whose payloads are junk or forged
+    envelopes, on every topic: the node's validators refuse them, and they count against
+    the attacker's score; then a flood of 400 such messages in one burst."""
+    out: Outcomes = Counter()
+    payloads = [w for _, w in _junk_envelopes(h, h.round_hint) if len(w) < 400_000]
+    forged_announce = seal(h.mallory, ANNOUNCE, h.round_hint + 1, encode(RoundAnnounce(
+        round=h.round_hint + 1, workload="stats", deadline_ms=0, min_peers=1)))
+    forged_result = seal(h.mallory, RESULT, h.round_hint, os.urandom(64))
+    try:
+        stream = None
+        for topic, batch in ((TOPIC_SUBMIT, payloads), (TOPIC_ANNOUNCE, [forged_announce]),
+                             (TOPIC_RESULT, [forged_result]), (TOPIC_REPLICAS, payloads[:3]),
+                             (TOPIC_SUBMIT, [os.urandom(32) for _ in range(400)])):
+            rpc = signed_messages(h.host, topic, batch)
+            if stream is None:
+                stream = await send_rpcs(h.host, t.addr, [rpc])
+            else:
+                await stream.write(encode_varint_prefixed(rpc))
+            out["sent"] += len(batch)
+        if stream is not None:
+            await trio.sleep(0.05)
+            await _reset(stream)
+    except Exception:
+        out["closed"] += 1
+    return out
+
+
+async def submit_junk(h: Hostile, t: Target) -> Outcomes:
+    """Every kind of bad envelope on the coordinator's submit protocol; and frames over the
+    limit, cut short, or not envelopes at all."""
+    out: Outcomes = Counter()
+    for _, wire in _junk_envelopes(h, h.round_hint):
+        out[await h.exchange(t, PROTO_SUBMIT, frame(wire))] += 1
+    out[await h.exchange(t, PROTO_SUBMIT, struct.pack(">I", 64 << 20) + b"x" * 100)] += 1
+    return out
+
+
+async def session_junk(h: Hostile, t: Target) -> Outcomes:
+    """Sessions: a stranger's (refused), malformed frames, submits of junk envelopes."""
+    from peer.session import Submit  # a session's frames, as a modified client writes them
+
+    out: Outcomes = Counter()
+    wires = [w for _, w in _junk_envelopes(h, h.round_hint) if len(w) < 1 << 20]
+    data = frame(os.urandom(50)) + b"".join(frame(encode(Submit(i, w)))
+                                            for i, w in enumerate(wires))
+    try:
+        with trio.fail_after(5):
+            stream = await h.stream(t, PROTO_SESSION)
+            await stream.write(data)
+            with trio.move_on_after(1):
+                while await stream.read(65536):
+                    pass
+            await _reset(stream)
+        out["closed"] += 1 + len(wires)
+    except Exception:
+        out["reset"] += 1 + len(wires)
+    return out
+
+
+async def pull_and_blob_junk(h: Hostile, t: Target) -> Outcomes:
+    """Pull requests that are junk, ask for others' personal messages or absurd rounds;
+    blob requests of the wrong length or for digests nobody has."""
+    out: Outcomes = Counter()
+    for req in (os.urandom(40), encode(PullRequest(kind="personal", round=h.round_hint,
+                                                   tag="masked")),
+                encode(PullRequest(kind="announce", round=2**53)),
+                encode(PullRequest(kind="nonsense")), b"\x00" * 2000):
+        out[await h.exchange(t, PROTO_PULL, frame(req))] += 1
+    for req in (os.urandom(31), os.urandom(32), b""):
+        out[await h.exchange(t, PROTO_BLOB, frame(req))] += 1
+    return out
+
+
+async def http_junk(h: Hostile, t: Target) -> Outcomes:
+    """HTTP: junk paths and methods, bad parameters, bodies that are too large, not JSON or
+    on a GET, header floods, and a prompt search a stats coordinator does not serve."""
+    assert h.http is not None and t.http is not None
+    out: Outcomes = Counter()
+    requests = [
+        ("GET", "/" + os.urandom(6).hex(), None, None),
+        ("GET", "/rounds/" + "9" * 300, None, None),
+        ("GET", "/rounds?limit=-5", None, None),
+        ("GET", "/peers?limit=100000", None, None),
+        ("DELETE", "/model", None, None),
+        ("POST", "/post_data/1", b"{not json", None),
+        ("POST", "/post_data/1", b"{" + b" " * 70000 + b"}", None),
+        ("POST", "/post_data/1", b'{"height": 1e9, "weight": -5}', None),
+        ("GET", "/peers", b"x" * 60000, None),
+        ("GET", "/health", None, {f"x-junk-{i}": "y" * 100 for i in range(200)}),
+        ("POST", "/prompt", b'{"target_output": "x", "fitness": {"embedding": 1}}', None),
+    ]
+    for method, path, body, headers in requests:
+        try:
+            r = await h.http.request(method, t.http + path, content=body, headers=headers)
+            out[f"{r.status_code // 100}xx" if r.status_code != 200 else "200"] += 1
+        except httpx.HTTPError:
+            out["closed"] += 1
+    return out
+
+
+async def http_slow(h: Hostile, t: Target) -> Outcomes:
+    """A body cut short, and a request whose answer is never read."""
+    assert t.http is not None
+    host, port = t.http.removeprefix("http://").split(":")
+    out: Outcomes = Counter()
+    for data in (b"POST /post_data/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{",
+                 b"GET /peers?limit=1000 HTTP/1.1\r\nHost: x\r\n\r\n"):
+        try:
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(data)
+            await stream.aclose()
+            out["sent"] += 1
+        except OSError:
+            out["refused"] += 1
+    return out
+
+
+Attack = Callable[[Hostile, Target], Awaitable[Outcomes]]
+LAYERS: dict[str, list[tuple[Attack, bool]]] = {  # (attack, also aimed at a peer)
+    "tcp (before the handshake)": [(tcp_noise, True), (tcp_huge_prefix, True),
+                                   (tcp_bad_security, True)],
+    "multistream": [(multistream_junk, True), (multistream_oversize, True)],
+    "yamux": [(yamux_over_window, True), (yamux_bad_frames, True),
+              (yamux_stream_flood, False)],
+    "meshsub RPCs": [(meshsub_rpcs, True)],
+    "gossip topics": [(topic_junk, True)],
+    "stream protocols": [(submit_junk, False), (session_junk, False),
+                         (pull_and_blob_junk, True)],
+    "HTTP": [(http_junk, False), (http_slow, False)],
+}
+
+
+async def enroll(h: Hostile, coordinator: Target) -> bool:
+    """Admit ``mallory`` (it attacks from inside as well as outside)."""
+    wire = seal(h.mallory, ENROLL, enroll_round(time.time()), encode(Enroll(workloads=["stats"])))
+    peer = await dial(h.host, coordinator.addr)
+    stream = await h.host.new_stream(peer, [TProtocol(PROTO_SUBMIT)])
+    await stream.write(frame(wire))
+    head = await _read(stream, 4)
+    body = await _read(stream, struct.unpack(">I", head)[0]) if head else None
+    await _reset(stream)
+    return body is not None and decode(body, SubmitAck).accepted

@@ -30,6 +30,15 @@ receive windows enforced              yamux only logged "peer exceeded receive w
                                       is closed before its body is read, so a stream
                                       never holds more than we granted. mplex, which has
                                       no flow control at all, is not offered.
+inbound connections gated per IP     py-libp2p holds one of its 250 inbound slots per
+(``Swarm._handle_inbound_connection``) connection for the connection's life, handshakes
+                                      included: one host with 250 idle sockets (or 250
+                                      free keys) shut everyone else out. Here each source
+                                      address may hold ``connections_per_ip``
+                                      connections, ``pending_per_ip`` of them still in
+                                      their handshake, and all sources together
+                                      ``pending_total`` handshakes (``peer.node.Limits``);
+                                      beyond, the socket is closed at once, counted.
 inbound streams per connection        yamux set no limit on streams a remote opens (it
 capped (``_handle_muxed_stream``)     bounds only our own), and each one runs a
                                       negotiation and a handler; beyond
@@ -84,6 +93,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
 from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
 from libp2p.protocol_muxer import multiselect_communicator as _multiselect_communicator
@@ -189,6 +200,89 @@ def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False
         name = get_task_name(async_fn, name)
         async_fn = _contain(self._service, async_fn, name)
     _original_run_task(self, async_fn, *args, daemon=daemon, name=name, _internal=_internal)
+
+
+# --- inbound connections gated per source address ----------------------------------------------
+_original_handle_inbound = Swarm._handle_inbound_connection
+_original_upgrade_inbound = Swarm.upgrade_inbound_raw_conn
+LOOPBACK = ("127.", "::1")
+
+
+class _Gate:
+    """Inbound connections of one swarm by source IP: all of them, and those still in their
+    handshake (security and muxer negotiation)."""
+
+    def __init__(self) -> None:
+        self.open: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
+
+    @staticmethod
+    def drop(counter: Counter[str], ip: str) -> None:
+        counter[ip] -= 1
+        if counter[ip] <= 0:
+            del counter[ip]
+
+
+def _gate(swarm: Any) -> _Gate:
+    gate = getattr(swarm, "_hg_gate", None)
+    if gate is None:
+        gate = swarm._hg_gate = _Gate()
+    return gate
+
+
+def _source_ip(conn: Any) -> str:
+    try:
+        address = conn.get_remote_address()
+    except Exception:
+        address = None
+    return str(address[0]) if address else "unknown"
+
+
+def _exempt(swarm: Any, ip: str) -> bool:
+    limits = getattr(swarm, "_hg_limits", None)
+    return limits is None or (limits.exempt_loopback and ip.startswith(LOOPBACK))
+
+
+async def _handle_inbound_connection(self: Swarm, read_write_closer: Any, maddr: Any) -> None:
+    ip, gate, limits = _source_ip(read_write_closer), _gate(self), getattr(self, "_hg_limits",
+                                                                           None)
+    if limits is not None and not _exempt(self, ip) and \
+            gate.open[ip] >= limits.connections_per_ip:
+        faults_of(self).record("connections per address", ip, RuntimeError(
+            f"{gate.open[ip]} connections from {ip} already"))
+        await _close_quietly(read_write_closer)
+        return
+    gate.open[ip] += 1
+    try:
+        await _original_handle_inbound(self, read_write_closer, maddr)
+    finally:
+        gate.drop(gate.open, ip)
+
+
+async def _upgrade_inbound(self: Swarm, raw_conn: Any, maddr: Any) -> Any:
+    ip, gate, limits = _source_ip(raw_conn), _gate(self), getattr(self, "_hg_limits", None)
+    if limits is not None:
+        total = sum(gate.pending.values())
+        busy = (total >= limits.pending_total) or (
+            not _exempt(self, ip) and gate.pending[ip] >= limits.pending_per_ip)
+        if busy:
+            faults_of(self).record("handshakes pending", ip, RuntimeError(
+                f"{gate.pending[ip]} handshakes from {ip}, {total} in all, pending"))
+            await _close_quietly(raw_conn)
+            raise SwarmException("too many handshakes pending")
+    gate.pending[ip] += 1
+    try:
+        return await _original_upgrade_inbound(self, raw_conn, maddr)
+    finally:
+        gate.drop(gate.pending, ip)
+
+
+async def _close_quietly(conn: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        try:
+            await conn.close()
+        except Exception:
+            pass
 
 
 # --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------
@@ -420,6 +514,8 @@ def install() -> None:
     _yamux.read_exactly = _read_exactly_noting_headers
     _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt
     SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
+    Swarm._handle_inbound_connection = _handle_inbound_connection  # type: ignore[method-assign]
+    Swarm.upgrade_inbound_raw_conn = _upgrade_inbound  # type: ignore[method-assign]
     if os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1" and \
             hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
         _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_in_halves

@@ -45,6 +45,7 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -98,6 +99,11 @@ class Limits:
     one protects against. A yamux stream never holds more than the window it was granted
     (:class:`peer.libp2p_patches.BoundedYamux`), whatever these say."""
 
+    connections_per_ip: int = 64  # inbound connections from one source address
+    pending_per_ip: int = 16  # ... of them still in their handshake
+    pending_total: int = 128  # inbound handshakes at once, all sources together
+    handshake_timeout: float = 5.0  # seconds an inbound connection has to authenticate
+    exempt_loopback: bool = True  # 127.0.0.1 is not limited per address (local testnets)
     streams_per_connection: int = 64  # inbound streams open at once on one connection
     requests_per_peer: int = 8  # request streams of one peer being read or answered at once
     request_bytes: int = 256 << 20  # request bytes held (read or handled) at once, all peers
@@ -350,7 +356,9 @@ class NetworkNode:
         self._log = LogLimiter(60.0)  # stream refusals: one line a minute per (protocol, peer)
         key_pair = create_new_key_pair(identity.seed)
         self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair),
-                             muxer_opt=libp2p_patches.muxers())
+                             muxer_opt=libp2p_patches.muxers(),
+                             connection_config=ConnectionConfig(
+                                 inbound_upgrade_timeout=limits.handshake_timeout))
         transports = self.host.get_network().transport_manager.get_transports()
         if any("quic" in type(t).__name__.lower() for t in transports):  # see libp2p_patches
             raise RuntimeError("refusing to run a QUIC transport (GHSA-hrfr-7729-443m)")
@@ -371,6 +379,7 @@ class NetworkNode:
         for service in (self.host.get_network(), self.pubsub, self.router):
             libp2p_patches.register(service, self.faults)
         self.host.get_network()._hg_max_inbound_streams = limits.streams_per_connection
+        self.host.get_network()._hg_limits = limits  # read by libp2p_patches' gates
         self.blobs = BlobStore()
         self._nursery: trio.Nursery | None = None
         self.serve(PROTO_BLOB, self._serve_blob, max_request=32)

@@ -184,6 +184,8 @@ class Testnet:
                                                                "outofrange" else 0)),
                "--start-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
                "--round-pause", "0.5", "--log-level", a.log_level,
+               # all its peers enrol from this one address (the default allows 64 at once)
+               "--enroll-burst", str(max(64, a.peers + 8)),
                "--phase-timeout", str(a.phase_timeout)]
         if a.insecure:
             cmd.append("--insecure")

@@ -266,3 +266,41 @@ async def test_a_peer_may_hold_only_so_many_request_streams():
         raw = await other.request(node.peer_id, PROTO_PULL, encode(PullRequest(kind="head")))
         assert decode(raw, PullResponse).envelopes == []
         assert running(node)
+
+
+async def test_handshakes_and_connections_are_limited_per_source_address():
+    """py-libp2p held one of its 250 inbound slots per connection, handshakes included,
+    so one host with enough idle sockets shut everyone out. A source address may hold
+    ``pending_per_ip`` handshakes (the rest are closed at once), each for at most
+    ``handshake_timeout``, and ``connections_per_ip`` connections in all. (Loopback is
+    exempt by default, for local testnets; this test turns that off.)"""
+    from contextlib import AsyncExitStack
+
+    from peer.node import Limits
+
+    limits = Limits(exempt_loopback=False, pending_per_ip=4, connections_per_ip=6,
+                    handshake_timeout=2.0)
+    node = NetworkNode(Identity.generate(), limits=limits)
+    async with node.running():
+        host, port = node.addrs[0].split("/")[2], int(node.addrs[0].split("/")[4])
+        idle = [await trio.open_tcp_stream(host, port) for _ in range(8)]
+        await wait_for(lambda: node.faults.by_kind["handshakes pending"] == 4)
+        for stream in idle:  # the 4 let in are closed at their handshake timeout
+            with trio.fail_after(10):
+                try:
+                    while await stream.receive_some(1024):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+            await stream.aclose()
+        async with AsyncExitStack() as stack:
+            hosts = [await stack.enter_async_context(raw_host()) for _ in range(8)]
+            for h in hosts:
+                try:
+                    with trio.fail_after(5):
+                        await dial(h, node.addrs[0])
+                except Exception:
+                    pass  # refused: the point
+            await wait_for(lambda: node.faults.by_kind["connections per address"] >= 2)
+            assert len(node.connected_peers()) == 6
+        assert running(node)
