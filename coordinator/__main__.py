@@ -108,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds from a result to the next round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=0,
                    help="stop after this many rounds (default: 0 = run until stopped)")
+    p.add_argument("--retain-rounds", type=int, default=10_000, metavar="N",
+                   help="keep the last N rounds and their messages in the database, forget "
+                   "older ones (GET /rounds shows those kept); 0 keeps all (default: "
+                   "%(default)s)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     g = p.add_argument_group("incremental learning (--workload incremental)")
     g.add_argument("--segments", type=int, default=4,
@@ -150,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
+    if args.retain_rounds < 0:
+        p.error("--retain-rounds must be >= 0")
     if args.dp_epsilon and args.insecure:
         p.error("--dp-epsilon needs secure aggregation (its noise is added by the peers)")
     return args
@@ -260,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,
         limits=limits, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
+        retain_rounds=args.retain_rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,

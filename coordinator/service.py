@@ -126,6 +126,7 @@ class CoordinatorConfig:
     round_pause: float = 1.0
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
+    retain_rounds: int = 10_000  # rounds (and their messages) kept in the database; 0: all
     linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
     workload: str = "stats"
     workload_options: dict = field(default_factory=dict)  # e.g. incremental: segments=8
@@ -688,6 +689,13 @@ class Coordinator:
         self.store.close_round(rnd.number, outcome.status, outcome.accepted, dict(rnd.rejected),
                                outcome.result, digest, wire)
         self.roundlog.add(RESULT, rnd.number, wire)
+        self.roundlog.forget(NOTICE, before=rnd.number + 1)  # a closed round's are moot
+        retain = self.config.retain_rounds
+        if retain and rnd.number % max(1, min(100, retain // 4)) == 0 and \
+                rnd.number > retain:
+            gone = self.store.prune_rounds(before=rnd.number - retain + 1)
+            log.info("kept the last %d rounds in the database; forgot %d older ones", retain,
+                     gone)
         self.sent_at[(RESULT, rnd.number)] = time.monotonic()
         for key in [k for k in self.sent_at if k[1] < rnd.number - 64]:
             del self.sent_at[key]  # a coordinator runs for months

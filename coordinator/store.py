@@ -225,6 +225,18 @@ class Store:
                     "SELECT sender, domain, digest FROM messages WHERE round=? "
                     "ORDER BY received_at", (round,))]
 
+    def prune_rounds(self, before: int) -> int:
+        """Forget rounds numbered below ``before`` and their messages (the retention setting:
+        a coordinator runs for months; the database's free pages are then reused, so its
+        file stops growing). Returns the rounds forgotten."""
+        gone = self.db.execute("DELETE FROM rounds WHERE round < ? AND status != 'open'",
+                               (before,)).rowcount
+        self.db.execute("DELETE FROM messages WHERE round < ?", (before,))
+        return gone
+
+    def count_messages(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
     # --- published states (model weights) --------------------------------------------------
     def put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()

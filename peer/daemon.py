@@ -319,6 +319,7 @@ class PeerDaemon:
                 del table[key]
         for key in [k for k in self._personal if k[0] < round]:
             del self._personal[key]
+        self.roundlog.forget(NOTICE, before=round)
 
     def _keep_state(self, msg: RoundResult, state: bytes) -> None:
         if hashlib.sha256(state).digest() != msg.state_digest:

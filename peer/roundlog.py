@@ -32,6 +32,13 @@ class RoundLog:
                 del table[key]
         return True
 
+    def forget(self, domain: str, *, before: int) -> None:
+        """Drop ``domain`` envelopes of rounds before ``before`` (a closed round's phase
+        notices are moot, and a vss notice can be hundreds of kilobytes)."""
+        table = self._by_kind[domain]
+        for key in [k for k in table if k[0] < before]:
+            del table[key]
+
     def has(self, domain: str, round: int, tag: str = "") -> bool:
         return (round, tag) in self._by_kind[domain]
 
