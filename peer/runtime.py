@@ -7,13 +7,32 @@ import argparse
 import faulthandler
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from protocol.ratelimit import LogLimiter
+
 from .node import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("hypergossip")
+
+
+class StackLogLimit(logging.Filter):
+    """At most one line a minute of each message py-libp2p logs (by logger and message
+    template): what a hostile peer makes it say must not fill the disk. Our own loggers
+    limit themselves, per peer and reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit = LogLimiter(60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("libp2p", "multiaddr")):
+            return True
+        return self._limit.allow((record.name, str(record.msg)[:80]), time.monotonic()) \
+            is not None
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -25,6 +44,9 @@ def setup_logging(level: str = "INFO") -> None:
     # py-libp2p logs routine connection churn at WARNING/ERROR; keep ours readable
     for noisy in ("libp2p", "multiaddr", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.ERROR, logging.getLogger().level))
+    quieter = StackLogLimit()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quieter)
 
 
 def run_until_signal(main: Callable[[], Awaitable[None]],
@@ -59,6 +81,20 @@ def add_limit_args(p: argparse.ArgumentParser) -> None:
     d = DEFAULT_LIMITS
     g = p.add_argument_group("limits on what remote peers may hold of this node (beyond a "
                              "limit the input is refused and counted)")
+    g.add_argument("--max-conns-per-ip", type=int, default=d.connections_per_ip, metavar="N",
+                   help="inbound connections from one source address (default: %(default)s)")
+    g.add_argument("--max-handshakes-per-ip", type=int, default=d.pending_per_ip, metavar="N",
+                   help="inbound connections from one address still authenticating "
+                   "(default: %(default)s)")
+    g.add_argument("--max-handshakes", type=int, default=d.pending_total, metavar="N",
+                   help="inbound connections authenticating at once, all addresses "
+                   "(default: %(default)s)")
+    g.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout, metavar="S",
+                   help="seconds an inbound connection has to authenticate (default: "
+                   "%(default)s)")
+    g.add_argument("--limit-loopback", action="store_true",
+                   help="apply the per-address limits to 127.0.0.1 too (by default it is "
+                   "exempt: a local testnet runs every peer there)")
     g.add_argument("--max-streams-per-conn", type=int, default=d.streams_per_connection,
                    metavar="N", help="inbound streams open at once on one connection "
                    "(default: %(default)s)")
@@ -75,12 +111,17 @@ def add_limit_args(p: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    for name in ("max_streams_per_conn", "max_requests_per_peer", "max_request_mib"):
+    for name in ("max_streams_per_conn", "max_requests_per_peer", "max_request_mib",
+                 "max_conns_per_ip", "max_handshakes_per_ip", "max_handshakes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.gossip_rate <= 0:
-        raise ValueError("--gossip-rate must be positive")
-    return Limits(streams_per_connection=args.max_streams_per_conn,
+    if args.gossip_rate <= 0 or args.handshake_timeout <= 0:
+        raise ValueError("--gossip-rate and --handshake-timeout must be positive")
+    return Limits(connections_per_ip=args.max_conns_per_ip,
+                  pending_per_ip=args.max_handshakes_per_ip,
+                  pending_total=args.max_handshakes, handshake_timeout=args.handshake_timeout,
+                  exempt_loopback=not args.limit_loopback,
+                  streams_per_connection=args.max_streams_per_conn,
                   requests_per_peer=args.max_requests_per_peer,
                   request_bytes=args.max_request_mib << 20, gossip_rate=args.gossip_rate,
                   gossip_burst=max(DEFAULT_LIMITS.gossip_burst, 2 * args.gossip_rate))

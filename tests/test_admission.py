@@ -232,3 +232,18 @@ async def test_repeated_refusals_are_logged_once_a_minute_per_peer(data_dir, cap
     lines = [r for r in caplog.records if r.name == "hypergossip.coordinator" and
              "rejected" in r.getMessage()]
     assert len(lines) == 1 and coord.store.rejection_totals() == {"future_round": 50}
+
+
+def test_the_ticket_command_writes_a_ticket_the_policy_accepts(tmp_path, capsys):
+    from coordinator.__main__ import main
+    from protocol.admission import check_ticket
+
+    peer = Identity.generate().peer_id
+    out = tmp_path / "peer.ticket"
+    assert main(["ticket", "--key", str(tmp_path / "operator.key"), "--peer", peer,
+                 "--days", "2", "--out", str(out)]) == 0
+    operator = Identity.load(tmp_path / "operator.key")
+    assert f"--ticket-key {operator.peer_id}" in capsys.readouterr().out
+    ticket = check_ticket(out.read_bytes(), operator.public_key, peer, time.time())
+    assert ticket.peer_id == peer and ticket.expires > time.time() + 86400
+    assert main(["ticket", "--key", str(tmp_path / "operator.key"), "--peer", "nope"]) == 2
