@@ -128,6 +128,68 @@ def frame(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+# --- a flood beside an honest peer ----------------------------------------------------------------
+@dataclass
+class Flood:
+    honest: int  # honest messages the victim's handler got
+    flood: int  # flood messages it got
+    budget_drops: int  # flood messages its budget dropped (counted)
+    seconds: float
+    flooder_score: float
+    publish_threshold: float
+
+
+async def flood_beside(limits: Any, *, flood: int, honest: int, gap: float = 0.01) -> Flood:
+    """A victim node subscribed to a topic; an honest node publishes ``honest`` messages
+    ``gap`` seconds apart while a bare host writes ``flood`` validly signed messages at the
+    victim as fast as it can (RPCs of 100). Waits until the victim has read everything."""
+    from .node import NetworkNode  # a node, to attack (nodes never import this module)
+
+    victim, sender = NetworkNode(Identity.generate(), limits=limits), \
+        NetworkNode(Identity.generate())
+    got: Counter = Counter()
+
+    async def count(data: bytes, origin: str) -> None:
+        got[origin] += 1
+
+    async with victim.running(), sender.running(), raw_host() as flooder:
+        await victim.subscribe("t", count)
+        await sender.subscribe("t", lambda data, origin: trio.sleep(0))
+        assert await sender.connect(victim.addrs[0])
+        me = ID.from_base58(victim.peer_id)
+        with trio.fail_after(20):  # until the honest node knows we are subscribed
+            while me not in sender.pubsub.peer_topics.get("t", ()):
+                await trio.sleep(0.05)
+        flooder_id = flooder.get_id().to_base58()
+        started = trio.current_time()
+
+        async def burst() -> None:
+            stream = None
+            for i in range(0, flood, 100):
+                rpc = signed_messages(flooder, "t", [b"f%d" % k for k in range(i, i + 100)])
+                if stream is None:
+                    stream = await send_rpcs(flooder, victim.addrs[0], [rpc])
+                else:
+                    await stream.write(encode_varint_prefixed(rpc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(burst)
+            for i in range(honest):
+                await sender.publish("t", b"honest %d" % i)
+                await trio.sleep(gap)
+        with trio.move_on_after(20):
+            while got[sender.peer_id] < honest:
+                await trio.sleep(0.05)
+        seen = -1  # then until the victim has read all of the flood (its counts stand still)
+        while seen != (seen := got[flooder_id] + victim.faults.by_kind["gossip flood"]):
+            await trio.sleep(0.5)
+        scorer = victim.router.scorer
+        return Flood(got[sender.peer_id], got[flooder_id], victim.faults.by_kind["gossip flood"],
+                     trio.current_time() - started,
+                     scorer.score(ID.from_base58(flooder_id), ["t"]),
+                     scorer.params.publish_threshold)
+
+
 # --- the hostile client ---------------------------------------------------------------------------
 @dataclass
 class Target:

@@ -10,9 +10,8 @@ and the next round publishes.
 from __future__ import annotations
 
 import trio
-from libp2p.utils import encode_varint_prefixed
 
-from peer.hostile import bad_key_rpc, dial, raw_host, send_rpcs, signed_messages
+from peer.hostile import bad_key_rpc, dial, flood_beside, raw_host, send_rpcs
 from peer.node import NetworkNode
 from protocol.identity import Identity
 from protocol.messages import TOPIC_ANNOUNCE, TOPIC_SUBMIT
@@ -193,47 +192,13 @@ async def test_a_gossip_flood_from_one_peer_does_not_drop_anothers_messages():
     budget, every message of an honest peer publishing meanwhile is delivered, and the
     flooder's gossip score falls below the threshold at which its messages are refused
     unread."""
-    from libp2p.peer.id import ID
+    from peer.node import Limits
 
-    victim, honest = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
-    got: dict[str, int] = {}
-
-    async def count(data: bytes, origin: str) -> None:
-        got[origin] = got.get(origin, 0) + 1
-
-    async with victim.running(), honest.running(), raw_host() as flooder:
-        await victim.subscribe("t", count)
-        await honest.subscribe("t", lambda data, origin: trio.sleep(0))
-        assert await honest.connect(victim.addrs[0])
-        await wait_for(lambda: ID.from_base58(victim.peer_id) in
-                       honest.pubsub.peer_topics.get("t", ()), timeout=20)
-        flooder_id = flooder.get_id().to_base58()
-        started = trio.current_time()
-
-        async def flood() -> None:
-            stream = None
-            for i in range(0, 3000, 100):  # 30 RPCs of 100 signed messages each
-                rpc = signed_messages(flooder, "t", [b"flood %d" % k for k in range(i, i + 100)])
-                if stream is None:
-                    stream = await send_rpcs(flooder, victim.addrs[0], [rpc])
-                else:
-                    await stream.write(encode_varint_prefixed(rpc))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
-            for i in range(50):
-                await honest.publish("t", b"honest %d" % i)
-                await trio.sleep(0.02)
-        await wait_for(lambda: got.get(honest.peer_id, 0) == 50, timeout=20)
-        seen = -1  # then until the victim has read all of the flood (its counts stand still)
-        while seen != (seen := got.get(flooder_id, 0) + victim.faults.by_kind["gossip flood"]):
-            await trio.sleep(0.5)
-        elapsed = trio.current_time() - started
-        score = victim.router.scorer.score(ID.from_base58(flooder_id), ["t"])
-    assert got[honest.peer_id] == 50
-    assert got[flooder_id] <= 200 + 100 * elapsed  # its burst and its rate, no more
-    assert victim.faults.by_kind["gossip flood"] >= 2000  # counted, not silently lost
-    assert score < victim.router.scorer.params.publish_threshold
+    out = await flood_beside(Limits(), flood=3000, honest=50, gap=0.02)
+    assert out.honest == 50
+    assert out.flood <= 200 + 100 * out.seconds  # its burst and its rate, no more
+    assert out.budget_drops >= 2000  # counted, not silently lost
+    assert out.flooder_score < out.publish_threshold
 
 
 async def test_a_peer_may_hold_only_so_many_request_streams():

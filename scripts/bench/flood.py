@@ -30,48 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from libp2p.pubsub import pubsub as _pubsub  # noqa: E402
-from libp2p.utils import encode_varint_prefixed  # noqa: E402
 
 from peer import libp2p_patches  # noqa: E402
-from peer.hostile import raw_host, send_rpcs, signed_messages  # noqa: E402
-from peer.node import Limits, NetworkNode  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from peer.hostile import flood_beside  # noqa: E402
+from peer.node import Limits  # noqa: E402
 
 
-async def one(ours: bool, flood: int, honest_n: int) -> dict:
+async def one(ours: bool, flood: int, honest: int) -> dict:
     limits = Limits() if ours else Limits(gossip_rate=1e12, gossip_burst=1e12)
-    victim = NetworkNode(Identity.generate(), limits=limits)  # installs our patches
+    libp2p_patches.install()  # then py-libp2p's queue size, or ours, for this run
     _pubsub.SUBSCRIPTION_CHANNEL_SIZE = libp2p_patches.SUBSCRIPTION_QUEUE if ours else 32
-    honest = NetworkNode(Identity.generate())
-    got: dict[str, int] = {}
-
-    async def count(data: bytes, origin: str) -> None:
-        got[origin] = got.get(origin, 0) + 1
-
-    async with victim.running(), honest.running(), raw_host() as flooder:
-        await victim.subscribe("t", count)
-        await honest.subscribe("t", lambda d, o: trio.sleep(0))
-        assert await honest.connect(victim.addrs[0])
-        await trio.sleep(2.0)  # subscriptions exchanged
-
-        async def burst() -> None:
-            stream = None
-            for i in range(0, flood, 100):
-                rpc = signed_messages(flooder, "t", [b"f%d" % k for k in range(i, i + 100)])
-                if stream is None:
-                    stream = await send_rpcs(flooder, victim.addrs[0], [rpc])
-                else:
-                    await stream.write(encode_varint_prefixed(rpc))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(burst)
-            for i in range(honest_n):
-                await honest.publish("t", b"honest %d" % i)
-                await trio.sleep(0.01)
-        await trio.sleep(5.0)  # the victim reads what is left
-        return {"honest": got.get(honest.peer_id, 0),
-                "flood": got.get(flooder.get_id().to_base58(), 0),
-                "budget_drops": victim.faults.by_kind.get("gossip flood", 0)}
+    out = await flood_beside(limits, flood=flood, honest=honest)
+    return {"honest": out.honest, "flood": out.flood, "budget_drops": out.budget_drops}
 
 
 def main(argv: list[str] | None = None) -> int:
