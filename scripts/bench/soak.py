@@ -5,12 +5,14 @@ aggregation, on one database: a coordinator and ``--peers`` peers, each its
 own process, on 127.0.0.1. Every few seconds a random peer is SIGKILLed and
 restarted a moment later (same key); half-way through each phase the
 coordinator itself is SIGKILLed and restarted on the same database. It
-reports, at the start, middle and end of each phase, the coordinator's RSS
-and open file descriptors and the database's size (bounded by
-``--retain-rounds``), and checks that every message a peer was told was
+reports, at the start, a quarter, half (just before the SIGKILL), three
+quarters and the end of each phase, the coordinator's RSS and open file
+descriptors and the database's size (bounded by ``--retain-rounds``): within
+one process, compare a quarter with half, and three quarters with the end.
+It checks that every message a peer was told was
 accepted (its log says so) is in the database: none lost to a SIGKILL.
 
-    .venv/bin/python scripts/bench/soak.py                 # 1,000 rounds (about 15 min)
+    .venv/bin/python scripts/bench/soak.py                 # 1,000 rounds (a few minutes)
     .venv/bin/python scripts/bench/soak.py --rounds 50     # a quick look
 """
 
@@ -157,6 +159,7 @@ def run_phase(net: Net, secure: bool, start: int, console: Console) -> dict:
     if not net.peer_ids:
         net.peers(health["multiaddrs"][0])
     target, half = start + args.rounds, start + args.rounds // 2
+    quarters = {start + args.rounds // 4: "1/4", start + 3 * args.rounds // 4: "3/4"}
     samples, killed_coordinator, down = [], False, {}
     time.sleep(2.0)
     samples.append(net.sample("start"))
@@ -174,8 +177,12 @@ def run_phase(net: Net, secure: bool, start: int, console: Console) -> dict:
                 net.kill(name)
                 down[name] = now + rng.uniform(1.0, 3.0)
             next_kill = now + rng.expovariate(1 / args.kill_every)
+        for at, label in list(quarters.items()):
+            if r >= at:
+                samples.append(net.sample(label))
+                del quarters[at]
         if not killed_coordinator and r >= half:
-            samples.append(net.sample("middle"))
+            samples.append(net.sample("middle, then SIGKILL"))
             net.kill("coordinator")  # SIGKILL mid-run: nothing it acknowledged may be lost
             net.restart("coordinator")
             net.health()
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("phase", "at", "round", "RSS MB", "fds", "DB kB"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for phase, res in phases.items():
-        for s in res["samples"]:
+        for s in sorted(res["samples"], key=lambda s: s["round"]):
             table.add_row(phase, s["at"], str(s["round"]), str(s["rss_mb"]), str(s["fds"]),
                           f"{s['db_kb']:,}")
     console.print(table)
