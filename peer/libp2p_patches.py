@@ -30,8 +30,8 @@ receive windows enforced              yamux only logged "peer exceeded receive w
                                       is closed before its body is read, so a stream
                                       never holds more than we granted. mplex, which has
                                       no flow control at all, is not offered.
-inbound connections gated per IP     py-libp2p holds one of its 250 inbound slots per
-(``Swarm._handle_inbound_connection``) connection for the connection's life, handshakes
+inbound connections gated per IP      py-libp2p holds one of its 250 inbound slots per
+(``Swarm``'s inbound handlers)        connection for the connection's life, handshakes
                                       included: one host with 250 idle sockets (or 250
                                       free keys) shut everyone else out. Here each source
                                       address may hold ``connections_per_ip``
@@ -51,7 +51,7 @@ yamux frames fit one Noise message    64 KiB data frames plus the 12-byte header
 signed peer records built and         pubsub built the host's record for every RPC it
 checked once (pubsub)                 sent (0.2 ms) and verified the sender's in every
                                       RPC it received (0.18 ms), though neither changes.
-subscription queues of 512             py-libp2p's hold 32 messages and drop the rest
+subscription queues of 512            py-libp2p's hold 32 messages and drop the rest
 (``SUBSCRIPTION_CHANNEL_SIZE``)       silently: a burst one peer is allowed (200, see
                                       ``peer.node.Limits``) must not push out another's.
 multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which the
