@@ -87,12 +87,14 @@ class Rounds:
             await trio.sleep(0.5)
 
 
-async def attack(args: argparse.Namespace, net: Testnet, console: Console) -> dict:
+async def attack(args: argparse.Namespace, net: Testnet, console: Console,
+                 proc: psutil.Process) -> dict:
     coordinator = Target(net.coordinator_id, net.coordinator_addr, http=net.url,
                          coordinator=True)
     peer = Target(net.peer_ids[0], net.peer_addrs[0])
     outcomes: dict[str, Counter] = {layer: Counter() for layer in LAYERS}
     sent: Counter = Counter()
+    rss: dict[str, dict] = {}  # the coordinator's, after each layer
     rounds = Rounds(net.url)
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
@@ -116,9 +118,11 @@ async def attack(args: argparse.Namespace, net: Testnet, console: Console) -> di
                         outcomes[layer] += got
                         sent[layer] += sum(got.values())
                     i += 1
+                rss[layer] = resources(proc)
                 console.print(f"{layer:28s} {sent[layer]:>7,} inputs in "
                               f"{time.monotonic() - layer_started:6.1f} s; rounds so far "
-                              f"{len(rounds.rows)}", highlight=False)
+                              f"{len(rounds.rows)}; coordinator RSS {rss[layer]['rss_mb']} MB",
+                              highlight=False)
         attacked = len(rounds.rows)
         console.print(f"waiting for {args.settle_rounds} more rounds ...")
         with trio.move_on_after(120):
@@ -126,7 +130,7 @@ async def attack(args: argparse.Namespace, net: Testnet, console: Console) -> di
                 await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
     return {"outcomes": outcomes, "sent": sent, "rows": rounds.rows, "before": before,
-            "attacked": attacked, "seconds": time.monotonic() - started}
+            "attacked": attacked, "seconds": time.monotonic() - started, "rss": rss}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.peers} peers; attacking with {args.inputs:,} inputs")
         time.sleep(3.0)
         res_before = resources(proc)
-        report = trio.run(attack, args, net, console)
+        report = trio.run(attack, args, net, console, proc)
         alive = {name: p.poll() is None for name, p in net.procs}
         res_after = resources(proc) if alive["coordinator"] else {}
         try:
@@ -170,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("layer")
     table.add_column("inputs", justify="right")
     table.add_column("outcome as the attacker saw it")
+    table.add_column("coordinator RSS after", justify="right")
     for layer, c in report["outcomes"].items():
         table.add_row(layer, f"{report['sent'][layer]:,}",
-                      ", ".join(f"{k} {v:,}" for k, v in c.most_common()))
+                      ", ".join(f"{k} {v:,}" for k, v in c.most_common()),
+                      f"{report['rss'].get(layer, {}).get('rss_mb', '-')} MB")
     console.print(table)
     crashes = [name for name, ok in alive.items() if not ok]
     summary = {
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds_during_attack": report["attacked"] - report["before"],
         "rounds_correct": correct and published == len(rows),
         "coordinator_before": res_before, "coordinator_after": res_after,
+        "coordinator_after_each_layer": report["rss"],
         "contained_at_coordinator": health.get("contained", {}),
         "refused_at_coordinator": _refusals(net),
         "by_layer": {k: dict(v) for k, v in report["outcomes"].items()},
