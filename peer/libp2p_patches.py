@@ -39,6 +39,9 @@ inbound connections gated per IP      py-libp2p holds one of its 250 inbound slo
                                       their handshake, and all sources together
                                       ``pending_total`` handshakes (``peer.node.Limits``);
                                       beyond, the socket is closed at once, counted.
+finished streams forgotten            yamux re-created a read event for a stream that
+(``BoundedYamux.read_stream``)        had just gone: one left behind per stream reset
+                                      under a reader, for the connection's life.
 inbound streams per connection        yamux set no limit on streams a remote opens (it
 capped (``_handle_muxed_stream``)     bounds only our own), and each one runs a
                                       negotiation and a handler; beyond
@@ -372,6 +375,16 @@ class BoundedYamux(_yamux.Yamux):
             buffered = len(self.stream_buffers.get(stream_id, b"")) + length
             self.buffered_max = max(self.buffered_max, buffered)
         return await super()._read_data_body(length)
+
+    async def read_stream(self, stream_id: int, n: int = -1) -> bytes:
+        """py-libp2p's, which re-creates a stream's read event after waking even when the
+        stream was removed meanwhile: one Event left behind on the connection for every
+        stream reset under a waiting reader, for the connection's life."""
+        try:
+            return await super().read_stream(stream_id, n)
+        finally:
+            if stream_id not in self.streams:
+                self.stream_events.pop(stream_id, None)
 
     async def _cleanup_on_error(self) -> None:  # once: the error can reach it twice
         if not self._cleaned:

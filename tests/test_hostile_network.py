@@ -269,3 +269,34 @@ async def test_handshakes_and_connections_are_limited_per_source_address():
             await wait_for(lambda: node.faults.by_kind["connections per address"] >= 2)
             assert len(node.connected_peers()) == 6
         assert running(node)
+
+
+async def test_a_peer_holds_one_inbound_pubsub_stream_and_resets_leave_nothing_behind():
+    """py-libp2p read every meshsub stream a peer opened, each holding its last RPC (63 of
+    them, flooding subscriptions, held 34 MB); and yamux left a read event behind for every
+    stream reset under a waiting reader. Now a newer pubsub stream replaces the older, and a
+    reset stream leaves no bookkeeping on its connection."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    node = NetworkNode(Identity.generate())
+    node.serve_stream("/hypergossip/test-wait/1", lambda stream, peer: stream.read(1))
+    subscribe = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid="t")])
+    async with node.running(), raw_host() as mallory:
+        streams = [await send_rpcs(mallory, node.addrs[0], [subscribe.SerializeToString()])
+                   for _ in range(10)]
+        await wait_for(lambda: len(node.pubsub._inbound) == 1 and
+                       node.pubsub._inbound[mallory.get_id()] is not None)
+        muxer = node.host.get_network().connections[mallory.get_id()][0].muxed_conn
+        for _ in range(50):  # the node's handler waits to read; we reset under it
+            stream = await mallory.new_stream(_peer_id(node), ["/hypergossip/test-wait/1"])
+            await stream.reset()
+        await trio.sleep(0.5)
+        orphans = set(muxer.stream_events) - set(muxer.streams)
+        assert not orphans, len(orphans)
+        assert len(node.pubsub._inbound) == 1 and len(streams) == 10
+        assert running(node)
+
+
+def _peer_id(node):
+    from libp2p.peer.id import ID
+    return ID.from_base58(node.peer_id)
