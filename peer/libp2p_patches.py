@@ -40,8 +40,10 @@ inbound connections gated per IP      py-libp2p holds one of its 250 inbound slo
                                       ``pending_total`` handshakes (``peer.node.Limits``);
                                       beyond, the socket is closed at once, counted.
 finished streams forgotten            yamux re-created a read event for a stream that
-(``BoundedYamux.read_stream``)        had just gone: one left behind per stream reset
-                                      under a reader, for the connection's life.
+(``BoundedYamux``)                    had just gone (one left behind per stream reset
+                                      under a reader, for the connection's life), and
+                                      kept a reset stream's unread data for a minute
+                                      (up to 256 KiB a stream, for any number of them).
 inbound streams per connection        yamux set no limit on streams a remote opens (it
 capped (``_handle_muxed_stream``)     bounds only our own), and each one runs a
                                       negotiation and a handler; beyond
@@ -385,6 +387,15 @@ class BoundedYamux(_yamux.Yamux):
         finally:
             if stream_id not in self.streams:
                 self.stream_events.pop(stream_id, None)
+
+    def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
+        """A reset stream (by either side) is dropped with whatever it still buffered:
+        py-libp2p kept a reset stream's unread data for a minute's grace, so a peer that
+        opened streams, filled their windows and reset them held 256 KiB per stream (a
+        meshsub flood pinned 31 MB that way)."""
+        if fully_closed and stream.reset_received:
+            self.stream_buffers.pop(stream.stream_id, None)
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 
     async def _cleanup_on_error(self) -> None:  # once: the error can reach it twice
         if not self._cleaned:

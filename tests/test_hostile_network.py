@@ -300,3 +300,23 @@ async def test_a_peer_holds_one_inbound_pubsub_stream_and_resets_leave_nothing_b
 def _peer_id(node):
     from libp2p.peer.id import ID
     return ID.from_base58(node.peer_id)
+
+
+async def test_a_reset_stream_is_dropped_with_what_it_buffered():
+    """py-libp2p kept a reset stream's unread data for a minute's grace: a peer opening
+    streams, filling their windows and resetting them pinned 256 KiB per stream (a meshsub
+    flood held 31 MB). Now a reset stream's buffer goes at once."""
+    node = NetworkNode(Identity.generate())
+    node.serve_stream("/hypergossip/test-sink/1", lambda stream, peer: trio.sleep_forever())
+    async with node.running(), raw_host() as mallory:
+        peer = await dial(mallory, node.addrs[0])
+        muxer = node.host.get_network().connections[mallory.get_id()][0].muxed_conn
+        for _ in range(20):
+            stream = await mallory.new_stream(peer, ["/hypergossip/test-sink/1"])
+            await stream.write(b"\x00" * (200 * 1024))  # within the window: not refused
+            await trio.sleep(0.05)
+            await stream.reset()
+        await trio.sleep(0.5)
+        held = sum(len(b) for b in muxer.stream_buffers.values())
+        assert held == 0, held
+        assert running(node)
