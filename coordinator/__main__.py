@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
-from protocol.admission import AdmissionConfig, issue_ticket
-from protocol.aggregators import AGGREGATORS
-from protocol.identity import (
+from protocol.learning.aggregators import AGGREGATORS
+from protocol.learning.workloads import WORKLOADS
+from protocol.policy.admission import AdmissionConfig, issue_ticket
+from protocol.wire.identity import (
     BadPeerId,
     Identity,
     KeyFileError,
     peer_id_from_public_key,
     public_key_from_peer_id,
 )
-from protocol.workloads import WORKLOADS
 
 from .service import Coordinator, CoordinatorConfig
 

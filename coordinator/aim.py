@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from protocol.ratelimit import Buckets
+from protocol.policy.ratelimit import Buckets
 
 log = logging.getLogger("hypergossip.aim")
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from protocol.messages import StatsContribution
-from protocol.workloads import Stats
+from protocol.learning.workloads import Stats
+from protocol.wire.messages import StatsContribution
 
 from .aim import AIM, Budget, HTTPError, example, int_param, read_json
 from .prompt_jobs import MAX_PER_USER, MAX_QUEUE

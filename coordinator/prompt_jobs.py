@@ -2,7 +2,7 @@
 
 ``PromptJobs.run`` is one trio task that takes queued jobs in order; the
 synchronous ``POST /prompt`` runs its (small, time-bounded) job at once in
-the caller's request instead. A job is a :class:`protocol.prompts.PromptSearch`
+the caller's request instead. A job is a :class:`protocol.prompts.search.PromptSearch`
 driven generation by generation: look every needed call up in the SQLite
 output cache (shared by all jobs, keyed by model digest, parameters and
 prompt), evaluate the rest, record progress, breed. Evaluation runs the
@@ -26,9 +26,9 @@ import msgspec
 import trio
 
 from peer.llm import Backend, BackendError, Embedder, gen_params_json
-from protocol import ga
-from protocol.evaluation import Verification
-from protocol.prompts import BASELINE_SENTIMENT, Budget, PromptSearch
+from protocol.prompts import ga
+from protocol.prompts.evaluation import Verification
+from protocol.prompts.search import BASELINE_SENTIMENT, Budget, PromptSearch
 
 from .store import Store
 

@@ -38,11 +38,19 @@ from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import GossipConfig, Limits, NetworkNode, StreamProtocolError
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
-from protocol import dp, evaluation, incremental, secure_round, verified_round
-from protocol.admission import AdmissionConfig, AdmissionPolicy
-from protocol.attendance import Attendance
-from protocol.canonical import canonical_json, state_digest
-from protocol.envelope import (
+from protocol.crypto import dp
+from protocol.learning import incremental
+from protocol.learning.workloads import Stats, Workload, get_workload
+from protocol.policy.admission import AdmissionConfig, AdmissionPolicy
+from protocol.policy.attendance import Attendance
+from protocol.policy.ratelimit import LogLimiter
+from protocol.prompts import evaluation
+from protocol.rounds import secure as secure_round
+from protocol.rounds import verified as verified_round
+from protocol.rounds.base import Notice, Outcome, Round, RoundClosed, RoundLogic
+from protocol.rounds.replication import Reputation
+from protocol.wire.canonical import canonical_json, state_digest
+from protocol.wire.envelope import (
     Envelope,
     Malformed,
     RejectedMessage,
@@ -51,8 +59,8 @@ from protocol.envelope import (
     peek,
     seal,
 )
-from protocol.identity import Identity, public_key_from_peer_id
-from protocol.messages import (
+from protocol.wire.identity import Identity, public_key_from_peer_id
+from protocol.wire.messages import (
     ANNOUNCE,
     CONTRIBUTION,
     ENROLL,
@@ -81,10 +89,6 @@ from protocol.messages import (
     encode,
     enroll_round,
 )
-from protocol.ratelimit import LogLimiter
-from protocol.replication import Reputation
-from protocol.rounds import Notice, Outcome, Round, RoundClosed, RoundLogic
-from protocol.workloads import Stats, Workload, get_workload
 
 from . import httpserver
 from .prompt_jobs import PromptJobs
@@ -339,7 +343,7 @@ class Coordinator:
 
     def _enroll(self, wire: bytes, peeked: Envelope, transport_peer: str) -> Envelope:
         """An enrolment: the admission policy's rate and capacity rules on the claimed key
-        (before any signature check, see protocol.admission), then the signature, then its
+        (before any signature check, see protocol.policy.admission), then the signature, then its
         ticket rule; then the peer is admitted (or its addresses refreshed)."""
         claimed = _claimed_sender(wire)
         if claimed is None:
@@ -518,7 +522,7 @@ class Coordinator:
 
     def _participants(self, number: int) -> list[str]:
         """Round ``number``'s participants: the live peers, less those sitting out for
-        having been silent (:mod:`protocol.attendance`), unless that leaves fewer than the
+        having been silent (:mod:`protocol.policy.attendance`), unless that leaves fewer than the
         round needs: then those whose bench ends first are asked again."""
         live = self.live_peers()
         benched = self.attendance.benched(number) & live

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from protocol.admission import MAX_TICKET_WIRE
-from protocol.identity import Identity, KeyFileError
-from protocol.workloads import WORKLOADS, get_workload
+from protocol.learning.workloads import WORKLOADS, get_workload
+from protocol.policy.admission import MAX_TICKET_WIRE
+from protocol.wire.identity import Identity, KeyFileError
 
 from .attacks import ATTACKS, Attack
 from .daemon import PeerDaemon, peer_id_of

@@ -41,14 +41,14 @@ import msgspec
 import numpy as np
 import trio
 
-from protocol import incremental as inc
-from protocol import secagg, vss
-from protocol.envelope import Envelope, RejectedMessage, open_envelope, seal
-from protocol.identity import Identity
-from protocol.messages import RoundAnnounce, decode, encode
-from protocol.rounds import Outgoing, PeerRound
-from protocol.secure_round import MASKED, SecurePeerRound
-from protocol.verified_round import VerifiedPeerRound
+from protocol.crypto import secagg, vss
+from protocol.learning import incremental as inc
+from protocol.rounds.base import Outgoing, PeerRound
+from protocol.rounds.secure import MASKED, SecurePeerRound
+from protocol.rounds.verified import VerifiedPeerRound
+from protocol.wire.envelope import Envelope, RejectedMessage, open_envelope, seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import RoundAnnounce, decode, encode
 
 log = logging.getLogger("hypergossip.attack")
 

@@ -37,11 +37,17 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from protocol import incremental
-from protocol.envelope import RejectedMessage, open_envelope, peek, seal
-from protocol.evaluation import EVAL_RESULT, EVAL_TASK, PROTO_EVAL, EvalResult, EvalTask
-from protocol.identity import Identity
-from protocol.messages import (
+from protocol.crypto.secagg import SecAggAbort
+from protocol.crypto.vss import VssAbort
+from protocol.learning import incremental
+from protocol.learning.workloads import Workload
+from protocol.prompts.evaluation import EVAL_RESULT, EVAL_TASK, PROTO_EVAL, EvalResult, EvalTask
+from protocol.rounds.base import ClearPeerRound, PeerRound
+from protocol.rounds.secure import SecureParams, SecurePeerRound
+from protocol.rounds.verified import VerifiedParams, VerifiedPeerRound
+from protocol.wire.envelope import RejectedMessage, open_envelope, peek, seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
     ANNOUNCE,
     ENROLL,
     NOTICE,
@@ -66,12 +72,6 @@ from protocol.messages import (
     encode,
     enroll_round,
 )
-from protocol.rounds import ClearPeerRound, PeerRound
-from protocol.secagg import SecAggAbort
-from protocol.secure_round import SecureParams, SecurePeerRound
-from protocol.verified_round import VerifiedParams, VerifiedPeerRound
-from protocol.vss import VssAbort
-from protocol.workloads import Workload
 
 from .attacks import SECURE_ATTACKS, Attack
 from .llm import Backend, gen_params_json

@@ -40,9 +40,9 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.utils import encode_varint_prefixed
 from libp2p.utils.varint import encode_uvarint
 
-from protocol.envelope import Envelope, seal
-from protocol.identity import Identity
-from protocol.messages import (
+from protocol.wire.envelope import Envelope, seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
     ANNOUNCE,
     CONTRIBUTION,
     ENROLL,

@@ -117,7 +117,7 @@ from libp2p.transport.quic.exceptions import QUICPeerVerificationError
 from libp2p.utils import varint as _varint
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 
-from protocol.ratelimit import LogLimiter
+from protocol.policy.ratelimit import LogLimiter
 
 log = logging.getLogger("hypergossip.node")
 

@@ -3,7 +3,7 @@
 A backend turns a prompt into an output deterministically (greedy decoding),
 so two evaluators with the same ``model_digest`` and ``gen_params`` agree on
 the output; that is what lets the network verify evaluations by redundancy
-and cache them by content (protocol.ga.cache_key).
+and cache them by content (protocol.prompts.ga.cache_key).
 
 =========  =====================================================================
 name       what

@@ -53,9 +53,9 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
-from protocol.identity import Identity
-from protocol.messages import PROTO_BLOB
-from protocol.ratelimit import Buckets, LogLimiter
+from protocol.policy.ratelimit import Buckets, LogLimiter
+from protocol.wire.identity import Identity
+from protocol.wire.messages import PROTO_BLOB
 
 from . import libp2p_patches
 

@@ -10,7 +10,15 @@ relaying neighbour cannot forge.
 
 from __future__ import annotations
 
-from protocol.messages import ANNOUNCE, NOTICE, RESULT, PullRequest, PullResponse, decode, encode
+from protocol.wire.messages import (
+    ANNOUNCE,
+    NOTICE,
+    RESULT,
+    PullRequest,
+    PullResponse,
+    decode,
+    encode,
+)
 
 KINDS = {"announce": ANNOUNCE, "result": RESULT, "notice": NOTICE}
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from protocol.ratelimit import LogLimiter
+from protocol.policy.ratelimit import LogLimiter
 
 from .node import DEFAULT_LIMITS, Limits
 

@@ -47,7 +47,7 @@ from typing import Annotated
 import msgspec
 import trio
 
-from protocol.messages import PROTO_SESSION, SubmitAck, encode
+from protocol.wire.messages import PROTO_SESSION, SubmitAck, encode
 
 from .node import (
     NetworkNode,

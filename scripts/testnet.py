@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peer.attacks import ATTACKS  # noqa: E402
-from protocol.aggregators import AGGREGATORS  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.workloads import WORKLOADS  # noqa: E402
+from protocol.learning.aggregators import AGGREGATORS  # noqa: E402
+from protocol.learning.workloads import WORKLOADS  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
 
 
 def free_port() -> int:
@@ -296,7 +296,7 @@ def describe(row: dict, peers: int) -> str:
         line += (f"  held-out loss {row['loss']:.6f}  segments {row['count']}/{len(segs)}"
                  f"  disputes {row.get('disputes', 0)}  model {row['model_digest'][:12]}")
     if sa := row.get("secure_aggregation"):
-        if "committee" in sa:  # protocol.verified_round
+        if "committee" in sa:  # protocol.rounds.verified
             line += (f"  [VSS {sa['survivors']}/{sa['participants']} range-proven, committee "
                      f"{sa['committee']}, t={sa['threshold']}"
                      + (f", rejected {len(sa['rejected'])}" if sa["rejected"] else "")
@@ -460,7 +460,7 @@ def report_incremental(rows: list[dict], net: Testnet, args: argparse.Namespace)
     and nothing only they vouched for was accepted."""
     ok = all(r["status"] == "published" for r in rows)
     bad = set(net.byzantine)
-    from protocol import datasets, models
+    from protocol.learning import datasets, models
 
     initial = models.reconstruction_loss(models.autoencoder_initial(0),
                                          datasets.load(args.data_dir).test_x)

@@ -10,9 +10,9 @@ import trio
 
 from coordinator.service import Coordinator, CoordinatorConfig
 from peer.daemon import PeerDaemon
-from protocol.identity import Identity
-from protocol.messages import StatsContribution
-from protocol.workloads import get_workload
+from protocol.learning.workloads import get_workload
+from protocol.wire.identity import Identity
+from protocol.wire.messages import StatsContribution
 
 logging.getLogger("libp2p").setLevel(logging.ERROR)
 logging.getLogger("multiaddr").setLevel(logging.ERROR)

@@ -9,9 +9,9 @@ import trio
 
 from coordinator.__main__ import load_allow_list
 from peer.node import NetworkNode
-from protocol.envelope import seal
-from protocol.identity import Identity
-from protocol.messages import (
+from protocol.wire.envelope import seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
     ENROLL,
     PROTO_SUBMIT,
     Enroll,
@@ -116,7 +116,7 @@ async def test_a_sybil_flood_from_one_host_is_refused_beyond_its_budget(data_dir
 
 
 async def test_re_enrolment_spends_nothing_and_admission_is_capped(data_dir):
-    from protocol.admission import AdmissionConfig
+    from protocol.policy.admission import AdmissionConfig
 
     admitted = [Identity.generate() for _ in range(3)]
     async with trio.open_nursery() as nursery:
@@ -136,7 +136,7 @@ async def test_re_enrolment_spends_nothing_and_admission_is_capped(data_dir):
 
 
 async def test_admission_by_operator_ticket(data_dir):
-    from protocol.admission import AdmissionConfig, issue_ticket
+    from protocol.policy.admission import AdmissionConfig, issue_ticket
 
     operator, alice, bob = Identity.generate(), Identity.generate(), Identity.generate()
     later = int(time.time()) + 3600
@@ -176,7 +176,7 @@ async def test_strangers_spend_neither_the_nonce_budget_nor_the_round_record(dat
     only refusals of admitted peers are in the round's record."""
     import json
 
-    from protocol.messages import CONTRIBUTION, StatsContribution
+    from protocol.wire.messages import CONTRIBUTION, StatsContribution
 
     def contribution(identity: Identity, height: float) -> bytes:
         return seal(identity, CONTRIBUTION, 1,
@@ -217,7 +217,7 @@ async def test_strangers_spend_neither_the_nonce_budget_nor_the_round_record(dat
 async def test_repeated_refusals_are_logged_once_a_minute_per_peer(data_dir, caplog):
     import logging
 
-    from protocol.messages import CONTRIBUTION
+    from protocol.wire.messages import CONTRIBUTION
 
     caplog.set_level(logging.WARNING, logger="hypergossip.coordinator")
     async with trio.open_nursery() as nursery:
@@ -236,7 +236,7 @@ async def test_repeated_refusals_are_logged_once_a_minute_per_peer(data_dir, cap
 
 def test_the_ticket_command_writes_a_ticket_the_policy_accepts(tmp_path, capsys):
     from coordinator.__main__ import main
-    from protocol.admission import check_ticket
+    from protocol.policy.admission import check_ticket
 
     peer = Identity.generate().peer_id
     out = tmp_path / "peer.ticket"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.aggregators import AGGREGATORS, get_aggregator
+from protocol.learning.aggregators import AGGREGATORS, get_aggregator
 
 ROBUST = ["median", "trimmed_mean", "krum", "multi_krum", "geometric_median",
           "centered_clipping"]

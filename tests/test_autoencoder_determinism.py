@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 
-from protocol import datasets, models
+from protocol.learning import datasets, models
 
 TASK = """
-from protocol import datasets, models
+from protocol.learning import datasets, models
 d = datasets.load()
 idx = datasets.segment(len(d.train_y), 4, 1)
 w, loss = models.train_autoencoder(models.autoencoder_initial(0), d.train_x[idx],

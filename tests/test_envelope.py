@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from protocol.envelope import (
+from protocol.wire.envelope import (
     DEFAULT_MAX_WIRE,
     NONCE_LEN,
     SIGNING_PREFIX,
@@ -30,7 +30,7 @@ from protocol.envelope import (
     seal,
     signing_bytes,
 )
-from protocol.identity import Identity
+from protocol.wire.identity import Identity
 
 A = Identity(b"\xaa" * 32)
 B = Identity(b"\xbb" * 32)

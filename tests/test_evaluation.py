@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocol import evaluation as ev
-from protocol import prompts
+from protocol.prompts import evaluation as ev
+from protocol.prompts import search as prompts
 
 
 def test_plan_gives_each_prompt_distinct_peers_evenly():

@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from peer.daemon import PeerDaemon
-from protocol import datasets, models
-from protocol.identity import Identity
-from protocol.messages import PlainVector, SchemaError
-from protocol.workloads import FedAvg, get_workload
+from protocol.learning import datasets, models
+from protocol.learning.workloads import FedAvg, get_workload
+from protocol.wire.identity import Identity
+from protocol.wire.messages import PlainVector, SchemaError
 
 from .netutil import start_coordinator, wait_for
 

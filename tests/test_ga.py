@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import fitness, ga
+from protocol.prompts import fitness, ga
 
 WORDS = tuple(f"w{i}" for i in range(20))
 

@@ -13,8 +13,8 @@ import trio
 
 from peer.hostile import bad_key_rpc, dial, flood_beside, raw_host, send_rpcs
 from peer.node import NetworkNode
-from protocol.identity import Identity
-from protocol.messages import TOPIC_ANNOUNCE, TOPIC_SUBMIT
+from protocol.wire.identity import Identity
+from protocol.wire.messages import TOPIC_ANNOUNCE, TOPIC_SUBMIT
 
 from .netutil import start_coordinator, start_peer, wait_for
 
@@ -205,7 +205,7 @@ async def test_a_peer_may_hold_only_so_many_request_streams():
     """A peer opens requests it never finishes (a length prefix, then silence): beyond
     ``Limits.requests_per_peer`` (8) its streams are reset at once, while another peer's
     request is answered."""
-    from protocol.messages import PROTO_PULL, PullRequest, PullResponse, decode, encode
+    from protocol.wire.messages import PROTO_PULL, PullRequest, PullResponse, decode, encode
 
     node = NetworkNode(Identity.generate())
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from protocol.identity import (
+from protocol.wire.identity import (
     MAX_KEY_FILE_BYTES,
     BadPeerId,
     Identity,

@@ -10,9 +10,9 @@ import trio
 from coordinator.service import Coordinator
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
-from protocol import datasets
-from protocol.identity import Identity
-from protocol.workloads import get_workload
+from protocol.learning import datasets
+from protocol.learning.workloads import get_workload
+from protocol.wire.identity import Identity
 
 from .netutil import coordinator_config, start_coordinator, wait_for
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from peer.attacks import SIGNFLIP_SCALE
-from protocol import incremental as inc
-from protocol.messages import RoundAnnounce, SchemaError, encode
-from protocol.replication import ReplicaRejected, Reputation
-from protocol.rounds import Notice, Outcome, WrongPhase
+from protocol.learning import incremental as inc
+from protocol.rounds.base import Notice, Outcome, WrongPhase
+from protocol.rounds.replication import ReplicaRejected, Reputation
+from protocol.wire.messages import RoundAnnounce, SchemaError, encode
 
 PEERS = [f"peer-{i}" for i in range(8)]
 

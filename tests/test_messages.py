@@ -8,8 +8,8 @@ import math
 import msgspec
 import pytest
 
-from protocol.envelope import RejectedMessage
-from protocol.messages import (
+from protocol.wire.envelope import RejectedMessage
+from protocol.wire.messages import (
     ANNOUNCE,
     CONTRIBUTION,
     ENROLL,

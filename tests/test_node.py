@@ -16,8 +16,8 @@ import trio
 
 from peer.node import NetworkNode, StreamProtocolError
 from peer.session import QUEUE, SessionClient, SessionDown, SessionHub
-from protocol.identity import Identity
-from protocol.messages import PROTO_SESSION, SubmitAck
+from protocol.wire.identity import Identity
+from protocol.wire.messages import PROTO_SESSION, SubmitAck
 
 from .netutil import wait_for
 

@@ -14,7 +14,8 @@ import nacl.bindings
 import numpy as np
 import trio
 
-from protocol import secagg, secure_round, shamir
+from protocol.crypto import common, secagg, shamir
+from protocol.rounds import secure as secure_round
 
 from .netutil import start_coordinator, start_peer, wait_for
 
@@ -34,7 +35,7 @@ def unmask_with(key_shares: list[bytes], y: np.ndarray, victim: str, server, cfg
     z = y.copy()
     masks = []
     for v in cfg.neighbours(victim):
-        shared = secagg.x25519(guess, server.keys[v].mask_pk)
+        shared = common.x25519(guess, server.keys[v].mask_pk)
         masks.append((secagg._pairwise_seed(shared, cfg.round, victim, v),
                       -secagg._sign(victim, v)))
     secagg._Masker(cfg).apply(z, masks)

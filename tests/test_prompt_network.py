@@ -8,8 +8,8 @@ import trio
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from peer.llm import make_backend
-from protocol.identity import Identity
-from protocol.workloads import get_workload
+from protocol.learning.workloads import get_workload
+from protocol.wire.identity import Identity
 
 from .netutil import start_coordinator, wait_for
 

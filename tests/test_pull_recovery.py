@@ -16,7 +16,7 @@ import random
 
 import trio
 
-from protocol.messages import ANNOUNCE, RESULT
+from protocol.wire.messages import ANNOUNCE, RESULT
 
 from .netutil import start_coordinator, start_peer, wait_for
 

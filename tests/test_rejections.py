@@ -18,9 +18,9 @@ import msgspec
 import trio
 
 from peer.node import NetworkNode
-from protocol.envelope import Envelope, seal
-from protocol.identity import Identity
-from protocol.messages import (
+from protocol.wire.envelope import Envelope, seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
     CONTRIBUTION,
     ENROLL,
     PROTO_SUBMIT,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from protocol.replication import (
+from protocol.rounds.replication import (
     ReplicaRejected,
     Reputation,
     SegmentVote,

@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from peer.node import NetworkNode
-from protocol.envelope import seal
-from protocol.identity import Identity
-from protocol.messages import (
+from protocol.wire.envelope import seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
     ENROLL,
     PROTO_SUBMIT,
     Enroll,

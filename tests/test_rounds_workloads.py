@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from protocol.canonical import canonical_json, state_digest
-from protocol.envelope import RejectedMessage
-from protocol.messages import PullRequest, RoundAnnounce, SchemaError, StatsContribution
-from protocol.rounds import Duplicate, Outcome, Phase, Round, RoundClosed, RoundMisuse
-from protocol.workloads import WORKLOADS, Stats, get_workload
+from protocol.learning.workloads import WORKLOADS, Stats, get_workload
+from protocol.rounds.base import Duplicate, Outcome, Phase, Round, RoundClosed, RoundMisuse
+from protocol.wire.canonical import canonical_json, state_digest
+from protocol.wire.envelope import RejectedMessage
+from protocol.wire.messages import PullRequest, RoundAnnounce, SchemaError, StatsContribution
 
 P1, P2, P3 = "peer-1", "peer-2", "peer-3"
 

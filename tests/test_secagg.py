@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from protocol import secagg, shamir
-from protocol.fixedpoint import FixedPoint
-from protocol.identity import Identity
-from protocol.secagg import (
+from protocol.crypto import common, secagg, shamir
+from protocol.crypto.common import raw_private as _raw_private
+from protocol.crypto.common import raw_public as _raw_public
+from protocol.crypto.fixedpoint import FixedPoint
+from protocol.crypto.secagg import (
     AdvertiseKeys,
     Config,
     ConsistencySignature,
@@ -27,11 +28,10 @@ from protocol.secagg import (
     UnmaskRequest,
     UnmaskShares,
     _pairwise_seed,
-    _raw_private,
-    _raw_public,
     _sign,
     prg,
 )
+from protocol.wire.identity import Identity
 
 ENC = FixedPoint(clip=10.0, max_summands=200)
 
@@ -399,7 +399,7 @@ SMALL_ORDER = (bytes(32), b"\x01" + bytes(31),  # u = 0 and u = 1, and a point o
 def test_a_small_order_key_is_refused_and_the_round_completes_without_its_sender(bad):
     # Agreement with a small-order X25519 key yields zero whatever the private key: were it
     # accepted, every honest neighbour's share_keys would fail on it (one peer stalls all).
-    assert not secagg.usable_public_key(bad)
+    assert not common.usable_public_key(bad)
     cfg, ids, xs = make(5)
     server = SecAggServer(cfg)
     clients = {p: client(p, cfg) for p in ids}
@@ -442,10 +442,10 @@ def test_hkdf_is_rfc_5869_as_cryptography_computes_it(length):
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     secret, info = os.urandom(32), b"hypergossip test info"
     want = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
-    assert secagg.hkdf_sha256(secret, info, length) == want
+    assert common.hkdf_sha256(secret, info, length) == want
     # RFC 5869 test case 3 (SHA-256, zero-length salt and info)
     ikm = bytes.fromhex("0b" * 22)
-    assert secagg.hkdf_sha256(ikm, b"", 42).hex() == (
+    assert common.hkdf_sha256(ikm, b"", 42).hex() == (
         "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
         "9d201395faa4b61a96c8")
 

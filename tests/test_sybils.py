@@ -3,9 +3,9 @@
 Finding: two such keys beside four honest peers made every secure round abort
 ("phase keys ended with 4 members; 5 needed"), and rounds came back only when
 they left. Now a secure round's first phase leaves its silent participants
-out (it re-plans over those that answered, see protocol.secure_round and
-protocol.vss), and the coordinator benches a silent participant for the next
-rounds (protocol.attendance), so rounds neither fail nor keep waiting for it.
+out (it re-plans over those that answered, see protocol.rounds.secure and
+protocol.crypto.vss), and the coordinator benches a silent participant for the next
+rounds (protocol.policy.attendance), so rounds neither fail nor keep waiting for it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ import pytest
 import trio
 
 from peer.node import NetworkNode
-from protocol.envelope import seal
-from protocol.identity import Identity
-from protocol.messages import ENROLL, PROTO_SUBMIT, Enroll, SubmitAck, decode, encode, enroll_round
+from protocol.wire.envelope import seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import (
+    ENROLL,
+    PROTO_SUBMIT,
+    Enroll,
+    SubmitAck,
+    decode,
+    encode,
+    enroll_round,
+)
 
 from .netutil import start_coordinator, start_peer, wait_for
 

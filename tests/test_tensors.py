@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
-from protocol.tensors import (
+from protocol.wire.tensors import (
     DEFAULT_LIMITS,
     TensorCodecError,
     TensorLimits,

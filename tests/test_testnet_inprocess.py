@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from peer.node import NetworkNode, StreamProtocolError
-from protocol.identity import Identity
-from protocol.messages import RESULT
+from protocol.wire.identity import Identity
+from protocol.wire.messages import RESULT
 
 from .netutil import start_coordinator, start_peer, wait_for
 
@@ -149,7 +149,7 @@ async def test_garbage_on_the_gossip_protocol_does_not_take_a_node_down():
 
 
 async def test_a_bug_in_round_logic_fails_that_round_not_the_coordinator(data_dir, monkeypatch):
-    from protocol.workloads import Stats
+    from protocol.learning.workloads import Stats
 
     real = Stats.aggregate
     calls = []

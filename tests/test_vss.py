@@ -1,5 +1,5 @@
-"""Range-checked secure sums (protocol.vss, protocol.rangeproof): correctness with dropouts,
-malicious dealers and members caught, and the privacy claim attacked directly."""
+"""Range-checked secure sums (protocol.crypto.vss, protocol.crypto.rangeproof): correctness
+with dropouts, malicious dealers and members caught, and the privacy claim attacked directly."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from protocol import group, rangeproof, verified_round, vss
-from protocol.identity import Identity
-from protocol.messages import PhaseNotice, encode
-from protocol.vss import (
+from protocol.crypto import group, rangeproof, vss
+from protocol.crypto.vss import (
     Accusations,
     AggregateShare,
     Config,
@@ -22,7 +20,10 @@ from protocol.vss import (
     VssRejected,
     VssServer,
 )
-from protocol.workloads import get_workload
+from protocol.learning.workloads import get_workload
+from protocol.rounds import verified as verified_round
+from protocol.wire.identity import Identity
+from protocol.wire.messages import PhaseNotice, encode
 
 LOW, HIGH = (50.0, 20.0), (250.0, 300.0)  # the stats workload's height/weight ranges
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from protocol import fitness, ga  # noqa: E402
+from protocol.prompts import fitness, ga  # noqa: E402
 
 
 def vocabulary(seed: int) -> tuple[str, ...]:

@@ -56,7 +56,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from peer.node import BLOB_MAX, GOSSIP_MAX, NetworkNode, read_exact  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
 HEADER = struct.Struct(">Id")  # sequence number, perf_counter() at publish

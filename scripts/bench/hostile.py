@@ -41,7 +41,7 @@ from testnet import Testnet, check_stats, round_summary  # noqa: E402
 from testnet import parse_args as testnet_args  # noqa: E402
 
 from peer.hostile import LAYERS, Hostile, Target, enroll, raw_host  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
 
 # the share of the inputs each layer gets (its attacks differ in cost a lot)
 SHARE = {"tcp (before the handshake)": 0.005, "multistream": 0.01, "yamux": 0.05,

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 # 2 OpenMP threads spin-waiting on a busy 2-core box run 30x slower (NOTES-stack.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from protocol import datasets, models  # noqa: E402
-from protocol.incremental import task_seed  # noqa: E402
+from protocol.learning import datasets, models  # noqa: E402
+from protocol.learning.incremental import task_seed  # noqa: E402
 
 
 def make_mnist_like(root: Path, n_train: int = 60_000, n_test: int = 10_000,

@@ -1,4 +1,4 @@
-"""Benchmark: what range-checked secure sums (protocol.vss) cost, beside SecAgg+.
+"""Benchmark: what range-checked secure sums (protocol.crypto.vss) cost, beside SecAgg+.
 
 For each N in ``--clients``, one round of the stats workload's two coordinates
 (height, weight), driven sans-IO in one process, one thread, no network:
@@ -42,11 +42,11 @@ from rich.table import Table  # noqa: E402
 
 from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
-from protocol import secagg, vss  # noqa: E402
-from protocol.fixedpoint import FixedPoint  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.messages import StatsContribution, encode  # noqa: E402
-from protocol.workloads import Stats, get_workload  # noqa: E402
+from protocol.crypto import secagg, vss  # noqa: E402
+from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
+from protocol.learning.workloads import Stats, get_workload  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
+from protocol.wire.messages import StatsContribution, encode  # noqa: E402
 
 LOW, HIGH = Stats.LOW.tolist(), Stats.HIGH.tolist()
 

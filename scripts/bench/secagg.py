@@ -3,7 +3,7 @@
 What it measures, for each N in ``--clients`` and each vector length M in ``--sizes``
 (float32 vectors, values uniform in [-1, 1], clip 1.0, a 32-bit ring):
 
-1. Protocol cost in one process, no network (``protocol.secagg``'s sans-IO client and
+1. Protocol cost in one process, no network (``protocol.crypto.secagg``'s sans-IO client and
    server driven directly, one thread). Per client the CPU time (``time.thread_time``) of
    ``advertise``, ``share_keys``, ``masked_input`` and ``unmask``; the coordinator's CPU
    time over every ``receive_*`` and ``close_*`` call; the bytes each client uploads (the
@@ -70,12 +70,13 @@ from rich.table import Table  # noqa: E402
 from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
 from peer.node import DEFAULT_GOSSIP  # noqa: E402
-from protocol import secagg, secure_round  # noqa: E402
-from protocol.envelope import seal  # noqa: E402
-from protocol.fixedpoint import FixedPoint  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.messages import ANNOUNCE, NOTICE, RESULT, PlainVector, encode  # noqa: E402
-from protocol.workloads import WORKLOADS, Workload  # noqa: E402
+from protocol.crypto import secagg  # noqa: E402
+from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
+from protocol.learning.workloads import WORKLOADS, Workload  # noqa: E402
+from protocol.rounds import secure as secure_round  # noqa: E402
+from protocol.wire.envelope import seal  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
+from protocol.wire.messages import ANNOUNCE, NOTICE, RESULT, PlainVector, encode  # noqa: E402
 
 CLIP = 1.0
 MAX_SUMMANDS = 10_000  # what secure_round.make_params uses for network rounds

@@ -39,7 +39,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from protocol.identity import Identity  # noqa: E402
+from protocol.wire.identity import Identity  # noqa: E402
 
 ACCEPTED = re.compile(rb"round (\d+): (\S+) accepted")
 

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import itertools
 import math
 import os
@@ -87,19 +86,27 @@ from typing import Annotated
 
 import msgspec
 import nacl.bindings as _sodium
-import nacl.exceptions
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ..wire.envelope import RejectedMessage
+from ..wire.identity import BadPeerId, public_key_from_peer_id, verify_signature
+from ..wire.messages import Strict
 from . import shamir
-from .envelope import RejectedMessage
+from .common import (
+    admit,
+    hkdf_sha256,
+    raw_private,
+    raw_public,
+    round_bytes,
+    stream,
+    usable_public_key,
+    x25519,
+)
 from .fixedpoint import FixedPoint
-from .identity import BadPeerId, public_key_from_peer_id, verify_signature
-from .messages import Strict
 
 TAG = b"hypergossip/secagg+/v1/"
 MAX_COMBINATIONS = 2000  # robust reconstruction: subsets of shares tried at most
@@ -287,16 +294,11 @@ def _largest_safe_threshold(k: int, keep: float, n: int, risk: float = 1e-6) -> 
     return k
 
 
-def _stream(key: bytes, nbytes: int, nonce: bytes = bytes(16)) -> bytes:
-    enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
-    return enc.update(bytes(nbytes)) + enc.finalize()
-
-
 def _cycle_order(cfg: Config) -> tuple[dict[str, int], list[str]]:
     """The participants' places on the Harary graph's cycle (positions, and the cycle)."""
     people = sorted(cfg.participants)
     n = len(people)
-    words = np.frombuffer(_stream(cfg.graph_seed, 8 * 4 * n), dtype=">u8").tolist()
+    words = np.frombuffer(stream(cfg.graph_seed, 8 * 4 * n), dtype=">u8").tolist()
     order, w = list(people), 0
     for i in range(n - 1, 0, -1):  # Fisher-Yates with rejection sampling: unbiased
         bound = (2**64 // (i + 1)) * (i + 1)
@@ -323,7 +325,7 @@ def _neighbours_of(cfg: Config, peer: str) -> tuple[str, ...]:
 
 def prg(seed: bytes, cfg: Config) -> np.ndarray:
     """The mask expanded from a 256-bit seed: AES-256-CTR keystream as ring elements."""
-    return np.frombuffer(_stream(seed, cfg.byte_len), dtype=cfg.encoding.dtype)
+    return np.frombuffer(stream(seed, cfg.byte_len), dtype=cfg.encoding.dtype)
 
 
 class _Masker:
@@ -354,78 +356,26 @@ class _Masker:
                 op(part, mask, out=part)
 
 
-def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
-    """HKDF-SHA256 (RFC 5869) with no salt: the same bytes as cryptography's ``HKDF``
-    (a test holds it to that), through ``hmac.digest``'s C path in a tenth of the time --
-    a client derives two keys per neighbour per round."""
-    if not 0 < length <= 255 * 32:
-        raise ValueError("HKDF-SHA256 output length out of range")
-    prk = hmac.digest(bytes(32), secret, "sha256")
-    okm, block, counter = b"", b"", 1
-    while len(okm) < length:
-        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
-        okm += block
-        counter += 1
-    return okm[:length]
-
-
 def _hkdf(secret: bytes, info: bytes) -> bytes:
     return hkdf_sha256(secret, TAG + info)
 
 
-def _round_bytes(r: int) -> bytes:
-    return r.to_bytes(8, "big")
-
-
 def _pairwise_seed(shared: bytes, r: int, u: str, v: str) -> bytes:
     a, b = sorted((u, v))
-    return _hkdf(shared, b"mask" + _round_bytes(r) + a.encode() + b"|" + b.encode())
+    return _hkdf(shared, b"mask" + round_bytes(r) + a.encode() + b"|" + b.encode())
 
 
 def _enc_keys(shared: bytes, r: int, me: str, other: str) -> tuple[bytes, bytes]:
     """The share-encryption keys ``me -> other`` and ``other -> me`` (one HKDF call)."""
     a, b = sorted((me, other))
-    okm = hkdf_sha256(shared, TAG + b"enc" + _round_bytes(r) + a.encode() + b"|" + b.encode(),
+    okm = hkdf_sha256(shared, TAG + b"enc" + round_bytes(r) + a.encode() + b"|" + b.encode(),
                       64)
     a_to_b, b_to_a = okm[:32], okm[32:]
     return (a_to_b, b_to_a) if me == a else (b_to_a, a_to_b)
 
 
-_PROBE = hashlib.sha256(TAG + b"small-order probe").digest()
-
-
-def x25519(private: bytes, public: bytes) -> bytes:
-    """X25519 on raw 32-byte keys through libsodium: no key objects, a fifth less CPU than
-    cryptography's per agreement, and a client makes two per neighbour. Raises ValueError
-    for a small-order public key (the shared secret would be zero whatever the private
-    key: a peer advertising one would make every honest neighbour fail)."""
-    try:
-        return _sodium.crypto_scalarmult(private, public)
-    except nacl.exceptions.CryptoError as exc:
-        raise ValueError("X25519 public key of small order") from exc
-
-
-def usable_public_key(public: bytes) -> bool:
-    """Whether an advertised X25519 key can be agreed with (it is not of small order)."""
-    try:
-        x25519(_PROBE, public)
-    except ValueError:
-        return False
-    return True
-
-
 def _commit(seed: bytes) -> bytes:
     return hashlib.sha256(TAG + b"commit" + seed).digest()
-
-
-def _raw_public(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw,
-                                         serialization.PublicFormat.Raw)
-
-
-def _raw_private(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
 
 
 def _sign(u: str, v: str) -> int:
@@ -434,7 +384,7 @@ def _sign(u: str, v: str) -> int:
 
 def consistency_message(round: int, survivors: Iterable[str]) -> bytes:
     """What each survivor signs in the consistency check (domain-separated)."""
-    return TAG + b"consistency\0" + _round_bytes(round) + msgspec.msgpack.encode(
+    return TAG + b"consistency\0" + round_bytes(round) + msgspec.msgpack.encode(
         sorted(survivors))
 
 
@@ -458,7 +408,7 @@ class SecAggClient:
         self._confirmed: list[str] | None = None
         self._enc = X25519PrivateKey.generate()
         self._mask = X25519PrivateKey.generate()
-        self._enc_sk, self._mask_sk = _raw_private(self._enc), _raw_private(self._mask)
+        self._enc_sk, self._mask_sk = raw_private(self._enc), raw_private(self._mask)
         self._b = os.urandom(32)
         self._step = 0
         self._directory: dict[str, AdvertiseKeys] = {}
@@ -472,7 +422,7 @@ class SecAggClient:
 
     def advertise(self) -> AdvertiseKeys:
         self._advance(0)
-        return AdvertiseKeys(enc_pk=_raw_public(self._enc), mask_pk=_raw_public(self._mask),
+        return AdvertiseKeys(enc_pk=raw_public(self._enc), mask_pk=raw_public(self._mask),
                              self_mask_commit=_commit(self._b))
 
     def share_keys(self, directory: KeyDirectory) -> ShareBundle:
@@ -482,8 +432,8 @@ class SecAggClient:
         except ValueError as exc:
             raise SecAggAbort(f"the key directory cannot be this round's: {exc}") from exc
         mine = directory.keys.get(self.me)
-        if mine is None or mine.enc_pk != _raw_public(self._enc) or \
-                mine.mask_pk != _raw_public(self._mask):
+        if mine is None or mine.enc_pk != raw_public(self._enc) or \
+                mine.mask_pk != raw_public(self._mask):
             raise SecAggAbort("the directory does not hold this client's keys")
         self._directory = dict(directory.keys)
         live = [v for v in self.cfg.neighbours(self.me) if v in self._directory]
@@ -515,11 +465,11 @@ class SecAggClient:
 
     def _seal(self, v: str, plain: bytes) -> bytes:
         nonce = os.urandom(12)
-        ad = _round_bytes(self.cfg.round) + self.me.encode() + b">" + v.encode()
+        ad = round_bytes(self.cfg.round) + self.me.encode() + b">" + v.encode()
         return nonce + self._aead(v)[0].encrypt(nonce, plain, ad)
 
     def _open(self, u: str, blob: bytes) -> _SharePlaintext:
-        ad = _round_bytes(self.cfg.round) + u.encode() + b">" + self.me.encode()
+        ad = round_bytes(self.cfg.round) + u.encode() + b">" + self.me.encode()
         try:
             plain = self._aead(u)[1].decrypt(blob[:12], blob[12:], ad)
             msg = msgspec.msgpack.decode(plain, type=_SharePlaintext)
@@ -802,16 +752,3 @@ class SecAggServer:
             raise SecAggAbort(f"phase {phase.name.lower()} ended with {count} clients; "
                               f"it needs {need}")
         self.phase = Phase(phase.value + 1)
-
-
-def admit(current: enum.Enum, phase: enum.Enum, peer: str, seen: Mapping[str, object],
-          allowed: Iterable[str], error: type[RejectedMessage]) -> None:
-    """A server's rule for every message: only in its phase, only from a sender allowed
-    there, at most once; else ``error`` with the reason."""
-    if current is not phase:
-        raise error(f"{phase.name.lower()} message outside its phase "
-                    f"(now {current.name.lower()})")
-    if peer not in allowed:
-        raise error(f"{peer} may not send in phase {phase.name.lower()}")
-    if peer in seen:
-        raise error(f"{peer} already sent its {phase.name.lower()} message")

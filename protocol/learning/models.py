@@ -7,7 +7,7 @@ for a given thread count (1 and 2 threads give different bytes): :func:`determin
 fixes one thread, deterministic algorithms and the seeds, so two peers
 given the same task produce bit-identical weights.
 
-Weights travel as safetensors (``protocol.tensors``); no pickle on any path.
+Weights travel as safetensors (``protocol.wire.tensors``); no pickle on any path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tensors
+from ..wire import tensors
 
 
 def mlp(hidden: int = 64) -> nn.Module:

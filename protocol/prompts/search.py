@@ -1,10 +1,10 @@
 """Prompt-search tasks: what a genotype means, which LLM calls a phenotype costs, its fitness.
 
-A :class:`PromptSearch` wraps :class:`protocol.ga.GeneticSearch` for one job
+A :class:`PromptSearch` wraps :class:`protocol.prompts.ga.GeneticSearch` for one job
 and stays sans-IO: it says which LLM calls it still needs
 (:meth:`PromptSearch.calls_needed`, each a full prompt string), is given their
 outputs (:meth:`PromptSearch.deliver`), and turns outputs into fitness. Calls
-are cached by content (:func:`protocol.ga.cache_key`: model digest,
+are cached by content (:func:`protocol.prompts.ga.cache_key`: model digest,
 generation parameters, prompt), so no call is ever made twice, across
 generations or jobs.
 
@@ -13,8 +13,8 @@ Two tasks:
 * ``target`` -- reproduce a target output. The genotype is a sequence of
   phrases (instructions, the seed's 20 random adjectives, the target's own
   words); the phenotype is the prompt; one call per phenotype; fitness is a
-  weighted mix of protocol.fitness scorers (the seed's VADER by default).
-* ``sentiment`` -- classify short product reviews (protocol/data/reviews.jsonl,
+  weighted mix of protocol.prompts.fitness scorers (the seed's VADER by default).
+* ``sentiment`` -- classify short product reviews (protocol/prompts/data/reviews.jsonl,
   200 reviews we wrote). The genotype is a sequence of instruction phrases;
   the phenotype is the instruction; a call per training review; fitness is
   the accuracy on the training split; the held-out split is for reporting.
@@ -111,7 +111,7 @@ class Budget:
 @dataclass
 class PromptSearch:
     """One job's GA over prompts. ``model_digest`` and ``gen_params`` identify the backend
-    whose outputs are cached under :func:`protocol.ga.cache_key`."""
+    whose outputs are cached under :func:`protocol.prompts.ga.cache_key`."""
 
     task: str
     target: str

@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 Each round the coordinator holds the global weights G (published by digest).
 The training set is cut into ``segments`` strided segments; a public beacon
-(:func:`protocol.replication.beacon` of the previous result) assigns each
+(:func:`protocol.rounds.replication.beacon` of the previous result) assigns each
 segment to ``replicas`` eligible peers (reputation at or above the
 threshold). A replica trains its segment from G with the deterministic step
-of :mod:`protocol.models` (one pass, Adam, batch 16, seed fixed by round and
+of :mod:`protocol.learning.models` (one pass, Adam, batch 16, seed fixed by round and
 segment), so honest replicas of a segment produce the same weight digest.
 
 Phases of one round, and the peers' message domains:
@@ -16,7 +16,7 @@ Phases of one round, and the peers' message domains:
 phase          peers send          when it closes
 =============  ==================  ================================================
 commit         ``replica/commit``  reveal notice (no more commitments taken)
-reveal         ``replica/reveal``  each segment decided (protocol.replication):
+reveal         ``replica/reveal``  each segment decided (protocol.rounds.replication):
                                    agreed -> fetch its weights by digest;
                                    disputed/undecided -> extra replicas or
                                    coordinator re-execution (``dispute``)
@@ -28,8 +28,8 @@ work           --                  the driver fetches blobs / re-executes, then 
 
 The new global model is ``G + agg(W_k - G)`` over accepted segments, where
 ``agg`` is the mean when results were verified by replicas (r >= 2) and a
-robust aggregator of :mod:`protocol.aggregators` when verification is off
-(r = 1). Reputation (protocol.replication.Reputation) moves only on facts
+robust aggregator of :mod:`protocol.learning.aggregators` when verification is off
+(r = 1). Reputation (protocol.rounds.replication.Reputation) moves only on facts
 the coordinator can prove: a signed reveal contradicting a decided result,
 a signed reveal that does not open its own commitment, a missing reveal.
 
@@ -51,10 +51,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from . import aggregators, datasets
-from .envelope import RejectedMessage, open_envelope
-from .messages import RoundAnnounce, SchemaError, Strict, decode, encode
-from .replication import (
+from ..rounds.base import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
+from ..rounds.replication import (
     Decision,
     ReplicaRejected,
     Reputation,
@@ -65,7 +63,9 @@ from .replication import (
     commitment,
     settle,
 )
-from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
+from ..wire.envelope import RejectedMessage, open_envelope
+from ..wire.messages import RoundAnnounce, SchemaError, Strict, decode, encode
+from . import aggregators, datasets
 from .workloads import Workload, models
 
 COMMIT, REVEAL, EXTRA_COMMIT, EXTRA_REVEAL, WORK = (

@@ -23,7 +23,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from .messages import EvaluatorInfo, Strict
+from ..wire.messages import EvaluatorInfo, Strict
 
 __all__ = ["EvaluatorInfo", "EvalTask", "EvalResult", "Verification", "plan"]
 

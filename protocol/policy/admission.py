@@ -6,7 +6,7 @@ Keys are free: anyone can make a million. Open admission (the default) must
 therefore make joining cost something other than a key, or bound what free
 keys can do. This policy does both, and the round modes do the rest (a
 silent member is left out of a round at its first phase and benched from
-the next ones, see :mod:`protocol.secure_round`):
+the next ones, see :mod:`protocol.rounds.secure`):
 
 =======================  =====================================  ===========================
 rule (setting)           what it stops                          refusal reason
@@ -35,7 +35,7 @@ Ed25519 verification, spends only that source's budget, and cannot spend
 the honest enrolments' nonce budget (the verifier remembers a nonce only
 for enrolments that passed these rules).
 
-A ticket is an envelope (:mod:`protocol.envelope`) of domain
+A ticket is an envelope (:mod:`protocol.wire.envelope`) of domain
 :data:`TICKET` signed by the operator's key over :class:`Ticket`: the peer
 id it admits and until when. It is not secret (it names one key, which
 must still sign the enrolment), so peers keep it in a plain file.
@@ -48,9 +48,9 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from .envelope import RejectedMessage, open_envelope, seal
-from .identity import Identity, peer_id_from_public_key
-from .messages import Strict, decode, encode
+from ..wire.envelope import RejectedMessage, open_envelope, seal
+from ..wire.identity import Identity, peer_id_from_public_key
+from ..wire.messages import Strict, decode, encode
 from .ratelimit import Buckets, TokenBucket
 
 TICKET = "admission-ticket"

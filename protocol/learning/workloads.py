@@ -26,8 +26,8 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 import numpy as np
 
-from . import datasets, tensors
-from .messages import (
+from ..wire import tensors
+from ..wire.messages import (
     PlainVector,
     RoundAnnounce,
     SchemaError,
@@ -36,6 +36,7 @@ from .messages import (
     decode,
     encode,
 )
+from . import datasets
 
 
 class Workload:
@@ -76,7 +77,7 @@ class Workload:
 
     def range_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(low, high) per coordinate when secure rounds can prove every input lies in them
-        (protocol.verified_round: a few numbers); None for vectors too long for that."""
+        (protocol.rounds.verified: a few numbers); None for vectors too long for that."""
         return None
 
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
@@ -186,7 +187,8 @@ class Stats(Workload):
 
 
 class _LazyModels:
-    """``protocol.models`` imports torch (seconds, hundreds of MB): only fedavg pays for it."""
+    """``protocol.learning.models`` imports torch (seconds, hundreds of MB): only fedavg
+    pays for it."""
 
     def __getattr__(self, name: str) -> Any:
         from . import models as real

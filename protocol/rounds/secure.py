@@ -1,4 +1,4 @@
-"""The secure round mode: a workload's vectors summed under SecAgg+ (protocol.secagg).
+"""The secure round mode: a workload's vectors summed under SecAgg+ (protocol.crypto.secagg).
 
 Phases, their peer message domains, and what closing each one sends:
 
@@ -31,11 +31,11 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from . import dp, secagg
-from .fixedpoint import FixedPoint
-from .messages import RoundAnnounce, Strict, decode, encode
-from .rounds import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
-from .workloads import Workload
+from ..crypto import dp, secagg
+from ..crypto.fixedpoint import FixedPoint
+from ..learning.workloads import Workload
+from ..wire.messages import RoundAnnounce, Strict, decode, encode
+from .base import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
 
 KEYS, SHARES, MASKED, CONSISTENCY, UNMASK = "keys", "shares", "masked", "consistency", "unmask"
 PHASES = (KEYS, SHARES, MASKED, CONSISTENCY, UNMASK)
@@ -78,7 +78,7 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
                 dp_epsilon: float = 0.0, dp_delta: float = 1e-5, degree: int | None = None,
                 threshold: int | None = None, agreement: int | None = None) -> SecureParams:
     """Round parameters; with ``dp_epsilon`` the noise is calibrated so that one round is
-    (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.dp).
+    (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.crypto.dp).
     ``degree``, ``threshold`` and ``agreement`` override :meth:`secagg.Config.default`'s."""
     sigma, split, headroom = 0.0, max(1, min_peers), 0.0
     if dp_epsilon:
@@ -102,7 +102,7 @@ def config(round: int, p: SecureParams) -> secagg.Config:
 
 class ServerRound(RoundLogic):
     """The coordinator's side of a round run by a sans-IO server (SecAgg+ here, vss in
-    protocol.verified_round): messages go to the server in their phase, a phase closes on
+    protocol.rounds.verified): messages go to the server in their phase, a phase closes on
     its deadline or when nobody connected is still owed, and closing it sends the notice
     the server's ``close_*`` made. Subclasses say which server, how each phase's message
     is received and closed, and what the result reports."""

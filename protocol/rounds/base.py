@@ -32,7 +32,7 @@ coordinator offers each verified message with its domain, asks ``ready``,
 and calls ``advance``, which either opens the next phase (a :class:`Notice`
 to broadcast, with optional personal messages) or ends the round (an
 :class:`Outcome`). :class:`Round` here is the one-phase clear mode; the
-secure mode is :mod:`protocol.secure_round`. Peers run the mirror image,
+secure mode is :mod:`protocol.rounds.secure`. Peers run the mirror image,
 :class:`PeerRound`.
 """
 
@@ -42,9 +42,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from .envelope import RejectedMessage
-from .messages import CONTRIBUTION, Strict, decode, encode
-from .workloads import Workload
+from ..learning.workloads import Workload
+from ..wire.envelope import RejectedMessage
+from ..wire.messages import CONTRIBUTION, Strict, decode, encode
 
 
 class Phase(enum.Enum):

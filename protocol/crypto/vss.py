@@ -11,7 +11,7 @@ range, so a malicious client can move
 the sum no more than an honest one with an extreme value could. This is
 the committee Shamir scheme for small statistics (Pedersen's verifiable
 secret sharing, CRYPTO '91, with the range proofs of
-:mod:`protocol.rangeproof`); SecAgg+ (:mod:`protocol.secagg`) remains the
+:mod:`protocol.crypto.rangeproof`); SecAgg+ (:mod:`protocol.crypto.secagg`) remains the
 protocol for model vectors, where per-coordinate proofs would cost too much.
 Both sides are sans-IO state machines: callers pass messages in and send
 the messages that come out; signatures were checked before a message
@@ -96,22 +96,22 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ..wire.envelope import RejectedMessage
+from ..wire.messages import Strict
 from . import group, rangeproof
-from .envelope import RejectedMessage
-from .group import GroupError, L
-from .messages import Strict
-from .secagg import (
-    _hkdf,
-    _raw_private,
-    _raw_public,
-    _round_bytes,
-    _stream,
+from .common import (
     admit,
+    hkdf_sha256,
+    raw_private,
+    raw_public,
+    round_bytes,
+    stream,
     usable_public_key,
     x25519,
 )
+from .group import GroupError, L
 
-TAG = b"hypergossip/vss/v1/"
+TAG = b"hypergossip/vss/v2/"  # v2: share keys derived under this tag, not SecAgg+'s
 B32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 MAX_DIM = 8
@@ -298,13 +298,13 @@ class Config:
 
     def context(self, dealer: str, j: int) -> bytes:
         """What a range proof is bound to: round, dealer, coordinate and the encoding."""
-        return TAG + _round_bytes(self.round) + dealer.encode() + b"|" + bytes([j, self.bits])
+        return TAG + round_bytes(self.round) + dealer.encode() + b"|" + bytes([j, self.bits])
 
 
 def rank(people: Iterable[str], seed: bytes) -> list[str]:
     """``people`` in a public order drawn from ``seed`` (AES-CTR words as sort keys)."""
     people = sorted(set(people))
-    words = np.frombuffer(_stream(hashlib.sha256(TAG + seed).digest(), 8 * len(people)),
+    words = np.frombuffer(stream(hashlib.sha256(TAG + seed).digest(), 8 * len(people)),
                           dtype=">u8")
     return [p for _, p in sorted(zip(words.tolist(), people, strict=True))]
 
@@ -314,8 +314,12 @@ def max_dealers(dim: int, threshold: int, budget: int = 380_000) -> int:
     return budget // (2 * 56 + 34 + dim * (34 * threshold + 3))
 
 
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return hkdf_sha256(secret, TAG + info)
+
+
 def _aead(shared: bytes, cfg: Config, dealer: str, member: str) -> tuple[ChaCha20Poly1305, bytes]:
-    ad = _round_bytes(cfg.round) + dealer.encode() + b">" + member.encode()
+    ad = round_bytes(cfg.round) + dealer.encode() + b">" + member.encode()
     return ChaCha20Poly1305(_hkdf(shared, b"vss-share" + ad)), ad
 
 
@@ -349,7 +353,7 @@ class VssClient:
         self.me, self.cfg = peer_id, cfg
         self.member = peer_id in cfg.committee
         self._enc = X25519PrivateKey.generate()  # as a member: shares are sealed to it
-        self._enc_sk = _raw_private(self._enc)
+        self._enc_sk = raw_private(self._enc)
         self._dealer = X25519PrivateKey.generate()  # as a dealer: shares are sealed with it
         self._step = 0
         self._polys: list[tuple[list[int], list[int]]] = []  # per coordinate: f, g coeffs
@@ -366,7 +370,7 @@ class VssClient:
         """The key shares are sealed to, as a member: every participant sends one when the
         round re-plans (the committee is drawn from those that do), else members only."""
         self._advance(0)
-        return MemberKey(enc_pk=_raw_public(self._enc)) if self.member or self.cfg.replan \
+        return MemberKey(enc_pk=raw_public(self._enc)) if self.member or self.cfg.replan \
             else None
 
     def deal(self, directory: KeyDirectory, x: np.ndarray) -> Dealing:
@@ -389,7 +393,7 @@ class VssClient:
         members = [m for m in cfg.committee if m in directory.keys]
         if len(members) < t:
             raise VssAbort(f"only {len(members)} members advertised keys; threshold is {t}")
-        if self.member and directory.keys.get(self.me) != _raw_public(self._enc):
+        if self.member and directory.keys.get(self.me) != raw_public(self._enc):
             raise VssAbort("the directory does not hold this member's key")
         self._directory = dict(directory.keys)
         commitments, proofs = [], []
@@ -399,7 +403,7 @@ class VssClient:
             self._polys.append((f, g))
             commitments.append([group.commit(a, b) for a, b in zip(f, g, strict=True)])
             proofs.append(self._prove(j, v, g[0]))
-        ciphertexts, sk = {}, _raw_private(self._dealer)
+        ciphertexts, sk = {}, raw_private(self._dealer)
         for m in members:
             try:
                 shared = x25519(sk, self._directory[m])
@@ -409,7 +413,7 @@ class VssClient:
             nonce = os.urandom(12)
             ciphertexts[m] = nonce + aead.encrypt(nonce, self._share_for(m), ad)
         return Dealing(commitments=commitments, proofs=proofs,
-                       dealer_pk=_raw_public(self._dealer), ciphertexts=ciphertexts)
+                       dealer_pk=raw_public(self._dealer), ciphertexts=ciphertexts)
 
     def _share_for(self, member: str) -> bytes:
         x = self.cfg.x_of(member)

@@ -67,7 +67,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class EvaluatorInfo(Strict):
-    """An LLM backend a peer offers for prompt-search evaluations (protocol.evaluation)."""
+    """An LLM backend a peer offers for prompt-search evaluations (protocol.prompts.evaluation)."""
 
     backend: Short
     model_digest: Annotated[str, Meta(max_length=160)]
@@ -79,7 +79,7 @@ class Enroll(Strict):
     addrs: Annotated[list[Addr], Meta(max_length=8)] = []
     agent: Short = ""
     evaluator: EvaluatorInfo | None = None
-    ticket: Annotated[bytes, Meta(max_length=1024)] = b""  # protocol.admission: operator's
+    ticket: Annotated[bytes, Meta(max_length=1024)] = b""  # protocol.policy.admission: operator's
 
 
 MODES = ("clear", "secagg", "vss", "replicated")  # how a round is run (RoundAnnounce.mode)

@@ -1,6 +1,6 @@
 """Zero-knowledge proofs that a committed integer lies in ``[0, 2^bits)``.
 
-The value ``v`` is committed as ``C = v*H + r*G`` (:mod:`protocol.group`). The
+The value ``v`` is committed as ``C = v*H + r*G`` (:mod:`protocol.crypto.group`). The
 prover writes ``v`` in binary, commits to each bit ``C_i = b_i*H + r_i*G``
 with the ``r_i`` chosen so that ``sum 2^i r_i = r`` (so ``sum 2^i C_i = C``,
 which the verifier recomputes), and proves for each ``C_i`` that it commits
@@ -29,9 +29,9 @@ from typing import Annotated
 
 import msgspec
 
+from ..wire.messages import Strict
 from . import group
 from .group import GroupError, L
-from .messages import Strict
 
 B32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 MAX_BITS = 32

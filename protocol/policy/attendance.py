@@ -19,7 +19,7 @@ So a key that never takes part costs the network one phase timeout per
 doubling of the rounds run (about ``log2(rounds)`` timeouts in all), not one
 per round, and an honest peer that was briefly away is back after a round or
 two. (A silent member no longer stops a secure round at all: its first phase
-leaves it out, see :mod:`protocol.secure_round`; this is about not waiting.)
+leaves it out, see :mod:`protocol.rounds.secure`; this is about not waiting.)
 Pure bookkeeping: the coordinator says who was asked and who answered.
 """
 

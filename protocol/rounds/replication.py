@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Each round every data segment is trained by ``replicas`` peers. Training is
-deterministic (protocol.models), so honest replicas produce the same weight
+deterministic (protocol.learning.models), so honest replicas produce the same weight
 digest; a liar must either guess it or copy it. Copying is prevented by
 commit-reveal: a replica first publishes ``H(tag, round, segment, peer,
 digest, salt)``, and reveals ``(digest, salt)`` only after the commit phase
@@ -35,7 +35,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from .envelope import RejectedMessage
+from ..wire.envelope import RejectedMessage
 
 TAG = b"hypergossip/replication/v1\x00"
 

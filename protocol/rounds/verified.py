@@ -1,4 +1,4 @@
-"""The verified round mode: a small vector summed with range checks (protocol.vss).
+"""The verified round mode: a small vector summed with range checks (protocol.crypto.vss).
 
 For workloads whose input is a few bounded numbers (``Workload.range_bounds``:
 the seed's height and weight): every input is proven to lie in its range
@@ -42,11 +42,11 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from . import dp, vss
-from .messages import RoundAnnounce, Strict, decode, encode
-from .rounds import Notice, Outgoing, PeerRound, RoundMisuse
-from .secure_round import ServerRound, noised_input
-from .workloads import Workload
+from ..crypto import dp, vss
+from ..learning.workloads import Workload
+from ..wire.messages import RoundAnnounce, Strict, decode, encode
+from .base import Notice, Outgoing, PeerRound, RoundMisuse
+from .secure import ServerRound, noised_input
 
 KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
 PHASES = (KEYS, DEAL, CHECK, RESOLVE, AGGREGATE)
