@@ -11,7 +11,7 @@ from pathlib import Path
 
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 from protocol.learning.aggregators import AGGREGATORS
-from protocol.learning.workloads import WORKLOADS
+from protocol.learning.registry import WORKLOADS
 from protocol.policy.admission import AdmissionConfig, issue_ticket
 from protocol.wire.identity import (
     BadPeerId,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from protocol.learning.workloads import Stats
 from protocol.wire.messages import StatsContribution
 
 from .aim import AIM, Budget, HTTPError, example, int_param, read_json
@@ -19,7 +18,9 @@ from .prompt_jobs import MAX_PER_USER, MAX_QUEUE
 if TYPE_CHECKING:
     from sqlite3 import Row
 
-    from .service import Coordinator
+# the coordinator.service.Coordinator these endpoints read (not imported: service builds
+# this app, and a module imports only what is below it)
+Coordinator = Any
 
 VERSION = "0.1.0"
 PEER_ID = "12D3KooW..."
@@ -168,7 +169,7 @@ def build_app(coord: Coordinator):
             raise HTTPError(404, f"no round {n} (latest is {store.last_round()})")
         return round_view(row, detail=True, store=store)
 
-    if isinstance(coord.workload, Stats):
+    if coord.workload.takes_unprotected:
         add_legacy_endpoints(aim, coord)
     return aim.app()
 

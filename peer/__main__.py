@@ -9,12 +9,13 @@ from pathlib import Path
 
 import httpx
 
-from protocol.learning.workloads import WORKLOADS, get_workload
+from protocol.learning.registry import WORKLOADS, get_workload
 from protocol.policy.admission import MAX_TICKET_WIRE
 from protocol.wire.identity import Identity, KeyFileError
 
 from .attacks import ATTACKS, Attack
-from .daemon import PeerDaemon, peer_id_of
+from .behaviour import Behaviour, Flaky
+from .daemon import PeerConfig, PeerDaemon, peer_id_of
 from .llm import LocalBackend, make_backend
 from .runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 
@@ -160,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(ticket) > MAX_TICKET_WIRE:
         log.error("--ticket %s is not a ticket (over %d bytes)", args.ticket, MAX_TICKET_WIRE)
         return 2
-    daemon = PeerDaemon(identity, workload, data, bootstrap=bootstrap, limits=limits,
-                        ticket=ticket,
-                        coordinator_id=coordinator_id,
+    config = PeerConfig(bootstrap=bootstrap, coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
-                        pull_interval=args.pull_interval, dropout=args.dropout,
-                        dropout_slot=slot,
-                        attack=Attack(args.attack, colluders=args.colluders)
-                        if args.attack else None, evaluator=evaluator)
+                        pull_interval=args.pull_interval, limits=limits, ticket=ticket)
+    behaviour = Attack(args.attack, colluders=args.colluders) if args.attack else Behaviour()
+    if args.dropout:  # a testing aid: vanish from this fraction of rounds
+        behaviour = Flaky(behaviour, dropout=args.dropout, slot=slot)
+    daemon = PeerDaemon(identity, workload, data, config, behaviour=behaviour,
+                        evaluator=evaluator)
     if args.attack:
         log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
     run_until_signal(daemon.run)

@@ -42,13 +42,15 @@ import numpy as np
 import trio
 
 from protocol.crypto import secagg, vss
-from protocol.learning import incremental as inc
-from protocol.rounds.base import Outgoing, PeerRound
-from protocol.rounds.secure import MASKED, SecurePeerRound
-from protocol.rounds.verified import VerifiedPeerRound
+from protocol.learning import incremental as learning
+from protocol.rounds import replicated as inc
+from protocol.rounds import secure, verified
+from protocol.rounds.base import Mode, Outgoing, PeerContext, PeerRound
 from protocol.wire.envelope import Envelope, RejectedMessage, open_envelope, seal
 from protocol.wire.identity import Identity
 from protocol.wire.messages import RoundAnnounce, decode, encode
+
+from .behaviour import Behaviour
 
 log = logging.getLogger("hypergossip.attack")
 
@@ -60,7 +62,9 @@ SIGNFLIP_SCALE = 4.0
 COPY_WAIT = 4.0  # seconds a copier waits to see a co-replica's message on gossip
 
 
-class Attack:
+class Attack(Behaviour):
+    """A peer that lies in one way (:data:`ATTACKS`); honest everywhere else."""
+
     def __init__(self, name: str, *, colluders: int = 2):
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {ATTACKS}")
@@ -70,17 +74,30 @@ class Attack:
         self.seen_reveals: dict[tuple[int, int], dict[str, inc.RevealItem]] = {}
         self.sent: dict[int, list[bytes]] = {}  # replay: our wires by round
 
-    # --- secure sums (outofrange) ------------------------------------------------------------
-    def secure_round(self, peer_id: str, workload, announce: RoundAnnounce,
-                     vector: np.ndarray, sign: Callable[[bytes], bytes]) -> PeerRound:
-        """The lying peer's side of a secure round (``announce.mode`` vss or secagg)."""
+    # --- which round we run ------------------------------------------------------------------
+    def peer_round(self, mode: Mode, ctx: PeerContext) -> PeerRound:
+        """The lying peer's side of a round, where this attack lies in ``mode``."""
+        lie = {secure.MODE.name: self._secure_round, verified.MODE.name: self._verified_round,
+               inc.MODE.name: self._replica_round}.get(mode.name)
+        return lie(ctx) if lie is not None else mode.peer_round(ctx)
+
+    def _secure_round(self, ctx: PeerContext) -> PeerRound:
         if self.name not in SECURE_ATTACKS:
-            raise ValueError(f"attack {self.name} has no secure-round behaviour")
-        if announce.mode == "vss":
-            rnd = VerifiedPeerRound(peer_id, workload, announce, vector)
-            rnd.client = _InflatingDealer(peer_id, rnd.cfg)
-            return rnd
-        return _InflatingSecure(peer_id, workload, announce, vector, sign)
+            return secure.MODE.peer_round(ctx)
+        x = ctx.workload.vector(ctx.announce, ctx.data, ctx.blobs)
+        return _InflatingSecure(ctx.peer_id, ctx.workload, ctx.announce, x, ctx.sign)
+
+    def _verified_round(self, ctx: PeerContext) -> PeerRound:
+        rnd = verified.MODE.peer_round(ctx)
+        if self.name in SECURE_ATTACKS:
+            rnd.client = _InflatingDealer(ctx.peer_id, rnd.cfg)
+        return rnd
+
+    def _replica_round(self, ctx: PeerContext) -> PeerRound:
+        if self.name == "copy":
+            return CopyPeerRound(self, ctx.peer_id, ctx.announce)
+        return inc.ReplicaPeerRound(ctx.peer_id, ctx.announce, ctx.data, ctx.blobs,
+                                    claim=self.claim)
 
     # --- what we claim ---------------------------------------------------------------------
     def claim(self, pr: inc.ReplicaPeerRound, segment: int,
@@ -102,11 +119,11 @@ class Attack:
             return self._alie(start, pr.ds, pr.params, pr.round)
         return train()
 
-    def _alie(self, start: np.ndarray, ds, params: inc.IncrementalParams,
+    def _alie(self, start: np.ndarray, ds, params: learning.IncrementalParams,
               round: int) -> np.ndarray:
-        updates = np.stack([inc.train_segment(start, ds, params, round, k).astype(np.float64)
+        updates = np.stack([learning.train_segment(start, ds, params, round, k).astype(np.float64)
                             - start for k in range(params.segments)])
-        z = inc.alie_z(params.segments, self.colluders)
+        z = learning.alie_z(params.segments, self.colluders)
         return (start + updates.mean(0) - z * updates.std(0)).astype(np.float32)
 
     # --- how we sign -------------------------------------------------------------------------
@@ -130,7 +147,7 @@ class Attack:
         return list(self.sent.get(round - 1, []))
 
     # --- prompt evaluations ---------------------------------------------------------------------
-    def fake_outputs(self, prompts: list[str], outputs: list[str]) -> list[str]:
+    def outputs(self, prompts: list[str], outputs: list[str]) -> list[str]:
         if self.name != "fakescore":
             return outputs
         return [f"{p} - amazing, wonderful, perfect" for p in prompts]
@@ -150,11 +167,6 @@ class Attack:
         except RejectedMessage as exc:
             log.debug("replica gossip not understood: %s", exc)
 
-    def peer_round(self, peer_id: str, announce: RoundAnnounce, ds, blobs) -> PeerRound:
-        if self.name == "copy":
-            return CopyPeerRound(self, peer_id, announce)
-        return inc.ReplicaPeerRound(peer_id, announce, ds, blobs, claim=self.claim)
-
 
 class CopyPeerRound(PeerRound):
     """A lazy replica: no training; it copies what its co-replicas gossip. Commit-reveal
@@ -163,7 +175,7 @@ class CopyPeerRound(PeerRound):
 
     def __init__(self, attack: Attack, peer_id: str, announce: RoundAnnounce):
         self.attack, self.peer_id, self.round = attack, peer_id, announce.round
-        self.params = decode(announce.workload_params, inc.IncrementalParams)
+        self.params = decode(announce.workload_params, learning.IncrementalParams)
         self.tasks = [k for k, reps in enumerate(self.params.assignment) if peer_id in reps]
         self.phases = (inc.REVEAL,)
 
@@ -211,13 +223,13 @@ class _InflatingDealer(vss.VssClient):
         return super()._prove(j, self._true[j], r)
 
 
-class _InflatingSecure(SecurePeerRound):
+class _InflatingSecure(secure.SecurePeerRound):
     """Adds INFLATE (fixed-point encoded) to its masked vector: the masks still cancel, so
     the sum carries it, and nothing in SecAgg+ can tell."""
 
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         out = super().on_notice(phase, body, personal)
-        if phase != MASKED:
+        if phase != secure.MASKED:
             return out
         enc = self.cfg.encoding
         y = np.frombuffer(decode(out[0][1], secagg.MaskedInput).vector,

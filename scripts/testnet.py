@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from peer.attacks import ATTACKS  # noqa: E402
 from protocol.learning.aggregators import AGGREGATORS  # noqa: E402
-from protocol.learning.workloads import WORKLOADS  # noqa: E402
+from protocol.learning.registry import WORKLOADS  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import trio
 
 from coordinator.service import Coordinator, CoordinatorConfig
 from peer.daemon import PeerDaemon
-from protocol.learning.workloads import get_workload
+from protocol.learning.registry import get_workload
 from protocol.wire.identity import Identity
 from protocol.wire.messages import StatsContribution
 

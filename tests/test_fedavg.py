@@ -11,7 +11,8 @@ import trio
 
 from peer.daemon import PeerDaemon
 from protocol.learning import datasets, models
-from protocol.learning.workloads import FedAvg, get_workload
+from protocol.learning.registry import get_workload
+from protocol.learning.workloads import FedAvg
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PlainVector, SchemaError
 

@@ -11,7 +11,7 @@ from coordinator.service import Coordinator
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from protocol.learning import datasets
-from protocol.learning.workloads import get_workload
+from protocol.learning.registry import get_workload
 from protocol.wire.identity import Identity
 
 from .netutil import coordinator_config, start_coordinator, wait_for
@@ -21,7 +21,7 @@ DS = datasets.load()
 
 async def start_incremental_peer(nursery, boot: str, attack: str | None = None) -> PeerDaemon:
     daemon = PeerDaemon(Identity.generate(), get_workload("incremental"), DS, bootstrap=[boot],
-                        attack=Attack(attack) if attack else None)
+                        behaviour=Attack(attack) if attack else None)
     await nursery.start(daemon.run)
     return daemon
 
@@ -86,7 +86,7 @@ async def test_copiers_see_the_gossip_but_nothing_they_copy_is_accepted(data_dir
     views, rep, _, _, honest, bad = await run_net(
         data_dir, peers=4, attackers=1, attack="copy", rounds=2)
     copier = bad[0].peer_id
-    assert bad[0].attack.seen_commits  # it did read co-replicas' commitments off gossip
+    assert bad[0].behaviour.seen_commits  # it did read co-replicas' commitments off gossip
     for v in views:
         assert v["status"] == "published"
         for seg in v["result"]["segments"]:

@@ -10,8 +10,9 @@ import pytest
 
 from peer.attacks import SIGNFLIP_SCALE
 from protocol.learning import incremental as inc
+from protocol.policy.replication import ReplicaRejected, Reputation
+from protocol.rounds import replicated as rep
 from protocol.rounds.base import Notice, Outcome, WrongPhase
-from protocol.rounds.replication import ReplicaRejected, Reputation
 from protocol.wire.messages import RoundAnnounce, SchemaError, encode
 
 PEERS = [f"peer-{i}" for i in range(8)]
@@ -22,7 +23,7 @@ def setup(assignment=None, eligible=PEERS, **opts):
     params = w.make_params(1, b"", eligible)
     if assignment is not None:
         params = msgspec.structs.replace(params, assignment=assignment)
-    rnd = inc.ReplicatedRound(1, w, params, Reputation(), 5.0, deadline=100.0)
+    rnd = rep.ReplicatedRound(1, w, params, Reputation(), 5.0, deadline=100.0)
     ann = RoundAnnounce(round=1, workload="incremental", deadline_ms=0, min_peers=1,
                         workload_params=encode(params))
     return w, params, rnd, ann
@@ -32,7 +33,7 @@ def peer_rounds(w, ann, claims=None):
     blobs = {hashlib.sha256(w.state_blob()).digest(): w.state_blob()}
     params = msgspec.msgpack.decode(ann.workload_params, type=inc.IncrementalParams)
     claims = claims or {}
-    return {p: inc.ReplicaPeerRound(p, ann, w.dataset, blobs, claim=claims.get(p, inc.honest))
+    return {p: rep.ReplicaPeerRound(p, ann, w.dataset, blobs, claim=claims.get(p, rep.honest))
             for p in params.eligible}
 
 
@@ -65,8 +66,8 @@ def drive(w, rnd, prs, *, skip=()) -> tuple[Outcome, dict[str, str]]:
         for digest in step.fetch:
             if digest in served:
                 rnd.deliver(digest, served[digest])
-        if step.recompute:
-            rnd.recompute(w.weights.copy())
+        if step.compute is not None:  # re-executes the contested segments
+            step.compute()
 
 
 def expected_weights(w, params) -> np.ndarray:
@@ -115,16 +116,16 @@ def test_a_copied_commitment_never_opens():
     victim, copier = params.assignment[0][0], params.assignment[0][1]
     # the copier commits the victim's commitment, then reveals the victim's (digest, salt)
     rnd.offer_message(victim, *prs[victim].start()[0])
-    copied = inc.Commits([inc.CommitItem(0, inc.commitment(1, 0, victim, *prs[victim].results[0]))])
+    copied = rep.Commits([rep.CommitItem(0, rep.commitment(1, 0, victim, *prs[victim].results[0]))])
     with pytest.raises(ReplicaRejected, match="not a replica|committed"):
-        rnd.offer_message(copier, inc.DOMAIN_COMMIT, encode(
-            inc.Commits([inc.CommitItem(9, b"x" * 32)])))
-    rnd.offer_message(copier, inc.DOMAIN_COMMIT, encode(copied))
+        rnd.offer_message(copier, rep.DOMAIN_COMMIT, encode(
+            rep.Commits([rep.CommitItem(9, b"x" * 32)])))
+    rnd.offer_message(copier, rep.DOMAIN_COMMIT, encode(copied))
     rnd.advance(0.0)
-    rnd.offer_message(victim, *prs[victim].on_notice(inc.REVEAL, b"", None)[0])
-    with pytest.raises(inc.BadReveal):
-        rnd.offer_message(copier, inc.DOMAIN_REVEAL, encode(
-            inc.Reveals([inc.RevealItem(0, *prs[victim].results[0])])))
+    rnd.offer_message(victim, *prs[victim].on_notice(rep.REVEAL, b"", None)[0])
+    with pytest.raises(rep.BadReveal):
+        rnd.offer_message(copier, rep.DOMAIN_REVEAL, encode(
+            rep.Reveals([rep.RevealItem(0, *prs[victim].results[0])])))
     assert rnd.bad_reveals == {0: {copier}}
 
 
@@ -133,12 +134,12 @@ def test_messages_out_of_phase_or_malformed_are_refused():
     p = params.assignment[0][0]
     pr = peer_rounds(w, ann)[p]
     with pytest.raises(WrongPhase):
-        rnd.offer_message(p, inc.DOMAIN_REVEAL, pr.reveals(pr.tasks)[0][1])
-    dup = inc.Commits([inc.CommitItem(0, b"a" * 32), inc.CommitItem(0, b"b" * 32)])
+        rnd.offer_message(p, rep.DOMAIN_REVEAL, pr.reveals(pr.tasks)[0][1])
+    dup = rep.Commits([rep.CommitItem(0, b"a" * 32), rep.CommitItem(0, b"b" * 32)])
     with pytest.raises(SchemaError):
-        rnd.offer_message(p, inc.DOMAIN_COMMIT, encode(dup))
+        rnd.offer_message(p, rep.DOMAIN_COMMIT, encode(dup))
     with pytest.raises(SchemaError):
-        rnd.offer_message(p, inc.DOMAIN_COMMIT, b"\x81\xa5items\x90")  # empty list
+        rnd.offer_message(p, rep.DOMAIN_COMMIT, b"\x81\xa5items\x90")  # empty list
     rnd.offer_message(p, *pr.start()[0])
     with pytest.raises(ReplicaRejected):
         rnd.offer_message(p, *pr.start()[0])  # twice

@@ -8,7 +8,7 @@ import trio
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from peer.llm import make_backend
-from protocol.learning.workloads import get_workload
+from protocol.learning.registry import get_workload
 from protocol.wire.identity import Identity
 
 from .netutil import start_coordinator, wait_for
@@ -23,7 +23,7 @@ async def test_evaluations_run_on_peers_and_a_liar_never_decides_alone(data_dir)
         for attack in (None, None, None, "fakescore"):
             d = PeerDaemon(Identity.generate(), get_workload("prompt"), None, bootstrap=[boot],
                            evaluator=make_backend("echo"),
-                           attack=Attack(attack) if attack else None)
+                           behaviour=Attack(attack) if attack else None)
             await nursery.start(d.run)
             peers.append(d)
         await wait_for(lambda: len(coord.evaluators) == 4 and len(coord.live_peers()) == 4)

@@ -16,6 +16,7 @@ import random
 
 import trio
 
+from peer.behaviour import Flaky
 from protocol.wire.messages import ANNOUNCE, RESULT
 
 from .netutil import start_coordinator, start_peer, wait_for
@@ -39,7 +40,8 @@ async def test_every_live_peer_gets_every_round_through_pull(data_dir):
             peers.append(await start_peer(
                 nursery, [boot, *links], 150.0 + i, 50.0 + i,
                 subscribe_gossip=i >= OUT_OF_MESH,
-                gossip_drop=1.0 if OUT_OF_MESH <= i < OUT_OF_MESH + DROPPING else 0.0,
+                behaviour=Flaky(gossip_drop=1.0 if OUT_OF_MESH <= i < OUT_OF_MESH + DROPPING
+                                else 0.0),
                 session=i % 2 == 0 or i >= OUT_OF_MESH + DROPPING, pull_interval=1.0))
         await wait_for(lambda: coord.rounds_run >= ROUNDS, timeout=90)
         await wait_for(lambda: all(p.roundlog.has(RESULT, ROUNDS) for p in peers),

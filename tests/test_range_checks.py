@@ -21,7 +21,7 @@ async def one_round(data_dir, protocol: str) -> tuple[dict, list[str], str]:
         coord = await start_coordinator(nursery, data_dir, min_peers=4, max_rounds=1,
                                         start_peers=5, secure_protocol=protocol)
         boot = coord.node.addrs[0]
-        peers = [await start_peer(nursery, [boot], h, w, attack=Attack("outofrange")
+        peers = [await start_peer(nursery, [boot], h, w, behaviour=Attack("outofrange")
                                   if i == 4 else None) for i, (h, w) in enumerate(INPUTS)]
         await wait_for(lambda: coord.rounds_run >= 1, timeout=40)
         row = coord.store.round_row(1)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from protocol.rounds.replication import (
+from protocol.policy.replication import (
     ReplicaRejected,
     Reputation,
     SegmentVote,

@@ -8,8 +8,10 @@ import math
 
 import pytest
 
-from protocol.learning.workloads import WORKLOADS, Stats, get_workload
-from protocol.rounds.base import Duplicate, Outcome, Phase, Round, RoundClosed, RoundMisuse
+from protocol.learning.registry import WORKLOADS, get_workload
+from protocol.learning.workloads import Stats
+from protocol.rounds.base import Duplicate, Outcome, RoundClosed, RoundMisuse
+from protocol.rounds.clear import Phase, Round
 from protocol.wire.canonical import canonical_json, state_digest
 from protocol.wire.envelope import RejectedMessage
 from protocol.wire.messages import PullRequest, RoundAnnounce, SchemaError, StatsContribution

@@ -20,7 +20,7 @@ from protocol.crypto.vss import (
     VssRejected,
     VssServer,
 )
-from protocol.learning.workloads import get_workload
+from protocol.learning.registry import get_workload
 from protocol.rounds import verified as verified_round
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PhaseNotice, encode

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Each round the coordinator holds the global weights G (published by digest).
 The training set is cut into ``segments`` strided segments; a public beacon
-(:func:`protocol.rounds.replication.beacon` of the previous result) assigns each
+(:func:`protocol.policy.replication.beacon` of the previous result) assigns each
 segment to ``replicas`` eligible peers (reputation at or above the
 threshold). A replica trains its segment from G with the deterministic step
 of :mod:`protocol.learning.models` (one pass, Adam, batch 16, seed fixed by round and
@@ -16,7 +16,7 @@ Phases of one round, and the peers' message domains:
 phase          peers send          when it closes
 =============  ==================  ================================================
 commit         ``replica/commit``  reveal notice (no more commitments taken)
-reveal         ``replica/reveal``  each segment decided (protocol.rounds.replication):
+reveal         ``replica/reveal``  each segment decided (protocol.policy.replication):
                                    agreed -> fetch its weights by digest;
                                    disputed/undecided -> extra replicas or
                                    coordinator re-execution (``dispute``)
@@ -29,50 +29,32 @@ work           --                  the driver fetches blobs / re-executes, then 
 The new global model is ``G + agg(W_k - G)`` over accepted segments, where
 ``agg`` is the mean when results were verified by replicas (r >= 2) and a
 robust aggregator of :mod:`protocol.learning.aggregators` when verification is off
-(r = 1). Reputation (protocol.rounds.replication.Reputation) moves only on facts
+(r = 1). Reputation (protocol.policy.replication.Reputation) moves only on facts
 the coordinator can prove: a signed reveal contradicting a decided result,
 a signed reveal that does not open its own commitment, a missing reveal.
 
-Everything here is sans-IO: :class:`ReplicatedRound` returns a :class:`Work`
-step when it needs blobs fetched or segments re-executed, and the caller
-delivers the bytes.
+This module is the workload (the task, its data and its deterministic
+training step); the round that runs it is :mod:`protocol.rounds.replicated`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
-from ..rounds.base import Notice, Outcome, Outgoing, PeerRound, RoundLogic, RoundMisuse, WrongPhase
-from ..rounds.replication import (
-    Decision,
-    ReplicaRejected,
-    Reputation,
-    SegmentVote,
-    Verdict,
+from ..policy.replication import (
     assign,
     beacon,
-    commitment,
-    settle,
 )
-from ..wire.envelope import RejectedMessage, open_envelope
-from ..wire.messages import RoundAnnounce, SchemaError, Strict, decode, encode
+from ..wire.messages import RoundAnnounce, Strict, decode
 from . import aggregators, datasets
 from .workloads import Workload, models
 
-COMMIT, REVEAL, EXTRA_COMMIT, EXTRA_REVEAL, WORK = (
-    "commit", "reveal", "extra_commit", "extra_reveal", "work")
-DOMAIN_COMMIT = "replica/commit"
-DOMAIN_REVEAL = "replica/reveal"
-DOMAINS = frozenset({DOMAIN_COMMIT, DOMAIN_REVEAL})
 DISPUTE_MODES = ("reexecute", "replicas")
 MAX_SEGMENTS = 4096
 
@@ -80,37 +62,7 @@ PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 Segment = Annotated[int, msgspec.Meta(ge=0, lt=MAX_SEGMENTS)]
 
 
-def valid_replica_gossip(wire: bytes, origin: str) -> bool:
-    """Whether gossip on the replica topic is a replica's own signed commitment or reveal
-    (what nodes check before they deliver or forward it)."""
-    try:
-        return open_envelope(wire, domains=DOMAINS).sender_id == origin
-    except RejectedMessage:
-        return False
 Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-
-
-class BadReveal(ReplicaRejected):
-    reason = "bad_reveal"
-
-
-class CommitItem(Strict):
-    segment: Segment
-    commitment: Digest
-
-
-class Commits(Strict):
-    items: Annotated[list[CommitItem], msgspec.Meta(min_length=1, max_length=64)]
-
-
-class RevealItem(Strict):
-    segment: Segment
-    digest: Digest
-    salt: Annotated[bytes, msgspec.Meta(min_length=16, max_length=64)]
-
-
-class Reveals(Strict):
-    items: Annotated[list[RevealItem], msgspec.Meta(min_length=1, max_length=64)]
 
 
 class IncrementalParams(Strict):
@@ -130,13 +82,6 @@ class IncrementalParams(Strict):
     eligible: Annotated[list[PeerId], msgspec.Meta(max_length=5000)]
     assignment: Annotated[list[list[PeerId]], msgspec.Meta(max_length=MAX_SEGMENTS)]
     dispute: Annotated[str, msgspec.Meta(max_length=16)] = "reexecute"
-
-
-class ExtraAssignment(Strict):
-    """Body of the extra_commit notice: contested segments and their extra replicas."""
-
-    segments: Annotated[list[Segment], msgspec.Meta(max_length=MAX_SEGMENTS)]
-    replicas: Annotated[list[list[PeerId]], msgspec.Meta(max_length=MAX_SEGMENTS)]
 
 
 def task_seed(round: int, segment: int) -> int:
@@ -167,16 +112,6 @@ def extra_replicas(params: IncrementalParams, segment: int, count: int) -> list[
     return ranked[:count]
 
 
-@dataclass
-class Work:
-    """The round needs I/O before it can go on: blobs by digest (with peers that should
-    have them) and segments the coordinator must re-execute itself."""
-
-    fetch: dict[bytes, list[str]] = field(default_factory=dict)
-    recompute: list[int] = field(default_factory=list)
-    max_size: int = 0
-
-
 class Incremental(Workload):
     """The seed's challenge 2: the MNIST autoencoder trained segment by segment, by replicas.
 
@@ -190,7 +125,7 @@ class Incremental(Workload):
 
     name = "incremental"
     replicated = True
-    contribution_schema = Commits
+    contribution_schema = Strict  # no clear contributions: its rounds are replicated
     clip = 0.0
 
     def __init__(self, *, segments: int = 4, replicas: int = 3, quorum: int | None = None,
@@ -286,337 +221,6 @@ class Incremental(Workload):
             return [(bytes.fromhex(result["model_digest"]), int(result["model_bytes"]))]
         except (KeyError, ValueError, TypeError):
             return []
-
-
-# --- the coordinator's round ------------------------------------------------------------------
-@dataclass
-class ReplicatedRound(RoundLogic):
-    number: int
-    workload: Incremental
-    params: IncrementalParams
-    reputation: Reputation
-    phase_timeout: float
-    deadline: float
-    rejected: dict[str, int] = field(default_factory=dict)
-    stage: str = COMMIT
-    votes: dict[int, SegmentVote] = field(default_factory=dict)
-    extra: dict[int, SegmentVote] = field(default_factory=dict)
-    bad_reveals: dict[int, set[str]] = field(default_factory=dict)
-    decisions: dict[int, Decision] = field(default_factory=dict)
-    how: dict[int, str] = field(default_factory=dict)
-    blobs: dict[bytes, bytes] = field(default_factory=dict)
-    weights: dict[int, np.ndarray] = field(default_factory=dict)
-    pending: list[int] = field(default_factory=list)  # segments awaiting re-execution
-    work_done: int = 0
-
-    def __post_init__(self) -> None:
-        for k, reps in enumerate(self.params.assignment):
-            if reps:
-                self.votes[k] = SegmentVote(self.number, k, list(reps), self.params.quorum)
-
-    def domains(self) -> frozenset[str]:
-        return DOMAINS
-
-    @property
-    def verified(self) -> bool:
-        return self.params.replicas > 1
-
-    def _open_votes(self) -> dict[int, SegmentVote]:
-        return self.extra if self.stage in (EXTRA_COMMIT, EXTRA_REVEAL) else self.votes
-
-    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
-        votes = self._open_votes()
-        if domain == DOMAIN_COMMIT and self.stage in (COMMIT, EXTRA_COMMIT):
-            items = decode(payload, Commits).items
-            self._check_items(sender, [i.segment for i in items], votes)
-            for i in items:
-                if sender in votes[i.segment].commits:
-                    raise ReplicaRejected(f"{sender} already committed to segment {i.segment}")
-            for i in items:
-                votes[i.segment].commit(sender, i.commitment)
-        elif domain == DOMAIN_REVEAL and self.stage in (REVEAL, EXTRA_REVEAL):
-            items = decode(payload, Reveals).items
-            self._check_items(sender, [i.segment for i in items], votes)
-            for i in items:
-                vote = votes[i.segment]
-                if sender not in vote.commits or sender in vote.reveals:
-                    raise ReplicaRejected(f"{sender} has no open commitment on segment "
-                                          f"{i.segment}")
-                if commitment(self.number, i.segment, sender, i.digest, i.salt) != \
-                        vote.commits[sender]:
-                    # signed evidence of equivocation (or of copying someone's answer)
-                    self.bad_reveals.setdefault(i.segment, set()).add(sender)
-                    raise BadReveal(f"reveal for segment {i.segment} does not open "
-                                    f"{sender}'s commitment")
-            for i in items:
-                votes[i.segment].reveal(sender, i.digest, i.salt)
-        else:
-            raise WrongPhase(f"{domain} is not taken in the {self.stage} phase")
-
-    def _check_items(self, sender: str, segments: list[int],
-                     votes: Mapping[int, SegmentVote]) -> None:
-        if len(set(segments)) != len(segments):
-            raise SchemaError("a segment is listed twice")
-        for k in segments:
-            if k not in votes or sender not in votes[k].replicas:
-                raise ReplicaRejected(f"{sender} is not a replica of segment {k} now")
-
-    def _waiting_for(self) -> set[str]:
-        votes = self._open_votes()
-        if self.stage in (COMMIT, EXTRA_COMMIT):
-            return {p for v in votes.values() for p in v.replicas if p not in v.commits}
-        bad = {p for s in self.bad_reveals.values() for p in s}
-        return {p for v in votes.values() for p in v.commits
-                if p not in v.reveals and p not in bad}
-
-    def ready(self, now: float, live: set[str]) -> bool:
-        if self.stage == WORK:
-            return True
-        return now >= self.deadline or not (self._waiting_for() & live)
-
-    def accepted_count(self) -> int:
-        return len(self.weights)
-
-    def advance(self, now: float) -> Notice | Outcome | Work:  # type: ignore[override]
-        if self.stage == COMMIT:
-            for v in self.votes.values():
-                v.close_commits()
-            self.stage, self.deadline = REVEAL, now + self.phase_timeout
-            return Notice(REVEAL)
-        if self.stage == REVEAL:
-            contested = self._decide_first()
-            if contested and self.params.dispute == "replicas":
-                body = self._open_extra(contested)
-                if body is not None:
-                    self.stage, self.deadline = EXTRA_COMMIT, now + self.phase_timeout
-                    return Notice(EXTRA_COMMIT, body=encode(body))
-            self.pending = contested
-            return self._work()
-        if self.stage == EXTRA_COMMIT:
-            for v in self.extra.values():
-                v.close_commits()
-            self.stage, self.deadline = EXTRA_REVEAL, now + self.phase_timeout
-            return Notice(EXTRA_REVEAL)
-        if self.stage == EXTRA_REVEAL:
-            self.pending = self._decide_extra()
-            return self._work()
-        if self.stage == WORK:
-            return self._after_work()
-        raise RoundMisuse(f"round {self.number}: advance in stage {self.stage}")
-
-    def _decide_first(self) -> list[int]:
-        """Decide every segment on its first replicas; return the contested ones."""
-        contested = []
-        for k, vote in self.votes.items():
-            d = vote.decide()
-            if d.verdict is Verdict.ACCEPTED:
-                self.decisions[k] = d
-                self.how[k] = "quorum" if self.verified else "unverified (r=1)"
-            elif self.verified:
-                contested.append(k)
-            else:
-                self.how[k] = "no result"
-        return contested
-
-    def _open_extra(self, contested: list[int]) -> ExtraAssignment | None:
-        segs, reps = [], []
-        for k in contested:
-            extra = extra_replicas(self.params, k, self.params.replicas)
-            if extra:
-                self.extra[k] = SegmentVote(self.number, k, extra, 1)
-                segs.append(k)
-                reps.append(extra)
-        return ExtraAssignment(segs, reps) if segs else None
-
-    def _decide_extra(self) -> list[int]:
-        """Decide contested segments on all their reveals: a digest revealed by a quorum and
-        by more than half of all who revealed wins; otherwise the coordinator re-executes."""
-        left = []
-        for k in sorted(set(self.votes) - set(self.decisions)):
-            reveals = dict(self.votes[k].reveals)
-            if k in self.extra:
-                reveals.update(self.extra[k].reveals)
-            top = Counter(reveals.values()).most_common(1)
-            if top and top[0][1] >= self.params.quorum and 2 * top[0][1] > len(reveals):
-                self.decisions[k] = self._settle(k, top[0][0])
-                self.how[k] = "extra replicas"
-            else:
-                left.append(k)
-        return left
-
-    def _settle(self, k: int, truth: bytes) -> Decision:
-        """Settle segment ``k`` over its first and extra replicas together."""
-        reveals = dict(self.votes[k].reveals)
-        replicas = list(self.votes[k].replicas)
-        if k in self.extra:
-            reveals.update(self.extra[k].reveals)
-            replicas += self.extra[k].replicas
-        return settle(reveals, replicas, truth)
-
-    def _work(self) -> Work:
-        self.stage = WORK
-        fetch = {}
-        for k, d in self.decisions.items():
-            assert d.digest is not None
-            if k not in self.weights and d.digest not in self.blobs:
-                fetch[d.digest] = list(d.agree)
-        recompute = list(self.pending) if self.verified else []
-        return Work(fetch=fetch, recompute=recompute, max_size=self.params.model_size + 4096)
-
-    def deliver(self, digest: bytes, blob: bytes) -> None:
-        """The driver fetched ``blob`` (its SHA-256 already checked against ``digest``)."""
-        if hashlib.sha256(blob).digest() != digest:
-            raise RoundMisuse("delivered a blob under the wrong digest")
-        self.blobs[digest] = blob
-
-    def recompute(self, start: np.ndarray) -> None:
-        """Coordinator re-execution of the pending segments (CPU work: run it in a thread)."""
-        for k in self.pending:
-            w = train_segment(start, self.workload.dataset, self.params, self.number, k)
-            blob = models.encode_weights(w)
-            digest = hashlib.sha256(blob).digest()
-            self.blobs[digest] = blob
-            self.decisions[k] = self._settle(k, digest)
-            self.how[k] = "re-execution"
-        self.pending = []
-
-    def _after_work(self) -> Outcome | Work:
-        self.work_done += 1
-        for k, d in sorted(self.decisions.items()):
-            blob = self.blobs.get(d.digest or b"")
-            if blob is None or k in self.weights:
-                continue
-            try:
-                self.weights[k] = models.decode_weights(blob, len(self.workload.weights))
-            except Exception as exc:  # an agreed digest of bytes that are not weights
-                self.how[k] = f"refused: {exc}"[:120]
-        unfetched = [k for k in self.decisions if k not in self.weights]
-        if unfetched and self.verified and self.work_done < 2:
-            for k in unfetched:  # nobody served the agreed weights: the coordinator trains
-                del self.decisions[k]
-            self.pending = unfetched
-            return self._work()
-        return self._finish()
-
-    def _finish(self) -> Outcome:
-        if self.verified:
-            for k, d in sorted(self.decisions.items()):
-                self.reputation.apply(self.number, k, d)
-        for k, vote in self.votes.items():  # r=1: no verdict to reward, but no-shows cost
-            if not self.verified and k not in self.decisions:
-                for p in vote.replicas:
-                    self.reputation.apply(self.number, k, Decision(
-                        Verdict.ACCEPTED, None, [], [], [p]))
-        for k, peers in sorted(self.bad_reveals.items()):
-            for p in sorted(peers):
-                self.reputation.penalize(self.number, p,
-                                         f"segment {k}: reveal did not open its commitment")
-        result = self.workload.apply(self.number, self.weights)
-        result.update(self._report())
-        status = "published" if self.weights else "failed"
-        if not self.weights:
-            result["error"] = "no segment result was accepted"
-        return Outcome(status, len(self.weights), result)
-
-    def _report(self) -> dict[str, Any]:
-        rows = []
-        for k, vote in sorted(self.votes.items()):
-            d = self.decisions.get(k)
-            rows.append({
-                "segment": k, "replicas": vote.replicas,
-                "extra_replicas": self.extra[k].replicas if k in self.extra else [],
-                "decided_by": self.how.get(k, "no result"),
-                "digest": d.digest.hex() if d and d.digest else None,
-                "agree": d.agree if d else [], "disagree": d.disagree if d else [],
-                "missing": d.missing if d else [p for p in vote.replicas
-                                                 if p not in vote.reveals],
-                "bad_reveal": sorted(self.bad_reveals.get(k, ())),
-                "used": k in self.weights,
-            })
-        changed = {p: self.reputation.score(p) for r, p, _, _ in self.reputation.history
-                   if r == self.number}
-        return {"round_task": {"segments": self.params.segments,
-                               "replicas": self.params.replicas, "quorum": self.params.quorum,
-                               "dispute": self.params.dispute,
-                               "beacon": self.params.beacon.hex()},
-                "segments": rows, "reputation": changed,
-                "disputes": sum(1 for r in rows if r["decided_by"] in (
-                    "re-execution", "extra replicas"))}
-
-
-# --- a peer's side -----------------------------------------------------------------------------
-# (the replica's round, segment, its honest training) -> the weights it reports
-Claim = Callable[["ReplicaPeerRound", int, Callable[[], np.ndarray]], np.ndarray]
-
-
-def honest(pr: ReplicaPeerRound, segment: int, train: Callable[[], np.ndarray]) -> np.ndarray:
-    return train()
-
-
-class ReplicaPeerRound(PeerRound):
-    """A replica: train its segments (in the constructor: run it in a worker thread), commit
-    to each result's digest, reveal after the commit phase, serve the weights by digest.
-
-    ``claim(self, segment, train)`` returns the weights this peer reports for a segment;
-    honest peers return ``train()``. Attack behaviours (peer/attacks.py) pass another
-    ``claim``, which may read ``start_weights``, ``ds``, ``params`` and ``round``."""
-
-    def __init__(self, peer_id: str, announce: RoundAnnounce, ds: datasets.Dataset,
-                 blobs: Mapping[bytes, bytes], *, claim: Claim = honest):
-        self.peer_id, self.round = peer_id, announce.round
-        self.params = decode(announce.workload_params, IncrementalParams)
-        if data_digest(ds) != self.params.data_digest:
-            raise SchemaError("this peer's training data differs from the coordinator's")
-        self.ds, self.claim = ds, claim
-        self.start_weights = models.decode_weights(blobs[self.params.model_digest],
-                                                   models.autoencoder_size())
-        self.phases = (REVEAL, EXTRA_COMMIT, EXTRA_REVEAL) \
-            if self.params.dispute == "replicas" else (REVEAL,)
-        self.results: dict[int, tuple[bytes, bytes]] = {}  # segment -> (digest, salt)
-        self._blobs: list[bytes] = []
-        self.tasks = [k for k, reps in enumerate(self.params.assignment) if peer_id in reps]
-        self.extra_tasks: list[int] = []
-        self._train(self.tasks)
-
-    def _train(self, segments: list[int]) -> None:
-        for k in segments:
-            w = self.claim(self, k, lambda k=k: train_segment(self.start_weights, self.ds,
-                                                              self.params, self.round, k))
-            blob = models.encode_weights(w)
-            self._blobs.append(blob)
-            self.results[k] = (hashlib.sha256(blob).digest(), os.urandom(16))
-
-    def blobs(self) -> list[bytes]:
-        return list(self._blobs)
-
-    def commits(self, segments: list[int]) -> Outgoing:
-        if not segments:
-            return []
-        items = [CommitItem(k, commitment(self.round, k, self.peer_id, *self.results[k]))
-                 for k in segments]
-        return [(DOMAIN_COMMIT, encode(Commits(items)))]
-
-    def reveals(self, segments: list[int]) -> Outgoing:
-        if not segments:
-            return []
-        items = [RevealItem(k, *self.results[k]) for k in segments]
-        return [(DOMAIN_REVEAL, encode(Reveals(items)))]
-
-    def start(self) -> Outgoing:
-        return self.commits(self.tasks)
-
-    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
-        if phase == REVEAL:
-            return self.reveals(self.tasks)
-        if phase == EXTRA_COMMIT:
-            extra = decode(body, ExtraAssignment)
-            self.extra_tasks = [k for k, reps in zip(extra.segments, extra.replicas,
-                                                     strict=False) if self.peer_id in reps]
-            self._train([k for k in self.extra_tasks if k not in self.results])
-            return self.commits(self.extra_tasks)
-        if phase == EXTRA_REVEAL:
-            return self.reveals(self.extra_tasks)
-        return []
 
 
 def alie_z(n: int, m: int) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -44,6 +44,8 @@ class Workload:
     contribution_schema: ClassVar[type[Strict]]
     clip: ClassVar[float]  # per-coordinate bound of secure-mode vectors
     ring_bits: ClassVar[int] = 32  # secure-mode ring Z_2^bits; 32 keeps uploads at 1x float32
+    runs_rounds: ClassVar[bool] = True  # False: the coordinator runs jobs instead (prompt)
+    takes_unprotected: ClassVar[bool] = False  # values posted in the clear (legacy HTTP API)
 
     def round_params(self, round: int) -> bytes:
         """Workload parameters the coordinator puts in round ``round``'s announcement."""
@@ -149,6 +151,8 @@ class Stats(Workload):
             "mean_height": total_h / n if n else None,
             "mean_weight": total_w / n if n else None,
         }
+
+    takes_unprotected = True
 
     def merge_unprotected(self, result: dict[str, Any],
                           values: list[StatsContribution]) -> dict[str, Any]:
@@ -360,26 +364,7 @@ class PromptSearchWorkload(Workload):
     name = "prompt"
     contribution_schema = PlainVector
     clip = 0.0
+    runs_rounds = False
 
     def parse_data(self, text: str) -> None:
         return None
-
-
-def _incremental(**options: Any) -> Workload:
-    from .incremental import Incremental  # builds on this module
-
-    return Incremental(**options)
-
-
-WORKLOADS: dict[str, Callable[..., Workload]] = {
-    Stats.name: Stats, FedAvg.name: FedAvg, "incremental": _incremental,
-    PromptSearchWorkload.name: PromptSearchWorkload}
-
-
-def get_workload(name: str, **options: Any) -> Workload:
-    """The workload ``name``; ``options`` go to its constructor (e.g. segments=8)."""
-    try:
-        factory = WORKLOADS[name]
-    except KeyError:
-        raise ValueError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}") from None
-    return factory(**options)

@@ -1,5 +1,88 @@
 """Round modes: how one round of contributions is run, as sans-IO state machines.
 
+Each mode is one module holding its coordinator round, its peer round and its
+:class:`~protocol.rounds.base.Mode` (see :mod:`.base` for what a mode provides),
+registered below by name: the name an announcement carries (``RoundAnnounce.mode``).
+A new mode is one new module and one line in :data:`MODES` (or a :func:`register`
+call, for a mode that lives outside this package, e.g. in a test); the coordinator
+and the peer find it here and never ask which mode they run.
+
+========== ================ ====================================================
+mode       module           what a round does
+========== ================ ====================================================
+clear      :mod:`.clear`    each peer's contribution in the clear, combined
+secagg     :mod:`.secure`   vectors summed under SecAgg+ (Bell et al. 2020)
+vss        :mod:`.verified` range-proven inputs summed by a committee
+replicated :mod:`.replicated` replicas train, commit, reveal; agreement decides
+========== ================ ====================================================
+
 May import :mod:`protocol.wire`, :mod:`protocol.crypto`, :mod:`protocol.learning` and
 :mod:`protocol.policy`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import clear, replicated, secure, verified
+from .base import Mode, UnknownMode
+
+if TYPE_CHECKING:
+    from ..learning.workloads import Workload
+
+MODES: dict[str, Mode] = {m.name: m for m in (
+    clear.MODE, secure.MODE, verified.MODE, replicated.MODE)}
+SECURE = (verified.MODE.name, secure.MODE.name)  # --secure-protocol's choices, auto's order
+
+
+def register(mode: Mode) -> Mode:
+    """Add a mode defined elsewhere (a test's, a bench's) under ``mode.name``."""
+    if MODES.get(mode.name, mode) is not mode:
+        raise ValueError(f"a different round mode is registered as {mode.name!r}")
+    MODES[mode.name] = mode
+    return mode
+
+
+def get(name: str) -> Mode:
+    """The mode an announcement names; :class:`UnknownMode` (a remote fault) otherwise."""
+    try:
+        return MODES[name]
+    except KeyError:
+        raise UnknownMode(f"unknown round mode {name!r}") from None
+
+
+def select(workload: Workload, *, secure: bool = True, protocol: str = "auto",
+           mode: str = "") -> Mode:
+    """The mode a coordinator runs ``workload`` in: ``mode`` when named; else the workload's
+    own mode when one serves only it (replicated); else clear when not ``secure``; else
+    the secure ``protocol`` ("vss", "secagg"), or for "auto" the first of :data:`SECURE`
+    that serves the workload (vss where its inputs have ranges to prove)."""
+    if mode:
+        chosen = MODES.get(mode)
+        if chosen is None:
+            raise ValueError(f"unknown round mode {mode!r} ({', '.join(sorted(MODES))})")
+        if not chosen.serves(workload):
+            raise ValueError(f"round mode {mode} cannot run workload {workload.name}")
+        return chosen
+    if replicated.MODE.serves(workload):
+        return replicated.MODE
+    if not secure:
+        return clear.MODE
+    if protocol == "auto":
+        return next(MODES[m] for m in SECURE if MODES[m].serves(workload))
+    if protocol not in SECURE:
+        raise ValueError(f"unknown secure protocol {protocol!r} (auto, {', '.join(SECURE)})")
+    if not MODES[protocol].serves(workload):
+        raise ValueError(f"workload {workload.name} has no input ranges: use secagg")
+    return MODES[protocol]
+
+
+def public_domains(workload: Workload) -> frozenset[str]:
+    """Round messages that peers of ``workload`` also gossip (for audit), over every mode
+    that serves it: a node subscribes to the public topic when this is not empty."""
+    return frozenset().union(*(m.public_domains for m in MODES.values() if m.serves(workload)))
+
+
+def peer_domains() -> frozenset[str]:
+    """Every domain a peer may sign a round message for, in any registered mode."""
+    return frozenset().union(*(m.domains for m in MODES.values()))

@@ -1,56 +1,44 @@
-"""The coordinator's round, as a sans-IO state machine.
+"""What every round mode is made of, and what the drivers may rely on.
 
 Theory of operation
 -------------------
-A round collects at most one contribution per admitted peer and ends in a
-published result or a failure. This file knows nothing of sockets, clocks
-or signatures: the caller has already verified the envelope, passes ``now``
-explicitly, and moves the bytes. What it decides:
+A round mode (clear, SecAgg+, vss, replicated, or one of yours) is a
+:class:`Mode` found by name in one registry (:mod:`protocol.rounds`). It
+answers everything that depends on which mode a round is:
 
-=========  ===============================================  =========
-phase      event                                            next
-=========  ===============================================  =========
-OPEN       ``offer`` of a valid, first contribution         OPEN
-OPEN       ``offer`` from a peer already counted            OPEN (``Duplicate``)
-OPEN       ``ready(now)``: every expected peer is in and    CLOSING
-           at least ``min_peers`` are, or the deadline
-           has passed
-CLOSING    ``close()`` with >= ``min_peers`` accepted       PUBLISHED
-CLOSING    ``close()`` with fewer                           FAILED
-=========  ===============================================  =========
+- at the coordinator, :meth:`Mode.open` builds the round's announcement
+  parameters and its sans-IO :class:`RoundLogic` from a :class:`Setup`;
+  :attr:`Mode.resumable` says whether a round cut by a restart can be rebuilt
+  from its stored messages (:meth:`Mode.resume`);
+- at a peer, :meth:`Mode.participants` reads from an announcement who takes
+  part, and :meth:`Mode.peer_round` builds this peer's :class:`PeerRound`
+  (in a worker thread: it may train a model).
 
-"Expected" peers are the live admitted peers the caller names when it asks
-``ready``; a round closes early once all of them contributed and the quorum
-is met, or at its deadline with whatever arrived.
+The coordinator's driver then runs any round the same way: offer each
+verified message (``offer_message``), ask ``ready``, call ``advance``, and do
+what the :data:`Step` it returns says -- broadcast a :class:`Notice`, do the
+I/O of a :class:`Work`, or publish the :class:`Outcome`. A peer's driver
+sends what ``start`` returns, then what ``on_notice`` returns for each phase
+notice in ``phases``. Neither driver asks which mode it runs.
 
-Errors: :class:`RoundClosed` and :class:`Duplicate` are remote faults (a
-late or repeated message, counted as rejections); :class:`RoundMisuse` is a
-local bug (closing twice).
-
-Round modes share one driver interface (see :class:`RoundLogic`): the
-coordinator offers each verified message with its domain, asks ``ready``,
-and calls ``advance``, which either opens the next phase (a :class:`Notice`
-to broadcast, with optional personal messages) or ends the round (an
-:class:`Outcome`). :class:`Round` here is the one-phase clear mode; the
-secure mode is :mod:`protocol.rounds.secure`. Peers run the mirror image,
-:class:`PeerRound`.
+Errors: :class:`RoundClosed`, :class:`Duplicate` and :class:`WrongPhase` are
+the remote's fault (counted rejections); :class:`RoundMisuse` is our own bug;
+:class:`Leave` is raised by a peer round that cannot go on (its protocol
+aborted, or a test knob made it drop out): the peer leaves that round only.
 """
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..learning.workloads import Workload
-from ..wire.envelope import RejectedMessage
-from ..wire.messages import CONTRIBUTION, Strict, decode, encode
+from ..wire.envelope import RejectedMessage, open_envelope
+from ..wire.messages import RoundAnnounce
 
-
-class Phase(enum.Enum):
-    OPEN = "open"
-    PUBLISHED = "published"
-    FAILED = "failed"
+if TYPE_CHECKING:  # annotations only: modes are handed these objects, never import them
+    from ..learning.workloads import Workload
+    from ..policy.replication import Reputation
 
 
 class RoundClosed(RejectedMessage):
@@ -61,12 +49,20 @@ class Duplicate(RejectedMessage):
     reason = "duplicate"
 
 
+class WrongPhase(RejectedMessage):
+    reason = "wrong_phase"
+
+
+class UnknownMode(RejectedMessage):
+    reason = "unknown_mode"
+
+
 class RoundMisuse(Exception):
     """The caller broke the state machine's rules (a bug on our side)."""
 
 
-class WrongPhase(RejectedMessage):
-    reason = "wrong_phase"
+class Leave(Exception):
+    """A peer round cannot go on (its protocol aborted, or it was told to drop out)."""
 
 
 @dataclass
@@ -85,6 +81,20 @@ class Notice:
     personal: dict[str, bytes] = field(default_factory=dict)
 
 
+@dataclass
+class Work:
+    """The round needs I/O before it can go on: each blob in ``fetch`` by digest (from the
+    peers listed, at most ``max_size`` bytes, hash-checked, handed back by
+    ``RoundLogic.deliver``), then ``compute`` (CPU work, e.g. re-executing a contested
+    training task) run in a worker thread. The driver then calls ``advance`` again."""
+
+    fetch: dict[bytes, list[str]] = field(default_factory=dict)
+    max_size: int = 0
+    compute: Callable[[], None] | None = None
+    what: str = ""  # for the log: what compute does
+
+
+Step = Notice | Work | Outcome  # what RoundLogic.advance returns, in every mode
 Outgoing = list[tuple[str, bytes]]  # (domain, payload) a peer must send
 
 
@@ -94,19 +104,21 @@ class RoundLogic:
     number: int
     deadline: float  # of the current phase
     rejected: dict[str, int]
-    resumable: bool = False  # can be rebuilt from its stored messages after a restart
-
-    def domains(self) -> frozenset[str]:
-        raise NotImplementedError
 
     def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
+        """Take a verified message or raise a :class:`RejectedMessage`."""
         raise NotImplementedError
 
     def ready(self, now: float, live: set[str]) -> bool:
+        """Whether ``advance`` should be called now (``live``: the connected participants)."""
         raise NotImplementedError
 
-    def advance(self, now: float) -> Notice | Outcome:
+    def advance(self, now: float) -> Step:
         raise NotImplementedError
+
+    def deliver(self, digest: bytes, blob: bytes) -> None:
+        """A blob a :class:`Work` step asked for (its digest already checked)."""
+        raise RoundMisuse("this round asked for no blobs")
 
     def accepted_count(self) -> int:
         raise NotImplementedError
@@ -127,6 +139,10 @@ class PeerRound:
     def start(self) -> Outgoing:
         raise NotImplementedError
 
+    async def before_step(self, step: str) -> None:
+        """Called before ``start`` ("start") and before each phase; may wait (a peer that
+        copies others' messages waits to see them) or raise :class:`Leave`."""
+
     def needs_personal(self, phase: str) -> bool:
         return False
 
@@ -138,73 +154,103 @@ class PeerRound:
         raise NotImplementedError
 
 
-class ClearPeerRound(PeerRound):
-    """The clear mode: one message, the contribution the workload computed for this round."""
+@dataclass(frozen=True)
+class Settings:
+    """The coordinator's round settings, for any mode to read."""
 
-    def __init__(self, contribution: Strict):
-        self.contribution = contribution
-
-    def start(self) -> Outgoing:
-        return [(CONTRIBUTION, encode(self.contribution))]
-
-    def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
-        return []
+    min_peers: int = 2
+    round_timeout: float = 30.0  # clear rounds: how long a round stays open
+    phase_timeout: float = 10.0  # multi-phase rounds: how long each phase waits at most
+    dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise
+    dp_delta: float = 1e-5
+    secagg_degree: int | None = None  # None: secagg.Config.default's graph
+    secagg_threshold: int | None = None
+    secagg_agreement: int | None = None
+    vss_committee: int = 16
+    vss_bits: int = 14
 
 
 @dataclass
-class Round(RoundLogic):
-    """The clear mode: one phase collecting ``contribution`` messages."""
+class Setup:
+    """What a mode is handed to open round ``number``."""
 
     number: int
     workload: Workload
-    deadline: float
-    min_peers: int
-    phase: Phase = Phase.OPEN
-    contributions: dict[str, Strict] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)
+    participants: list[str]  # sorted peer ids: the live admitted peers asked this round
+    prev_digest: bytes  # the last published state's digest (b"" before the first)
+    now: float
+    settings: Settings
+    reputation: Reputation
 
-    def offer(self, sender: str, contribution: Strict) -> None:
-        """Accept ``sender``'s contribution or raise a :class:`RejectedMessage`."""
-        if self.phase is not Phase.OPEN:
-            raise RoundClosed(f"round {self.number} is {self.phase.value}")
-        if sender in self.contributions:
-            raise Duplicate(f"{sender} already contributed to round {self.number}")
-        if not isinstance(contribution, self.workload.contribution_schema):
-            raise RoundMisuse("contribution of the wrong schema reached the round")
-        self.workload.check(contribution)
-        self.contributions[sender] = contribution
 
-    resumable = True
+@dataclass
+class Opening:
+    """An opened round: its logic and what its announcement carries."""
 
-    def domains(self) -> frozenset[str]:
-        return frozenset({CONTRIBUTION})
+    round: RoundLogic
+    deadline: float  # announced: when the whole round should be over
+    params: bytes = b""  # the mode's parameters (RoundAnnounce.params)
+    workload_params: bytes = b""  # b"": the workload's own round_params
+    participants: list[str] | None = None  # whom notices go to (None: Setup.participants)
+    asked: list[str] | None = None  # whom attendance expects a message from (None: same)
+    notes: list[str] = field(default_factory=list)  # for the operator's log
 
-    def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
-        if domain != CONTRIBUTION:
-            raise WrongPhase(f"{domain} messages are not part of a clear round")
-        self.offer(sender, decode(payload, self.workload.contribution_schema))
 
-    def accepted_count(self) -> int:
-        return len(self.contributions)
+@dataclass
+class PeerContext:
+    """What a mode is handed to build a peer's side of a round (in a worker thread)."""
 
-    def advance(self, now: float) -> Outcome:
-        return self.close()
+    peer_id: str
+    workload: Workload
+    announce: RoundAnnounce
+    data: Any  # the peer's private input (Workload.parse_data)
+    blobs: Mapping[bytes, bytes]  # what Workload.required_blobs named, fetched and checked
+    sign: Callable[[bytes], bytes]
 
-    def ready(self, now: float, expected: set[str]) -> bool:
-        """True when the round should close now: deadline passed, or quorum met and every
-        ``expected`` peer (the caller's live admitted peers) has contributed."""
-        if self.phase is not Phase.OPEN:
+
+class Mode:
+    """A round mode: one instance per mode, registered by ``name`` in protocol.rounds."""
+
+    name: ClassVar[str]
+    resumable: ClassVar[bool] = False  # a round cut by a restart can be rebuilt
+    min_participants: ClassVar[int] = 1  # a secure sum over one input would be that input
+    domains: ClassVar[frozenset[str]]  # what its peers sign their messages for
+    public_domains: ClassVar[frozenset[str]] = frozenset()  # also gossiped, for audit
+
+    def serves(self, workload: Workload) -> bool:
+        """Whether this mode can run rounds of ``workload``."""
+        return True
+
+    def open(self, setup: Setup) -> Opening:
+        raise NotImplementedError
+
+    def resume(self, number: int, workload: Workload, settings: Settings,
+               now: float) -> RoundLogic:
+        """A resumable mode's round ``number`` rebuilt empty after a restart; the caller
+        offers it the round's stored messages again."""
+        raise RoundMisuse(f"{self.name} rounds cannot be resumed")
+
+    def participants(self, announce: RoundAnnounce) -> list[str] | None:
+        """Who takes part, read from the announcement; None: every admitted peer. Raises a
+        :class:`RejectedMessage` when the mode's parameters do not decode."""
+        return None
+
+    def peer_round(self, ctx: PeerContext) -> PeerRound:
+        raise NotImplementedError
+
+
+PublicCheck = Callable[[bytes, str], bool]
+
+
+def public_gossip_check(domains: frozenset[str]) -> PublicCheck:
+    """A gossip validator for peers' public round messages: valid when ``origin`` itself
+    signed a message of one of ``domains`` (what nodes check before delivering or
+    forwarding it)."""
+
+    def check(wire: bytes, origin: str) -> bool:
+        try:
+            return open_envelope(wire, domains=set(domains)).sender_id == origin
+        except RejectedMessage:
             return False
-        if now >= self.deadline:
-            return True
-        return len(self.contributions) >= self.min_peers and expected <= self.contributions.keys()
 
-    def close(self) -> Outcome:
-        if self.phase is not Phase.OPEN:
-            raise RoundMisuse(f"round {self.number} closed twice")
-        n = len(self.contributions)
-        if n < self.min_peers:
-            self.phase = Phase.FAILED
-            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
-        self.phase = Phase.PUBLISHED
-        return Outcome("published", n, self.workload.aggregate(self.contributions))
+    return check

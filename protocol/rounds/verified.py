@@ -37,16 +37,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
 
 from ..crypto import dp, vss
-from ..learning.workloads import Workload
 from ..wire.messages import RoundAnnounce, Strict, decode, encode
-from .base import Notice, Outgoing, PeerRound, RoundMisuse
-from .secure import ServerRound, noised_input
+from .base import Mode, Notice, Opening, Outgoing, PeerContext, PeerRound, RoundMisuse, Setup
+from .server import ServerRound, leaving, noised_input
+
+if TYPE_CHECKING:
+    from ..learning.workloads import Workload
 
 KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
 PHASES = (KEYS, DEAL, CHECK, RESOLVE, AGGREGATE)
@@ -54,7 +56,7 @@ DOMAIN = {p: f"vss/{p}" for p in PHASES}
 SCHEMA: dict[str, type[Strict]] = {
     KEYS: vss.MemberKey, DEAL: vss.Dealing, CHECK: vss.Accusations, RESOLVE: vss.Reveal,
     AGGREGATE: vss.AggregateShare}
-MODE = "vss"
+MODE_NAME = "vss"
 DP_TAILS = 6.0  # noise beyond 6 standard deviations is clipped: P < 2e-9 per coordinate
 MAX_PARTICIPANTS = 300  # dealers per round (each member tests all their shares)
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
@@ -199,6 +201,9 @@ class VerifiedPeerRound(PeerRound):
         return phase == CHECK and self.client.member
 
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
+        return leaving(vss.VssAbort, lambda: self._step(phase, body, personal))
+
+    def _step(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         out: msgspec.Struct | None
         if phase == DEAL:
             x = noised_input(self.workload, self.vector, self.params)
@@ -214,3 +219,42 @@ class VerifiedPeerRound(PeerRound):
         else:
             raise RoundMisuse(f"unknown phase {phase!r}")
         return [] if out is None else [(DOMAIN[phase], encode(out))]
+
+
+class VssMode(Mode):
+    """Range-proven inputs summed by a committee: the default secure mode for workloads
+    whose inputs are a few bounded numbers (``Workload.range_bounds``)."""
+
+    name = MODE_NAME
+    min_participants = 2
+    domains = frozenset(DOMAIN.values())
+
+    def serves(self, workload: Workload) -> bool:
+        return workload.range_bounds() is not None
+
+    def open(self, setup: Setup) -> Opening:
+        s = setup.settings
+        params = make_params(setup.workload, setup.number, setup.participants,
+                             setup.prev_digest, min_peers=s.min_peers,
+                             dp_epsilon=s.dp_epsilon, dp_delta=s.dp_delta,
+                             committee_size=s.vss_committee, bits=s.vss_bits)
+        notes = []
+        if len(params.participants) < len(setup.participants):
+            notes.append(f"{len(setup.participants)} peers; a vss round takes "
+                         f"{len(params.participants)} (a seeded draw), the others sit this "
+                         "one out")
+        rnd = VerifiedRound(setup.number, setup.workload, params, min_peers=s.min_peers,
+                            phase_timeout=s.phase_timeout, now=setup.now)
+        return Opening(rnd, setup.now + 5 * s.phase_timeout, params=encode(params),
+                       participants=setup.participants, asked=list(params.participants),
+                       notes=notes)
+
+    def participants(self, announce: RoundAnnounce) -> list[str]:
+        return decode(announce.params, VerifiedParams).participants
+
+    def peer_round(self, ctx: PeerContext) -> VerifiedPeerRound:
+        x = ctx.workload.vector(ctx.announce, ctx.data, ctx.blobs)
+        return VerifiedPeerRound(ctx.peer_id, ctx.workload, ctx.announce, x)
+
+
+MODE = VssMode()

@@ -44,7 +44,8 @@ from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
 from protocol.crypto import secagg, vss  # noqa: E402
 from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
-from protocol.learning.workloads import Stats, get_workload  # noqa: E402
+from protocol.learning.registry import get_workload  # noqa: E402
+from protocol.learning.workloads import Stats  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 from protocol.wire.messages import StatsContribution, encode  # noqa: E402
 

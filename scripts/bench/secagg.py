@@ -67,12 +67,14 @@ import trio  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from coordinator.meter import CpuMeter  # noqa: E402
 from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
 from peer.node import DEFAULT_GOSSIP  # noqa: E402
 from protocol.crypto import secagg  # noqa: E402
 from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
-from protocol.learning.workloads import WORKLOADS, Workload  # noqa: E402
+from protocol.learning.registry import WORKLOADS, register_workload  # noqa: E402
+from protocol.learning.workloads import Workload  # noqa: E402
 from protocol.rounds import secure as secure_round  # noqa: E402
 from protocol.wire.envelope import seal  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
@@ -281,55 +283,8 @@ class BenchVector(Workload):
 
 def register_bench_workload(m: int) -> type[BenchVector]:
     cls = type("BenchVector", (BenchVector,), {"size": m})
-    WORKLOADS[BenchVector.name] = cls
+    register_workload(BenchVector.name, cls)
     return cls
-
-
-class TimedCoordinator(Coordinator):
-    """The coordinator, with the thread CPU time of its own work added up per round: message
-    intake (verify, admit, decode, offer to the round, store), closing phases (the SecAgg+
-    server), sealing and storing notices and the result, answering pulls. libp2p's transport
-    work (Noise, yamux, gossipsub) for the coordinator's connections is not in it: it runs in
-    tasks shared with the peers. Relies on private methods of Coordinator; if they change,
-    the numbers read "-" rather than the benchmark failing."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bench_cpu = 0.0
-        self.bench_round_start: dict[int, float] = {}
-        self.bench_round_cpu: dict[int, float] = {}
-
-    def _timed(self, fn, *args, **kwargs):
-        t0 = time.thread_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.bench_cpu += time.thread_time() - t0
-
-    def handle(self, wire: bytes, **kwargs):
-        return self._timed(super().handle, wire, **kwargs)
-
-    async def _on_pull(self, request: bytes, remote: str) -> bytes:
-        t0 = time.thread_time()  # no await inside: nothing else runs meanwhile
-        try:
-            return await super()._on_pull(request, remote)
-        finally:
-            self.bench_cpu += time.thread_time() - t0
-
-    def _open_round(self):
-        rnd = self._timed(super()._open_round)
-        self.bench_round_start[rnd.number] = self.bench_cpu
-        advance = rnd.advance
-        rnd.advance = lambda now: self._timed(advance, now)  # closes phases, runs unmasking
-        return rnd
-
-    def _send_notice(self, number, notice) -> None:
-        self._timed(super()._send_notice, number, notice)
-
-    def _publish(self, rnd, outcome) -> None:
-        self._timed(super()._publish, rnd, outcome)
-        if rnd.number in self.bench_round_start:
-            self.bench_round_cpu[rnd.number] = self.bench_cpu - self.bench_round_start[rnd.number]
 
 
 @dataclass
@@ -340,7 +295,7 @@ class RoundTiming:
     wall_s: float | None
     phases_s: dict[str, float]
     process_cpu_s: float | None  # whole process (coordinator + peers), approximate
-    coordinator_cpu_s: float | None  # TimedCoordinator's own work, announce -> result
+    coordinator_cpu_s: float | None  # coordinator.meter.CpuMeter: its own work, by round
     norm: float | None
     norm_ok: bool | None
     error: str | None
@@ -414,7 +369,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
             workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
             gossip=gossip, secagg_degree=degree, secagg_threshold=threshold,
             secagg_agreement=threshold)  # an explicit graph: as many signatures as shares
-        coord = TimedCoordinator(cfg)
+        meter = CpuMeter()  # the coordinator's own work, announce -> result
+        coord = Coordinator(cfg, meter=meter)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sample_cpu)
@@ -516,7 +472,7 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
                 accepted=row["accepted"] if row is not None else 0,
                 wall_s=end - start if start and end else None, phases_s=phases,
                 process_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
-                coordinator_cpu_s=coord.bench_round_cpu.get(r),
+                coordinator_cpu_s=meter.by_round.get(r),
                 delivery_max_s=delivery_max, delivery_median_s=delivery_median,
                 norm=norm, norm_ok=ok, error=result.get("error")))
         coord.store.close()

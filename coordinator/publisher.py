@@ -1,0 +1,94 @@
+"""Publishing a round's outcome: the signed result, the new state, the books kept.
+
+For each closed round: merge values posted in the clear (workloads that take them),
+account the privacy spent (DP rounds), keep the new model by digest, save the
+reputation events, seal the :class:`RoundResult` (inline, or by digest when too big
+for gossip), store it, prune old rounds, and send it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from peer.node import NetworkNode
+from protocol.crypto import dp
+from protocol.policy.replication import Reputation
+from protocol.rounds.base import Outcome, RoundLogic
+from protocol.wire.canonical import canonical_json, state_digest
+from protocol.wire.messages import RESULT, BlobRef, RoundResult, encode
+
+from .legacy import Legacy
+from .meter import Meter
+from .outbox import Outbox
+from .store import Store
+
+log = logging.getLogger("hypergossip.coordinator")
+
+
+class Publisher:
+    def __init__(self, store: Store, node: NetworkNode, outbox: Outbox, workload: Any,
+                 reputation: Reputation, legacy: Legacy | None, *, inline_result_max: int,
+                 retain_rounds: int, meter: Meter):
+        self.store, self.node, self.outbox, self.workload = store, node, outbox, workload
+        self.reputation, self.legacy, self.meter = reputation, legacy, meter
+        self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
+        self._rep_saved = len(reputation.history)
+
+    def publish_failed(self, number: int, error: str) -> None:
+        self._publish(number, {}, Outcome("failed", 0, {"error": error}))
+
+    def publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
+        self._publish(rnd.number, dict(rnd.rejected), outcome)
+
+    def _publish(self, number: int, rejected: dict[str, int], outcome: Outcome) -> None:
+        with self.meter.timed("publish", number):
+            if self.legacy is not None:
+                outcome.result = self.legacy.settle(number, outcome.status, outcome.result)
+            if "dp" in outcome.result:
+                self._account_dp(outcome.result["dp"])
+            if outcome.status == "published" and \
+                    (blob := self.workload.state_blob()) is not None:
+                self.node.blobs.put(blob)  # the new model, fetched by digest next round
+                self.store.set_meta("state_blob", self.store.put_blob(blob))
+                self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "")
+            self.save_reputation()
+            state = canonical_json(outcome.result)
+            digest = state_digest(outcome.result)
+            inline, ref = state, None
+            if len(state) > self.inline_result_max:
+                # too big for gossip: peers fetch it by digest from us or a neighbour
+                self.node.blobs.put(state)
+                inline, ref = b"", BlobRef(digest=digest, size=len(state))
+            result = RoundResult(round=number, workload=self.workload.name,
+                                 status=outcome.status, accepted=outcome.accepted,
+                                 rejected=rejected, state_digest=digest, result=inline,
+                                 blob=ref)
+            wire = self.outbox.seal(RESULT, number, encode(result))
+            self.store.close_round(number, outcome.status, outcome.accepted, rejected,
+                                   outcome.result, digest, wire)
+            self._prune(number)
+            self.outbox.result(number, wire)
+        log.info("round %d %s: %d accepted, rejected %s, result %s", number, outcome.status,
+                 outcome.accepted, rejected or "none", outcome.result)
+
+    def _account_dp(self, info: dict[str, Any]) -> None:
+        """Privacy spent over every DP round published so far."""
+        dp_rounds = int(self.store.get_meta("dp_rounds") or 0) + 1
+        self.store.set_meta("dp_rounds", str(dp_rounds))
+        info["rounds_so_far"] = dp_rounds
+        info["cumulative_epsilon"] = dp.epsilon(info["noise_multiplier"], info["delta"],
+                                                dp_rounds)
+
+    def _prune(self, number: int) -> None:
+        retain = self.retain_rounds
+        if retain and number % max(1, min(100, retain // 4)) == 0 and number > retain:
+            gone = self.store.prune_rounds(before=number - retain + 1)
+            log.info("kept the last %d rounds in the database; forgot %d older ones", retain,
+                     gone)
+
+    def save_reputation(self) -> None:
+        new_events = self.reputation.history[self._rep_saved:]
+        if new_events:
+            self.store.add_reputation(new_events)
+            self._rep_saved = len(self.reputation.history)

@@ -1,0 +1,254 @@
+"""The round driver: open a round in the configured mode, run it to its outcome, repeat.
+
+Rounds: wait until enough admitted peers are connected, open (the mode builds the
+round and its announcement parameters), announce (signed, gossiped, stored), feed
+the round until it is ready (all connected participants in, or the deadline),
+advance it -- a notice to send, work to do, or the outcome -- and publish. A
+round left open by a crash is resumed on start when its mode allows it (its
+stored messages offered again, with a fresh deadline), else published as failed.
+The driver never asks which mode it runs: :mod:`protocol.rounds` says it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from peer.node import NetworkNode, StreamProtocolError
+from protocol.policy.attendance import Attendance
+from protocol.policy.replication import Reputation
+from protocol.rounds.base import Mode, Notice, Outcome, RoundLogic, Settings, Setup, Work
+from protocol.wire.envelope import RejectedMessage, Verifier, open_envelope
+from protocol.wire.identity import public_key_from_peer_id
+from protocol.wire.messages import ANNOUNCE, TOPIC_ANNOUNCE, RoundAnnounce, decode, encode
+
+from .meter import Meter
+from .outbox import Outbox
+from .publisher import Publisher
+from .store import Store
+
+log = logging.getLogger("hypergossip.coordinator")
+LIVENESS_GRACE = 3.0
+
+
+@dataclass
+class OpenRound:
+    """The round open now, shared by the driver (which opens and closes it), the intake
+    (which offers it messages) and the outbox's readers."""
+
+    round: RoundLogic | None = None
+    mode: Mode | None = None
+    participants: list[str] = field(default_factory=list)  # whom its notices go to
+    asked: list[str] = field(default_factory=list)  # whom attendance expects a message from
+    answered: set[str] = field(default_factory=set)  # who sent one it accepted
+    _event: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def number(self) -> int | None:
+        return self.round.number if self.round is not None else None
+
+    def changed(self) -> None:
+        self._event.set()
+
+    async def wait_changed(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        self._event = trio.Event()
+
+
+@dataclass
+class DriverConfig:
+    min_peers: int
+    start_peers: int  # live peers to wait for before the first round (0: min_peers)
+    round_pause: float
+    max_rounds: int  # 0: until stopped
+    linger: float
+    phase_timeout: float  # also bounds a Work step's fetches
+
+
+class RoundDriver:
+    def __init__(self, config: DriverConfig, settings: Settings, mode: Mode, workload,
+                 store: Store, node: NetworkNode, outbox: Outbox, publisher: Publisher,
+                 open_round: OpenRound, reputation: Reputation, verifier: Verifier,
+                 meter: Meter):
+        self.config, self.settings, self.mode, self.workload = config, settings, mode, workload
+        self.store, self.node, self.outbox, self.publisher = store, node, outbox, publisher
+        self.open, self.reputation, self.verifier, self.meter = (open_round, reputation,
+                                                                 verifier, meter)
+        self.attendance = Attendance()  # silent participants sit out the next rounds
+        self.rounds_run = 0
+        self._last_live: dict[str, float] = {}  # peer -> when last seen connected
+
+    def live_peers(self) -> set[str]:
+        """Admitted peers connected to us now or within the last ``LIVENESS_GRACE`` seconds:
+        under load py-libp2p connections flap, and a phase must not close on a peer that is
+        only reconnecting (its message would then arrive a phase late)."""
+        now = time.monotonic()
+        for p in set(self.node.connected_peers()) & self.store.admitted():
+            self._last_live[p] = now
+            self.store.touch(p, every=60.0)  # connected is seen: not forgotten by expiry
+        for p in [p for p, t in self._last_live.items() if now - t > LIVENESS_GRACE]:
+            del self._last_live[p]
+        return set(self._last_live)
+
+    async def run(self, stop) -> None:
+        """Run rounds until ``max_rounds``; then linger and call ``stop``."""
+        resumed = self._resume_open_round()
+        while self.config.max_rounds == 0 or self.rounds_run < self.config.max_rounds:
+            if resumed is not None:
+                rnd, resumed = resumed, None
+            else:
+                await self._wait_for_peers()
+                rnd = self._open_round()
+            self.open.round = rnd
+            try:
+                step = await self._drive(rnd)
+            except Exception as exc:  # a bug in round logic must not take the coordinator down
+                log.exception("round %d: internal error; publishing it as failed", rnd.number)
+                step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
+            self.publisher.publish(rnd, step)
+            benched = self.attendance.record(rnd.number, self.open.asked, self.open.answered)
+            if benched:
+                log.info("round %d: %d participants sent nothing and sit out the next "
+                         "rounds: %s", rnd.number, len(benched), ", ".join(benched[:8]) +
+                         (" ..." if len(benched) > 8 else ""))
+            self.open.round = None
+            self.rounds_run += 1
+            await trio.sleep(self.config.round_pause)
+        log.info("ran %d rounds; stopping%s", self.rounds_run,
+                 f" in {self.config.linger:g} s" if self.config.linger else "")
+        await trio.sleep(self.config.linger)  # HTTP still answers (the final model, rounds)
+        await stop()
+
+    async def _drive(self, rnd: RoundLogic) -> Outcome:
+        """Run ``rnd``'s phases to its outcome: wait until ready, advance, then send the
+        notice or do the work the step names."""
+        while True:
+            while not rnd.ready(time.time(), self._expected()):
+                await self.open.wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
+            with self.meter.timed("advance", rnd.number):
+                step = rnd.advance(time.time())
+            if isinstance(step, Outcome):
+                return step
+            if isinstance(step, Work):
+                await self._do_work(rnd, step)
+            elif isinstance(step, Notice):
+                self.outbox.notice(rnd.number, step, self.open.participants)
+
+    async def _do_work(self, rnd: RoundLogic, work: Work) -> None:
+        """Fetch the blobs ``work`` names (in parallel, hash-checked, from the peers it
+        lists), then run its computation in a worker thread."""
+
+        async def fetch(digest: bytes, sources: list[str]) -> None:
+            with trio.move_on_after(self.config.phase_timeout):
+                try:
+                    rnd.deliver(digest, await self.node.fetch_blob(digest, sources,
+                                                                   max_size=work.max_size))
+                except StreamProtocolError as exc:
+                    log.warning("round %d: blob %s not fetched: %s", rnd.number,
+                                digest.hex()[:12], exc)
+
+        async with trio.open_nursery() as nursery:
+            for digest, sources in work.fetch.items():
+                nursery.start_soon(fetch, digest, sources)
+        if work.compute is not None:
+            log.info("round %d: %s", rnd.number, work.what or "computing")
+            await trio.to_thread.run_sync(work.compute)
+
+    def _expected(self) -> set[str]:
+        """The live peers the open round waits for: its participants (a resumed round,
+        whose participants were not stored, waits for every live peer)."""
+        live = self.live_peers()
+        return live & set(self.open.participants) if self.open.participants else live
+
+    def _need(self) -> int:
+        return max(self.config.min_peers, self.mode.min_participants)
+
+    def _participants(self, number: int) -> list[str]:
+        """Round ``number``'s participants: the live peers, less those sitting out for
+        having been silent (:mod:`protocol.policy.attendance`), unless that leaves fewer
+        than the round needs: then those whose bench ends first are asked again."""
+        live = self.live_peers()
+        benched = self.attendance.benched(number) & live
+        chosen = live - benched
+        short = self._need() - len(chosen)
+        if short > 0:
+            chosen |= set(sorted(benched, key=lambda p: (self.attendance.until[p], p))[:short])
+        if benched - chosen:
+            log.info("round %d: %d silent peers sit this one out", number,
+                     len(benched - chosen))
+        return sorted(chosen)
+
+    async def _wait_for_peers(self) -> None:
+        need = self._need()
+        if self.rounds_run == 0:
+            need = max(need, self.config.start_peers)
+        last_log = 0.0
+        while len(live := self.live_peers()) < need:
+            if time.time() - last_log > 10:
+                log.info("waiting for peers: %d of %d connected and admitted", len(live), need)
+                last_log = time.time()
+            await self.open.wait_changed(0.5)
+
+    def _open_round(self) -> RoundLogic:
+        number = self.store.last_round() + 1
+        with self.meter.timed("open", number):
+            now = time.time()
+            prev = self.store.latest_published()
+            prev_digest = bytes(prev["state_digest"]) if prev else b""
+            participants = self._participants(number)
+            opening = self.mode.open(Setup(number, self.workload, participants, prev_digest,
+                                           now, self.settings, self.reputation))
+            for note in opening.notes:
+                log.info("round %d: %s", number, note)
+            announce = RoundAnnounce(
+                round=number, workload=self.workload.name,
+                deadline_ms=int(opening.deadline * 1000), min_peers=self.config.min_peers,
+                prev_state_digest=prev_digest, params=opening.params,
+                workload_params=opening.workload_params or self.workload.round_params(number),
+                mode=self.mode.name)
+            wire = self.outbox.seal(ANNOUNCE, number, encode(announce))
+            self.store.open_round(number, self.workload.name, opening.deadline,
+                                  self.config.min_peers, wire)
+            self.open.mode = self.mode
+            self.open.participants = opening.participants or participants
+            self.open.asked = participants if opening.asked is None else opening.asked
+            self.open.answered = set()
+            self.outbox.announce(number, wire)
+        log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
+                 self.mode.name, len(participants))
+        return opening.round
+
+    def _resume_open_round(self) -> RoundLogic | None:
+        rows = self.store.open_rounds()
+        if not rows:
+            return None
+        row = rows[-1]
+        number = row["round"]
+        announce = decode(open_envelope(row["announce_wire"]).payload, RoundAnnounce)
+        mode = self.mode if announce.mode == self.mode.name else None
+        if mode is None or not mode.resumable:  # its server state is gone by design
+            log.warning("round %d was a %s round cut by a restart; marking it failed", number,
+                        announce.mode)
+            self.publisher.publish_failed(number, f"coordinator restarted during a "
+                                                  f"{announce.mode} round")
+            return None
+        rnd = mode.resume(number, self.workload, self.settings, time.time())
+        stored = 0
+        for m in [m for d in sorted(mode.domains) for m in self.store.messages(number, d)]:
+            try:
+                rnd.offer_message(m["sender"], m["domain"], m["payload"])
+            except RejectedMessage as exc:
+                log.warning("round %d: stored message from %s not taken again: %s", number,
+                            m["sender"], exc)
+                continue
+            self.verifier.remember(number, public_key_from_peer_id(m["sender"]), m["nonce"])
+            stored += 1
+        self.open.mode, self.open.participants, self.open.asked = mode, [], []
+        self.open.answered = set()
+        log.info("resuming round %d after restart with %d stored messages", number, stored)
+        self.outbox.gossip(TOPIC_ANNOUNCE, row["announce_wire"])
+        return rnd
