@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import trio
 
-from peer.node import NetworkNode, StreamProtocolError
+from peer.node import NetworkNode
+from peer.streams import StreamProtocolError
 from protocol.policy.replication import Reputation
 from protocol.prompts import evaluation
 from protocol.wire.envelope import RejectedMessage, open_envelope, seal

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from peer.node import NetworkNode, StreamProtocolError
+from peer.node import NetworkNode
+from peer.streams import StreamProtocolError
 from protocol.policy.attendance import Attendance
 from protocol.policy.replication import Reputation
 from protocol.rounds.base import Mode, Notice, Outcome, RoundLogic, Settings, Setup, Work

@@ -37,8 +37,10 @@ from pathlib import Path
 
 import trio
 
+from peer.gossip import GossipConfig
+from peer.limits import Limits
 from peer.llm import Embedder, LocalBackend, make_backend
-from peer.node import GossipConfig, Limits, NetworkNode
+from peer.node import NetworkNode
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
 from protocol import rounds
@@ -100,7 +102,7 @@ class CoordinatorConfig:
     phase_timeout: float = 10.0  # secure rounds: seconds each phase waits at most
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise; 0: off
     dp_delta: float = 1e-5
-    secagg_degree: int | None = None  # None: secagg.Config.default's graph
+    secagg_degree: int | None = None  # None: secagg.SecAggConfig.default's graph
     secagg_threshold: int | None = None
     secagg_agreement: int | None = None  # survivor signatures a peer needs before unmasking
     # secure rounds: "vss" (range-checked inputs; workloads with range_bounds, i.e. stats),
@@ -253,7 +255,7 @@ class Coordinator:
         async with self.node.running():
             # a submitted message is handled by the topic's validator, which sees it before
             # gossipsub delivers or forwards it: what it refuses as malformed or forged
-            # lowers its forwarder's score (see peer.node.SCORING)
+            # lowers its forwarder's score (see peer.gossip.SCORING)
             await self.node.subscribe(TOPIC_SUBMIT, _ignore,
                                       validate=self.intake.on_submit_gossip)
             # join the meshes we publish on, so that peers whose only link is to us get

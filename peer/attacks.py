@@ -43,8 +43,8 @@ import trio
 
 from protocol.crypto import secagg, vss
 from protocol.learning import incremental as learning
+from protocol.rounds import replica, secure, verified
 from protocol.rounds import replicated as inc
-from protocol.rounds import secure, verified
 from protocol.rounds.base import Mode, Outgoing, PeerContext, PeerRound
 from protocol.wire.envelope import Envelope, RejectedMessage, open_envelope, seal
 from protocol.wire.identity import Identity
@@ -71,7 +71,7 @@ class Attack(Behaviour):
         self.name, self.colluders = name, colluders
         # copy: what the replica gossip showed us, (round, segment) -> {peer: item}
         self.seen_commits: dict[tuple[int, int], dict[str, bytes]] = {}
-        self.seen_reveals: dict[tuple[int, int], dict[str, inc.RevealItem]] = {}
+        self.seen_reveals: dict[tuple[int, int], dict[str, replica.RevealItem]] = {}
         self.sent: dict[int, list[bytes]] = {}  # replay: our wires by round
 
     # --- which round we run ------------------------------------------------------------------
@@ -96,13 +96,13 @@ class Attack(Behaviour):
     def _replica_round(self, ctx: PeerContext) -> PeerRound:
         if self.name == "copy":
             return CopyPeerRound(self, ctx.peer_id, ctx.announce)
-        return inc.ReplicaPeerRound(ctx.peer_id, ctx.announce, ctx.data, ctx.blobs,
+        return replica.ReplicaPeerRound(ctx.peer_id, ctx.announce, ctx.data, ctx.blobs,
                                     claim=self.claim)
 
     # --- what we claim ---------------------------------------------------------------------
-    def claim(self, pr: inc.ReplicaPeerRound, segment: int,
+    def claim(self, pr: replica.ReplicaPeerRound, segment: int,
               train: Callable[[], np.ndarray]) -> np.ndarray:
-        """The weights this attacker reports for ``segment`` (an ``inc.Claim``)."""
+        """The weights this attacker reports for ``segment`` (an ``replica.Claim``)."""
         start = pr.start_weights
         if self.name == "random":
             return np.random.default_rng().normal(0, 0.1, start.shape).astype(np.float32)
@@ -156,13 +156,13 @@ class Attack(Behaviour):
     def observe(self, wire: bytes) -> None:
         """A signed commit or reveal seen on the replica gossip topic."""
         try:
-            env = open_envelope(wire, domains=inc.DOMAINS)
-            if env.domain == inc.DOMAIN_COMMIT:
-                for c in decode(env.payload, inc.Commits).items:
+            env = open_envelope(wire, domains=replica.DOMAINS)
+            if env.domain == replica.DOMAIN_COMMIT:
+                for c in decode(env.payload, replica.Commits).items:
                     self.seen_commits.setdefault((env.round, c.segment), {})[
                         env.sender_id] = c.commitment
             else:
-                for r in decode(env.payload, inc.Reveals).items:
+                for r in decode(env.payload, replica.Reveals).items:
                     self.seen_reveals.setdefault((env.round, r.segment), {})[env.sender_id] = r
         except RejectedMessage as exc:
             log.debug("replica gossip not understood: %s", exc)
@@ -177,7 +177,7 @@ class CopyPeerRound(PeerRound):
         self.attack, self.peer_id, self.round = attack, peer_id, announce.round
         self.params = decode(announce.workload_params, learning.IncrementalParams)
         self.tasks = [k for k, reps in enumerate(self.params.assignment) if peer_id in reps]
-        self.phases = (inc.REVEAL,)
+        self.phases = (replica.REVEAL,)
 
     def blobs(self) -> list[bytes]:
         return []
@@ -196,16 +196,16 @@ class CopyPeerRound(PeerRound):
         for k in self.tasks:
             others = self._others(self.attack.seen_commits, k)
             value = next(iter(others.values())) if others else os.urandom(32)
-            items.append(inc.CommitItem(k, value))
-        return [(inc.DOMAIN_COMMIT, encode(inc.Commits(items)))] if items else []
+            items.append(replica.CommitItem(k, value))
+        return [(replica.DOMAIN_COMMIT, encode(replica.Commits(items)))] if items else []
 
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
-        if phase != inc.REVEAL:
+        if phase != replica.REVEAL:
             return []
         items = [next(iter(o.values())) for k in self.tasks
                  if (o := self._others(self.attack.seen_reveals, k))]
         log.warning("round %d: copying %d reveals from co-replicas", self.round, len(items))
-        return [(inc.DOMAIN_REVEAL, encode(inc.Reveals(items)))] if items else []
+        return [(replica.DOMAIN_REVEAL, encode(replica.Reveals(items)))] if items else []
 
 
 # --- outofrange: a secure-sum client with an input outside its range -------------------------
@@ -213,7 +213,7 @@ class _InflatingDealer(vss.VssClient):
     """Commits to (and shares) its encoded value plus INFLATE; no range proof exists for
     it, so it sends the proof of its true value."""
 
-    def deal(self, directory: vss.KeyDirectory, x: np.ndarray) -> vss.Dealing:
+    def deal(self, directory: vss.MemberKeys, x: np.ndarray) -> vss.Dealing:
         self._true = self.cfg.encode(x)
         values = list(self._true)
         values[0] += int(INFLATE * float(self.cfg.scales[0]))

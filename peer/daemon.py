@@ -58,18 +58,14 @@ from protocol.wire.messages import (
 
 from .behaviour import Behaviour
 from .follower import Follower
+from .gossip import DEFAULT_GOSSIP, GossipConfig
+from .limits import DEFAULT_LIMITS, Limits
 from .llm import Backend, gen_params_json
-from .node import (
-    DEFAULT_GOSSIP,
-    DEFAULT_LIMITS,
-    GossipConfig,
-    Limits,
-    NetworkNode,
-    StreamProtocolError,
-)
+from .node import NetworkNode
 from .participant import Participant
 from .roundlog import RoundLog
 from .session import SessionClient
+from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 EVAL_TIMEOUT = 600.0  # a batch of local-LLM calls takes a while

@@ -39,9 +39,10 @@ from protocol.wire.messages import (
     encode,
 )
 
-from .node import NetworkNode, StreamProtocolError
+from .node import NetworkNode
 from .roundlog import RoundLog
 from .session import SessionClient
+from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 PULL_MAX_RESPONSE = 2 * 1024 * 1024

@@ -37,7 +37,7 @@ inbound connections gated per IP      py-libp2p holds one of its 250 inbound slo
                                       address may hold ``connections_per_ip``
                                       connections, ``pending_per_ip`` of them still in
                                       their handshake, and all sources together
-                                      ``pending_total`` handshakes (``peer.node.Limits``);
+                                      ``pending_total`` handshakes (``peer.limits.Limits``);
                                       beyond, the socket is closed at once, counted.
 finished streams forgotten            yamux re-created a read event for a stream that
 (``BoundedYamux``)                    had just gone (one left behind per stream reset
@@ -58,7 +58,7 @@ checked once (pubsub)                 sent (0.2 ms) and verified the sender's in
                                       RPC it received (0.18 ms), though neither changes.
 subscription queues of 512            py-libp2p's hold 32 messages and drop the rest
 (``SUBSCRIPTION_CHANNEL_SIZE``)       silently: a burst one peer is allowed (200, see
-                                      ``peer.node.Limits``) must not push out another's.
+                                      ``peer.limits.Limits``) must not push out another's.
 multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which the
 (``read_delim``)                      registry lacks): the first bytes of a connection,
                                       before any authentication, were a length prefix
@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 import weakref
 from collections import Counter
@@ -94,9 +93,7 @@ from cryptography.hazmat.primitives import serialization
 from libp2p.abc import IMuxedConn, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
-from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
-from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
@@ -117,52 +114,20 @@ from libp2p.transport.quic.exceptions import QUICPeerVerificationError
 from libp2p.utils import varint as _varint
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 
-from protocol.policy.ratelimit import LogLimiter
+from .faults import faults_of, peer_name
+from .yamux import NOISE_FRAME, BoundedYamux, credit_in_halves, read_exactly_noting_headers
 
 log = logging.getLogger("hypergossip.node")
 
 
-# --- faults: what remote input broke, counted per node ------------------------------------------
-class Faults:
-    """Failures that remote input caused in the stack, by kind (a task or handler name) and
-    by peer. Each is logged at most once per (kind, peer) a minute, saying how many were
-    muted meanwhile."""
-
-    def __init__(self) -> None:
-        self.by_kind: Counter[str] = Counter()
-        self.by_peer: Counter[str] = Counter()
-        self._log = LogLimiter(60.0)
-
-    def record(self, kind: str, peer: str, exc: BaseException) -> None:
-        self.by_kind[kind] += 1
-        if len(self.by_peer) < 10_000 or peer in self.by_peer:
-            self.by_peer[peer] += 1
-        muted = self._log.allow((kind, peer), time.monotonic())
-        if muted is not None:
-            log.warning("contained bad input from %s in %s: %s: %s%s", peer, kind,
-                        type(exc).__name__, str(exc)[:200],
-                        f" ({muted} more like it muted)" if muted else "")
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_kind.values())
 
 
-_UNATTRIBUTED = Faults()  # services no node registered (none in our own code)
-_faults: weakref.WeakKeyDictionary[Any, Faults] = weakref.WeakKeyDictionary()
 
 
-def register(service: Any, faults: Faults) -> None:
-    """Count faults of ``service`` (a swarm, pubsub or router) in ``faults``."""
-    _faults[service] = faults
 
 
-def faults_of(service: Any) -> Faults:
-    return _faults.get(service, _UNATTRIBUTED)
 
 
-def _name(peer: Any) -> str:
-    return peer.to_base58() if isinstance(peer, ID) else "?"
 
 
 def _peer_of(fn: Any, args: tuple) -> str:
@@ -171,7 +136,7 @@ def _peer_of(fn: Any, args: tuple) -> str:
         if isinstance(a, ID):
             return a.to_base58()
     owner = getattr(fn, "__self__", None)
-    return _name(getattr(owner, "peer_id", None) or
+    return peer_name(getattr(owner, "peer_id", None) or
                  getattr(getattr(owner, "muxed_conn", None), "peer_id", None))
 
 
@@ -292,13 +257,13 @@ async def _close_quietly(conn: Any) -> None:
 
 # --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------
 _original_handle_muxed_stream = SwarmConn._handle_muxed_stream
-MAX_INBOUND_STREAMS = 64  # per connection, unless the node sets its own (peer.node.Limits)
+MAX_INBOUND_STREAMS = 64  # per connection, unless the node sets its own (peer.limits.Limits)
 
 
 async def _handle_muxed_stream(self: SwarmConn, muxed_stream: Any) -> None:
     inbound = getattr(self, "_hg_inbound", 0)
     if inbound >= getattr(self.swarm, "_hg_max_inbound_streams", MAX_INBOUND_STREAMS):
-        faults_of(self.swarm).record("inbound stream limit", _name(self.muxed_conn.peer_id),
+        faults_of(self.swarm).record("inbound stream limit", peer_name(self.muxed_conn.peer_id),
                                      RuntimeError(f"{inbound} inbound streams already open"))
         await _reset_quietly(muxed_stream)
         return
@@ -308,7 +273,7 @@ async def _handle_muxed_stream(self: SwarmConn, muxed_stream: Any) -> None:
     except Exception as exc:
         if not is_expected_connection_shutdown(exc):
             peer = getattr(self.muxed_conn, "peer_id", None)
-            faults_of(self.swarm).record("stream handler", _name(peer), exc)
+            faults_of(self.swarm).record("stream handler", peer_name(peer), exc)
         await _reset_quietly(muxed_stream)
     finally:
         self._hg_inbound -= 1
@@ -320,123 +285,6 @@ async def _reset_quietly(stream: Any) -> None:
             await stream.reset()
         except Exception:
             pass
-
-
-# --- yamux: receive windows enforced --------------------------------------------------------------
-class WindowExceeded(RawConnError):
-    """The remote sent more on a stream than the receive window we granted it."""
-
-
-_headers: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_original_read_exactly = _yamux.read_exactly
-
-
-async def _read_exactly_noting_headers(conn: Any, n: int) -> bytes:
-    data = await _original_read_exactly(conn, n)
-    if n == _yamux.HEADER_SIZE:  # the frame header handle_incoming just read (or a
-        _headers[conn] = data  # 12-byte body, read only after the check that needs it)
-    return data
-
-
-class BoundedYamux(_yamux.Yamux):
-    """py-libp2p's yamux with the receive window enforced.
-
-    Before a DATA frame's body is read, its length is checked against the window we granted
-    on its stream: the stream's ``recv_window`` (what is left of every credit we sent), or,
-    for a frame that opens a stream, yamux's initial 256 KiB. A frame over it closes the
-    connection, counted in the node's faults. ``buffered_max`` records the most any stream
-    of this connection ever held unread (tests read it: bytes, not time)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.buffered_max = 0
-        self.violations = 0
-        self._cleaned = False
-
-    def _granted(self, flags: int, stream_id: int) -> int:
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            return stream.recv_window
-        if flags & _yamux.FLAG_SYN:
-            return _yamux.DEFAULT_WINDOW_SIZE
-        return 1 << 62  # no such stream: the body is read and dropped, nothing is held
-
-    async def _read_data_body(self, length: int) -> bytes:
-        header = _headers.get(self.secured_conn)
-        if header is not None:
-            _, _, flags, stream_id, _ = struct.unpack(_yamux.YAMUX_HEADER_FORMAT, header)
-            granted = self._granted(flags, stream_id)
-            if length > granted:
-                self.violations += 1
-                exc = WindowExceeded(f"{length}-byte DATA frame on stream {stream_id}, whose "
-                                     f"receive window is {granted}")
-                faults_of(getattr(self, "swarm", None)).record("yamux window",
-                                                               _name(self.peer_id), exc)
-                await self._cleanup_on_error()  # close it before reading any of the body
-                raise exc
-            buffered = len(self.stream_buffers.get(stream_id, b"")) + length
-            self.buffered_max = max(self.buffered_max, buffered)
-        return await super()._read_data_body(length)
-
-    async def read_stream(self, stream_id: int, n: int = -1) -> bytes:
-        """py-libp2p's, which re-creates a stream's read event after waking even when the
-        stream was removed meanwhile: one Event left behind on the connection for every
-        stream reset under a waiting reader, for the connection's life."""
-        try:
-            return await super().read_stream(stream_id, n)
-        finally:
-            if stream_id not in self.streams:
-                self.stream_events.pop(stream_id, None)
-
-    def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
-        """A reset stream (by either side) is dropped with whatever it still buffered:
-        py-libp2p kept a reset stream's unread data for a minute's grace, so a peer that
-        opened streams, filled their windows and reset them held 256 KiB per stream (a
-        meshsub flood pinned 31 MB that way)."""
-        if fully_closed and stream.reset_received:
-            self.stream_buffers.pop(stream.stream_id, None)
-        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
-
-    async def _cleanup_on_error(self) -> None:  # once: the error can reach it twice
-        if not self._cleaned:
-            self._cleaned = True
-            await super()._cleanup_on_error()
-
-
-def muxers() -> dict:
-    """The ``muxer_opt`` of every host we build: yamux alone (:func:`install` makes every
-    yamux connection a :class:`BoundedYamux`)."""
-    return {TProtocol(_yamux.PROTOCOL_ID): BoundedYamux}
-
-
-# --- yamux: credit in halves, frames that fit one Noise message -------------------------------
-# py-libp2p's yamux returns receive window to the sender (a WINDOW_UPDATE frame, each a
-# Noise message, a socket write and several task switches) after nearly every read: its
-# "partial slack" rule credits any consumed bytes below its half-window threshold at once,
-# so a length-prefixed message read as prefix then body sent two updates, and a small
-# request and its answer cost three extra frames. go-yamux credits only once half the
-# window is consumed, and so do we: a sender can always send up to the window, it never
-# waits on credit the receiver holds back, since whoever drains the window gets it all
-# back. Its auto-tuning (doubling the window for fast bulk readers) is kept. The rule is the
-# receiver's alone: senders need not run it. ``HG_YAMUX_EAGER_CREDIT=1`` keeps py-libp2p's
-# rule, to compare the two (``scripts/bench/secagg.py``: about 13 % less CPU for a secure
-# round at N=100 with ours, the same round's wall time about 7 % shorter).
-async def _credit_in_halves(self: Any, *, bytes_read: int = 0) -> None:
-    async with self.window_lock:
-        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
-        delta = self.target_recv_window - (self.recv_window + buffered)
-        if delta < self.target_recv_window // 2:  # nothing, or too little, to give back yet
-            return
-        self.recv_window += delta
-        delta += self._apply_autotune_epoch(buffered)
-    await self.send_window_update(delta, skip_lock=True)
-
-
-# Its data frames carry up to 64 KiB, so with the 12-byte frame header each one is two Noise
-# messages (at most 65519 bytes of plaintext each), the second of 29 bytes; frames that fit
-# one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
-# transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
-_NOISE_FRAME = 65535 - 16 - 12
 
 
 # --- pubsub: signed peer records built and checked once ------------------------------------------
@@ -535,17 +383,17 @@ def install() -> None:
         return
     _installed = True
     TrioManager.run_task = _run_task  # type: ignore[method-assign]
-    _yamux.read_exactly = _read_exactly_noting_headers
+    _yamux.read_exactly = read_exactly_noting_headers
     _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt
     SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
     Swarm._handle_inbound_connection = _handle_inbound_connection  # type: ignore[method-assign]
     Swarm.upgrade_inbound_raw_conn = _upgrade_inbound  # type: ignore[method-assign]
     if os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1" and \
             hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
-        _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_in_halves
+        _yamux.YamuxStream._auto_tune_and_send_window_update = credit_in_halves
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # the same, should that not apply
-    if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > _NOISE_FRAME:
-        _yamux.MAX_MESSAGE_SIZE = _NOISE_FRAME
+    if getattr(_yamux, "MAX_MESSAGE_SIZE", 0) > NOISE_FRAME:
+        _yamux.MAX_MESSAGE_SIZE = NOISE_FRAME
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_QUEUE
     for module in (_multiselect_communicator, _libp2p_utils, _varint):  # imported by name
         module.read_delim = bounded_read_delim
@@ -555,3 +403,39 @@ def install() -> None:
             module.env_to_send_in_RPC = _cached_record_to_send
         if getattr(module, "maybe_consume_signed_record", None) is _maybe_consume_signed_record:
             module.maybe_consume_signed_record = _consume_record_once
+
+
+def not_applied() -> list[str]:
+    """The changes :func:`install` made that no longer hold (after it ran): each names a
+    py-libp2p attribute that is not ours. Not empty means the installed py-libp2p moved
+    something we patch: ``tests/test_node.py`` fails on it, so an upgrade cannot drop a
+    fix silently."""
+    checks = {
+        "TrioManager.run_task": TrioManager.run_task is _run_task,
+        "yamux.read_exactly": _yamux.read_exactly is read_exactly_noting_headers,
+        "muxer_multistream.Yamux": _muxer_multistream.Yamux is BoundedYamux,
+        "SwarmConn._handle_muxed_stream":
+            SwarmConn._handle_muxed_stream is _handle_muxed_stream,
+        "Swarm._handle_inbound_connection":
+            Swarm._handle_inbound_connection is _handle_inbound_connection,
+        "Swarm.upgrade_inbound_raw_conn": Swarm.upgrade_inbound_raw_conn is _upgrade_inbound,
+        "YamuxStream window credit": os.environ.get("HG_YAMUX_EAGER_CREDIT") == "1" or
+            getattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", None)
+            is credit_in_halves,
+        "yamux.MAX_MESSAGE_SIZE": getattr(_yamux, "MAX_MESSAGE_SIZE", 0) == NOISE_FRAME,
+        "pubsub.SUBSCRIPTION_CHANNEL_SIZE":
+            _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE == SUBSCRIPTION_QUEUE,
+        "multistream read_delim": all(m.read_delim is bounded_read_delim for m in (
+            _multiselect_communicator, _libp2p_utils, _varint)),
+        "QUIC verify_peer_certificate":
+            _quic_security.PeerAuthenticator.verify_peer_certificate
+            is _verify_peer_certificate,
+        "pubsub signed records": all(
+            getattr(m, "env_to_send_in_RPC", None) is _cached_record_to_send and
+            getattr(m, "maybe_consume_signed_record", None) is _consume_record_once
+            for m in (_pubsub_module, _gossipsub_module)),
+        "BoundedYamux hooks": all(hasattr(_yamux.Yamux, name) for name in (
+            "_read_data_body", "read_stream", "_finalize_stream_locked",
+            "_cleanup_on_error")),
+    }
+    return [name for name, ok in checks.items() if not ok]

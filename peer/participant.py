@@ -40,9 +40,11 @@ from protocol.wire.messages import (
 )
 
 from .behaviour import Behaviour
-from .node import GOSSIP_MAX, NetworkNode, StreamProtocolError
+from .gossip import GOSSIP_MAX
+from .node import NetworkNode
 from .roundlog import RoundLog
 from .session import SessionClient, SessionDown
+from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 PERSONAL_WAIT = 2.0  # seconds to wait for a personal message pushed behind its notice

@@ -14,7 +14,7 @@ import trio
 
 from protocol.policy.ratelimit import LogLimiter
 
-from .node import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("hypergossip")
 
@@ -77,7 +77,7 @@ def run_until_signal(main: Callable[[], Awaitable[None]],
 
 
 def add_limit_args(p: argparse.ArgumentParser) -> None:
-    """Flags for :class:`peer.node.Limits`: what one remote may hold of this node at once."""
+    """Flags for :class:`peer.limits.Limits`: what one remote may hold of this node at once."""
     d = DEFAULT_LIMITS
     g = p.add_argument_group("limits on what remote peers may hold of this node (beyond a "
                              "limit the input is refused and counted)")

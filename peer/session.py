@@ -19,7 +19,7 @@ coordinator -> peer    ``Push{envelope}``          a signed announcement, phase
                                                    own personal message
 =====================  ==========================  ================================
 
-Frames are :func:`peer.node.write_frame` frames (4-byte length, then a
+Frames are :func:`peer.streams.write_frame` frames (4-byte length, then a
 msgpack tagged struct), size-capped on both sides. What travels is the same
 signed envelopes as on gossip, pull and submit, verified the same way: the
 session adds speed, not trust. On open the coordinator first pushes the
@@ -49,8 +49,8 @@ import trio
 
 from protocol.wire.messages import PROTO_SESSION, SubmitAck, encode
 
-from .node import (
-    NetworkNode,
+from .node import NetworkNode
+from .streams import (
     StreamProtocolError,
     grow_receive_window,
     read_frame,

@@ -429,7 +429,8 @@ def check_peer_models(net: Testnet, last: dict, timeout: float = 20.0) -> dict[s
 
     import trio
 
-    from peer.node import PROTO_BLOB, NetworkNode, StreamProtocolError
+    from peer.node import PROTO_BLOB, NetworkNode
+    from peer.streams import StreamProtocolError
 
     digest = bytes.fromhex(last["model_digest"])
     out = dict.fromkeys(net.peer_ids, False)

@@ -192,7 +192,7 @@ async def test_a_gossip_flood_from_one_peer_does_not_drop_anothers_messages():
     budget, every message of an honest peer publishing meanwhile is delivered, and the
     flooder's gossip score falls below the threshold at which its messages are refused
     unread."""
-    from peer.node import Limits
+    from peer.limits import Limits
 
     out = await flood_beside(Limits(), flood=3000, honest=50, gap=0.02)
     assert out.honest == 50
@@ -241,7 +241,7 @@ async def test_handshakes_and_connections_are_limited_per_source_address():
     exempt by default, for local testnets; this test turns that off.)"""
     from contextlib import AsyncExitStack
 
-    from peer.node import Limits
+    from peer.limits import Limits
 
     limits = Limits(exempt_loopback=False, pending_per_ip=4, connections_per_ip=6,
                     handshake_timeout=2.0)

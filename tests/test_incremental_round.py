@@ -11,6 +11,7 @@ import pytest
 from peer.attacks import SIGNFLIP_SCALE
 from protocol.learning import incremental as inc
 from protocol.policy.replication import ReplicaRejected, Reputation
+from protocol.rounds import replica
 from protocol.rounds import replicated as rep
 from protocol.rounds.base import Notice, Outcome, WrongPhase
 from protocol.wire.messages import RoundAnnounce, SchemaError, encode
@@ -33,7 +34,8 @@ def peer_rounds(w, ann, claims=None):
     blobs = {hashlib.sha256(w.state_blob()).digest(): w.state_blob()}
     params = msgspec.msgpack.decode(ann.workload_params, type=inc.IncrementalParams)
     claims = claims or {}
-    return {p: rep.ReplicaPeerRound(p, ann, w.dataset, blobs, claim=claims.get(p, rep.honest))
+    return {p: replica.ReplicaPeerRound(p, ann, w.dataset, blobs,
+                                        claim=claims.get(p, replica.honest))
             for p in params.eligible}
 
 
@@ -116,16 +118,17 @@ def test_a_copied_commitment_never_opens():
     victim, copier = params.assignment[0][0], params.assignment[0][1]
     # the copier commits the victim's commitment, then reveals the victim's (digest, salt)
     rnd.offer_message(victim, *prs[victim].start()[0])
-    copied = rep.Commits([rep.CommitItem(0, rep.commitment(1, 0, victim, *prs[victim].results[0]))])
+    stolen = rep.commitment(1, 0, victim, *prs[victim].results[0])
+    copied = replica.Commits([replica.CommitItem(0, stolen)])
     with pytest.raises(ReplicaRejected, match="not a replica|committed"):
-        rnd.offer_message(copier, rep.DOMAIN_COMMIT, encode(
-            rep.Commits([rep.CommitItem(9, b"x" * 32)])))
-    rnd.offer_message(copier, rep.DOMAIN_COMMIT, encode(copied))
+        rnd.offer_message(copier, replica.DOMAIN_COMMIT, encode(
+            replica.Commits([replica.CommitItem(9, b"x" * 32)])))
+    rnd.offer_message(copier, replica.DOMAIN_COMMIT, encode(copied))
     rnd.advance(0.0)
-    rnd.offer_message(victim, *prs[victim].on_notice(rep.REVEAL, b"", None)[0])
-    with pytest.raises(rep.BadReveal):
-        rnd.offer_message(copier, rep.DOMAIN_REVEAL, encode(
-            rep.Reveals([rep.RevealItem(0, *prs[victim].results[0])])))
+    rnd.offer_message(victim, *prs[victim].on_notice(replica.REVEAL, b"", None)[0])
+    with pytest.raises(replica.BadReveal):
+        rnd.offer_message(copier, replica.DOMAIN_REVEAL, encode(
+            replica.Reveals([replica.RevealItem(0, *prs[victim].results[0])])))
     assert rnd.bad_reveals == {0: {copier}}
 
 
@@ -134,12 +137,12 @@ def test_messages_out_of_phase_or_malformed_are_refused():
     p = params.assignment[0][0]
     pr = peer_rounds(w, ann)[p]
     with pytest.raises(WrongPhase):
-        rnd.offer_message(p, rep.DOMAIN_REVEAL, pr.reveals(pr.tasks)[0][1])
-    dup = rep.Commits([rep.CommitItem(0, b"a" * 32), rep.CommitItem(0, b"b" * 32)])
+        rnd.offer_message(p, replica.DOMAIN_REVEAL, pr.reveals(pr.tasks)[0][1])
+    dup = replica.Commits([replica.CommitItem(0, b"a" * 32), replica.CommitItem(0, b"b" * 32)])
     with pytest.raises(SchemaError):
-        rnd.offer_message(p, rep.DOMAIN_COMMIT, encode(dup))
+        rnd.offer_message(p, replica.DOMAIN_COMMIT, encode(dup))
     with pytest.raises(SchemaError):
-        rnd.offer_message(p, rep.DOMAIN_COMMIT, b"\x81\xa5items\x90")  # empty list
+        rnd.offer_message(p, replica.DOMAIN_COMMIT, b"\x81\xa5items\x90")  # empty list
     rnd.offer_message(p, *pr.start()[0])
     with pytest.raises(ReplicaRejected):
         rnd.offer_message(p, *pr.start()[0])  # twice

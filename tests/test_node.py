@@ -14,8 +14,9 @@ import random
 
 import trio
 
-from peer.node import NetworkNode, StreamProtocolError
+from peer.node import NetworkNode
 from peer.session import QUEUE, SessionClient, SessionDown, SessionHub
+from peer.streams import StreamProtocolError
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PROTO_SESSION, SubmitAck
 
@@ -256,3 +257,13 @@ async def test_signed_peer_records_are_checked_once_per_sender_and_bad_ones_refu
         third = NetworkNode(Identity.generate())
         assert not pubsub_module.maybe_consume_signed_record(
             rpc, b.host, ID.from_base58(third.peer_id))  # a's record, shown by another
+
+
+def test_every_libp2p_patch_still_applies_to_the_installed_libp2p():
+    """Each change peer.libp2p_patches makes names a py-libp2p attribute it replaces; after
+    install() every one must hold our code. A py-libp2p that renamed or moved one of them
+    (an upgrade) fails here instead of dropping a fix silently."""
+    import peer.libp2p_patches as patches
+
+    patches.install()
+    assert patches.not_applied() == []

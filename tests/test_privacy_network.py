@@ -36,9 +36,9 @@ def unmask_with(key_shares: list[bytes], y: np.ndarray, victim: str, server, cfg
     masks = []
     for v in cfg.neighbours(victim):
         shared = common.x25519(guess, server.keys[v].mask_pk)
-        masks.append((secagg._pairwise_seed(shared, cfg.round, victim, v),
-                      -secagg._sign(victim, v)))
-    secagg._Masker(cfg).apply(z, masks)
+        masks.append((secagg.pairwise_seed(shared, cfg.round, victim, v),
+                      -secagg.mask_sign(victim, v)))
+    secagg.Masker(cfg).apply(z, masks)
     return nacl.bindings.crypto_scalarmult_base(guess), cfg.encoding.decode_sum(z, 1)
 
 
@@ -82,9 +82,9 @@ async def test_coordinator_state_and_t_minus_1_peers_cannot_recover_an_honest_in
     y = server.masked[victim].copy()
     b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
                 if victim in r.self_mask_shares}
-    b = server._rebuild(victim, b_shares, lambda s: secagg._commit(s) ==
+    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
                         server.keys[victim].self_mask_commit, {})
-    secagg._Masker(cfg).apply(y, [(b, -1)])
+    secagg.Masker(cfg).apply(y, [(b, -1)])
 
     public, guess = unmask_with([held[c].mask_key_share for c in colluders], y, victim,
                                 server, cfg)

@@ -15,22 +15,21 @@ from protocol.crypto.common import raw_public as _raw_public
 from protocol.crypto.fixedpoint import FixedPoint
 from protocol.crypto.secagg import (
     AdvertiseKeys,
-    Config,
     ConsistencySignature,
     Inbox,
     MaskedInput,
     SecAggAbort,
     SecAggClient,
+    SecAggConfig,
     SecAggRejected,
     SecAggServer,
     ShareBundle,
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
-    _pairwise_seed,
-    _sign,
     prg,
 )
+from protocol.crypto.secagg.config import mask_sign, pairwise_seed
 from protocol.wire.identity import Identity
 
 ENC = FixedPoint(clip=10.0, max_summands=200)
@@ -39,15 +38,15 @@ ENC = FixedPoint(clip=10.0, max_summands=200)
 SIGNERS: dict[str, Identity] = {}
 
 
-def client(peer: str, cfg: Config) -> SecAggClient:
+def client(peer: str, cfg: SecAggConfig) -> SecAggClient:
     return SecAggClient(peer, cfg, SIGNERS[peer].sign)
 
 
-def make(n: int, m: int = 64, **kw) -> tuple[Config, list[str], dict[str, np.ndarray]]:
+def make(n: int, m: int = 64, **kw) -> tuple[SecAggConfig, list[str], dict[str, np.ndarray]]:
     for ident in (Identity.generate() for _ in range(n)):
         SIGNERS[ident.peer_id] = ident
     ids = sorted(list(SIGNERS)[-n:])
-    cfg = Config.default(1, ids, os.urandom(32), m, ENC, **kw)
+    cfg = SecAggConfig.default(1, ids, os.urandom(32), m, ENC, **kw)
     rng = np.random.default_rng(n)
     return cfg, ids, {p: rng.uniform(-12, 12, m) for p in ids}
 
@@ -226,7 +225,7 @@ def test_privacy_t_minus_1_colluders_plus_server_cannot_unmask_but_t_can():
     y = server.masked[victim].copy()
     b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
                 if victim in r.self_mask_shares}
-    b = server._rebuild(victim, b_shares, lambda s: secagg._commit(s) ==
+    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
                         server.keys[victim].self_mask_commit, {})
     y -= prg(b, cfg)
 
@@ -247,8 +246,8 @@ def test_privacy_t_minus_1_colluders_plus_server_cannot_unmask_but_t_can():
         z = y.copy()
         for v in nbrs:
             shared = guess_sk.exchange(X25519PublicKey.from_public_bytes(server.keys[v].mask_pk))
-            mask = prg(_pairwise_seed(shared, cfg.round, victim, v), cfg)
-            z = z - mask if _sign(victim, v) > 0 else z + mask
+            mask = prg(pairwise_seed(shared, cfg.round, victim, v), cfg)
+            z = z - mask if mask_sign(victim, v) > 0 else z + mask
         return _raw_public(guess_sk), ENC.decode_sum(z, 1)
 
     truth = np.clip(xs[victim], -ENC.clip, ENC.clip)
@@ -264,8 +263,8 @@ def test_privacy_t_minus_1_colluders_plus_server_cannot_unmask_but_t_can():
     for c in colluders:
         shared = clients[c]._mask.exchange(X25519PublicKey.from_public_bytes(
             server.keys[victim].mask_pk))
-        mask = prg(_pairwise_seed(shared, cfg.round, victim, c), cfg)
-        partial = partial - mask if _sign(victim, c) > 0 else partial + mask
+        mask = prg(pairwise_seed(shared, cfg.round, victim, c), cfg)
+        partial = partial - mask if mask_sign(victim, c) > 0 else partial + mask
     assert honest and np.max(np.abs(ENC.decode_sum(partial, 1) - truth)) > 1.0
 
     # with one more (honest) share, t in all, the mask key and the input come out exactly
@@ -289,14 +288,15 @@ def test_shamir_threshold_exactly():
 
 def test_graph_is_symmetric_and_has_the_configured_degree():
     ids = sorted(Identity.generate().peer_id for _ in range(150))
-    cfg = Config.default(5, ids, os.urandom(32), 8, ENC)
+    cfg = SecAggConfig.default(5, ids, os.urandom(32), 8, ENC)
     assert cfg.degree == 100 and 30 < cfg.threshold < 70
     for p in ids:
         nb = cfg.neighbours(p)
         assert len(nb) == cfg.degree and p not in nb
         assert all(p in cfg.neighbours(q) for q in nb)
-    same = Config.default(5, reversed(ids), cfg.graph_seed, 8, ENC)
-    assert Config.default(5, ids, os.urandom(32), 8, ENC).neighbours(ids[0]) != cfg.neighbours(
+    same = SecAggConfig.default(5, reversed(ids), cfg.graph_seed, 8, ENC)
+    other = SecAggConfig.default(5, ids, os.urandom(32), 8, ENC)
+    assert other.neighbours(ids[0]) != cfg.neighbours(
         ids[0])  # another seed, another graph
     assert all(same.neighbours(p) == cfg.neighbours(p) for p in ids)
 
@@ -361,7 +361,7 @@ def split_survivors_attack(cfg, ids, xs):
         if victim in reply.mask_key_shares:
             s_shares[p] = reply.mask_key_shares[victim]
     keys = server.keys[victim]
-    b = server._rebuild(victim, b_shares, lambda sec: secagg._commit(sec) ==
+    b = server._rebuild(victim, b_shares, lambda sec: secagg.seed_commitment(sec) ==
                         keys.self_mask_commit, {})
     sk = server._rebuild(victim, s_shares, lambda sec: _raw_public(
         X25519PrivateKey.from_private_bytes(sec)) == keys.mask_pk, {})
@@ -369,8 +369,8 @@ def split_survivors_attack(cfg, ids, xs):
     for v in cfg.neighbours(victim):
         shared = X25519PrivateKey.from_private_bytes(sk).exchange(
             X25519PublicKey.from_public_bytes(server.keys[v].mask_pk))
-        mask = prg(_pairwise_seed(shared, cfg.round, victim, v), cfg)
-        y = y - mask if _sign(victim, v) > 0 else y + mask
+        mask = prg(pairwise_seed(shared, cfg.round, victim, v), cfg)
+        y = y - mask if mask_sign(victim, v) > 0 else y + mask
     return ENC.decode_sum(y, 1), np.clip(xs[victim], -ENC.clip, ENC.clip)
 
 
@@ -451,9 +451,9 @@ def test_hkdf_is_rfc_5869_as_cryptography_computes_it(length):
 
 
 def test_masks_applied_slice_by_slice_equal_whole_keystreams():
-    # _Masker works a slice at a time (each AES-CTR stream continuing across slices); it
+    # Masker works a slice at a time (each AES-CTR stream continuing across slices); it
     # must add exactly sign * prg(seed), also over a ragged last slice.
-    m = 2 * secagg._Masker.CHUNK + 1234
+    m = 2 * secagg.Masker.CHUNK + 1234
     cfg, _, _ = make(3, m=m)
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2**32, m, dtype=np.uint64).astype(np.uint32)
@@ -461,12 +461,12 @@ def test_masks_applied_slice_by_slice_equal_whole_keystreams():
     want = y.copy()
     for seed, sign in masks:
         want = want + prg(seed, cfg) if sign > 0 else want - prg(seed, cfg)
-    secagg._Masker(cfg).apply(y, masks)
+    secagg.Masker(cfg).apply(y, masks)
     assert np.array_equal(y, want)
 
 
 def test_a_round_over_several_mask_slices_decodes_with_a_dropout():
-    cfg, ids, xs = make(6, m=secagg._Masker.CHUNK + 99)
+    cfg, ids, xs = make(6, m=secagg.Masker.CHUNK + 99)
     out, _, _ = run(cfg, ids, xs, drop_after_shares=(ids[1],))
     live = [p for p in ids if p != ids[1]]
     assert np.max(np.abs(out.total - clipped_sum(xs, live))) <= ENC.error_bound(5)
@@ -483,7 +483,7 @@ def test_a_round_that_replans_goes_on_with_the_participants_that_advertised_keys
     with pytest.raises(SecAggAbort, match="keys ended with 4"):
         run(dataclasses.replace(cfg, replan=0.0), ids, xs, silent=silent)
     out, clients, server = run(cfg, ids, xs, silent=silent)
-    again = Config.default(1, members, cfg.graph_seed, cfg.vector_len, ENC)
+    again = SecAggConfig.default(1, members, cfg.graph_seed, cfg.vector_len, ENC)
     assert server.cfg.participants == tuple(members)
     assert (server.cfg.degree, server.cfg.threshold, server.cfg.agreement) == \
         (again.degree, again.threshold, again.agreement) == (3, 2, 2)

@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trio
 
-from peer.node import NetworkNode, StreamProtocolError
+from peer.node import NetworkNode
+from peer.streams import StreamProtocolError
 from protocol.wire.identity import Identity
 from protocol.wire.messages import RESULT
 
@@ -131,7 +132,7 @@ async def test_garbage_on_the_gossip_protocol_does_not_take_a_node_down():
     from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
 
-    from peer.node import GOSSIPSUB_PROTOCOLS
+    from peer.gossip import GOSSIPSUB_PROTOCOLS
 
     target, attacker = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
     async with target.running(), attacker.running():

@@ -12,11 +12,11 @@ from protocol.crypto import group, rangeproof, vss
 from protocol.crypto.vss import (
     Accusations,
     AggregateShare,
-    Config,
     Dealing,
     Reveal,
     VssAbort,
     VssClient,
+    VssConfig,
     VssRejected,
     VssServer,
 )
@@ -28,9 +28,9 @@ from protocol.wire.messages import PhaseNotice, encode
 LOW, HIGH = (50.0, 20.0), (250.0, 300.0)  # the stats workload's height/weight ranges
 
 
-def make(n: int, committee: int = 16, **kw) -> tuple[Config, list[str], dict[str, np.ndarray]]:
+def make(n: int, committee: int = 16, **kw) -> tuple[VssConfig, list[str], dict[str, np.ndarray]]:
     ids = sorted(Identity.generate().peer_id for _ in range(n))
-    cfg = Config.default(1, ids, os.urandom(32), LOW, HIGH, committee_size=committee, **kw)
+    cfg = VssConfig.default(1, ids, os.urandom(32), LOW, HIGH, committee_size=committee, **kw)
     rng = np.random.default_rng(n)
     return cfg, ids, {p: np.array([rng.uniform(150, 200), rng.uniform(45, 110)]) for p in ids}
 
@@ -58,7 +58,7 @@ def run(cfg, ids, xs, *, skip_deal=(), tamper_deal=None, skip_aggregate=(),
             pass
     body, inboxes = server.close_deal()
     for p, c in clients.items():
-        acc = c.check(body, inboxes.get(p, vss.Inbox(ciphertexts={})))  # None: not a member
+        acc = c.check(body, inboxes.get(p, vss.MemberInbox(ciphertexts={})))  # None: not a member
         if accuse is not None and acc is not None:
             acc = accuse(p, acc)
         if acc is not None:
@@ -223,7 +223,7 @@ def test_privacy_fewer_than_threshold_members_plus_server_learn_nothing_but_thre
 
     def interpolate(members: list[str]) -> int:
         pts = [(cfg.x_of(m), group.scalar(clients[m]._shares[victim].f[0])) for m in members]
-        basis = vss._lagrange_at_zero([x for x, _ in pts])
+        basis = vss.lagrange_at_zero([x for x, _ in pts])
         return sum(b * y for b, (_, y) in zip(basis, pts, strict=True)) % group.L
 
     assert tau >= 3
@@ -285,7 +285,7 @@ def test_a_round_that_replans_draws_its_committee_again_from_those_that_answered
     cfg, ids, xs = make(10, committee=6, replan=True)
     silent = list(cfg.committee[:4])  # 4 of the 6 members: far past the 30 % tolerance
     answered = [p for p in ids if p not in silent]
-    fixed = Config(cfg.round, cfg.participants, cfg.committee, cfg.threshold, cfg.low,
+    fixed = VssConfig(cfg.round, cfg.participants, cfg.committee, cfg.threshold, cfg.low,
                    cfg.high, cfg.bits, cfg.min_included)
     with pytest.raises(VssAbort, match="keys ended with 2 members"):
         run(fixed, ids, xs, silent=silent)

@@ -163,7 +163,7 @@ class Settings:
     phase_timeout: float = 10.0  # multi-phase rounds: how long each phase waits at most
     dp_epsilon: float = 0.0  # secure rounds: per-round epsilon of distributed DP noise
     dp_delta: float = 1e-5
-    secagg_degree: int | None = None  # None: secagg.Config.default's graph
+    secagg_degree: int | None = None  # None: secagg.SecAggConfig.default's graph
     secagg_threshold: int | None = None
     secagg_agreement: int | None = None
     vss_committee: int = 16

@@ -66,7 +66,7 @@ class SecureParams(Strict):
     dp_delta: float = 0.0
     agreement: int = 0  # survivor signatures needed before unmasking; 0: threshold
     # 0: the participants are the members; else the round goes on with those that advertise
-    # keys, re-planned for this dropout fraction (secagg.Config.restricted)
+    # keys, re-planned for this dropout fraction (secagg.SecAggConfig.restricted)
     replan: float = 0.0
 
 
@@ -82,14 +82,14 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
                 threshold: int | None = None, agreement: int | None = None) -> SecureParams:
     """Round parameters; with ``dp_epsilon`` the noise is calibrated so that one round is
     (dp_epsilon, dp_delta)-DP as long as ``min_peers`` peers survive (see protocol.crypto.dp).
-    ``degree``, ``threshold`` and ``agreement`` override :meth:`secagg.Config.default`'s."""
+    ``degree``, ``threshold`` and ``agreement`` override :meth:`secagg.SecAggConfig.default`'s."""
     sigma, split, headroom = 0.0, max(1, min_peers), 0.0
     if dp_epsilon:
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
     replan = degree is None and threshold is None and agreement is None  # the default rule
-    cfg = secagg.Config.default(round, participants, graph_seed(prev_digest, round),
+    cfg = secagg.SecAggConfig.default(round, participants, graph_seed(prev_digest, round),
                                 workload.vector_len(), enc, dropout=dropout, degree=degree,
                                 threshold=threshold, agreement=agreement, replan=replan)
     return SecureParams(list(cfg.participants), cfg.degree, cfg.threshold, cfg.graph_seed,
@@ -97,8 +97,8 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
                         dp_epsilon, dp_delta if dp_epsilon else 0.0, cfg.agreement, cfg.replan)
 
 
-def config(round: int, p: SecureParams) -> secagg.Config:
-    return secagg.Config(round, tuple(p.participants), p.degree, p.threshold, p.graph_seed,
+def config(round: int, p: SecureParams) -> secagg.SecAggConfig:
+    return secagg.SecAggConfig(round, tuple(p.participants), p.degree, p.threshold, p.graph_seed,
                          p.vector_len, FixedPoint(p.clip, p.max_summands, p.bits), p.agreement,
                          p.replan)
 
@@ -107,10 +107,10 @@ class SecureRound(ServerRound):
     phases, domain, schema = PHASES, DOMAIN, SCHEMA
     aborted, what = secagg.SecAggAbort, "secure aggregation"
     server: secagg.SecAggServer
-    cfg: secagg.Config
+    cfg: secagg.SecAggConfig
 
     def start(self, number: int, params: SecureParams
-              ) -> tuple[secagg.Config, secagg.SecAggServer]:
+              ) -> tuple[secagg.SecAggConfig, secagg.SecAggServer]:
         cfg = config(number, params)
         return cfg, secagg.SecAggServer(cfg)
 

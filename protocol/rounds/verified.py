@@ -78,7 +78,7 @@ class VerifiedParams(Strict):
     dp_epsilon: float = 0.0
     dp_delta: float = 0.0
     # 0: the committee is as announced; else every participant advertises a key and the
-    # committee is drawn again, with ``seed``, from those that did (vss.Config.restricted)
+    # committee is drawn again, with ``seed``, from those that did (vss.VssConfig.restricted)
     replan: float = 0.0
     seed: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     committee_size: int = 16
@@ -109,7 +109,7 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         tails = DP_TAILS * sigma / split**0.5
         low, high = low - tails, high + tails
-    cfg = vss.Config.default(round, participants, seed, low.tolist(), high.tolist(), bits=bits,
+    cfg = vss.VssConfig.default(round, participants, seed, low.tolist(), high.tolist(), bits=bits,
                              committee_size=committee_size, dropout=dropout,
                              min_included=max(2, min_peers), replan=True)
     return VerifiedParams(list(cfg.participants), list(cfg.committee), cfg.threshold,
@@ -118,8 +118,8 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
                           cfg.seed, cfg.committee_size)
 
 
-def config(round: int, p: VerifiedParams) -> vss.Config:
-    return vss.Config(round, tuple(p.participants), tuple(p.committee), p.threshold,
+def config(round: int, p: VerifiedParams) -> vss.VssConfig:
+    return vss.VssConfig(round, tuple(p.participants), tuple(p.committee), p.threshold,
                       tuple(p.low), tuple(p.high), p.bits, p.min_included, p.replan, p.seed,
                       p.committee_size)
 
@@ -128,9 +128,9 @@ class VerifiedRound(ServerRound):
     phases, domain, schema = PHASES, DOMAIN, SCHEMA
     aborted, what = vss.VssAbort, "verified aggregation"
     server: vss.VssServer
-    cfg: vss.Config
+    cfg: vss.VssConfig
 
-    def start(self, number: int, params: VerifiedParams) -> tuple[vss.Config, vss.VssServer]:
+    def start(self, number: int, params: VerifiedParams) -> tuple[vss.VssConfig, vss.VssServer]:
         cfg = config(number, params)
         return cfg, vss.VssServer(cfg)
 
@@ -207,10 +207,10 @@ class VerifiedPeerRound(PeerRound):
         out: msgspec.Struct | None
         if phase == DEAL:
             x = noised_input(self.workload, self.vector, self.params)
-            out = self.client.deal(decode(body, vss.KeyDirectory), x)
+            out = self.client.deal(decode(body, vss.MemberKeys), x)
         elif phase == CHECK:
-            inbox = decode(personal, vss.Inbox) if personal is not None else \
-                vss.Inbox(ciphertexts={})
+            inbox = decode(personal, vss.MemberInbox) if personal is not None else \
+                vss.MemberInbox(ciphertexts={})
             out = self.client.check(decode(body, vss.Commitments), inbox)
         elif phase == RESOLVE:
             out = self.client.reveal(decode(body, vss.Disputes))

@@ -4,7 +4,7 @@ A victim node subscribes to a topic; an honest node publishes ``--honest``
 messages on it, 10 ms apart, while a bare libp2p host writes ``--flood``
 validly signed messages at it as fast as it can. Run side by side, ``--runs``
 times each, with py-libp2p's behaviour (no per-peer budget, 32-message
-subscription queues) and with ours (peer.node.Limits: 100 messages/s per
+subscription queues) and with ours (peer.limits.Limits: 100 messages/s per
 forwarder, bursts of 200; 512-message queues). The table gives how many honest
 and flood messages the victim's handler received, and how many were dropped
 by the budget (counted); the rest were refused by gossipsub's score gate once the
@@ -33,7 +33,7 @@ from libp2p.pubsub import pubsub as _pubsub  # noqa: E402
 
 from peer import libp2p_patches  # noqa: E402
 from peer.hostile import flood_beside  # noqa: E402
-from peer.node import Limits  # noqa: E402
+from peer.limits import Limits  # noqa: E402
 
 
 async def one(ours: bool, flood: int, honest: int) -> dict:

@@ -55,7 +55,10 @@ from libp2p.peer.id import ID  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from peer.node import BLOB_MAX, GOSSIP_MAX, NetworkNode, read_exact  # noqa: E402
+from peer.blobs import BLOB_MAX  # noqa: E402
+from peer.gossip import GOSSIP_MAX  # noqa: E402
+from peer.node import NetworkNode  # noqa: E402
+from peer.streams import read_exact  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]

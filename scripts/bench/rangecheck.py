@@ -68,7 +68,7 @@ def vss_round(n: int, bits: int, committee: int, seed: int) -> dict:
     ids = sorted(Identity.generate().peer_id for _ in range(n))
     rng = np.random.default_rng(seed)
     xs = {p: np.array([rng.uniform(150, 200), rng.uniform(45, 110)]) for p in ids}
-    cfg = vss.Config.default(1, ids, os.urandom(32), LOW, HIGH, bits=bits,
+    cfg = vss.VssConfig.default(1, ids, os.urandom(32), LOW, HIGH, bits=bits,
                              committee_size=committee)
     server, clients = vss.VssServer(cfg), {p: vss.VssClient(p, cfg) for p in ids}
     cpu: dict[str, dict] = {p: {} for p in ids}
@@ -84,7 +84,7 @@ def vss_round(n: int, bits: int, committee: int, seed: int) -> dict:
         upload[p] = len(encode(dealing))
         timed(srv, "s", server.receive_dealing, p, dealing)
     body, inboxes = timed(srv, "s", server.close_deal)
-    empty = vss.Inbox(ciphertexts={})
+    empty = vss.MemberInbox(ciphertexts={})
     for p, c in clients.items():
         acc = timed(cpu[p], "member", c.check, body, inboxes.get(p, empty))
         if acc is not None:
@@ -116,7 +116,7 @@ def secagg_round(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     xs = {p: np.array([rng.uniform(150, 200), rng.uniform(45, 110)]) for p in ids}
     enc = FixedPoint(300.0, 10_000, 64)
-    cfg = secagg.Config.default(1, ids, os.urandom(32), 2, enc)
+    cfg = secagg.SecAggConfig.default(1, ids, os.urandom(32), 2, enc)
     server = secagg.SecAggServer(cfg)
     clients = {p: secagg.SecAggClient(p, cfg, by[p].sign) for p in ids}
     cpu: dict[str, dict] = {p: {} for p in ids}

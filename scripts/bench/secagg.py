@@ -70,7 +70,7 @@ from rich.table import Table  # noqa: E402
 from coordinator.meter import CpuMeter  # noqa: E402
 from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
-from peer.node import DEFAULT_GOSSIP  # noqa: E402
+from peer.gossip import DEFAULT_GOSSIP  # noqa: E402
 from protocol.crypto import secagg  # noqa: E402
 from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
 from protocol.learning.registry import WORKLOADS, register_workload  # noqa: E402
@@ -161,10 +161,10 @@ def protocol_cost(n: int, m: int, setting: str, seed: int) -> ProtocolResult:
     enc = FixedPoint(CLIP, max(MAX_SUMMANDS, n), 32)
     graph_seed = os.urandom(32)
     if setting == "default":
-        cfg = secagg.Config.default(1, people, graph_seed, m, enc)
+        cfg = secagg.SecAggConfig.default(1, people, graph_seed, m, enc)
     else:
         degree = 2 if n > 3 else n - 1
-        cfg = secagg.Config(1, tuple(people), degree, min(2, degree), graph_seed, m, enc)
+        cfg = secagg.SecAggConfig(1, tuple(people), degree, min(2, degree), graph_seed, m, enc)
     cpu = {p: dict.fromkeys(PHASE_NAMES, 0.0) for p in people}
     sent = {p: dict.fromkeys(PHASE_NAMES, 0) for p in people}
     sealed = dict.fromkeys(people, 0)
@@ -835,7 +835,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="coordinator phase timeout in the libp2p rounds (default 60 s)")
     p.add_argument("--gossip-heartbeat", type=float, default=None, metavar="S",
                    help="gossipsub heartbeat of the coordinator and peers in the libp2p rounds "
-                        "(default: the project's, peer.node.DEFAULT_GOSSIP)")
+                        "(default: the project's, peer.gossip.DEFAULT_GOSSIP)")
     p.add_argument("--network-timeout", type=float, default=420.0,
                    help="give up on one N's libp2p rounds after this many seconds (default 420)")
     p.add_argument("--network-degree", type=int, default=None, metavar="K",

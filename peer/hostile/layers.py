@@ -1,18 +1,7 @@
-"""Hostile wire traffic: what a modified client can send below and around our envelopes.
+"""The attack catalogue: one async function per attack, grouped by the layer it
+hits (TCP, multistream, yamux, meshsub, our topics and streams, HTTP) in :data:`LAYERS`.
 
-:mod:`peer.attacks` holds peers that lie inside the protocol; this module
-holds the raw material for everything else: a bare libp2p host with no
-pubsub and none of our protocols (so nothing of ours filters what it sends),
-builders for frames that py-libp2p or our handlers must survive, and a
-catalogue of hostile inputs by layer (:data:`LAYERS`) for the hostile
-harness (``scripts/bench/hostile.py``) and the tests. Nothing in a node
-imports it.
-
-Every attack is ``async (Hostile, Target) -> Counter`` of outcomes as the
-attacker sees them (``refused:<reason>``, ``reset``, ``closed``, ``4xx``,
-...), one count per hostile input it sent; none of them should ever read
-``accepted``. Each is bounded in time (no attack waits longer than a few
-seconds) and in bytes.
+See :mod:`peer.hostile`.
 """
 
 from __future__ import annotations
@@ -22,20 +11,13 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
 import msgspec
-import multiaddr
 import trio
-from libp2p import new_host
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.utils import encode_varint_prefixed
 from libp2p.utils.varint import encode_uvarint
@@ -65,242 +47,20 @@ from protocol.wire.messages import (
     enroll_round,
 )
 
-MESHSUB = TProtocol("/meshsub/1.1.0")
-Outcomes = Counter
-
-
-# --- raw material ------------------------------------------------------------------------------
-@asynccontextmanager
-async def raw_host(seed: bytes | None = None, **options: Any) -> AsyncIterator[Any]:
-    """A running libp2p host (TCP on 127.0.0.1) that runs nothing but what its user sends."""
-    host = new_host(key_pair=create_new_key_pair(seed or os.urandom(32)), **options)
-    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        yield host
-
-
-async def dial(host: Any, addr: str) -> Any:
-    """Connect ``host`` to the node at ``addr`` (``/ip4/../tcp/../p2p/<id>``); its peer ID."""
-    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-    await host.connect(info)
-    return info.peer_id
-
-
-async def send_rpcs(host: Any, addr: str, rpcs: list[bytes]) -> Any:
-    """Open a meshsub stream to ``addr`` and write each RPC, varint-prefixed as gossipsub
-    frames them; returns the stream (still open)."""
-    peer = await dial(host, addr)
-    stream = await host.new_stream(peer, [MESHSUB])
-    await stream.write(b"".join(encode_varint_prefixed(r) for r in rpcs))
-    return stream
-
-
-def signed_messages(host: Any, topic: str, payloads: list[bytes]) -> bytes:
-    """One RPC publishing ``payloads`` on ``topic``, each signed by ``host``'s key as strict
-    signing wants: valid gossip as far as py-libp2p can tell (a flood, in numbers)."""
-    from_id = host.get_id().to_bytes()
-    key = host.get_private_key()
-    msgs = []
-    for data in payloads:
-        msg = rpc_pb2.Message(data=data, topicIDs=[topic], from_id=from_id,
-                              seqno=os.urandom(8))
-        msg.signature = key.sign(b"libp2p-pubsub:" + msg.SerializeToString())
-        msgs.append(msg)
-    return rpc_pb2.RPC(publish=msgs).SerializeToString()
-
-
-def bad_key_rpc(topic: str) -> bytes:
-    """One meshsub RPC whose message claims a sender id without an embedded key (a SHA-256
-    multihash) and carries a ``key`` field that is not a protobuf public key: py-libp2p
-    0.8.1's signature check raised on it inside a per-message task, and the node died."""
-    msg = rpc_pb2.Message(from_id=b"\x12\x20" + os.urandom(32), data=b"x",
-                          seqno=os.urandom(8), topicIDs=[topic], signature=b"\x01" * 64,
-                          key=b"\xff\xff\xff")
-    return rpc_pb2.RPC(publish=[msg]).SerializeToString()
-
-
-def yamux_frame(typ: int, flags: int, stream_id: int, length: int, body: bytes = b"",
-                version: int = 0) -> bytes:
-    return struct.pack("!BBHII", version, typ, flags, stream_id, length) + body
-
-
-def frame(data: bytes) -> bytes:
-    """Our stream protocols' frame: a 4-byte big-endian length, then the bytes."""
-    return struct.pack(">I", len(data)) + data
-
-
-# --- a flood beside an honest peer ----------------------------------------------------------------
-@dataclass
-class Flood:
-    honest: int  # honest messages the victim's handler got
-    flood: int  # flood messages it got
-    budget_drops: int  # flood messages its budget dropped (counted)
-    seconds: float
-    flooder_score: float
-    publish_threshold: float
-
-
-async def flood_beside(limits: Any, *, flood: int, honest: int, gap: float = 0.01) -> Flood:
-    """A victim node subscribed to a topic; an honest node publishes ``honest`` messages
-    ``gap`` seconds apart while a bare host writes ``flood`` validly signed messages at the
-    victim as fast as it can (RPCs of 100). Waits until the victim has read everything."""
-    from .node import NetworkNode  # a node, to attack (nodes never import this module)
-
-    victim, sender = NetworkNode(Identity.generate(), limits=limits), \
-        NetworkNode(Identity.generate())
-    got: Counter = Counter()
-
-    async def count(data: bytes, origin: str) -> None:
-        got[origin] += 1
-
-    async with victim.running(), sender.running(), raw_host() as flooder:
-        await victim.subscribe("t", count)
-        await sender.subscribe("t", lambda data, origin: trio.sleep(0))
-        assert await sender.connect(victim.addrs[0])
-        me = ID.from_base58(victim.peer_id)
-        with trio.fail_after(20):  # until the honest node knows we are subscribed
-            while me not in sender.pubsub.peer_topics.get("t", ()):
-                await trio.sleep(0.05)
-        flooder_id = flooder.get_id().to_base58()
-        started = trio.current_time()
-
-        async def burst() -> None:
-            stream = None
-            for i in range(0, flood, 100):
-                rpc = signed_messages(flooder, "t", [b"f%d" % k for k in range(i, i + 100)])
-                if stream is None:
-                    stream = await send_rpcs(flooder, victim.addrs[0], [rpc])
-                else:
-                    await stream.write(encode_varint_prefixed(rpc))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(burst)
-            for i in range(honest):
-                await sender.publish("t", b"honest %d" % i)
-                await trio.sleep(gap)
-        with trio.move_on_after(20):
-            while got[sender.peer_id] < honest:
-                await trio.sleep(0.05)
-        seen = -1  # then until the victim has read all of the flood (its counts stand still)
-        while seen != (seen := got[flooder_id] + victim.faults.by_kind["gossip flood"]):
-            await trio.sleep(0.5)
-        scorer = victim.router.scorer
-        return Flood(got[sender.peer_id], got[flooder_id], victim.faults.by_kind["gossip flood"],
-                     trio.current_time() - started,
-                     scorer.score(ID.from_base58(flooder_id), ["t"]),
-                     scorer.params.publish_threshold)
-
-
-# --- the hostile client ---------------------------------------------------------------------------
-@dataclass
-class Target:
-    peer_id: str
-    addr: str  # /ip4/127.0.0.1/tcp/PORT/p2p/ID
-    http: str | None = None  # the coordinator's base URL
-    coordinator: bool = False
-
-    @property
-    def tcp(self) -> tuple[str, int]:
-        parts = self.addr.split("/")
-        return parts[2], int(parts[4])
-
-
-@dataclass
-class Hostile:
-    """One attacker: a bare libp2p host under a key the coordinator admitted (``mallory``),
-    a stranger's key, and what it learned (``seen``: envelopes it was sent, to replay)."""
-
-    host: Any
-    mallory: Identity
-    coordinator_id: str
-    round_hint: int = 1
-    seen: list[bytes] = field(default_factory=list)
-    http: httpx.AsyncClient | None = None
-
-    async def stream(self, target: Target, protocol: str) -> Any:
-        peer = await dial(self.host, target.addr)
-        return await self.host.new_stream(peer, [TProtocol(protocol)])
-
-    async def exchange(self, target: Target, protocol: str, data: bytes, *,
-                       timeout: float = 3.0) -> str:
-        """Write raw ``data`` on a fresh stream, read one framed answer: the outcome."""
-        try:
-            with trio.fail_after(timeout):
-                stream = await self.stream(target, protocol)
-                await stream.write(data)
-                head = await _read(stream, 4)
-                if head is None:
-                    return "reset"
-                (n,) = struct.unpack(">I", head)
-                if n > 16 << 20:
-                    return "bad answer"
-                body = await _read(stream, n)
-                await _reset(stream)
-        except trio.TooSlowError:
-            return "timeout"
-        except Exception:
-            return "reset"
-        if body is None:
-            return "reset"
-        if protocol == PROTO_SUBMIT:
-            try:
-                ack = decode(body, SubmitAck)
-            except Exception:
-                return "answered"
-            return "accepted" if ack.accepted else f"refused:{ack.reason.split(':')[0]}"
-        return "answered" if body else "empty"
-
-
-async def _read(stream: Any, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        try:
-            chunk = await stream.read(n - len(buf))
-        except Exception:
-            return None
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-async def _reset(stream: Any) -> None:
-    with trio.CancelScope(shield=True):
-        try:
-            await stream.reset()
-        except Exception:
-            pass
-
-
-async def _tcp_probes(target: Target, make: Callable[[], bytes], n: int = 8) -> Outcomes:
-    """``n`` fresh TCP connections at once, each writing ``make()``: how many the node closed
-    (at once, or at its 5 s handshake deadline), and how many it still held after 12 s."""
-    out: Outcomes = Counter()
-
-    async def one() -> None:
-        out[await _tcp_probe(target, make(), wait=12.0)] += 1
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            nursery.start_soon(one)
-    return out
-
-
-async def _tcp_probe(target: Target, data: bytes, *, wait: float = 3.0) -> str:
-    """Write raw bytes on a fresh TCP connection: closed by the node, or still open."""
-    try:
-        stream = await trio.open_tcp_stream(*target.tcp)
-    except OSError:
-        return "refused"
-    try:
-        with trio.move_on_after(wait) as scope:
-            await stream.send_all(data)
-            while await stream.receive_some(65536):
-                pass
-        return "open" if scope.cancelled_caught else "closed"
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        return "closed"
-    finally:
-        await stream.aclose()
+from .raw import (
+    Hostile,
+    Outcomes,
+    Target,
+    bad_key_rpc,
+    dial,
+    frame,
+    read_some,
+    reset_quietly,
+    send_rpcs,
+    signed_messages,
+    tcp_probes,
+    yamux_frame,
+)
 
 
 def _junk_envelopes(h: Hostile, r: int) -> list[tuple[str, bytes]]:
@@ -330,13 +90,13 @@ def _junk_envelopes(h: Hostile, r: int) -> list[tuple[str, bytes]]:
 # --- attacks by layer ---------------------------------------------------------------------------
 async def tcp_noise(h: Hostile, t: Target) -> Outcomes:
     """Random bytes where a multistream header belongs, or nothing at all (slowloris)."""
-    return await _tcp_probes(t, lambda: os.urandom(random.choice([0, 1, 7, 300, 4096])))
+    return await tcp_probes(t, lambda: os.urandom(random.choice([0, 1, 7, 300, 4096])))
 
 
 async def tcp_huge_prefix(h: Hostile, t: Target) -> Outcomes:
     """GHSA-hmjq-g7pp-rw3x: a 2^31 length prefix before authentication, then a stream of
     bytes (0.8.1 buffered it all)."""
-    return await _tcp_probes(t, lambda: encode_uvarint(2**31) + b"A" * 65536)
+    return await tcp_probes(t, lambda: encode_uvarint(2**31) + b"A" * 65536)
 
 
 async def tcp_bad_security(h: Hostile, t: Target) -> Outcomes:
@@ -345,7 +105,7 @@ async def tcp_bad_security(h: Hostile, t: Target) -> Outcomes:
     proposals = [b"/multistream/1.0.0\n", b"/plaintext/2.0.0\n", b"/secio/1.0.0\n",
                  b"/noise\n"]
     data = b"".join(encode_uvarint(len(p)) + p for p in proposals)
-    return await _tcp_probes(t, lambda: data + os.urandom(512))
+    return await tcp_probes(t, lambda: data + os.urandom(512))
 
 
 async def multistream_junk(h: Hostile, t: Target) -> Outcomes:
@@ -461,7 +221,7 @@ async def meshsub_rpcs(h: Hostile, t: Target) -> Outcomes:
         stream = await send_rpcs(h.host, t.addr, rpcs)
         await stream.write(encode_uvarint(2 << 20) + b"C" * 1024)  # an oversize RPC frame
         out["sent"] += len(rpcs) + 1
-        await _reset(stream)
+        await reset_quietly(stream)
     except Exception:
         out["closed"] += len(rpcs) + 1
     return out
@@ -489,7 +249,7 @@ async def topic_junk(h: Hostile, t: Target) -> Outcomes:
             out["sent"] += len(batch)
         if stream is not None:
             await trio.sleep(0.05)
-            await _reset(stream)
+            await reset_quietly(stream)
     except Exception:
         out["closed"] += 1
     return out
@@ -520,7 +280,7 @@ async def session_junk(h: Hostile, t: Target) -> Outcomes:
             with trio.move_on_after(1):
                 while await stream.read(65536):
                     pass
-            await _reset(stream)
+            await reset_quietly(stream)
         out["closed"] += 1 + len(wires)
     except Exception:
         out["reset"] += 1 + len(wires)
@@ -606,7 +366,7 @@ async def enroll(h: Hostile, coordinator: Target) -> bool:
     peer = await dial(h.host, coordinator.addr)
     stream = await h.host.new_stream(peer, [TProtocol(PROTO_SUBMIT)])
     await stream.write(frame(wire))
-    head = await _read(stream, 4)
-    body = await _read(stream, struct.unpack(">I", head)[0]) if head else None
-    await _reset(stream)
+    head = await read_some(stream, 4)
+    body = await read_some(stream, struct.unpack(">I", head)[0]) if head else None
+    await reset_quietly(stream)
     return body is not None and decode(body, SubmitAck).accepted

@@ -1,0 +1,90 @@
+"""SecAgg+'s messages (the schemas peers and server exchange) and its errors.
+
+See :mod:`protocol.crypto.secagg` for the protocol and its guarantees.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from ...wire.envelope import RejectedMessage
+from ...wire.messages import Strict
+
+TAG = b"hypergossip/secagg+/v1/"
+MAX_COMBINATIONS = 2000  # robust reconstruction: subsets of shares tried at most
+
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+PeerId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class SecAggRejected(RejectedMessage):
+    reason = "secagg"
+
+
+class SecAggAbort(Exception):
+    """The round cannot continue safely (too few participants left)."""
+
+
+class SecAggMisuse(Exception):
+    """A method was called out of phase (a bug in the caller)."""
+
+
+# --- messages ----------------------------------------------------------------------------------
+class AdvertiseKeys(Strict):
+    enc_pk: Key32
+    mask_pk: Key32
+    self_mask_commit: Key32
+
+
+class KeyDirectory(Strict):
+    keys: Annotated[dict[PeerId, AdvertiseKeys], msgspec.Meta(max_length=10_000)]
+
+
+class ShareBundle(Strict):
+    """Client -> server: one ciphertext per neighbour (recipient peer id)."""
+
+    ciphertexts: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class Inbox(Strict):
+    """Server -> client: the ciphertexts addressed to it, by sender."""
+
+    ciphertexts: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class MaskedInput(Strict):
+    vector: bytes
+
+
+class SurvivorList(Strict):
+    """Server -> survivors: who sent masked inputs; each survivor signs it."""
+
+    survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
+
+
+class ConsistencySignature(Strict):
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class UnmaskRequest(Strict):
+    """Server -> survivors: the survivor list with at least ``agreement`` signatures on it."""
+
+    survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
+    signatures: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=10_000)]
+
+
+class UnmaskShares(Strict):
+    self_mask_shares: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+    mask_key_shares: Annotated[dict[PeerId, bytes], msgspec.Meta(max_length=1_000)]
+
+
+class SharePlaintext(Strict, array_like=True):
+    """Sender, recipient and round are bound by the AEAD's associated data, not repeated."""
+
+    self_mask_share: bytes
+    mask_key_share: bytes
+
+
+# --- round configuration and the public graph ------------------------------------------------
