@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""A/B: one benchmark run in two checkouts, alternately, and their figures side by side.
+
+    .venv/bin/python scripts/bench/ab.py --a /tmp/before --b . --runs 3 -- \\
+        scripts/bench/secagg.py --clients 10,50,100 --skip-flower
+
+runs the benchmark (its path relative to each checkout, each with that checkout's own
+code: the benchmarks put their checkout first on ``sys.path``) as A, B, A, B, ... so
+that both see the same machine drift, each with ``--json``, then prints for every
+figure the median of A's runs, the median of B's, their ratio B/A, and the noise: how
+far apart the runs of one side were (the largest of (max - min) / median over A's runs
+and over B's). A change is outside the noise when |B/A - 1| exceeds it.
+
+Figures are the numeric leaves of the benchmarks' JSON whose names are listed in
+:data:`FIGURES`; list items are told apart by their identifying fields (clients,
+peers, size, ...), and per-round items are averaged over the warm rounds (round > 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FIGURES = {"client_cpu_mean_s", "server_cpu_s", "upload_bytes_mean", "wall_s",
+           "coordinator_cpu_s", "process_cpu_s", "p50_s", "p99_s", "median_mb_s",
+           "delivered", "start_s", "connect_s"}
+IDENTITY = ("setting", "graph", "clients", "peers", "vector_len", "size", "method")
+
+
+def figures(node, path: str = "", out: dict[str, float] | None = None) -> dict[str, float]:
+    """Flatten a benchmark's JSON into {figure path: value}."""
+    out = {} if out is None else out
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("args", "machine"):
+                continue
+            if isinstance(v, int | float) and not isinstance(v, bool) and k in FIGURES:
+                out[f"{path}{k}"] = float(v)
+            elif isinstance(v, dict | list):
+                figures(v, f"{path}{k}.", out)
+    elif isinstance(node, list):
+        rounds = [x for x in node if isinstance(x, dict) and "round" in x]
+        if rounds:  # per-round items: the mean over the warm rounds
+            warm = [figures(x) for x in rounds if x["round"] > 1 and
+                    x.get("status", "published") == "published"]
+            for key in {k for w in warm for k in w}:
+                vals = [w[key] for w in warm if key in w]
+                out[f"{path}warm.{key}"] = statistics.fmean(vals)
+            return out
+        for i, x in enumerate(node):
+            if isinstance(x, dict):
+                ident = ",".join(f"{k}={x[k]}" for k in IDENTITY if k in x) or str(i)
+                figures(x, f"{path}[{ident}].", out)
+    return out
+
+
+def run(checkout: Path, bench: list[str], json_path: Path) -> dict[str, float]:
+    cmd = [sys.executable, str(checkout / bench[0]), *bench[1:], "--json", str(json_path)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{checkout}: {' '.join(bench)} failed:\n{proc.stderr[-2000:]}")
+    print(f"  {checkout}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return figures(json.loads(json_path.read_text()))
+
+
+def spread(values: list[float]) -> float:
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med and len(values) > 1 else 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", type=Path, required=True, help="checkout A (e.g. the commit before)")
+    p.add_argument("--b", type=Path, required=True, help="checkout B (e.g. this one)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
+    p.add_argument("bench", nargs=argparse.REMAINDER, help="-- BENCH.py [its arguments]")
+    args = p.parse_args()
+    bench = args.bench[1:] if args.bench[:1] == ["--"] else args.bench
+    if not bench:
+        p.error("give the benchmark after --")
+    results: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            for side, checkout in (("a", args.a), ("b", args.b)):
+                print(f"run {i + 1}/{args.runs} {side.upper()}", file=sys.stderr)
+                results[side].append(run(checkout.resolve(), bench,
+                                         Path(tmp) / f"{side}{i}.json"))
+    keys = sorted(set().union(*results["a"]) & set().union(*results["b"]))
+    print(f"{' '.join(bench)}: A = {args.a}, B = {args.b}, {args.runs} runs each, "
+          "alternating")
+    print("| figure | A (median) | B (median) | B/A | noise |\n|---|---|---|---|---|")
+    for key in keys:
+        a = [r[key] for r in results["a"] if key in r]
+        b = [r[key] for r in results["b"] if key in r]
+        ma, mb = statistics.median(a), statistics.median(b)
+        noise = max(spread(a), spread(b))
+        ratio = mb / ma if ma else float("nan")
+        flag = " *" if ma and abs(ratio - 1) > noise else ""
+        print(f"| {key} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{flag} | {noise:.0%} |")
+    print("(* = B/A outside the noise of either side's runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
