@@ -1,1 +1,11 @@
-"""The hypergossip coordinator: a peer with duties (verify, run rounds, publish) and an AIM."""
+"""The hypergossip coordinator: a peer with duties (verify, run rounds, publish) and an AIM.
+
+``service`` wires its collaborators, one duty each: ``intake`` (every envelope peers
+send), ``rounds`` (the round driver, any mode of :mod:`protocol.rounds`), ``outbox``
+(what it sends and serves again), ``publisher`` (results and state), ``legacy`` (values
+posted in the clear), ``evaluations`` (prompt evaluations on peers), ``meter`` (where
+benchmarks measure); ``store`` is SQLite, ``aim``/``api``/``httpserver`` the AIM HTTP
+server, ``prompt_jobs`` the prompt-search jobs.
+
+May import :mod:`protocol` and :mod:`peer` (it runs peer's network node).
+"""

@@ -11,7 +11,7 @@ server stays up and never leaks a traceback).
 Requests are bounded before any handler runs: a GET that carries a body is
 refused (400), a JSON body is read only up to its endpoint's cap (413 past
 it, 400 when the client hangs up mid-body), and an endpoint declared with a
-:class:`Budget` admits each client (by IP address) only so often and so many
+:class:`ClientBudget` admits each client (by IP address) only so often and so many
 at once (429 with ``Retry-After``), and everyone together only so many at
 once (503): what an unauthenticated caller can make the server spend is the
 budget, not their persistence.
@@ -58,7 +58,7 @@ class HTTPError(Exception):
 
 
 @dataclass(frozen=True)
-class Budget:
+class ClientBudget:
     """What one client (IP address) may spend on an expensive endpoint: ``per_minute``
     calls a minute, bursts of ``burst``, ``concurrent`` at once; and every client together
     ``total_concurrent`` at once."""
@@ -70,9 +70,9 @@ class Budget:
 
 
 class _Spender:
-    """The running tally behind one endpoint's :class:`Budget`."""
+    """The running tally behind one endpoint's :class:`ClientBudget`."""
 
-    def __init__(self, budget: Budget):
+    def __init__(self, budget: ClientBudget):
         self.budget = budget
         self.buckets = Buckets(budget.per_minute / 60, budget.burst, max_keys=65536)
         self.running: dict[str, int] = {}
@@ -108,7 +108,7 @@ class Endpoint:
     input_body: Any = ""
     example_calls: list[dict[str, Any]] = field(default_factory=list)
     is_public: bool = True
-    budget: Budget | None = None
+    budget: ClientBudget | None = None
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -144,7 +144,7 @@ class AIM:
     def endpoint(self, uri: str, methods: Sequence[str] = ("GET",), *, documentation: str,
                  output: Any, example_calls: Sequence[dict[str, Any]] = (),
                  input_query: Any = "", input_headers: Any = "", input_body: Any = "",
-                 is_public: bool = True, budget: Budget | None = None
+                 is_public: bool = True, budget: ClientBudget | None = None
                  ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(Endpoint(
@@ -184,7 +184,7 @@ def json_response(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 
 
-def _wrap(handler: Handler, budget: Budget | None = None
+def _wrap(handler: Handler, budget: ClientBudget | None = None
           ) -> Callable[[Request], Awaitable[Response]]:
     spender = None if budget is None else _Spender(budget)
 

@@ -12,21 +12,19 @@ from starlette.responses import Response
 
 from protocol.wire.messages import StatsContribution
 
-from .aim import AIM, Budget, HTTPError, example, int_param, read_json
+from .aim import AIM, ClientBudget, HTTPError, example, int_param, read_json
 from .prompt_jobs import MAX_PER_USER, MAX_QUEUE
+from .views import View
 
 if TYPE_CHECKING:
     from sqlite3 import Row
 
-# the coordinator.service.Coordinator these endpoints read (not imported: service builds
-# this app, and a module imports only what is below it)
-Coordinator = Any
 
 VERSION = "0.1.0"
 PEER_ID = "12D3KooW..."
 # what one client (IP address) may spend on the expensive endpoints
-SEARCH_NOW = Budget(per_minute=10, burst=10, concurrent=1, total_concurrent=2)  # POST /prompt
-QUEUE_JOB = Budget(per_minute=1, burst=8, concurrent=1, total_concurrent=4)  # /prompt/jobs
+SEARCH_NOW = ClientBudget(per_minute=10, burst=10, concurrent=1, total_concurrent=2)  # POST /prompt
+QUEUE_JOB = ClientBudget(per_minute=1, burst=8, concurrent=1, total_concurrent=4)  # /prompt/jobs
 
 
 def round_view(row: Row, *, detail: bool = False, store: Any = None) -> dict[str, Any]:
@@ -49,12 +47,12 @@ def round_view(row: Row, *, detail: bool = False, store: Any = None) -> dict[str
     return view
 
 
-def build_app(coord: Coordinator):
+def build_app(view: View):
     aim = AIM(name="hypergossip coordinator", short_name="hypergossip", version=VERSION,
               license="MIT", author="hypergossip developers",
               description="Coordinator of a libp2p learning network: admits peers, verifies "
                           "signed contributions, runs rounds and publishes their results.")
-    store = coord.store
+    store = view.store
 
     @aim.endpoint(
         "/health", documentation="Liveness, this coordinator's libp2p peer id and multiaddrs "
@@ -67,10 +65,10 @@ def build_app(coord: Coordinator):
                                 "multiaddrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}"],
                                 "round": 3, "workload": "stats", "uptime_s": 12.5})])
     async def health(request: Request) -> dict[str, Any]:
-        return {"status": "ok", "peer_id": coord.peer_id, "multiaddrs": coord.node.addrs,
-                "round": coord.current.number if coord.current else store.last_round(),
-                "workload": coord.workload.name, "uptime_s": time.time() - coord.started_at,
-                "contained": dict(coord.node.faults.by_kind)}
+        return {"status": "ok", "peer_id": view.peer_id, "multiaddrs": view.node.addrs,
+                "round": view.round_number(),
+                "workload": view.workload.name, "uptime_s": time.time() - view.started_at,
+                "contained": dict(view.node.faults.by_kind)}
 
     @aim.endpoint(
         "/peers", documentation="Admitted peers, oldest first, a page at a time (query: limit "
@@ -94,7 +92,7 @@ def build_app(coord: Coordinator):
         limit = int_param(request.query_params.get("limit"), "limit", default=100, lo=1,
                           hi=1000)
         offset = int_param(request.query_params.get("offset"), "offset", default=0)
-        connected = set(coord.node.connected_peers())
+        connected = set(view.node.connected_peers())
         listed = store.peers(limit, offset)
         rejections = store.rejections_by_peer([p["peer_id"] for p in listed])
         for p in listed:
@@ -103,7 +101,7 @@ def build_app(coord: Coordinator):
         return {"total": store.count_admitted(), "peers": listed,
                 "strangers": store.stranger_rejections(100),
                 "rejected_total": store.rejection_totals(),
-                "admission": dict(coord.admission.refused)}
+                "admission": dict(view.admission.refused)}
 
     @aim.endpoint(
         "/model", documentation="The current round and its status, and the latest published "
@@ -121,12 +119,12 @@ def build_app(coord: Coordinator):
     async def model(request: Request) -> dict[str, Any]:
         pub = store.latest_published()
         result = json.loads(pub["result"]) if pub else None
-        current = coord.current
+        current = view.open.number
         last = store.round_row(store.last_round())
         return {
-            "round": current.number if current else (last["round"] if last else 0),
-            "status": "open" if current else (last["status"] if last else "idle"),
-            "workload": coord.workload.name,
+            "round": current if current is not None else (last["round"] if last else 0),
+            "status": "open" if current is not None else (last["status"] if last else "idle"),
+            "workload": view.workload.name,
             "published_round": pub["round"] if pub else None,
             "result": result,
             "dp": (result or {}).get("dp"),
@@ -135,12 +133,12 @@ def build_app(coord: Coordinator):
             "state_digest": bytes(pub["state_digest"]).hex() if pub else None,
         }
 
-    if coord.workload.state_blob() is not None:
-        add_model_endpoints(aim, coord)
-    if coord.prompt_jobs is not None:
-        add_prompt_endpoints(aim, coord)
-    if getattr(coord.workload, "replicated", False) or coord.workload.name == "prompt":
-        add_reputation_endpoint(aim, coord)
+    if view.workload.state_blob() is not None:
+        add_model_endpoints(aim, view)
+    if view.prompt_jobs is not None:
+        add_prompt_endpoints(aim, view)
+    if getattr(view.workload, "replicated", False) or view.workload.name == "prompt":
+        add_reputation_endpoint(aim, view)
 
     @aim.endpoint(
         "/rounds", documentation="Rounds, newest first. Query: limit (1-500, default 50), "
@@ -169,8 +167,8 @@ def build_app(coord: Coordinator):
             raise HTTPError(404, f"no round {n} (latest is {store.last_round()})")
         return round_view(row, detail=True, store=store)
 
-    if coord.workload.takes_unprotected:
-        add_legacy_endpoints(aim, coord)
+    if view.workload.takes_unprotected:
+        add_legacy_endpoints(aim, view)
     return aim.app()
 
 
@@ -183,10 +181,10 @@ def _cost_only(request: Request, req: Any) -> bool:
     return bool(getattr(req, "cost_only", False)) or flag not in (None, "", "0", "false")
 
 
-def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
+def add_prompt_endpoints(aim: AIM, view: View) -> None:
     from .prompt_jobs import PromptRequest
 
-    jobs = coord.prompt_jobs
+    jobs = view.prompt_jobs
     assert jobs is not None
     fields_doc = ("Body: target_output (the seed's field) and optionally task "
                   "('target' or 'sentiment'), population, generations, seed, fitness "
@@ -261,7 +259,7 @@ def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
                                query="job_number=7")])
     async def result(request: Request) -> dict[str, Any]:
         n = int_param(request.query_params.get("job_number"), "job_number", lo=1)
-        row = coord.store.job(n)
+        row = view.store.job(n)
         if row is None:
             raise HTTPError(404, f"no job {n}")
         if row["user"] != _user(request):
@@ -272,14 +270,14 @@ def add_prompt_endpoints(aim: AIM, coord: Coordinator) -> None:
                 "progress": json.loads(row["progress"]) if row["progress"] else None}
 
 
-def add_model_endpoints(aim: AIM, coord: Coordinator) -> None:
+def add_model_endpoints(aim: AIM, view: View) -> None:
     @aim.endpoint(
         "/model/weights", documentation="The current global model as safetensors (one float32 "
         "tensor 'weights'); its SHA-256 is the published model_digest, also sent in the "
         "X-Model-Digest header.", output="<safetensors bytes>",
         example_calls=[example("<898484 bytes of safetensors>")])
     async def model_weights(request: Request) -> Response:
-        blob = coord.workload.state_blob()
+        blob = view.workload.state_blob()
         if blob is None:
             raise HTTPError(404, "this workload publishes no model weights")
         return Response(blob, media_type="application/octet-stream", headers={
@@ -288,8 +286,8 @@ def add_model_endpoints(aim: AIM, coord: Coordinator) -> None:
 
 
 
-def add_reputation_endpoint(aim: AIM, coord: Coordinator) -> None:
-    rep = coord.reputation
+def add_reputation_endpoint(aim: AIM, view: View) -> None:
+    rep = view.reputation
 
     @aim.endpoint(
         "/reputation", documentation="Peers' reputation scores (0..1), whether they are "
@@ -306,7 +304,7 @@ def add_reputation_endpoint(aim: AIM, coord: Coordinator) -> None:
     async def reputation(request: Request) -> dict[str, Any]:
         only = request.query_params.get("peer")
         peers: dict[str, dict[str, Any]] = {}
-        for p in sorted(coord.store.admitted()):
+        for p in sorted(view.store.admitted()):
             peers[p] = {"peer_id": p, "score": rep.score(p),
                         "eligible": rep.score(p) >= rep.threshold, "changes": []}
         for rnd, p, score, why in rep.history:
@@ -320,10 +318,10 @@ def add_reputation_endpoint(aim: AIM, coord: Coordinator) -> None:
                 "peers": sorted(peers.values(), key=lambda v: (v["score"], v["peer_id"]))}
 
 
-def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:
+def add_legacy_endpoints(aim: AIM, view: View) -> None:
     """The seed's challenge-1 API, so its reference clients keep working. Values posted here
     travel in the clear: they are counted apart and labelled unprotected in results."""
-    store = coord.store
+    store = view.store
 
     @aim.endpoint(
         "/current_model", documentation="The seed's legacy view: the current epoch (the open "
@@ -339,7 +337,7 @@ def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:
         pub = store.latest_published()
         result = json.loads(pub["result"]) if pub else {}
         combined = result.get("combined", result)
-        return {"epochs": coord.legacy_epoch(),
+        return {"epochs": view.legacy_epoch(),
                 "total_height": combined.get("total_height", 0.0),
                 "total_weight": combined.get("total_weight", 0.0),
                 "samples": combined.get("count", 0),
@@ -361,5 +359,5 @@ def add_legacy_endpoints(aim: AIM, coord: Coordinator) -> None:
         value = await read_json(request, StatsContribution, max_bytes=1024)
         source = request.headers.get("hypc_user") or (
             request.client.host if request.client else "unknown")
-        why_not = coord.offer_legacy(epoch, value, f"http:{source}")
+        why_not = view.offer_legacy(epoch, value, f"http:{source}")
         return {"updated": True} if why_not is None else {"updated": False, "reason": why_not}

@@ -60,11 +60,11 @@ from protocol.wire.messages import (
     TOPIC_REPLICAS,
     TOPIC_RESULT,
     TOPIC_SUBMIT,
-    StatsContribution,
     SubmitAck,
 )
 
 from . import httpserver
+from .api import build_app
 from .evaluations import RemoteEvaluations
 from .intake import MAX_SUBMIT_WIRE, Intake
 from .legacy import Legacy
@@ -74,6 +74,7 @@ from .prompt_jobs import PromptJobs
 from .publisher import Publisher
 from .rounds import DriverConfig, OpenRound, RoundDriver
 from .store import Store
+from .views import View
 
 log = logging.getLogger("hypergossip.coordinator")
 
@@ -233,14 +234,10 @@ class Coordinator:
     def handle(self, wire: bytes, *, via: str, transport_peer: str) -> SubmitAck:
         return self.intake.handle(wire, via=via, transport_peer=transport_peer)
 
-    def legacy_epoch(self) -> int:
-        """The round legacy posts go to: the open one, else the next to open."""
-        number = self.open.number
-        return number if number is not None else self.store.last_round() + 1
-
-    def offer_legacy(self, epoch: int, value: StatsContribution, source: str) -> str | None:
-        assert self.legacy is not None
-        return self.legacy.offer(epoch, self.legacy_epoch(), value, source)
+    def view(self) -> View:
+        """What the HTTP API may see (coordinator.views)."""
+        return View(self.store, self.node, self.open, self.workload, self.admission,
+                    self.reputation, self.prompt_jobs, self.legacy, self.started_at)
 
     def _session_head(self, peer: str) -> list[bytes] | None:
         """A new session's first envelopes; None for a peer that is not admitted."""
@@ -250,8 +247,6 @@ class Coordinator:
 
     # --- lifetime ---------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from .api import build_app  # api imports this module's types
-
         async with self.node.running():
             # a submitted message is handled by the topic's validator, which sees it before
             # gossipsub delivers or forwards it: what it refuses as malformed or forged
@@ -271,7 +266,7 @@ class Coordinator:
                                        write_timeout=self.config.http_write_timeout)
                 self.http_urls = await nursery.start(
                     lambda task_status: httpserver.serve_http(
-                        build_app(self), hc, task_status=task_status,
+                        build_app(self.view()), hc, task_status=task_status,
                         shutdown_trigger=self._stop.wait))
                 log.info("coordinator %s: HTTP %s, libp2p %s", self.peer_id,
                          ", ".join(self.http_urls), ", ".join(self.node.addrs))

@@ -1,1 +1,11 @@
-"""The hypergossip peer daemon: a libp2p node that enrols, contributes and keeps up."""
+"""The hypergossip peer: a libp2p node that enrols, takes part in rounds and keeps up.
+
+``node`` (with ``streams``, ``gossip``, ``limits``, ``blobs``) moves bytes;
+``libp2p_patches`` (with ``yamux``, ``faults``) is every change to py-libp2p;
+``session`` is the long-lived stream to the coordinator; the daemon is ``daemon``
+(lifetime), ``follower`` (the coordinator's signed log) and ``participant`` (rounds, any
+mode, found in :mod:`protocol.rounds`), acting as its ``behaviour`` says (``attacks``
+are behaviours too); ``hostile`` is the harness of hostile inputs below the protocol.
+
+May import :mod:`protocol`; never :mod:`coordinator`.
+"""

@@ -160,7 +160,7 @@ class SessionHub:
         for wire in head:
             self._queue(peer, session, encode(Push(wire)))
         log.debug("session from %s open (%d head envelopes)", peer, len(head))
-        # neither loop is ever cancelled mid-frame (see peer.node.guarded): the reader ends
+        # neither loop is ever cancelled mid-frame (see peer.streams.guarded): the reader ends
         # when the stream does, the writer when the queue is closed, and each ends the other
         try:
             await grow_receive_window(stream, RECEIVE_WINDOW)
@@ -276,7 +276,7 @@ class SessionClient:
         self._waiting[seq] = waiter
         try:
             with trio.move_on_after(timeout):
-                # the write itself is never cancelled mid-frame (see peer.node.guarded);
+                # the write itself is never cancelled mid-frame (see peer.streams.guarded);
                 # yamux bounds it (no window for 5 s raises), and so does WRITE_LIMIT
                 with trio.CancelScope(shield=True), trio.move_on_after(WRITE_LIMIT):
                     async with self._write_lock:

@@ -136,9 +136,9 @@ async def test_the_job_queue_holds_only_so_many_jobs_per_user(data_dir):
 
 
 def test_an_endpoint_budget_admits_each_client_so_often_and_so_many_at_once():
-    from coordinator.aim import Budget, HTTPError, _Spender
+    from coordinator.aim import ClientBudget, HTTPError, _Spender
 
-    spender = _Spender(Budget(per_minute=60, burst=3, concurrent=1, total_concurrent=2))
+    spender = _Spender(ClientBudget(per_minute=60, burst=3, concurrent=1, total_concurrent=2))
     spender.enter("a")
     with pytest.raises(HTTPError) as one_at_a_time:
         spender.enter("a")

@@ -4,7 +4,7 @@ py-libp2p 0.8.1 is not cancellation-safe: a trio cancellation in the middle of a
 write (after Noise encrypted a message, before it was all sent) puts the connection's
 cipher state out of step and kills every stream on that connection. The first test
 cancels large requests at random points and then needs the same connection to work;
-before ``peer.node.guarded`` it failed with "Failed to create stream".
+before ``peer.streams.guarded`` it failed with "Failed to create stream".
 """
 
 from __future__ import annotations

@@ -73,8 +73,9 @@ from peer.daemon import PeerDaemon  # noqa: E402
 from peer.gossip import DEFAULT_GOSSIP  # noqa: E402
 from protocol.crypto import secagg  # noqa: E402
 from protocol.crypto.fixedpoint import FixedPoint  # noqa: E402
-from protocol.learning.registry import WORKLOADS, register_workload  # noqa: E402
+from protocol.learning.registry import get_workload, register_workload  # noqa: E402
 from protocol.learning.workloads import Workload  # noqa: E402
+from protocol.policy.admission import AdmissionConfig  # noqa: E402
 from protocol.rounds import secure as secure_round  # noqa: E402
 from protocol.wire.envelope import seal  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
@@ -368,7 +369,10 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
             min_peers=2, start_peers=n, round_pause=0.2, max_rounds=total_rounds,
             workload=BenchVector.name, secure=True, phase_timeout=args.phase_timeout,
             gossip=gossip, secagg_degree=degree, secagg_threshold=threshold,
-            secagg_agreement=threshold)  # an explicit graph: as many signatures as shares
+            secagg_agreement=threshold,  # an explicit graph: as many signatures as shares
+            # every peer enrols from 127.0.0.1: above the default per-address burst (64) the
+            # admission policy would let one more in a minute
+            admission=AdmissionConfig(per_source_burst=max(64, n + 8)))
         meter = CpuMeter()  # the coordinator's own work, announce -> result
         coord = Coordinator(cfg, meter=meter)
         try:
@@ -376,7 +380,7 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
                 nursery.start_soon(sample_cpu)
                 await nursery.start(coord.run)
                 boot = coord.node.addrs[0]
-                workload = WORKLOADS[BenchVector.name]()
+                workload = get_workload(BenchVector.name)
                 where = f"{args.peer_processes} processes" if args.peer_processes \
                     else "this process"
                 progress(f"network N={n} M={m}: coordinator up; starting {n} peers in {where}")
@@ -508,7 +512,7 @@ def peer_worker(args: argparse.Namespace) -> int:
         DEFAULT_GOSSIP, heartbeat_interval=args.gossip_heartbeat)
 
     async def main() -> None:
-        workload = WORKLOADS[BenchVector.name]()
+        workload = get_workload(BenchVector.name)
         daemons: list[PeerDaemon] = []
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
