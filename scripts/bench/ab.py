@@ -96,7 +96,8 @@ def main() -> int:
     keys = sorted(set().union(*results["a"]) & set().union(*results["b"]))
     print(f"{' '.join(bench)}: A = {args.a}, B = {args.b}, {args.runs} runs each, "
           "alternating")
-    print("| figure | A (median) | B (median) | B/A | noise |\n|---|---|---|---|---|")
+    print("| figure | A (median) | B (median) | B/A | noise | A runs | B runs |\n"
+          "|---|---|---|---|---|---|---|")
     for key in keys:
         a = [r[key] for r in results["a"] if key in r]
         b = [r[key] for r in results["b"] if key in r]
@@ -104,7 +105,8 @@ def main() -> int:
         noise = max(spread(a), spread(b))
         ratio = mb / ma if ma else float("nan")
         flag = " *" if ma and abs(ratio - 1) > noise else ""
-        print(f"| {key} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{flag} | {noise:.0%} |")
+        print(f"| {key} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{flag} | {noise:.0%} | "
+              f"{', '.join(f'{v:.3g}' for v in a)} | {', '.join(f'{v:.3g}' for v in b)} |")
     print("(* = B/A outside the noise of either side's runs)")
     return 0
 
