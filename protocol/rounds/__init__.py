@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 MODES: dict[str, Mode] = {m.name: m for m in (
     clear.MODE, secure.MODE, verified.MODE, replicated.MODE)}
 SECURE = (verified.MODE.name, secure.MODE.name)  # --secure-protocol's choices, auto's order
+_domains: list[frozenset[str]] = []  # peer_domains(), until the registry changes
 
 
 def register(mode: Mode) -> Mode:
@@ -40,6 +41,7 @@ def register(mode: Mode) -> Mode:
     if MODES.get(mode.name, mode) is not mode:
         raise ValueError(f"a different round mode is registered as {mode.name!r}")
     MODES[mode.name] = mode
+    _domains.clear()
     return mode
 
 
@@ -84,5 +86,8 @@ def public_domains(workload: Workload) -> frozenset[str]:
 
 
 def peer_domains() -> frozenset[str]:
-    """Every domain a peer may sign a round message for, in any registered mode."""
-    return frozenset().union(*(m.domains for m in MODES.values()))
+    """Every domain a peer may sign a round message for, in any registered mode (asked for
+    every message the coordinator takes in: kept until the next :func:`register`)."""
+    if not _domains:
+        _domains.append(frozenset().union(*(m.domains for m in MODES.values())))
+    return _domains[0]
