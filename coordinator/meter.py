@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 
 class Meter:
@@ -29,25 +28,36 @@ _NOTHING = nullcontext()
 class CpuMeter(Meter):
     """Thread CPU seconds by kind and by round (work with no round counts to the round
     open at the time: from its opening to its publishing). Units of work never await, so
-    nothing else runs in between."""
+    nothing else runs in between. Each unit costs two ``time.thread_time`` calls and one
+    small object (a generator-based context manager cost the intake path a tenth more
+    than the work it measured)."""
 
     def __init__(self) -> None:
         self.by_kind: dict[str, float] = defaultdict(float)
         self.by_round: dict[int, float] = defaultdict(float)
         self.current: int | None = None
 
-    @contextmanager  # type: ignore[override]
-    def timed(self, kind: str, round: int | None = None) -> Iterator[None]:
-        t0 = time.thread_time()
-        try:
-            yield
-        finally:
-            spent = time.thread_time() - t0
-            self.by_kind[kind] += spent
-            if kind == "open" and round is not None:
-                self.current = round
-            r = round if round is not None else self.current
-            if r is not None:
-                self.by_round[r] += spent
-            if kind == "publish":
-                self.current = None  # what comes before the next round opens counts nowhere
+    def timed(self, kind: str, round: int | None = None) -> _Span:
+        return _Span(self, kind, round)
+
+
+class _Span:
+    __slots__ = ("meter", "kind", "round", "t0")
+
+    def __init__(self, meter: CpuMeter, kind: str, round: int | None):
+        self.meter, self.kind, self.round = meter, kind, round
+
+    def __enter__(self) -> None:
+        self.t0 = time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = time.thread_time() - self.t0
+        m = self.meter
+        m.by_kind[self.kind] += spent
+        if self.kind == "open" and self.round is not None:
+            m.current = self.round
+        r = self.round if self.round is not None else m.current
+        if r is not None:
+            m.by_round[r] += spent
+        if self.kind == "publish":
+            m.current = None  # what comes before the next round opens counts nowhere
