@@ -47,7 +47,6 @@ from .base import (
     Setup,
     Work,
     WrongPhase,
-    public_gossip_check,
 )
 from .replica import (
     COMMIT,
@@ -64,20 +63,6 @@ from .replica import (
     ReplicaPeerRound,
     Reveals,
 )
-
-valid_replica_gossip = public_gossip_check(DOMAINS)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --- the coordinator's round ------------------------------------------------------------------
