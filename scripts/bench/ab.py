@@ -5,11 +5,13 @@
         scripts/bench/secagg.py --clients 10,50,100 --skip-flower
 
 runs the benchmark (its path relative to each checkout, each with that checkout's own
-code: the benchmarks put their checkout first on ``sys.path``) as A, B, A, B, ... so
-that both see the same machine drift, each with ``--json``, then prints for every
-figure the median of A's runs, the median of B's, their ratio B/A, and the noise: how
-far apart the runs of one side were (the largest of (max - min) / median over A's runs
-and over B's). A change is outside the noise when |B/A - 1| exceeds it.
+code: the benchmarks put their checkout first on ``sys.path``) in pairs A B, B A, A B,
+... so that both see the same machine drift and neither always goes first, each with
+``--json``, then prints for every figure the median of A's runs, the median of B's,
+their ratio B/A, the noise (how far apart the runs of one side were: the largest of
+(max - min) / median over A's runs and over B's), and the paired ratio: the median
+over pairs of B_i/A_i, with its range, which cancels the drift the two runs of a pair
+share. A change is outside the noise when |B/A - 1| exceeds it.
 
 Figures are the numeric leaves of the benchmarks' JSON whose names are listed in
 :data:`FIGURES`; list items are told apart by their identifying fields (clients,
@@ -28,8 +30,8 @@ import time
 from pathlib import Path
 
 FIGURES = {"client_cpu_mean_s", "server_cpu_s", "upload_bytes_mean", "wall_s",
-           "coordinator_cpu_s", "process_cpu_s", "p50_s", "p99_s", "median_mb_s",
-           "delivered", "start_s", "connect_s"}
+           "coordinator_cpu_s", "coordinator_process_cpu_s", "process_cpu_s", "p50_s",
+           "p99_s", "median_mb_s", "delivered", "start_s", "connect_s"}
 IDENTITY = ("setting", "graph", "clients", "peers", "vector_len", "size", "method")
 
 
@@ -89,15 +91,16 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            for side, checkout in (("a", args.a), ("b", args.b)):
+            order = (("a", args.a), ("b", args.b))
+            for side, checkout in order if i % 2 == 0 else order[::-1]:
                 print(f"run {i + 1}/{args.runs} {side.upper()}", file=sys.stderr)
                 results[side].append(run(checkout.resolve(), bench,
                                          Path(tmp) / f"{side}{i}.json"))
     keys = sorted(set().union(*results["a"]) & set().union(*results["b"]))
     print(f"{' '.join(bench)}: A = {args.a}, B = {args.b}, {args.runs} runs each, "
           "alternating")
-    print("| figure | A (median) | B (median) | B/A | noise | A runs | B runs |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| figure | A (median) | B (median) | B/A | noise | paired B/A (range) | A runs "
+          "| B runs |\n|---|---|---|---|---|---|---|---|")
     for key in keys:
         a = [r[key] for r in results["a"] if key in r]
         b = [r[key] for r in results["b"] if key in r]
@@ -105,7 +108,11 @@ def main() -> int:
         noise = max(spread(a), spread(b))
         ratio = mb / ma if ma else float("nan")
         flag = " *" if ma and abs(ratio - 1) > noise else ""
-        print(f"| {key} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{flag} | {noise:.0%} | "
+        pairs = [rb[key] / ra[key] for ra, rb in zip(results["a"], results["b"], strict=True)
+                 if ra.get(key) and key in rb]
+        paired = (f"{statistics.median(pairs):.3f} ({min(pairs):.2f}-{max(pairs):.2f})"
+                  if pairs else "-")
+        print(f"| {key} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{flag} | {noise:.0%} | {paired} | "
               f"{', '.join(f'{v:.3g}' for v in a)} | {', '.join(f'{v:.3g}' for v in b)} |")
     print("(* = B/A outside the noise of either side's runs)")
     return 0

@@ -296,6 +296,7 @@ class RoundTiming:
     wall_s: float | None
     phases_s: dict[str, float]
     process_cpu_s: float | None  # whole process (coordinator + peers), approximate
+    coordinator_process_cpu_s: float | None  # the coordinator's process alone (libp2p too)
     coordinator_cpu_s: float | None  # coordinator.meter.CpuMeter: its own work, by round
     norm: float | None
     norm_ok: bool | None
@@ -343,20 +344,21 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
     total_rounds = args.warmup_rounds + args.rounds
     data_of = {bench_identity(args.seed, k).peer_id: input_vector(k, m, args.seed)
                for k in range(n)}  # peer id -> its input
-    cpu_samples: list[tuple[float, float]] = []
+    cpu_samples: list[tuple[float, float, float]] = []
     received: dict[str, dict[tuple[str, int], float]] = {}  # peer -> (key, round) -> time
     peers: list[PeerDaemon] = []  # in this process (--peer-processes 0)
     workers: list[tuple[trio.Process, Path]] = []
 
     async def sample_cpu() -> None:
         while True:
-            cpu_samples.append((time.monotonic(), time.process_time() + sum(
-                _cpu_of(proc.pid) for proc, _ in workers)))
+            own = time.process_time()
+            cpu_samples.append((time.monotonic(), own + sum(
+                _cpu_of(proc.pid) for proc, _ in workers), own))
             await trio.sleep(0.1)  # reading /proc costs the coordinator's process too
 
-    def cpu_at(t: float) -> float | None:
+    def cpu_at(t: float, column: int = 1) -> float | None:
         best = min(cpu_samples, key=lambda s: abs(s[0] - t), default=None)
-        return best[1] if best is not None else None
+        return best[column] if best is not None else None
 
     t_begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="secagg-bench-") as tmp:
@@ -453,6 +455,7 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
             pairs = zip(PHASE_NAMES, stamps[:-1], stamps[1:], strict=True)
             phases = {ph: b - a for ph, a, b in pairs if a is not None and b is not None}
             cpu0, cpu1 = (cpu_at(start), cpu_at(end)) if start and end else (None, None)
+            own0, own1 = (cpu_at(start, 2), cpu_at(end, 2)) if start and end else (None, None)
             result = json.loads(row["result"]) if row is not None and row["result"] else {}
             delivery_max, delivery_median = {}, {}
             for key in [ANNOUNCE, *(f"{NOTICE}/{ph}" for ph in PHASE_NAMES[1:]), RESULT]:
@@ -476,6 +479,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
                 accepted=row["accepted"] if row is not None else 0,
                 wall_s=end - start if start and end else None, phases_s=phases,
                 process_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+                coordinator_process_cpu_s=(own1 - own0 if own0 is not None and own1 is not None
+                                           else None),
                 coordinator_cpu_s=meter.by_round.get(r),
                 delivery_max_s=delivery_max, delivery_median_s=delivery_median,
                 norm=norm, norm_ok=ok, error=result.get("error")))
