@@ -182,3 +182,13 @@ def test_without_verification_the_aggregator_decides_what_signflip_does(agg):
     # coordinate median barely notices them
     gap = out.result["loss"] / clean.result["loss"]
     assert (gap > 1.04) if agg == "mean" else (gap < 1.01), gap
+
+
+def test_one_non_finite_segment_cannot_fail_an_unreplicated_round():
+    """replicas=1 accepts each segment's weights as sent: an all-inf segment is left out of
+    the aggregate (and counted), not raised from the aggregator."""
+    w = inc.Incremental(segments=4, replicas=1)
+    good = {s: w.weights.copy() for s in range(3)}
+    result = w.apply(1, {**good, 3: np.full_like(w.weights, np.inf)})
+    assert np.all(np.isfinite(w.weights))
+    assert result["count"] == 3 and result["non_finite"] == [3]

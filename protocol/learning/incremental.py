@@ -191,17 +191,23 @@ class Incremental(Workload):
             assignment=[table.get(k, []) for k in range(self.segments)], dispute=self.dispute)
 
     def apply(self, round: int, accepted: Mapping[int, np.ndarray]) -> dict[str, Any]:
-        """New global weights from the accepted segments' weights; the published result."""
-        if accepted:
+        """New global weights from the accepted segments' weights; the published result.
+
+        Segments whose weights are not all finite are left out (and listed under
+        ``non_finite``): with ``replicas=1`` a segment is accepted as one peer sent it, and
+        one such segment must not fail the round."""
+        finite = {s: w for s, w in accepted.items() if np.all(np.isfinite(w))}
+        if finite:
             start = self.weights.astype(np.float64)
-            updates = np.stack([w.astype(np.float64) - start for w in accepted.values()])
+            updates = np.stack([w.astype(np.float64) - start for w in finite.values()])
             agg = aggregators.get_aggregator(self.aggregator)(updates)
             self.weights = (start + agg).astype(np.float32)
             self._blob = None
         blob = self.state_blob()
-        return {"count": len(accepted), "loss": self.heldout_loss(),
+        return {"count": len(finite), "loss": self.heldout_loss(),
                 "model_digest": hashlib.sha256(blob).hexdigest(), "model_bytes": len(blob),
-                "aggregator": self.aggregator}
+                "aggregator": self.aggregator,
+                "non_finite": sorted(s for s in accepted if s not in finite)}
 
     # --- peer ------------------------------------------------------------------------------
     def parse_data(self, text: str) -> datasets.Dataset:
