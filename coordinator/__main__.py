@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
-from protocol.learning.aggregators import AGGREGATORS
+from protocol import rounds
+from protocol.learning.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
 from protocol.learning.registry import WORKLOADS
 from protocol.policy.admission import AdmissionConfig, issue_ticket
 from protocol.wire.identity import (
@@ -74,10 +75,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--insecure", action="store_true",
                    help="peers send contributions in the clear (plain sums, for comparison); "
                    "default: secure aggregation, the coordinator learns only sums")
-    p.add_argument("--secure-protocol", default="auto", choices=("auto", "vss", "secagg"),
+    p.add_argument("--secure-protocol", default="auto", choices=("auto", *rounds.SECURE),
                    help="secure rounds: vss = Pedersen VSS to a committee with every input "
-                   "proven in range (stats); secagg = SecAgg+ (any vector, no range proofs); "
-                   "auto = vss where the workload has input ranges (default: %(default)s)")
+                   "proven in range (stats); robust = SecAgg+ per group of k peers drawn from "
+                   "the beacon, each group sum checked against the input bound, a robust "
+                   "aggregator over the group means (fedavg); secagg = SecAgg+ over all "
+                   "(any vector, no checks); auto = vss where the workload has input ranges, "
+                   "robust where it has an L2 bound, else secagg (default: %(default)s)")
+    p.add_argument("--tolerate", type=float, default=0.2, metavar="FRACTION",
+                   help="robust rounds (and clear fedavg): the fraction of peers that may lie; "
+                   "it sets the group size k = floor(1 / (2 FRACTION)) and the aggregator's "
+                   "f (default: %(default)s, k = 2)")
+    p.add_argument("--group-size", type=int, default=None, metavar="K",
+                   help="robust rounds: peers per group (the coordinator learns each group's "
+                   "sum; larger hides more and tolerates fewer liars: fewer than N / 2K); "
+                   "default: from --tolerate")
+    p.add_argument("--robust-aggregator", default="nnm+trimmed_mean", type=aggregator_name,
+                   metavar="NAME", help="robust rounds: the aggregator over the group means "
+                   "(default: %(default)s)")
     p.add_argument("--vss-committee", type=int, default=16, metavar="C",
                    help="vss: committee size; its threshold survives 30 %% of it vanishing "
                    "(default: %(default)s)")
@@ -124,9 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--dispute", default="reexecute", choices=["reexecute", "replicas"],
                    help="what settles a segment whose replicas disagree: the coordinator "
                    "re-executes it, or extra replicas are assigned (default: %(default)s)")
-    g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
-                   help="how accepted segment results are combined (default: mean when "
-                   "verified by replicas, median with --replicas 1)")
+    g.add_argument("--aggregator", default=None, type=aggregator_name, metavar="NAME",
+                   help="how accepted results are combined: incremental's segment results "
+                   "(default: mean when verified by replicas, median with --replicas 1) and "
+                   "clear fedavg's updates (default: mean). One of " +
+                   ", ".join(sorted(AGGREGATORS)) + ", after any of " +
+                   ", ".join(sorted(PRE_AGGREGATORS)) + " joined by '+' (nnm+trimmed_mean)")
     g.add_argument("--lr", type=float, default=0.1,
                    help="Adam learning rate (default: 0.1, the seed's; 1e-3 learns more)")
     g.add_argument("--weight-decay", type=float, default=1e-8,
@@ -156,9 +174,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
     if args.retain_rounds < 0:
         p.error("--retain-rounds must be >= 0")
+    if not 0 < args.tolerate < 0.5 or (args.group_size is not None and args.group_size < 2):
+        p.error("--tolerate must be in (0, 0.5) and --group-size at least 2")
     if args.dp_epsilon and args.insecure:
         p.error("--dp-epsilon needs secure aggregation (its noise is added by the peers)")
     return args
+
+
+def aggregator_name(text: str) -> str:
+    """argparse type: an aggregator name (chains allowed), with the known ones on error."""
+    try:
+        get_aggregator(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def public_key_of(key: str) -> bytes:
@@ -259,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         options = dict(segments=args.segments, replicas=args.replicas, quorum=args.quorum,
                        dispute=args.dispute, aggregator=args.aggregator, lr=args.lr,
                        weight_decay=args.weight_decay, data_dir=args.dataset_dir)
-    elif args.workload == "fedavg" and args.dataset_dir:
-        options = dict(data_dir=args.dataset_dir)
+    elif args.workload == "fedavg":
+        options = dict(data_dir=args.dataset_dir, aggregator=args.aggregator or "mean",
+                       tolerance=args.tolerate)
     config = CoordinatorConfig(
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,
@@ -272,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,
         secagg_agreement=args.secagg_agreement,
         secure_protocol=args.secure_protocol, vss_committee=args.vss_committee,
+        robust_tolerance=args.tolerate, group_size=args.group_size,
+        robust_aggregator=args.robust_aggregator,
         workload_options=options,
         llm_backend=None if args.llm_backend == "none" else args.llm_backend,
         prompt_search=args.prompt_search,

@@ -111,7 +111,8 @@ class RoundDriver:
                 log.exception("round %d: internal error; publishing it as failed", rnd.number)
                 step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
             self.publisher.publish(rnd, step)
-            benched = self.attendance.record(rnd.number, self.open.asked, self.open.answered)
+            benched = self.attendance.record(rnd.number, self.open.asked,
+                                             self.open.answered | rnd.refused_senders())
             if benched:
                 log.info("round %d: %d participants sent nothing and sit out the next "
                          "rounds: %s", rnd.number, len(benched), ", ".join(benched[:8]) +

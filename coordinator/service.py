@@ -111,6 +111,9 @@ class CoordinatorConfig:
     secure_protocol: str = "auto"
     mode: str = ""  # a round mode by name (protocol.rounds.MODES); "": chosen by the above
     vss_committee: int = 16  # committee size of vss rounds (threshold survives 30 % of it)
+    robust_tolerance: float = 0.2  # robust rounds: fraction of liars withstood (sets k, f)
+    group_size: int | None = None  # robust rounds' k; None: from robust_tolerance
+    robust_aggregator: str = "nnm+trimmed_mean"  # robust rounds: over the group means
     vss_bits: int = 14  # range-proof bits per coordinate (resolution of the range)
     http_write_timeout: float = httpserver.WRITE_TIMEOUT  # slower HTTP readers are cut off
     llm_backend: str | None = "echo"  # prompt search's own LLM; None: no prompt search
@@ -311,7 +314,9 @@ def settings_of(config: CoordinatorConfig) -> Settings:
                     dp_delta=config.dp_delta, secagg_degree=config.secagg_degree,
                     secagg_threshold=config.secagg_threshold,
                     secagg_agreement=config.secagg_agreement,
-                    vss_committee=config.vss_committee, vss_bits=config.vss_bits)
+                    vss_committee=config.vss_committee, vss_bits=config.vss_bits,
+                    robust_tolerance=config.robust_tolerance, group_size=config.group_size,
+                    robust_aggregator=config.robust_aggregator)
 
 
 async def _ignore(data: bytes, origin: str) -> None:

@@ -13,7 +13,7 @@ from protocol.learning.registry import WORKLOADS, get_workload
 from protocol.policy.admission import MAX_TICKET_WIRE
 from protocol.wire.identity import Identity, KeyFileError
 
-from .attacks import ATTACKS, Attack
+from .attacks import ATTACKS, BY_WORKLOAD, Attack
 from .behaviour import Behaviour, Flaky
 from .daemon import PeerConfig, PeerDaemon, peer_id_of
 from .llm import LocalBackend, make_backend
@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "part=I/N[,alpha=A][,seed=S][,data_dir=DIR]; incremental: empty or "
                    "data_dir=DIR (the training set is public, cut into segments)")
     p.add_argument("--attack", choices=ATTACKS, default=None,
-                   help="testing, incremental workload: behave as this kind of Byzantine peer "
-                   "(see peer/attacks.py)")
+                   help="testing: behave as this kind of Byzantine peer; by workload: " +
+                   "; ".join(f"{w}: {', '.join(a)}" for w, a in BY_WORKLOAD.items()) +
+                   " (see peer/attacks.py and peer/fedavg_attacks.py)")
     p.add_argument("--llm-backend", choices=["echo", "local", "openai"], default=None,
                    help="evaluate prompt-search fitness calls for the coordinator with this "
                    "LLM: local = SmolLM2-135M-Instruct, shipped (default: no evaluations)")
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-max-tokens", type=int, default=32,
                    help="tokens generated per call, as the coordinator's (default: 32)")
     p.add_argument("--colluders", type=int, default=2,
-                   help="testing: how many attackers the alie attack assumes (default: 2)")
+                   help="testing: how many attackers the alie attack assumes (fedavg's alie "
+                   "and ipm: the last this many shards are the liars'; default: 2)")
     p.add_argument("--pull-interval", type=float, default=2.0,
                    help="seconds between pulls of missed rounds while the session to the "
                    "coordinator is down (default: %(default)s)")
@@ -83,11 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.data and args.workload not in ("incremental", "prompt"):
         p.error(f"--data is required for the {args.workload} workload")
-    if args.attack == "outofrange" and args.workload != "stats":
-        p.error("--attack outofrange lies in secure stats rounds (--workload stats)")
-    if args.attack and args.attack != "outofrange" and args.workload not in (
-            "incremental", "prompt"):
-        p.error("--attack applies to the incremental and prompt workloads (outofrange: stats)")
+    if args.attack and args.attack not in BY_WORKLOAD.get(args.workload, ()):
+        p.error(f"--attack {args.attack} does not apply to the {args.workload} workload "
+                f"(its attacks: {', '.join(BY_WORKLOAD.get(args.workload, ())) or 'none'})")
     if args.attack == "fakescore" and not args.llm_backend:
         p.error("--attack fakescore needs --llm-backend (it lies about evaluations)")
     if not args.bootstrap and not args.coordinator_url:
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PeerConfig(bootstrap=bootstrap, coordinator_id=coordinator_id,
                         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
                         pull_interval=args.pull_interval, limits=limits, ticket=ticket)
-    behaviour = Attack(args.attack, colluders=args.colluders) if args.attack else Behaviour()
+    behaviour = (Attack(args.attack, colluders=args.colluders, workload=args.workload,
+                        data=args.data) if args.attack else Behaviour())
     if args.dropout:  # a testing aid: vanish from this fraction of rounds
         behaviour = Flaky(behaviour, dropout=args.dropout, slot=slot)
     daemon = PeerDaemon(identity, workload, data, config, behaviour=behaviour,

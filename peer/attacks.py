@@ -28,6 +28,10 @@ outofrange secure stats rounds: adds 10^6 to its height, outside every range, as
 alie       "A Little Is Enough" (Baruch et al. 2019): trains every segment of the
            round, claims ``mean - z * std`` of the honest updates
 =========  ======================================================================
+
+Fedavg peers lie with the attacks of :mod:`peer.fedavg_attacks` (signflip, boost,
+maxcoord, ring, boundflip, alie, ipm, nonfinite, labelflip), in clear, secagg and robust
+rounds alike; :data:`BY_WORKLOAD` says which names apply to which workload.
 """
 
 from __future__ import annotations
@@ -51,11 +55,15 @@ from protocol.wire.identity import Identity
 from protocol.wire.messages import RoundAnnounce, decode, encode
 
 from .behaviour import Behaviour
+from .fedavg_attacks import FEDAVG_ATTACKS, OMNISCIENT, FedAvgLiar, knowing, shards_of
 
 log = logging.getLogger("hypergossip.attack")
 
-ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip", "alie",
-           "fakescore", "outofrange")
+INCREMENTAL_ATTACKS = ("random", "collude", "copy", "replay", "stale", "forge", "signflip",
+                       "alie")
+BY_WORKLOAD = {"incremental": INCREMENTAL_ATTACKS, "prompt": ("fakescore",),
+               "stats": ("outofrange",), "fedavg": FEDAVG_ATTACKS}
+ATTACKS = tuple(dict.fromkeys(a for names in BY_WORKLOAD.values() for a in names))
 SECURE_ATTACKS = ("outofrange",)  # the ones that lie inside secure (stats) rounds
 INFLATE = 1e6  # outofrange: what it adds to its first coordinate (a height, in cm)
 SIGNFLIP_SCALE = 4.0
@@ -65,10 +73,22 @@ COPY_WAIT = 4.0  # seconds a copier waits to see a co-replica's message on gossi
 class Attack(Behaviour):
     """A peer that lies in one way (:data:`ATTACKS`); honest everywhere else."""
 
-    def __init__(self, name: str, *, colluders: int = 2):
+    def __init__(self, name: str, *, colluders: int = 2, workload: str = "",
+                 data: str = ""):
+        """``workload`` and ``data`` (this peer's ``--data``) pick and arm a fedavg lie:
+        the omniscient ones rebuild every shard from it and take the last ``colluders``
+        of them to be the liars' (as the testnet places them)."""
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {ATTACKS}")
         self.name, self.colluders = name, colluders
+        self.fedavg: FedAvgLiar | None = None
+        if workload == "fedavg":
+            if name not in FEDAVG_ATTACKS:
+                raise ValueError(f"fedavg peers lie with {FEDAVG_ATTACKS}, not {name!r}")
+            shards = shards_of(data)
+            n = len(shards)
+            know = knowing(shards, set(range(n - colluders, n))) if name in OMNISCIENT else None
+            self.fedavg = FedAvgLiar(name, peers=n, colluders=colluders, knowledge=know)
         # copy: what the replica gossip showed us, (round, segment) -> {peer: item}
         self.seen_commits: dict[tuple[int, int], dict[str, bytes]] = {}
         self.seen_reveals: dict[tuple[int, int], dict[str, replica.RevealItem]] = {}
@@ -77,6 +97,8 @@ class Attack(Behaviour):
     # --- which round we run ------------------------------------------------------------------
     def peer_round(self, mode: Mode, ctx: PeerContext) -> PeerRound:
         """The lying peer's side of a round, where this attack lies in ``mode``."""
+        if self.fedavg is not None:
+            return self.fedavg.peer_round(mode, ctx)
         lie = {secure.MODE.name: self._secure_round, verified.MODE.name: self._verified_round,
                inc.MODE.name: self._replica_round}.get(mode.name)
         return lie(ctx) if lie is not None else mode.peer_round(ctx)

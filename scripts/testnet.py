@@ -35,8 +35,13 @@ from rich.progress import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peer.attacks import ATTACKS  # noqa: E402
-from protocol.learning.aggregators import AGGREGATORS  # noqa: E402
+from peer.attacks import ATTACKS, BY_WORKLOAD  # noqa: E402
+from protocol import rounds  # noqa: E402
+from protocol.learning.aggregators import (  # noqa: E402
+    AGGREGATORS,
+    PRE_AGGREGATORS,
+    get_aggregator,
+)
 from protocol.learning.registry import WORKLOADS  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 
@@ -62,9 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fedavg: Dirichlet alpha of the peers' non-IID shards (default: 0.5)")
     p.add_argument("--insecure", action="store_true",
                    help="contributions in the clear (plain sums) instead of secure aggregation")
-    p.add_argument("--secure-protocol", default="auto", choices=("auto", "vss", "secagg"),
-                   help="secure rounds' protocol: vss (range-proven inputs, stats), secagg "
-                   "(SecAgg+), auto = vss for stats, secagg otherwise (default: %(default)s)")
+    p.add_argument("--secure-protocol", default="auto", choices=("auto", *rounds.SECURE),
+                   help="secure rounds' protocol: vss (range-proven inputs, stats), robust "
+                   "(SecAgg+ per group, each group sum bound-checked, a robust aggregator "
+                   "over the groups: fedavg), secagg (SecAgg+ over all, no checks); auto = "
+                   "vss for stats, robust for fedavg, secagg otherwise (default: %(default)s)")
+    p.add_argument("--tolerate", type=float, default=None, metavar="FRACTION",
+                   help="robust rounds and clear fedavg: the fraction of peers that may lie "
+                   "(sets the group size; default: the coordinator's, 0.2)")
+    p.add_argument("--group-size", type=int, default=None, metavar="K",
+                   help="robust rounds: peers per group (default: from --tolerate)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="FRACTION",
                    help="this fraction of the peers vanishes from every round (a different "
                    "set each round), each at a random phase (default: 0)")
@@ -73,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(secure mode only; default: off)")
     p.add_argument("--phase-timeout", type=float, default=5.0,
                    help="seconds a secure phase waits for dropouts (default: %(default)s)")
-    g = p.add_argument_group("incremental learning (--workload incremental)")
+    g = p.add_argument_group("learning (--workload fedavg, incremental) and attacks")
     g.add_argument("--segments", type=int, default=4,
                    help="training-set segments, one task each per round (default: 4)")
     g.add_argument("--replicas", type=int, default=3,
@@ -81,13 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--aggregator (default: 3)")
     g.add_argument("--dispute", default="reexecute", choices=["reexecute", "replicas"],
                    help="how disagreements are settled (default: %(default)s)")
-    g.add_argument("--aggregator", default=None, choices=sorted(AGGREGATORS),
-                   help="combiner of segment results (default: mean, or median when r=1)")
+    g.add_argument("--aggregator", default=None, metavar="NAME",
+                   help="combiner of incremental segment results (default: mean, or median "
+                   "when r=1) and of clear fedavg updates (default: mean): " +
+                   ", ".join(sorted(AGGREGATORS)) + ", after any of " +
+                   ", ".join(sorted(PRE_AGGREGATORS)) + " joined by '+'")
     g.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: the coordinator's, 0.1 as in the seed)")
     g.add_argument("--byzantine", type=int, default=0, metavar="B",
                    help="this many peers run --attack (default: 0)")
-    g.add_argument("--attack", default=None, choices=ATTACKS,
+    g.add_argument("--attack", default=None, choices=ATTACKS, metavar="NAME",
                    help="what the Byzantine peers do (see peer/attacks.py)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="real MNIST IDX files for fedavg/incremental (default: embedded digits)")
@@ -127,15 +142,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--peers and --rounds must be at least 1")
     if args.byzantine and not args.attack:
         p.error("--byzantine needs --attack NAME")
-    if args.attack == "outofrange" and (args.workload != "stats" or args.insecure):
-        p.error("--attack outofrange lies in secure stats rounds (--workload stats)")
-    if args.attack and args.attack != "outofrange" and args.workload not in (
-            "incremental", "prompt"):
-        p.error("--attack applies to --workload incremental and prompt (outofrange: stats)")
-    if args.workload == "prompt" and args.attack not in (None, "fakescore"):
-        p.error("the prompt workload's attack is fakescore")
-    if args.workload != "prompt" and args.attack == "fakescore":
-        p.error("fakescore attacks prompt evaluations (--workload prompt)")
+    if args.attack and args.attack not in BY_WORKLOAD.get(args.workload, ()):
+        p.error(f"--attack {args.attack} does not apply to --workload {args.workload} (its "
+                f"attacks: {', '.join(BY_WORKLOAD.get(args.workload, ())) or 'none'})")
+    if args.attack == "outofrange" and args.insecure:
+        p.error("--attack outofrange lies in secure stats rounds")
+    if args.aggregator:
+        try:
+            get_aggregator(args.aggregator)
+        except ValueError as exc:
+            p.error(f"--aggregator: {exc}")
     if not 0 <= args.byzantine < args.peers:
         p.error("--byzantine must be in [0, --peers)")
     return args
@@ -191,6 +207,12 @@ class Testnet:
             cmd.append("--insecure")
         else:
             cmd += ["--secure-protocol", a.secure_protocol]
+        if a.tolerate is not None:
+            cmd += ["--tolerate", str(a.tolerate)]
+        if a.group_size is not None:
+            cmd += ["--group-size", str(a.group_size)]
+        if a.workload == "fedavg" and a.aggregator:
+            cmd += ["--aggregator", a.aggregator]
         if a.workload == "incremental":
             cmd += ["--segments", str(a.segments), "--replicas", str(a.replicas),
                     "--dispute", a.dispute]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import trio
 
+from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from protocol.learning import datasets, models
 from protocol.learning.registry import get_workload
@@ -87,29 +88,39 @@ def test_fedavg_refuses_out_of_bound_clear_updates():
             fa.check(PlainVector(vector=bad.tobytes()))
 
 
-async def run_fedavg(data_dir, secure: bool, rounds: int = 3, peers: int = 5) -> list[dict]:
+async def run_fedavg(data_dir, secure: bool, rounds: int = 3, peers: int = 5,
+                     liars: dict[int, str] | None = None, **coord) -> list[dict]:
+    """``rounds`` fedavg rounds with ``peers`` in-process peers over libp2p; ``liars``:
+    peer index -> its attack (peer/fedavg_attacks.py)."""
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, workload="fedavg", secure=secure,
-                                        min_peers=peers, max_rounds=rounds, phase_timeout=30)
-        boot = coord.node.addrs[0]
+        # the quorum: every peer without liars; with them, a round publishes what passed
+        coord.setdefault("min_peers", 2 if liars else peers)
+        coord_ = await start_coordinator(nursery, data_dir, workload="fedavg", secure=secure,
+                                         start_peers=peers, max_rounds=rounds,
+                                         phase_timeout=30, **coord)
+        boot = coord_.node.addrs[0]
         daemons = []
         for i in range(peers):
             w = get_workload("fedavg")
-            d = PeerDaemon(Identity.generate(), w, w.parse_data(f"part={i}/{peers},alpha=0.5"),
-                           bootstrap=[boot])
+            spec = f"part={i}/{peers},alpha=0.5"
+            attack = (liars or {}).get(i)
+            behaviour = (Attack(attack, colluders=len(liars), workload="fedavg", data=spec)
+                         if attack else None)
+            d = PeerDaemon(Identity.generate(), w, w.parse_data(spec), bootstrap=[boot],
+                           behaviour=behaviour)
             await nursery.start(d.run)
             daemons.append(d)
-        await wait_for(lambda: coord.rounds_run >= rounds, timeout=120)
+        await wait_for(lambda: coord_.rounds_run >= rounds, timeout=120)
         nursery.cancel_scope.cancel()
-    results = [json.loads(coord.store.round_row(r)["result"]) for r in range(1, rounds + 1)]
+    results = [json.loads(coord_.store.round_row(r)["result"]) for r in range(1, rounds + 1)]
     # every peer fetched each round's model by digest: the blob it holds matches
-    final = coord.workload.state_blob()
+    final = coord_.workload.state_blob()
     assert results[-1]["model_digest"] == hashlib.sha256(final).hexdigest()
     return results
 
 
 async def test_fedavg_secure_matches_clear_and_learns(tmp_path):
-    secure = await run_fedavg(tmp_path / "s", secure=True)
+    secure = await run_fedavg(tmp_path / "s", secure=True, secure_protocol="secagg")
     clear = await run_fedavg(tmp_path / "c", secure=False)
     acc_s = [r["accuracy"] for r in secure]
     acc_c = [r["accuracy"] for r in clear]
@@ -117,3 +128,20 @@ async def test_fedavg_secure_matches_clear_and_learns(tmp_path):
     assert abs(acc_s[-1] - acc_c[-1]) <= 0.005
     assert all(r["count"] == 5 for r in secure + clear)
     assert "secure_aggregation" in secure[0] and "secure_aggregation" not in clear[0]
+
+
+@pytest.mark.parametrize("attack", ["ring", "signflip"])
+async def test_fedavg_robust_by_default_leaves_an_out_of_bound_liar_out(tmp_path, attack):
+    """Issue 15, must-show 2, over libp2p: secure fedavg is robust by default; a liar that
+    writes raw ring values (or sends an unclipped -10x update) makes its group's sum
+    exceed what k honest inputs can sum to, so that group is left out every round and the
+    model learns from the others (under the plain secure sum the same liar takes the
+    model to chance level: test_robust_round)."""
+    rounds = await run_fedavg(tmp_path, secure=True, peers=6, liars={5: attack})
+    for r in rounds:
+        sa = r["secure_aggregation"]
+        assert sa["group_size"] == 2 and sa["groups"] == 3
+        bad = [g for g in sa["by_group"] if g["status"] != "ok"]
+        assert [g["status"] for g in bad] == ["over_bound"], sa["by_group"]
+        assert r["count"] == 4 and len(sa["included"]) == 4
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] and rounds[-1]["accuracy"] > 0.6

@@ -78,6 +78,12 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
             enroll = seal(mallory, ENROLL, enroll_round(time.time()),
                           encode(Enroll(workloads=["stats"])))
             assert (await submit(node, coord.peer_id, enroll)).accepted
+            # eve is admitted but not connected, so not asked: her broken contribution is
+            # refused for its schema (a participant's would also end its round, see
+            # test_fedavg_network's refusal test)
+            eve = Identity.generate()
+            assert (await submit(node, coord.peer_id, seal(eve, ENROLL, enroll_round(
+                time.time()), encode(Enroll(workloads=["stats"]))))).accepted
             await wait_for(lambda: coord.current is not None and coord.current.number == 1)
 
             attacks = {
@@ -86,7 +92,7 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
                 "future_round": contribution(mallory, 2, *mallory_input),
                 "oversize": seal(mallory, CONTRIBUTION, 1, b"\x00" * (9 * 1024 * 1024)),
                 "not_admitted": contribution(stranger, 1, 150.0, 50.0),
-                "schema": seal(mallory, CONTRIBUTION, 1, encode(
+                "schema": seal(eve, CONTRIBUTION, 1, encode(
                     StatsContribution(height=170.0, weight=70.0))[:-3]),
             }
             for reason, wire in attacks.items():

@@ -231,6 +231,13 @@ def get_aggregator(name: str) -> Aggregator:
     return chained
 
 
+def combine(name: str, x: np.ndarray, **kwargs: object) -> np.ndarray:
+    """Aggregate ``x`` with ``name`` (chains allowed), each stage given the ``kwargs`` it
+    takes: ``combine("mean", x, f=2)`` is the mean, whatever ``f`` says."""
+    fn = get_aggregator(name)
+    return fn(x, **kwargs) if "+" in name else fn(x, **_taken(fn, kwargs))
+
+
 def _taken(fn: Callable[..., np.ndarray], kwargs: dict[str, object]) -> dict[str, object]:
     params = inspect.signature(fn).parameters
     return {k: v for k, v in kwargs.items() if k in params}

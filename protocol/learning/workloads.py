@@ -36,7 +36,7 @@ from ..wire.messages import (
     decode,
     encode,
 )
-from . import datasets
+from . import aggregators, datasets
 
 
 class Workload:
@@ -76,6 +76,11 @@ class Workload:
         """Largest L2 distance between two vectors :meth:`bound` can return (one record's
         influence on the sum when it is replaced): what DP noise is calibrated to."""
         raise NotImplementedError
+
+    def l2_bound(self) -> float | None:
+        """The largest L2 norm :meth:`bound` can return, when the workload has one (robust
+        secure rounds check each group sum against it: protocol.rounds.robust)."""
+        return None
 
     def range_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(low, high) per coordinate when secure rounds can prove every input lies in them
@@ -237,8 +242,14 @@ class FedAvg(Workload):
     ring_bits = 32
 
     def __init__(self, *, epochs: int = 5, lr: float = 0.1, clip_norm: float = 2.0,
-                 data_dir: str | None = None, seed: int = 0):
+                 aggregator: str = "mean", tolerance: float = 0.2, data_dir: str | None = None,
+                 seed: int = 0):
         self.epochs, self.lr, self.clip_norm, self.data_dir = epochs, lr, clip_norm, data_dir
+        aggregators.get_aggregator(aggregator)  # fail early on a bad name
+        if not 0 <= tolerance < 0.5:
+            raise ValueError("tolerance must be in [0, 0.5)")
+        # clear mode: how the accepted updates are combined, told to withstand this fraction
+        self.aggregator, self.tolerance = aggregator, tolerance
         self.weights = models.initial_vector(seed)
         self._blob: bytes | None = None
         self._test: tuple[np.ndarray, np.ndarray] | None = None
@@ -255,6 +266,9 @@ class FedAvg(Workload):
 
     def sensitivity(self) -> float:
         return 2 * self.clip_norm
+
+    def l2_bound(self) -> float:
+        return self.clip_norm
 
     # --- coordinator ---------------------------------------------------------------------
     def state_blob(self) -> bytes:
@@ -274,20 +288,31 @@ class FedAvg(Workload):
             raise SchemaError(f"update norm exceeds the clip bound {self.clip_norm}")
 
     def aggregate(self, contributions: Mapping[str, Strict]) -> dict[str, Any]:
+        """Clear mode: the accepted updates (each checked: finite, within the clip norm)
+        combined by ``aggregator`` (:mod:`protocol.learning.aggregators`), told to
+        tolerate ``f = floor(tolerance * n)`` Byzantine inputs (where it takes ``f``)."""
         vectors = [_plain(c, self.vector_len()) for c in contributions.values()
                    if isinstance(c, PlainVector)]
-        total = np.sum(vectors, axis=0, dtype=np.float64) if vectors else np.zeros(1)
-        return self.finalize(total, len(vectors))
+        if not vectors:
+            return self.apply_update(None, 0)
+        n = len(vectors)
+        f = max(0, min(math.floor(self.tolerance * n), (n - 1) // 2))
+        update = aggregators.combine(self.aggregator, np.stack(vectors), f=f)
+        return {**self.apply_update(update, n), "aggregator": self.aggregator}
 
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
-        if n:
-            update = total / n
+        return self.apply_update(total / n if n else None, n)
+
+    def apply_update(self, update: np.ndarray | None, n: int) -> dict[str, Any]:
+        """Add ``update`` (the round's combined update of ``n`` peers) to the global weights;
+        the published result."""
+        if update is not None:
             self.weights = (self.weights + update).astype(np.float32)
             self._blob = None
         x, y = self._test_split()
         blob = self.state_blob()
         return {"count": n, "accuracy": models.accuracy(self.weights, x, y),
-                "update_norm": float(np.linalg.norm(total / n)) if n else 0.0,
+                "update_norm": float(np.linalg.norm(update)) if update is not None else 0.0,
                 "model_digest": hashlib.sha256(blob).hexdigest(), "model_bytes": len(blob)}
 
     def restore(self, result: dict[str, Any], blob: bytes | None) -> None:

@@ -169,6 +169,7 @@ class Reputation:
     reward: float = 0.05
     penalty: float = 0.5
     missing_penalty: float = 0.15
+    refusal_penalty: float = 0.15  # a clear contribution refused: three take a peer out
     threshold: float = 0.2
     scores: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, str, float, str]] = field(default_factory=list)
@@ -200,6 +201,12 @@ class Reputation:
         """A proven fault outside a segment decision (e.g. a reveal that does not open its
         own commitment): the full penalty."""
         self._change(round, peer, -self.penalty, why)
+
+    def refused(self, round: int, peer: str, why: str) -> None:
+        """A signed contribution that failed validation (over its bound, not finite, the
+        wrong shape): costs ``refusal_penalty``; from ``initial`` the third one takes the
+        peer below ``threshold``."""
+        self._change(round, peer, -self.refusal_penalty, why)
 
     def eligible(self, peers: list[str]) -> list[str]:
         return [p for p in peers if self.score(p) >= self.threshold]

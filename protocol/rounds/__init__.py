@@ -12,6 +12,9 @@ mode       module           what a round does
 ========== ================ ====================================================
 clear      :mod:`.clear`    each peer's contribution in the clear, combined
 secagg     :mod:`.secure`   vectors summed under SecAgg+ (Bell et al. 2020)
+robust     :mod:`.robust`   SecAgg+ per beacon-drawn group, each group sum
+                            bound-checked, a robust aggregator over the group
+                            means (secure bucketing)
 vss        :mod:`.verified` range-proven inputs summed by a committee
 replicated :mod:`.replicated` replicas train, commit, reveal; agreement decides
 ========== ================ ====================================================
@@ -24,15 +27,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import clear, replicated, secure, verified
+from . import clear, replicated, robust, secure, verified
 from .base import Mode, UnknownMode
 
 if TYPE_CHECKING:
     from ..learning.workloads import Workload
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    clear.MODE, secure.MODE, verified.MODE, replicated.MODE)}
-SECURE = (verified.MODE.name, secure.MODE.name)  # --secure-protocol's choices, auto's order
+    clear.MODE, secure.MODE, robust.MODE, verified.MODE, replicated.MODE)}
+# --secure-protocol's choices, in auto's order: range proofs where inputs have ranges
+# (stats), robust where they have an L2 bound (fedavg), else the plain secure sum
+SECURE = (verified.MODE.name, robust.MODE.name, secure.MODE.name)
 _domains: list[frozenset[str]] = []  # peer_domains(), until the registry changes
 
 
@@ -57,8 +62,9 @@ def select(workload: Workload, *, secure: bool = True, protocol: str = "auto",
            mode: str = "") -> Mode:
     """The mode a coordinator runs ``workload`` in: ``mode`` when named; else the workload's
     own mode when one serves only it (replicated); else clear when not ``secure``; else
-    the secure ``protocol`` ("vss", "secagg"), or for "auto" the first of :data:`SECURE`
-    that serves the workload (vss where its inputs have ranges to prove)."""
+    the secure ``protocol`` ("vss", "robust", "secagg"), or for "auto" the first of
+    :data:`SECURE` that serves the workload (vss where its inputs have ranges to prove,
+    robust where they have an L2 bound, else secagg)."""
     if mode:
         chosen = MODES.get(mode)
         if chosen is None:
@@ -75,7 +81,8 @@ def select(workload: Workload, *, secure: bool = True, protocol: str = "auto",
     if protocol not in SECURE:
         raise ValueError(f"unknown secure protocol {protocol!r} (auto, {', '.join(SECURE)})")
     if not MODES[protocol].serves(workload):
-        raise ValueError(f"workload {workload.name} has no input ranges: use secagg")
+        raise ValueError(f"workload {workload.name} cannot run {protocol} rounds (no input "
+                         f"{'ranges' if protocol == 'vss' else 'L2 bound'}): use secagg")
     return MODES[protocol]
 
 

@@ -57,6 +57,10 @@ class UnknownMode(RejectedMessage):
     reason = "unknown_mode"
 
 
+class NotParticipant(RejectedMessage):
+    reason = "not_participant"
+
+
 class RoundMisuse(Exception):
     """The caller broke the state machine's rules (a bug on our side)."""
 
@@ -123,6 +127,11 @@ class RoundLogic:
     def accepted_count(self) -> int:
         raise NotImplementedError
 
+    def refused_senders(self) -> set[str]:
+        """Participants whose signed messages this round refused as invalid: they answered
+        (wrongly), so attendance does not take them for silent; reputation deals with them."""
+        return set()
+
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -168,6 +177,9 @@ class Settings:
     secagg_agreement: int | None = None
     vss_committee: int = 16
     vss_bits: int = 14
+    robust_tolerance: float = 0.2  # robust rounds: the fraction of liars to withstand
+    group_size: int | None = None  # robust rounds' k; None: from robust_tolerance
+    robust_aggregator: str = "nnm+trimmed_mean"  # robust rounds: over the group means
 
 
 @dataclass

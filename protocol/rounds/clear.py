@@ -10,18 +10,30 @@ passes ``now`` explicitly, and moves the bytes. What it decides:
 phase      event                                            next
 =========  ===============================================  ===============
 OPEN       ``offer`` of a valid, first contribution         OPEN
-OPEN       ``offer`` from a peer already counted            OPEN (``Duplicate``)
-OPEN       ``ready(now)``: every expected peer is in and    OPEN (ready)
-           at least ``min_peers`` are, or the deadline
-           has passed
+OPEN       ``offer`` of an invalid one (schema, the         OPEN (refused: the
+           workload's check): the sender is done            sender is done)
+OPEN       ``offer`` from a peer already counted or         OPEN (``Duplicate``)
+           refused
+OPEN       ``offer`` from a peer not asked this round       OPEN (``NotParticipant``)
+OPEN       ``ready(now)``: every expected peer is in (or    OPEN (ready)
+           refused) and at least ``min_peers`` are in,
+           or the deadline has passed
 OPEN       ``close()`` with >= ``min_peers`` accepted       PUBLISHED
 OPEN       ``close()`` with fewer                           FAILED
 =========  ===============================================  ===============
 
 "Expected" peers are the live participants the caller names when it asks
-``ready``; a round closes early once all of them contributed and the quorum
-is met, or at its deadline with whatever arrived. A clear round can be
-resumed after a coordinator restart: its contributions are stored whole.
+``ready``; a round closes early once all of them contributed (or were refused)
+and the quorum is met, or at its deadline with whatever arrived: a peer whose
+contribution is refused cannot hold the round to its deadline. Each refusal
+costs the sender reputation (:meth:`Reputation.refused`); below the threshold
+it is no longer asked (:meth:`ClearMode.open`), and a contribution from a peer
+not asked is refused. The published result lists the refused peers and why
+(``refused``, when there are any).
+
+A clear round can be resumed after a coordinator restart: its accepted
+contributions are stored whole (the resumed round asks everyone again and
+forgets the refusals, which reputation has already counted).
 """
 
 from __future__ import annotations
@@ -30,10 +42,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..wire.envelope import RejectedMessage
 from ..wire.messages import CONTRIBUTION, Strict, decode, encode
 from .base import (
     Duplicate,
     Mode,
+    NotParticipant,
     Opening,
     Outcome,
     Outgoing,
@@ -49,6 +63,7 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..learning.workloads import Workload
+    from ..policy.replication import Reputation
 
 
 class Phase(enum.Enum):
@@ -66,27 +81,55 @@ class Round(RoundLogic):
     deadline: float
     min_peers: int
     phase: Phase = Phase.OPEN
+    participants: frozenset[str] | None = None  # None: any admitted peer (a resumed round)
+    reputation: Reputation | None = None  # charged for each refusal
     contributions: dict[str, Strict] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # sender -> why
     rejected: dict[str, int] = field(default_factory=dict)
 
     def offer(self, sender: str, contribution: Strict) -> None:
         """Accept ``sender``'s contribution or raise a :class:`RejectedMessage`."""
         if self.phase is not Phase.OPEN:
             raise RoundClosed(f"round {self.number} is {self.phase.value}")
-        if sender in self.contributions:
-            raise Duplicate(f"{sender} already contributed to round {self.number}")
+        if sender in self.contributions or sender in self.refused:
+            raise Duplicate(f"{sender} already answered round {self.number}")
+        if self.participants is not None and sender not in self.participants:
+            raise NotParticipant(f"{sender} was not asked in round {self.number}")
         if not isinstance(contribution, self.workload.contribution_schema):
             raise RoundMisuse("contribution of the wrong schema reached the round")
-        self.workload.check(contribution)
+        try:
+            self.workload.check(contribution)
+        except RejectedMessage as exc:
+            self._refuse(sender, exc)
+            raise
         self.contributions[sender] = contribution
 
     def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
         if domain != CONTRIBUTION:
             raise WrongPhase(f"{domain} messages are not part of a clear round")
-        self.offer(sender, decode(payload, self.workload.contribution_schema))
+        try:
+            contribution = decode(payload, self.workload.contribution_schema)
+        except RejectedMessage as exc:
+            if self.phase is Phase.OPEN and sender not in self.contributions and \
+                    sender not in self.refused and (self.participants is None or
+                                                    sender in self.participants):
+                self._refuse(sender, exc)
+            raise
+        self.offer(sender, contribution)
+
+    def _refuse(self, sender: str, exc: RejectedMessage) -> None:
+        """``sender`` (whose signature was checked) sent an invalid contribution: it is
+        done for this round, and it costs reputation."""
+        self.refused[sender] = f"{exc.reason}: {exc}"[:200]
+        if self.reputation is not None:
+            self.reputation.refused(self.number, sender, f"round {self.number}: contribution "
+                                    f"refused ({exc.reason})")
 
     def accepted_count(self) -> int:
         return len(self.contributions)
+
+    def refused_senders(self) -> set[str]:
+        return set(self.refused)
 
     def advance(self, now: float) -> Outcome:
         return self.close()
@@ -98,17 +141,21 @@ class Round(RoundLogic):
             return False
         if now >= self.deadline:
             return True
-        return len(self.contributions) >= self.min_peers and expected <= self.contributions.keys()
+        return (len(self.contributions) >= self.min_peers and
+                expected <= self.contributions.keys() | self.refused.keys())
 
     def close(self) -> Outcome:
         if self.phase is not Phase.OPEN:
             raise RoundMisuse(f"round {self.number} closed twice")
         n = len(self.contributions)
+        refused = {"refused": dict(sorted(self.refused.items()))} if self.refused else {}
         if n < self.min_peers:
             self.phase = Phase.FAILED
-            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}"})
+            return Outcome("failed", n, {"error": f"quorum not met: {n} < {self.min_peers}",
+                                         **refused})
         self.phase = Phase.PUBLISHED
-        return Outcome("published", n, self.workload.aggregate(self.contributions))
+        return Outcome("published", n, {**self.workload.aggregate(self.contributions),
+                                        **refused})
 
 
 class ClearPeerRound(PeerRound):
@@ -132,9 +179,15 @@ class ClearMode(Mode):
     domains = frozenset({CONTRIBUTION})
 
     def open(self, setup: Setup) -> Opening:
+        """Ask the live peers in good standing; those whose refusals cost them their
+        reputation are left out (and their contributions refused)."""
         deadline = setup.now + setup.settings.round_timeout
-        return Opening(Round(setup.number, setup.workload, deadline, setup.settings.min_peers),
-                       deadline)
+        asked = setup.reputation.eligible(setup.participants)
+        notes = [f"{len(setup.participants) - len(asked)} peers below the reputation "
+                 "threshold are not asked"] if len(asked) < len(setup.participants) else []
+        rnd = Round(setup.number, setup.workload, deadline, setup.settings.min_peers,
+                    participants=frozenset(asked), reputation=setup.reputation)
+        return Opening(rnd, deadline, participants=asked, asked=asked, notes=notes)
 
     def resume(self, number: int, workload: Workload, settings: Settings,
                now: float) -> Round:
