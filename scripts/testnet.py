@@ -52,6 +52,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def min_peers(a: argparse.Namespace) -> int:
+    """The coordinator's quorum: every peer, less those the run expects to lose (dropouts;
+    liars whose inputs are refused, and under robust fedavg each liar's whole group)."""
+    if a.dropout:
+        return max(2, math.floor(a.peers * (1 - a.dropout)) - 1)
+    if a.attack == "outofrange":
+        return a.peers - a.byzantine
+    if a.workload == "fedavg" and a.byzantine:
+        k = a.group_size or rounds.robust.group_size_for(a.tolerate or 0.2)
+        return max(2, a.peers - a.byzantine * (1 if a.insecure else k + 1))
+    return a.peers
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="./scripts/testnet",
@@ -195,9 +208,7 @@ class Testnet:
         cmd = ["-m", "coordinator", "--host", "127.0.0.1", "--port", str(self.http_port),
                "--listen", f"/ip4/127.0.0.1/tcp/{coord_port}", "--data-dir",
                str(self.run_dir / "coordinator"), "--workload", a.workload,
-               "--min-peers", str(max(2, math.floor(a.peers * (1 - a.dropout)) - 1)
-                                  if a.dropout else a.peers - (a.byzantine if a.attack ==
-                                                               "outofrange" else 0)),
+               "--min-peers", str(min_peers(a)),
                "--start-peers", str(a.peers), "--round-timeout", str(a.round_timeout),
                "--round-pause", "0.5", "--log-level", a.log_level,
                # all its peers enrol from this one address (the default allows 64 at once)
@@ -324,8 +335,16 @@ def describe(row: dict, peers: int) -> str:
                      + (f", rejected {len(sa['rejected'])}" if sa["rejected"] else "")
                      + (f", disqualified {len(sa['disqualified'])}" if sa["disqualified"]
                         else "") + "]")
+        elif "group_size" in sa:  # protocol.rounds.robust
+            out = [g for g in sa["by_group"] if g["status"] != "ok"]
+            line += (f"  [robust: {sa['groups_passed']}/{sa['groups']} groups of "
+                     f"{sa['group_size']} passed, {sa['aggregator']}, f={sa.get('f', '-')}"
+                     + "".join(f"; group {g['group']} {g['status']}" for g in out[:3])
+                     + (" ..." if len(out) > 3 else "") + "]")
         else:
             line += f"  [SecAgg+ {sa['survivors']}/{sa['participants']}, t={sa['threshold']}]"
+    if row.get("refused"):
+        line += f"  refused {len(row['refused'])}"
     return line
 
 
@@ -570,7 +589,8 @@ def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) 
                 task = None
             row = round_summary(view)
             rows.append(row)
-            progress.console.print(describe(row, args.peers), highlight=False, soft_wrap=True)
+            progress.console.print(describe(row, args.peers), highlight=False, markup=False,
+                                   soft_wrap=True)
             next_round += 1
     return rows
 
@@ -624,8 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload == "fedavg" and rows:
         final = [r for r in rows if r.get("accuracy") is not None]
         if final:
+            sa = final[-1].get("secure_aggregation", {})
+            mode = ("robust secure aggregation" if "group_size" in sa else
+                    "secure aggregation" if sa else "clear")
             print(f"final test accuracy {final[-1]['accuracy']:.4f} after round "
-                  f"{final[-1]['round']} ({'clear' if args.insecure else 'secure aggregation'})")
+                  f"{final[-1]['round']} ({mode})")
         ok = ok and all(r["status"] == "published" for r in rows)
     extra: dict = {}
     if args.workload == "incremental" and rows:

@@ -38,14 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from peer.fedavg_attacks import FEDAVG_ATTACKS, FedAvgLiar, knowing  # noqa: E402
-from protocol.learning.workloads import FedAvg  # noqa: E402
+from protocol.learning.workloads import FedAvg, Workload  # noqa: E402
 from protocol.policy.replication import Reputation  # noqa: E402
 from protocol.rounds import MODES  # noqa: E402
-from protocol.rounds.base import Settings  # noqa: E402
+from protocol.rounds.base import Mode, PeerRound, Settings  # noqa: E402
 from protocol.rounds.local import LocalPeer, run_round  # noqa: E402
 from protocol.wire.canonical import state_digest  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
+from protocol.wire.messages import PlainVector  # noqa: E402
 
 COLUMNS = {"secagg": "secagg", "robust": "robust", "clear": "clear"}
 LEARNS = {
@@ -99,6 +102,151 @@ def run(args: argparse.Namespace, column: str, attack: str, b: int) -> dict:
             "excluded": len(excluded)}
 
 
+# --- cost: what robust rounds cost a peer and the coordinator, against the plain sum ----------
+
+class BoundedVector(Workload):
+    """A vector of ``m`` values with inputs L2-clipped to 2 (fedavg's bound), no model."""
+
+    name = "bench-bounded"
+    contribution_schema = PlainVector
+    clip = 2.0
+
+    def __init__(self, m: int):
+        self.m = m
+
+    def vector_len(self) -> int:
+        return self.m
+
+    def bound(self, v: np.ndarray) -> np.ndarray:
+        n = float(np.linalg.norm(v))
+        return v if n <= self.clip else v * (self.clip / n)
+
+    def sensitivity(self) -> float:
+        return 2 * self.clip
+
+    def l2_bound(self) -> float:
+        return self.clip
+
+    def finalize(self, total: np.ndarray, n: int) -> dict:
+        return {"count": n, "norm": float(np.linalg.norm(total / n))}
+
+    def vector(self, announce, data, blobs) -> np.ndarray:
+        return data
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.peer_cpu: dict[str, float] = {}
+        self.peer_bytes: dict[str, int] = {}
+        self.coord_cpu = 0.0
+
+    def peer(self, pid: str, fn, *args):
+        t0 = time.thread_time()
+        out = fn(*args)
+        self.peer_cpu[pid] = self.peer_cpu.get(pid, 0.0) + time.thread_time() - t0
+        self.peer_bytes[pid] = self.peer_bytes.get(pid, 0) + sum(len(p) for _, p in out)
+        return out
+
+    def coord(self, fn, *args):
+        t0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.coord_cpu += time.thread_time() - t0
+
+
+class TimedPeer(PeerRound):
+    def __init__(self, inner: PeerRound, pid: str, meter: Meter):
+        self.inner, self.pid, self.meter = inner, pid, meter
+        self.phases, self.offload = inner.phases, inner.offload
+
+    def start(self):
+        return self.meter.peer(self.pid, self.inner.start)
+
+    def needs_personal(self, phase: str) -> bool:
+        return self.inner.needs_personal(phase)
+
+    def on_notice(self, phase, body, personal):
+        return self.meter.peer(self.pid, self.inner.on_notice, phase, body, personal)
+
+
+class TimedRound:
+    def __init__(self, inner, meter: Meter):
+        self.inner, self.meter = inner, meter
+
+    def offer_message(self, *args):
+        return self.meter.coord(self.inner.offer_message, *args)
+
+    def advance(self, now):
+        return self.meter.coord(self.inner.advance, now)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def timed_mode(mode: Mode, meter: Meter) -> Mode:
+    class Timed(type(mode)):
+        def open(self, setup):
+            opening = meter.coord(mode.open, setup)
+            opening.round = TimedRound(opening.round, meter)
+            return opening
+    return Timed()
+
+
+def cost(args: argparse.Namespace) -> list[dict]:
+    """Per peer and at the coordinator, CPU (thread time: the sans-IO work, no transport)
+    and upload of one round, robust against the plain secure sum, median of repeats."""
+    rows = []
+    for m in args.cost_sizes:
+        rng = np.random.default_rng(0)
+        data = [rng.normal(0, 0.01, m) for _ in range(args.peers)]
+        for column in ("secagg", "robust"):
+            runs = []
+            for rep in range(args.cost_repeats):
+                meter = Meter()
+                peers = []
+                for i in range(args.peers):
+                    pid = identity(args.seed, i).peer_id
+
+                    def factory(mode, ctx, pid=pid, meter=meter):
+                        return TimedPeer(mode.peer_round(ctx), pid, meter)
+                    peers.append(LocalPeer(identity(args.seed, i), BoundedVector(m), data[i],
+                                           factory))
+                settings = Settings(min_peers=2, robust_tolerance=args.tolerance,
+                                    group_size=args.group_size,
+                                    robust_aggregator=args.robust_aggregator)
+                res = run_round(timed_mode(MODES[column], meter), BoundedVector(m), 1 + rep,
+                                peers, settings=settings)
+                assert res.outcome.status == "published", res.outcome.result
+                runs.append((statistics.fmean(meter.peer_cpu.values()), meter.coord_cpu,
+                             statistics.fmean(meter.peer_bytes.values())))
+            runs.sort()
+            peer_cpu, coord_cpu, up = runs[len(runs) // 2]
+            rows.append({"vector_len": m, "column": column, "peers": args.peers,
+                         "peer_cpu_s": peer_cpu, "coordinator_cpu_s": statistics.median(
+                             r[1] for r in runs), "upload_bytes_mean": up})
+            print(f"cost M={m} {column}: peer CPU {1e3 * peer_cpu:.1f} ms, coordinator "
+                  f"{1e3 * rows[-1]['coordinator_cpu_s']:.1f} ms, upload {up / 1e3:.0f} kB",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def print_cost(rows: list[dict]) -> None:
+    print(f"\ncost of one round, {rows[0]['peers']} peers (sans-IO CPU, median of repeats; "
+          "upload: a peer's round messages)")
+    print("| M | mode | peer CPU | coordinator CPU | upload per peer | "
+          "x secagg (peer, coord, up) |")
+    print("|---|---|---|---|---|---|")
+    by = {(r["vector_len"], r["column"]): r for r in rows}
+    for r in rows:
+        base = by[(r["vector_len"], "secagg")]
+        print(f"| {r['vector_len']} | {r['column']} | {1e3 * r['peer_cpu_s']:.1f} ms | "
+              f"{1e3 * r['coordinator_cpu_s']:.1f} ms | {r['upload_bytes_mean'] / 1e3:.0f} kB | "
+              f"{r['peer_cpu_s'] / base['peer_cpu_s']:.2f}, "
+              f"{r['coordinator_cpu_s'] / base['coordinator_cpu_s']:.2f}, "
+              f"{r['upload_bytes_mean'] / base['upload_bytes_mean']:.2f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=20)
@@ -116,6 +264,10 @@ def main() -> int:
     p.add_argument("--robust-aggregator", default="nnm+trimmed_mean")
     p.add_argument("--clear-aggregator", default="nnm+trimmed_mean")
     p.add_argument("--dp-epsilon", type=float, default=0.0)
+    p.add_argument("--cost-sizes", type=int, nargs="*", default=[50_890, 100_000],
+                   help="vector lengths of the cost table (none: skip it)")
+    p.add_argument("--cost-repeats", type=int, default=3)
+    p.add_argument("--skip-table", action="store_true", help="only the cost table")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the liars announce each lie at WARNING
@@ -123,7 +275,10 @@ def main() -> int:
     results = []
     cells = [(c, "none", 0) for c in args.columns] + [
         (c, a, b) for b in bs for a in args.attacks for c in args.columns]
+    if args.skip_table:
+        cells = []
     t_all = time.perf_counter()
+    costs = cost(args) if args.cost_sizes else []
     for k, (column, attack, b) in enumerate(cells, 1):
         res = run(args, column, attack, b)
         results.append(res)
@@ -141,6 +296,13 @@ def main() -> int:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
+    if costs:
+        print_cost(costs)
+    if not cells:
+        if args.json:
+            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
+                                             "cost": costs}, indent=1))
+        return 0
     print(f"\nfinal test accuracy (%) after {args.rounds} rounds, {args.peers} peers, digits, "
           f"Dirichlet {args.alpha}; robust: tolerance {args.tolerance}, k = "
           f"{args.group_size or 'from tolerance'}, {args.robust_aggregator}; clear: "
@@ -177,6 +339,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "results": results, "goals": goals,
+                                         "cost": costs,
                                          "median_cell_s": statistics.median(
                                              r["wall_s"] for r in results)}, indent=1))
     return 0
