@@ -95,3 +95,67 @@ async def test_coordinator_state_and_t_minus_1_peers_cannot_recover_an_honest_in
                                     [held[honest[0]].mask_key_share], y, victim, server, cfg)
     assert public == server.keys[victim].mask_pk
     assert np.max(np.abs(recovered - truth)) <= cfg.encoding.error_bound(1)
+
+
+async def test_robust_rounds_keep_the_same_privacy_inside_each_group(data_dir):
+    """The robust mode over libp2p (fedavg, six peers, groups of k = 3): the coordinator's
+    state plus one colluding member of the victim's group (t - 1 with t = 2) cannot
+    recover the victim's update; a second share, t in all, can (the attack is sound).
+    What the coordinator legitimately learns is each group's sum: three inputs each."""
+    from peer.daemon import PeerDaemon
+    from protocol.learning.registry import get_workload
+    from protocol.rounds import robust
+    from protocol.wire.identity import Identity
+
+    rounds: list[robust.RobustRound] = []
+
+    async def keep_the_round(coord) -> None:
+        while True:
+            if isinstance(coord.current, robust.RobustRound) and not rounds:
+                rounds.append(coord.current)
+            await trio.sleep(0.005)
+
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, workload="fedavg", min_peers=6,
+                                        max_rounds=1, secure=True, group_size=3,
+                                        phase_timeout=30)
+        nursery.start_soon(keep_the_round, coord)
+        peers = []
+        for i in range(6):
+            w = get_workload("fedavg")
+            d = PeerDaemon(Identity.generate(), w, w.parse_data(f"part={i}/6,alpha=0.5"),
+                           bootstrap=[coord.node.addrs[0]])
+            await nursery.start(d.run)
+            peers.append(d)
+        await wait_for(lambda: coord.rounds_run >= 1, timeout=90)
+        nursery.cancel_scope.cancel()
+    rnd = rounds[0]
+    sa = rnd.params
+    assert sa.group_size == 3 and [len(g.participants) for g in sa.groups] == [3, 3]
+    group = rnd.groups[0]
+    server, cfg = group.server, group.cfg
+    assert cfg.threshold == 2 and cfg.agreement == 3  # every member signs before unmasking
+
+    by_id = {p.identity.peer_id: p for p in peers}
+    victim = cfg.participants[0]
+    neighbours = list(cfg.neighbours(victim))
+    colluder, honest = neighbours[0], neighbours[1]
+    held = {v: by_id[v].rounds[1].inner.client._received[victim] for v in neighbours}
+    logic = by_id[victim].rounds[1].inner
+    truth = np.clip(logic.workload.bound(logic.vector), -cfg.encoding.clip, cfg.encoding.clip)
+
+    y = server.masked[victim].copy()
+    b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
+                if victim in r.self_mask_shares}
+    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
+                        server.keys[victim].self_mask_commit, {})
+    secagg.Masker(cfg).apply(y, [(b, -1)])
+
+    public, guess = unmask_with([held[colluder].mask_key_share], y, victim, server, cfg)
+    assert public != server.keys[victim].mask_pk
+    assert np.max(np.abs(guess - truth)) > 1.0
+
+    public, recovered = unmask_with([held[colluder].mask_key_share,
+                                     held[honest].mask_key_share], y, victim, server, cfg)
+    assert public == server.keys[victim].mask_pk
+    assert np.max(np.abs(recovered - truth)) <= cfg.encoding.error_bound(1)
