@@ -55,13 +55,16 @@ def free_port() -> int:
 def min_peers(a: argparse.Namespace) -> int:
     """The coordinator's quorum: every peer, less those the run expects to lose (dropouts;
     liars whose inputs are refused, and under robust fedavg each liar's whole group)."""
-    if a.dropout:
-        return max(2, math.floor(a.peers * (1 - a.dropout)) - 1)
+    robust = a.workload == "fedavg" and not a.insecure and a.secure_protocol in ("auto",
+                                                                                 "robust")
+    k = a.group_size or rounds.robust.group_size_for(a.tolerate or 0.2)
+    if a.dropout:  # robust: a dropout takes its group with it (and the next round's)
+        lost = math.ceil(a.dropout * a.peers) * (2 * k if robust else 1)
+        return max(2, a.peers - lost - (0 if robust else 1))
     if a.attack == "outofrange":
         return a.peers - a.byzantine
     if a.workload == "fedavg" and a.byzantine:
-        k = a.group_size or rounds.robust.group_size_for(a.tolerate or 0.2)
-        return max(2, a.peers - a.byzantine * (1 if a.insecure else k + 1))
+        return max(2, a.peers - a.byzantine * (k + 1 if robust else 1))
     return a.peers
 
 
