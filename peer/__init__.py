@@ -5,7 +5,8 @@
 ``session`` is the long-lived stream to the coordinator; the daemon is ``daemon``
 (lifetime), ``follower`` (the coordinator's signed log) and ``participant`` (rounds, any
 mode, found in :mod:`protocol.rounds`), acting as its ``behaviour`` says (``attacks``
-and ``fedavg_attacks`` are behaviours too); ``hostile`` is the harness of hostile inputs below the protocol.
+and ``fedavg_attacks`` are behaviours too); ``hostile`` is the harness of hostile
+inputs below the protocol.
 
 May import :mod:`protocol`; never :mod:`coordinator`.
 """
