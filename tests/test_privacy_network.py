@@ -28,6 +28,18 @@ def interpolate_at_zero(shares: list[bytes]) -> bytes:
     return (shamir.interpolate(points, 0) % 2**256).to_bytes(32, "big")
 
 
+def coordinators_view(server, cfg, victim: str) -> np.ndarray:
+    """What the coordinator holds of the victim's input: its masked vector, minus the self
+    mask it legitimately rebuilt from the survivors' shares."""
+    y = server.masked[victim].copy()
+    b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
+                if victim in r.self_mask_shares}
+    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
+                        server.keys[victim].self_mask_commit, {})
+    secagg.Masker(cfg).apply(y, [(b, -1)])
+    return y
+
+
 def unmask_with(key_shares: list[bytes], y: np.ndarray, victim: str, server, cfg
                 ) -> tuple[bytes, np.ndarray]:
     """Remove the victim's pairwise masks with the mask key rebuilt from ``key_shares``."""
@@ -78,13 +90,7 @@ async def test_coordinator_state_and_t_minus_1_peers_cannot_recover_an_honest_in
     logic = by_id[victim].rounds[1]
     truth = np.clip(logic.workload.bound(logic.vector), -cfg.encoding.clip, cfg.encoding.clip)
 
-    # the coordinator's view: the masked vector, minus the self mask it rebuilt
-    y = server.masked[victim].copy()
-    b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
-                if victim in r.self_mask_shares}
-    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
-                        server.keys[victim].self_mask_commit, {})
-    secagg.Masker(cfg).apply(y, [(b, -1)])
+    y = coordinators_view(server, cfg, victim)
 
     public, guess = unmask_with([held[c].mask_key_share for c in colluders], y, victim,
                                 server, cfg)
@@ -144,12 +150,7 @@ async def test_robust_rounds_keep_the_same_privacy_inside_each_group(data_dir):
     logic = by_id[victim].rounds[1].inner
     truth = np.clip(logic.workload.bound(logic.vector), -cfg.encoding.clip, cfg.encoding.clip)
 
-    y = server.masked[victim].copy()
-    b_shares = {v: r.self_mask_shares[victim] for v, r in server.unmask_replies.items()
-                if victim in r.self_mask_shares}
-    b = server._rebuild(victim, b_shares, lambda s: secagg.seed_commitment(s) ==
-                        server.keys[victim].self_mask_commit, {})
-    secagg.Masker(cfg).apply(y, [(b, -1)])
+    y = coordinators_view(server, cfg, victim)
 
     public, guess = unmask_with([held[colluder].mask_key_share], y, victim, server, cfg)
     assert public != server.keys[victim].mask_pk
