@@ -229,3 +229,12 @@ def test_dp_noise_is_split_over_k_and_passes_the_bound_check():
     params = msgspec.msgpack.decode(res.announce.params, type=robust.RobustParams)
     assert all(g.dp_split == 2 and g.dp_sigma > 0 for g in params.groups)
     assert res.outcome.result["dp"]["epsilon"] <= 2.0 + 1e-9
+
+
+def test_each_group_left_out_over_its_bound_counts_as_a_liar_found():
+    """With tolerance 0.2 of 20 peers the aggregator is told f = 4; a group left out over
+    its bound held one of those four, so the nine that passed are combined with f = 3."""
+    res = run_round(MODES["robust"], Vec(), 1, peers(inputs(20), {0: liar(Lie(ring=2**30))}))
+    sa = res.outcome.result["secure_aggregation"]
+    assert sa["groups_passed"] == 9 and sa["f"] == 3
+    assert robust.bad_groups_tolerated(0.2, 20, 10) == 4

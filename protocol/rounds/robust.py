@@ -33,8 +33,10 @@ under SecAgg+ (Bell et al. 2020):
    the ball an honest mean lies in.
 4. **A robust aggregator over the group means** (default ``nnm+trimmed_mean``:
    nearest-neighbour mixing, Allouah et al. 2023, then the coordinate-wise
-   trimmed mean), told to tolerate ``f = min(floor(tolerance * N), (G' - 1) //
-   2)`` bad groups among the ``G'`` that passed. ``B`` lying peers touch at
+   trimmed mean), told to tolerate ``f = min(floor(tolerance * N) - P, (G' -
+   1) // 2)`` bad groups among the ``G'`` that passed, where ``P`` groups were
+   left out over their bound (each held at least one liar of the
+   ``tolerance * N`` assumed, and groups are disjoint). ``B`` lying peers touch at
    most ``B`` groups, so the aggregator's guarantee holds while ``B <= f``:
    with the default ``k = floor(1 / (2 * tolerance))`` that is any
    ``B <= tolerance * N`` for ``tolerance < 1/4``.
@@ -131,10 +133,13 @@ def group_size_for(tolerance: float) -> int:
     return max(2, math.floor(1 / (2 * tolerance))) if tolerance > 0 else 2
 
 
-def bad_groups_tolerated(tolerance: float, participants: int, groups: int) -> int:
-    """``f`` for the aggregator: the liars ``tolerance`` allows, at most what ``groups``
-    group means can outvote."""
-    return max(0, min(math.floor(tolerance * participants), (groups - 1) // 2))
+def bad_groups_tolerated(tolerance: float, participants: int, groups: int,
+                         proven: int = 0) -> int:
+    """``f`` for the aggregator over ``groups`` group means: the liars ``tolerance``
+    allows, less the ``proven`` ones (each group left out over its bound held at least one
+    liar, and groups are disjoint), at most what ``groups`` means can outvote."""
+    liars_left = math.floor(tolerance * participants) - proven
+    return max(0, min(liars_left, (groups - 1) // 2))
 
 
 def check_params(p: RobustParams, beacon: bytes) -> str | None:
@@ -271,7 +276,8 @@ class RobustRound(RoundLogic):
             return Outcome("failed", n, {"error": f"quorum not met: {n} peers in groups that "
                                          f"passed < {self.min_peers}",
                                          "secure_aggregation": report})
-        f = bad_groups_tolerated(self.params.tolerance, len(self.group_of), len(means))
+        proven = sum(1 for row in rows if row["status"] == "over_bound")
+        f = bad_groups_tolerated(self.params.tolerance, len(self.group_of), len(means), proven)
         mean = aggregators.combine(self.params.aggregator, np.stack(means), f=f)
         result = self.workload.finalize(mean * n, n)
         gp = self.params.groups[0]
