@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="robust rounds: peers per group (the coordinator learns each group's "
                    "sum; larger hides more and tolerates fewer liars: fewer than N / 2K); "
                    "default: from --tolerate")
-    p.add_argument("--robust-aggregator", default="nnm+trimmed_mean", type=aggregator_name,
+    p.add_argument("--robust-aggregator", default="nnm+centered_clipping", type=aggregator_name,
                    metavar="NAME", help="robust rounds: the aggregator over the group means "
                    "(default: %(default)s)")
     p.add_argument("--vss-committee", type=int, default=16, metavar="C",

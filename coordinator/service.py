@@ -113,7 +113,7 @@ class CoordinatorConfig:
     vss_committee: int = 16  # committee size of vss rounds (threshold survives 30 % of it)
     robust_tolerance: float = 0.2  # robust rounds: fraction of liars withstood (sets k, f)
     group_size: int | None = None  # robust rounds' k; None: from robust_tolerance
-    robust_aggregator: str = "nnm+trimmed_mean"  # robust rounds: over the group means
+    robust_aggregator: str = "nnm+centered_clipping"  # robust rounds: over the groups
     vss_bits: int = 14  # range-proof bits per coordinate (resolution of the range)
     http_write_timeout: float = httpserver.WRITE_TIMEOUT  # slower HTTP readers are cut off
     llm_backend: str | None = "echo"  # prompt search's own LLM; None: no prompt search

@@ -179,7 +179,7 @@ class Settings:
     vss_bits: int = 14
     robust_tolerance: float = 0.2  # robust rounds: the fraction of liars to withstand
     group_size: int | None = None  # robust rounds' k; None: from robust_tolerance
-    robust_aggregator: str = "nnm+trimmed_mean"  # robust rounds: over the group means
+    robust_aggregator: str = "nnm+centered_clipping"  # robust.DEFAULT_AGGREGATOR
 
 
 @dataclass

@@ -31,12 +31,13 @@ under SecAgg+ (Bell et al. 2020):
    into the model. So no input, however crafted (unclipped, maximal
    coordinates, raw ring elements, non-finite), can make a group's mean leave
    the ball an honest mean lies in.
-4. **A robust aggregator over the group means** (default ``nnm+trimmed_mean``:
-   nearest-neighbour mixing, Allouah et al. 2023, then the coordinate-wise
-   trimmed mean), told to tolerate ``f = min(floor(tolerance * N) - P, (G' -
-   1) // 2)`` bad groups among the ``G'`` that passed, where ``P`` groups were
-   left out over their bound (each held at least one liar of the
-   ``tolerance * N`` assumed, and groups are disjoint). ``B`` lying peers touch at
+4. **A robust aggregator over the group means** (default
+   ``nnm+centered_clipping``: nearest-neighbour mixing, Allouah et al. 2023,
+   then centered clipping, Karimireddy et al. 2021), told to tolerate ``f =
+   min(floor(tolerance * N) - P, (G' - 1) // 2)`` bad groups among the ``G'``
+   that passed (the stages that take an ``f``), where ``P`` groups were left
+   out over their bound (each held at least one liar of the ``tolerance * N``
+   assumed, and groups are disjoint). ``B`` lying peers touch at
    most ``B`` groups, so the aggregator's guarantee holds while ``B <= f``:
    with the default ``k = floor(1 / (2 * tolerance))`` that is any
    ``B <= tolerance * N`` for ``tolerance < 1/4``.
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
 
 TAG = b"hypergossip/groups/v1"
 DEFAULT_TOLERANCE = 0.2
-DEFAULT_AGGREGATOR = "nnm+trimmed_mean"
+DEFAULT_AGGREGATOR = "nnm+centered_clipping"
 NOISE_TAIL = 7.0  # standard deviations of slack: a chi or Gaussian tail below 1e-12
 
 
