@@ -54,7 +54,10 @@ def assign(beacon_value: bytes, segments: int, replicas: int, eligible: list[str
     """Segment -> replicas. Each segment ranks the eligible peers by
     ``H(beacon, segment, peer)`` and takes the best ``replicas`` that still have capacity
     (at most ``ceil(segments * replicas / n)`` tasks each), so work is spread evenly and
-    anybody can recompute the assignment."""
+    anybody can recompute the assignment. A segment left short once the capacity is used
+    up (the last ones can be) is topped up from its ranking beyond the capacity: every
+    segment gets ``min(replicas, n)`` distinct replicas, so that two colluders cannot be
+    a short segment's only replicas and its quorum."""
     peers = sorted(set(eligible))
     if not peers or replicas < 1:
         return {}
@@ -66,6 +69,7 @@ def assign(beacon_value: bytes, segments: int, replicas: int, eligible: list[str
         ranked = sorted(peers, key=lambda p: hashlib.sha256(
             TAG + beacon_value + k.to_bytes(4, "big") + p.encode()).digest())
         chosen = [p for p in ranked if load[p] < cap][:r]
+        chosen += [p for p in ranked if p not in chosen][:r - len(chosen)]
         for p in chosen:
             load[p] += 1
         out[k] = chosen
