@@ -233,6 +233,12 @@ def get_aggregator(name: str) -> Aggregator:
     return chained
 
 
+def tolerable(liars: int, n: int) -> int:
+    """The ``f`` to ask of an aggregator over ``n`` inputs when up to ``liars`` of them may
+    be Byzantine: that many, at most what ``n`` inputs can outvote."""
+    return max(0, min(liars, (n - 1) // 2))
+
+
 def combine(name: str, x: np.ndarray, **kwargs: object) -> np.ndarray:
     """Aggregate ``x`` with ``name`` (chains allowed), each stage given the ``kwargs`` it
     takes: ``combine("mean", x, f=2)`` is the mean, whatever ``f`` says."""

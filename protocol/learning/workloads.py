@@ -296,7 +296,7 @@ class FedAvg(Workload):
         if not vectors:
             return self.apply_update(None, 0)
         n = len(vectors)
-        f = max(0, min(math.floor(self.tolerance * n), (n - 1) // 2))
+        f = aggregators.tolerable(math.floor(self.tolerance * n), n)
         update = aggregators.combine(self.aggregator, np.stack(vectors), f=f)
         return {**self.apply_update(update, n), "aggregator": self.aggregator}
 

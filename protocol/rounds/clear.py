@@ -89,12 +89,9 @@ class Round(RoundLogic):
 
     def offer(self, sender: str, contribution: Strict) -> None:
         """Accept ``sender``'s contribution or raise a :class:`RejectedMessage`."""
-        if self.phase is not Phase.OPEN:
-            raise RoundClosed(f"round {self.number} is {self.phase.value}")
-        if sender in self.contributions or sender in self.refused:
-            raise Duplicate(f"{sender} already answered round {self.number}")
-        if self.participants is not None and sender not in self.participants:
-            raise NotParticipant(f"{sender} was not asked in round {self.number}")
+        why = self._unanswerable(sender)
+        if why is not None:
+            raise why
         if not isinstance(contribution, self.workload.contribution_schema):
             raise RoundMisuse("contribution of the wrong schema reached the round")
         try:
@@ -110,12 +107,20 @@ class Round(RoundLogic):
         try:
             contribution = decode(payload, self.workload.contribution_schema)
         except RejectedMessage as exc:
-            if self.phase is Phase.OPEN and sender not in self.contributions and \
-                    sender not in self.refused and (self.participants is None or
-                                                    sender in self.participants):
+            if self._unanswerable(sender) is None:  # a participant's answer, and invalid
                 self._refuse(sender, exc)
             raise
         self.offer(sender, contribution)
+
+    def _unanswerable(self, sender: str) -> RejectedMessage | None:
+        """Why ``sender`` may not answer this round now (None: it may)."""
+        if self.phase is not Phase.OPEN:
+            return RoundClosed(f"round {self.number} is {self.phase.value}")
+        if sender in self.contributions or sender in self.refused:
+            return Duplicate(f"{sender} already answered round {self.number}")
+        if self.participants is not None and sender not in self.participants:
+            return NotParticipant(f"{sender} was not asked in round {self.number}")
+        return None
 
     def _refuse(self, sender: str, exc: RejectedMessage) -> None:
         """``sender`` (whose signature was checked) sent an invalid contribution: it is

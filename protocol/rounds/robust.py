@@ -139,8 +139,7 @@ def bad_groups_tolerated(tolerance: float, participants: int, groups: int,
     """``f`` for the aggregator over ``groups`` group means: the liars ``tolerance``
     allows, less the ``proven`` ones (each group left out over its bound held at least one
     liar, and groups are disjoint), at most what ``groups`` means can outvote."""
-    liars_left = math.floor(tolerance * participants) - proven
-    return max(0, min(liars_left, (groups - 1) // 2))
+    return aggregators.tolerable(math.floor(tolerance * participants) - proven, groups)
 
 
 def check_params(p: RobustParams, beacon: bytes) -> str | None:
