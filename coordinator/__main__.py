@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from peer.limits import COORDINATOR_LIMITS
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 from protocol import rounds
 from protocol.learning.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--peer-expiry-days", type=float, default=d.expire_after / 86400,
                    metavar="D", help="forget admitted peers unheard of for D days; they may "
                    "enrol again (default: %(default)g)")
-    add_limit_args(p)
+    add_limit_args(p, COORDINATOR_LIMITS)
     p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
                    help="what rounds compute (default: %(default)s)")
     p.add_argument("--min-peers", type=int, default=2,

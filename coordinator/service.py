@@ -38,7 +38,7 @@ from pathlib import Path
 import trio
 
 from peer.gossip import GossipConfig
-from peer.limits import Limits
+from peer.limits import COORDINATOR_LIMITS, Limits
 from peer.llm import Embedder, LocalBackend, make_backend
 from peer.node import NetworkNode
 from peer.roundlog import RoundLog
@@ -123,7 +123,7 @@ class CoordinatorConfig:
     llm_url: str | None = None
     llm_model: str | None = None
     gossip: GossipConfig = field(default_factory=GossipConfig)
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = COORDINATOR_LIMITS
 
     @property
     def db_path(self) -> Path:

@@ -33,6 +33,7 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from protocol import rounds
+from protocol.policy.backoff import Backoff
 from protocol.prompts.evaluation import EVAL_RESULT, EVAL_TASK, PROTO_EVAL, EvalResult, EvalTask
 from protocol.rounds.base import public_gossip_check
 from protocol.wire.envelope import RejectedMessage, open_envelope, peek, seal
@@ -69,6 +70,8 @@ from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 EVAL_TIMEOUT = 600.0  # a batch of local-LLM calls takes a while
+REDIAL_CHECK = 1.0  # s between looks at the bootstrap connections (jittered)
+ENROL_JITTER = 0.5  # s: the most a peer waits before its first enrolment
 
 
 @lru_cache(maxsize=4096)  # parsing a multiaddr takes ~0.3 ms; redials ask every 3 s
@@ -112,6 +115,7 @@ class PeerDaemon:
             if config.session else None
         self.roundlog = RoundLog()
         self.enrolled = trio.Event()
+        self._redial = Backoff(first=1.0, cap=30.0)  # per bootstrap peer
         self.participant = Participant(identity, workload, data, self.node, self.roundlog,
                                        self.coordinator_id, self.behaviour, self.session,
                                        self._submit)
@@ -160,31 +164,43 @@ class PeerDaemon:
 
     # --- connections and enrolment ---------------------------------------------------------
     async def _dial_missing(self) -> None:
-        """Dial every bootstrap peer we are not connected to, trying its addresses in order."""
+        """Dial every bootstrap peer we are not connected to and whose back-off has run
+        out, trying its addresses in order."""
         by_peer: dict[str, list[str]] = {}
         for addr in self.config.bootstrap:
             by_peer.setdefault(peer_id_of(addr), []).append(addr)
 
-        async def dial(addrs: list[str]) -> None:
+        async def dial(peer: str, addrs: list[str]) -> None:
             for addr in addrs:
                 if await self.node.connect(addr):
+                    self._redial.succeeded(peer)
                     return
+            wait = self._redial.failed(peer, trio.current_time())
+            log.info("bootstrap peer %s unreachable; next try in %.1f s", peer, wait)
 
+        now = trio.current_time()
         async with trio.open_nursery() as nursery:
             for peer, addrs in by_peer.items():
-                if not self.node.is_connected(peer):
-                    nursery.start_soon(dial, addrs)
+                if not self.node.is_connected(peer) and self._redial.due(peer, now):
+                    nursery.start_soon(dial, peer, addrs)
 
     async def _keep_connected(self) -> None:
+        """Redial lost bootstrap peers, each on its own exponential back-off with jitter
+        (1 s after the first failure, doubling to 30 s): a coordinator that restarts is
+        not met by all its peers at once, every few seconds."""
         while True:
-            await trio.sleep(3.0)
+            await trio.sleep(REDIAL_CHECK * random.uniform(0.5, 1.5))
             try:
                 await self._dial_missing()
             except Exception:
                 log.exception("redialling bootstrap peers failed")
 
     async def _enroll_loop(self) -> None:
-        delay = 0.5  # each attempt is sealed afresh: a resent wire would read as a replay
+        # a jittered start, so peers started together do not enrol in one burst; then
+        # back-off with jitter. Each attempt is sealed afresh: a resent wire would read
+        # as a replay.
+        await trio.sleep(random.uniform(0.0, ENROL_JITTER))
+        delay = 0.5
         while not self.enrolled.is_set():
             info = None
             if self.evaluator is not None:

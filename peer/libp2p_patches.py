@@ -65,6 +65,20 @@ multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which
                                       read without bound (a 2^31 prefix buffered 128 MiB
                                       per connection; 2^62 raised MemoryError). 0.8.2's
                                       bound, backported.
+connections admitted, not pruned      py-libp2p's defaults (300 connections, a pruner
+(:func:`connection_config`,           closing the least useful above 300, an auto-
+:func:`own_dialling`,                 connector dialling every peer in the peerstore
+:func:`resource_manager`)             toward 200, a resource manager refusing the
+                                      257th inbound connection after its handshake)
+                                      would cut a coordinator's sessions above 256
+                                      peers and have every peer dial every peer it
+                                      heard of. Here the limit is ours
+                                      (``Limits.max_connections``): an inbound
+                                      connection beyond it is closed before its
+                                      handshake, counted as "connection limit"; the
+                                      pruner's watermark is the limit (it never fires)
+                                      and the node's own dialler replaces the
+                                      auto-connector.
 QUIC certificates' key signature      GHSA-hrfr-7729-443m: 0.8.1 ignored the result of
 checked (``PeerAuthenticator``)       the check that a QUIC peer holds the key its
                                       certificate names, so anyone could claim any peer
@@ -94,6 +108,8 @@ from libp2p.abc import IMuxedConn, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
 from libp2p.exceptions import ParseError
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
@@ -173,7 +189,6 @@ def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False
 
 
 # --- inbound connections gated per source address ----------------------------------------------
-_original_handle_inbound = Swarm._handle_inbound_connection
 _original_upgrade_inbound = Swarm.upgrade_inbound_raw_conn
 LOOPBACK = ("127.", "::1")
 
@@ -214,17 +229,42 @@ def _exempt(swarm: Any, ip: str) -> bool:
 
 
 async def _handle_inbound_connection(self: Swarm, read_write_closer: Any, maddr: Any) -> None:
+    """The swarm's inbound handler, rewritten to live exactly as long as its connection.
+
+    py-libp2p's own kept every inbound handler alive until the whole swarm stopped ("an
+    intentional barrier": trio's listener closes the socket when its handler returns), so
+    its inbound limiter's token, and our count per address, were never given back when a
+    connection closed: after ``max_connections`` inbound connections in the node's life,
+    however short, every new one was closed without a word. Here the handler waits for
+    its own connection to close; the swarm's limiter is not used (the limit is ours)."""
     ip, gate, limits = _source_ip(read_write_closer), _gate(self), getattr(self, "_hg_limits",
                                                                            None)
-    if limits is not None and not _exempt(self, ip) and \
-            gate.open[ip] >= limits.connections_per_ip:
-        faults_of(self).record("connections per address", ip, RuntimeError(
-            f"{gate.open[ip]} connections from {ip} already"))
+    if limits is not None:
+        held = max(sum(gate.open.values()), len(self.get_connections()))
+        if not _exempt(self, ip) and gate.open[ip] >= limits.connections_per_ip:
+            refusal = ("connections per address", f"{gate.open[ip]} connections from {ip}")
+        elif held >= limits.max_connections:
+            refusal = ("connection limit",
+                       f"{held} connections of at most {limits.max_connections}")
+        else:
+            refusal = None
+        if refusal is not None:
+            faults_of(self).record(refusal[0], ip, RuntimeError(refusal[1]))
+            await _close_quietly(read_write_closer)
+            return
+    remote = self._build_remote_multiaddr(read_write_closer)
+    if remote is not None and not await self.connection_gate.is_allowed(remote):
         await _close_quietly(read_write_closer)
         return
     gate.open[ip] += 1
+    raw_conn = RawConnection(read_write_closer, False)
     try:
-        await _original_handle_inbound(self, read_write_closer, maddr)
+        muxed = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
+        closed = getattr(muxed, "event_closed", None)
+        await (closed.wait() if closed is not None else self.manager.wait_finished())
+    except Exception as exc:
+        log.debug("inbound connection from %s ended: %s", ip, exc)
+        await _close_quietly(raw_conn)
     finally:
         gate.drop(gate.open, ip)
 
@@ -253,6 +293,49 @@ async def _close_quietly(conn: Any) -> None:
             await conn.close()
         except Exception:
             pass
+
+
+# --- connections: our limit, no pruning, our dialler ------------------------------------------
+def connection_config(max_connections: int, handshake_timeout: float) -> ConnectionConfig:
+    """py-libp2p's connection manager set so that :func:`_upgrade_inbound`'s limit is the
+    only one: at most ``max_connections`` (py-libp2p's own registration check stays as a
+    backstop), the pruner's high watermark at that limit (so it never prunes), no floor of
+    connections to keep (its auto-connector is switched off by :func:`own_dialling`)."""
+    return ConnectionConfig(max_connections=max_connections, min_connections=0,
+                            low_watermark=max_connections, high_watermark=max_connections,
+                            inbound_upgrade_timeout=handshake_timeout)
+
+
+def resource_manager(max_connections: int, streams_per_connection: int) -> Any:
+    """py-libp2p's resource manager with our limits, since new_host builds one whatever it
+    is told: its defaults refused the 257th inbound connection after its handshake (the
+    dialler saw a connection that the node then closed), counted every node's memory
+    against 80 % of the machine's at each connection, and opened a circuit breaker after 5
+    refusals that then refused everyone for 60 s: one peer over a limit could shut all
+    the others out. Here it keeps only a total of connections and streams, as a backstop
+    behind :func:`_upgrade_inbound` and ``_handle_muxed_stream``. Its own count is given
+    twice the room: it counts a connection twice while its handshake ends (a scope before
+    the handshake and one after), so at the limit itself it refused connections the
+    swarm had room for (22 of 320 dialling a limit of 310 held 298)."""
+    from libp2p.rcmgr import ResourceLimits, new_resource_manager
+    from libp2p.rcmgr.connection_limits import ConnectionLimits
+
+    return new_resource_manager(
+        limits=ResourceLimits(max_connections=2 * max_connections, max_memory_mb=1 << 20,
+                              max_streams=max_connections * (2 * streams_per_connection)),
+        connection_limits=ConnectionLimits(max_established_total=max_connections),
+        enable_metrics=False, enable_memory_limits=False, enable_memory_pooling=False,
+        enable_circuit_breaker=False, enable_graceful_degradation=False)
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+def own_dialling(swarm: Any) -> None:
+    """Switch off py-libp2p's auto-connector on ``swarm``: the node dials for itself
+    (``NetworkNode``'s dialler, toward ``Limits.dial_target``)."""
+    swarm.auto_connector.maybe_connect = _no_auto_connect
 
 
 # --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------

@@ -5,18 +5,29 @@ flag of each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
 class Limits:
     """What remote peers may hold of a node at once; beyond a limit the input is refused
     (a stream reset, a message dropped), counted in :attr:`NetworkNode.faults` and logged
-    once a minute per peer. The defaults fit a coordinator serving thousands of peers and
-    a peer with a few dozen neighbours alike; README's "Hostile networks" says what each
-    one protects against. A yamux stream never holds more than the window it was granted
-    (:class:`peer.yamux.BoundedYamux`), whatever these say."""
+    once a minute per peer. :data:`DEFAULT_LIMITS` fit a peer with a few dozen
+    neighbours, :data:`COORDINATOR_LIMITS` a coordinator serving thousands of peers;
+    README's "Hostile networks" says what each one protects against.
 
+    Connections are admitted, never pruned: an inbound connection that would take the
+    node past ``max_connections`` (established and still authenticating together) is
+    closed before its handshake, counted as "connection limit" and logged; one admitted
+    stays until either side closes it (py-libp2p's pruner, which closed connections
+    above a high watermark of 300 whatever their use, never fires: its watermark is
+    ``max_connections``). py-libp2p's auto-connector (which dialled every peer it had
+    heard of, 16 at a time, toward 200 connections) is replaced by the node's own dialler,
+    which keeps ``dial_target`` connections. A yamux stream never holds more than the
+    window it was granted (:class:`peer.yamux.BoundedYamux`), whatever these say."""
+
+    max_connections: int = 64  # connections in all, in and out; beyond, inbound is refused
+    dial_target: int = 8  # below this many connections, dial peers we have heard of
     connections_per_ip: int = 64  # inbound connections from one source address
     pending_per_ip: int = 16  # ... of them still in their handshake
     pending_total: int = 128  # inbound handshakes at once, all sources together
@@ -30,3 +41,5 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+# A coordinator holds a session with every peer and dials none: peers dial it.
+COORDINATOR_LIMITS = replace(DEFAULT_LIMITS, max_connections=4096, dial_target=0)

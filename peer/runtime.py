@@ -76,11 +76,19 @@ def run_until_signal(main: Callable[[], Awaitable[None]],
     faulthandler.dump_traceback_later(5.0, exit=True)
 
 
-def add_limit_args(p: argparse.ArgumentParser) -> None:
-    """Flags for :class:`peer.limits.Limits`: what one remote may hold of this node at once."""
-    d = DEFAULT_LIMITS
+def add_limit_args(p: argparse.ArgumentParser, d: Limits = DEFAULT_LIMITS) -> None:
+    """Flags for :class:`peer.limits.Limits` (defaults from ``d``): what one remote may hold
+    of this node at once, and how many connections it keeps."""
     g = p.add_argument_group("limits on what remote peers may hold of this node (beyond a "
                              "limit the input is refused and counted)")
+    g.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+                   help="connections in all; an inbound one beyond is refused before its "
+                   "handshake (counted as 'connection limit'), and none admitted is ever "
+                   "pruned (default: %(default)s)")
+    g.add_argument("--dial-target", type=int, default=d.dial_target, metavar="N",
+                   help="below this many connections, dial peers heard of through identify "
+                   "and gossip, a few every 30 s; 0: dial only --bootstrap (default: "
+                   "%(default)s)")
     g.add_argument("--max-conns-per-ip", type=int, default=d.connections_per_ip, metavar="N",
                    help="inbound connections from one source address (default: %(default)s)")
     g.add_argument("--max-handshakes-per-ip", type=int, default=d.pending_per_ip, metavar="N",
@@ -112,12 +120,16 @@ def add_limit_args(p: argparse.ArgumentParser) -> None:
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
     for name in ("max_streams_per_conn", "max_requests_per_peer", "max_request_mib",
-                 "max_conns_per_ip", "max_handshakes_per_ip", "max_handshakes"):
+                 "max_conns_per_ip", "max_handshakes_per_ip", "max_handshakes",
+                 "max_connections"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.dial_target < 0:
+        raise ValueError("--dial-target must not be negative")
     if args.gossip_rate <= 0 or args.handshake_timeout <= 0:
         raise ValueError("--gossip-rate and --handshake-timeout must be positive")
-    return Limits(connections_per_ip=args.max_conns_per_ip,
+    return Limits(max_connections=args.max_connections, dial_target=args.dial_target,
+                  connections_per_ip=args.max_conns_per_ip,
                   pending_per_ip=args.max_handshakes_per_ip,
                   pending_total=args.max_handshakes, handshake_timeout=args.handshake_timeout,
                   exempt_loopback=not args.limit_loopback,
