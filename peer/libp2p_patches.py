@@ -31,7 +31,7 @@ receive windows enforced              yamux only logged "peer exceeded receive w
                                       never holds more than we granted. mplex, which has
                                       no flow control at all, is not offered.
 inbound connections gated per IP      py-libp2p holds one of its 250 inbound slots per
-(``Swarm``'s inbound handlers)        connection for the connection's life, handshakes
+(:mod:`peer.connections`)             connection for the connection's life, handshakes
                                       included: one host with 250 idle sockets (or 250
                                       free keys) shut everyone else out. Here each source
                                       address may hold ``connections_per_ip``
@@ -66,19 +66,15 @@ multistream messages at most 64 KiB   GHSA-hmjq-g7pp-rw3x (fixed in 0.8.2, which
                                       per connection; 2^62 raised MemoryError). 0.8.2's
                                       bound, backported.
 connections admitted, not pruned      py-libp2p's defaults (300 connections, a pruner
-(:func:`connection_config`,           closing the least useful above 300, an auto-
-:func:`own_dialling`,                 connector dialling every peer in the peerstore
-:func:`resource_manager`)             toward 200, a resource manager refusing the
-                                      257th inbound connection after its handshake)
-                                      would cut a coordinator's sessions above 256
-                                      peers and have every peer dial every peer it
-                                      heard of. Here the limit is ours
-                                      (``Limits.max_connections``): an inbound
-                                      connection beyond it is closed before its
-                                      handshake, counted as "connection limit"; the
-                                      pruner's watermark is the limit (it never fires)
-                                      and the node's own dialler replaces the
-                                      auto-connector.
+(:mod:`peer.connections`)             above 300, an auto-connector dialling everyone
+                                      heard of, a resource manager refusing the 257th
+                                      inbound connection after its handshake, and an
+                                      inbound handler holding its slot until the node
+                                      stopped: after 300 connections in a node's life,
+                                      each new one was closed silently). Here the
+                                      limit is ours, refused before the handshake and
+                                      counted, never pruned; the slot lives as long as
+                                      its connection. See :mod:`peer.connections`.
 QUIC certificates' key signature      GHSA-hrfr-7729-443m: 0.8.1 ignored the result of
 checked (``PeerAuthenticator``)       the check that a QUIC peer holds the key its
                                       certificate names, so anyone could claim any peer
@@ -98,7 +94,6 @@ import logging
 import os
 import time
 import weakref
-from collections import Counter
 from typing import Any
 
 import libp2p.utils as _libp2p_utils
@@ -108,10 +103,7 @@ from libp2p.abc import IMuxedConn, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
 from libp2p.exceptions import ParseError
-from libp2p.network.config import ConnectionConfig
-from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.connection.swarm_connection import SwarmConn
-from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC as _env_to_send_in_rpc
@@ -130,6 +122,7 @@ from libp2p.transport.quic.exceptions import QUICPeerVerificationError
 from libp2p.utils import varint as _varint
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 
+from .connections import handle_inbound_connection, upgrade_inbound
 from .faults import faults_of, peer_name
 from .yamux import NOISE_FRAME, BoundedYamux, credit_in_halves, read_exactly_noting_headers
 
@@ -186,156 +179,6 @@ def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False
         name = get_task_name(async_fn, name)
         async_fn = _contain(self._service, async_fn, name)
     _original_run_task(self, async_fn, *args, daemon=daemon, name=name, _internal=_internal)
-
-
-# --- inbound connections gated per source address ----------------------------------------------
-_original_upgrade_inbound = Swarm.upgrade_inbound_raw_conn
-LOOPBACK = ("127.", "::1")
-
-
-class _Gate:
-    """Inbound connections of one swarm by source IP: all of them, and those still in their
-    handshake (security and muxer negotiation)."""
-
-    def __init__(self) -> None:
-        self.open: Counter[str] = Counter()
-        self.pending: Counter[str] = Counter()
-
-    @staticmethod
-    def drop(counter: Counter[str], ip: str) -> None:
-        counter[ip] -= 1
-        if counter[ip] <= 0:
-            del counter[ip]
-
-
-def _gate(swarm: Any) -> _Gate:
-    gate = getattr(swarm, "_hg_gate", None)
-    if gate is None:
-        gate = swarm._hg_gate = _Gate()
-    return gate
-
-
-def _source_ip(conn: Any) -> str:
-    try:
-        address = conn.get_remote_address()
-    except Exception:
-        address = None
-    return str(address[0]) if address else "unknown"
-
-
-def _exempt(swarm: Any, ip: str) -> bool:
-    limits = getattr(swarm, "_hg_limits", None)
-    return limits is None or (limits.exempt_loopback and ip.startswith(LOOPBACK))
-
-
-async def _handle_inbound_connection(self: Swarm, read_write_closer: Any, maddr: Any) -> None:
-    """The swarm's inbound handler, rewritten to live exactly as long as its connection.
-
-    py-libp2p's own kept every inbound handler alive until the whole swarm stopped ("an
-    intentional barrier": trio's listener closes the socket when its handler returns), so
-    its inbound limiter's token, and our count per address, were never given back when a
-    connection closed: after ``max_connections`` inbound connections in the node's life,
-    however short, every new one was closed without a word. Here the handler waits for
-    its own connection to close; the swarm's limiter is not used (the limit is ours)."""
-    ip, gate, limits = _source_ip(read_write_closer), _gate(self), getattr(self, "_hg_limits",
-                                                                           None)
-    if limits is not None:
-        held = max(sum(gate.open.values()), len(self.get_connections()))
-        if not _exempt(self, ip) and gate.open[ip] >= limits.connections_per_ip:
-            refusal = ("connections per address", f"{gate.open[ip]} connections from {ip}")
-        elif held >= limits.max_connections:
-            refusal = ("connection limit",
-                       f"{held} connections of at most {limits.max_connections}")
-        else:
-            refusal = None
-        if refusal is not None:
-            faults_of(self).record(refusal[0], ip, RuntimeError(refusal[1]))
-            await _close_quietly(read_write_closer)
-            return
-    remote = self._build_remote_multiaddr(read_write_closer)
-    if remote is not None and not await self.connection_gate.is_allowed(remote):
-        await _close_quietly(read_write_closer)
-        return
-    gate.open[ip] += 1
-    raw_conn = RawConnection(read_write_closer, False)
-    try:
-        muxed = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
-        closed = getattr(muxed, "event_closed", None)
-        await (closed.wait() if closed is not None else self.manager.wait_finished())
-    except Exception as exc:
-        log.debug("inbound connection from %s ended: %s", ip, exc)
-        await _close_quietly(raw_conn)
-    finally:
-        gate.drop(gate.open, ip)
-
-
-async def _upgrade_inbound(self: Swarm, raw_conn: Any, maddr: Any) -> Any:
-    ip, gate, limits = _source_ip(raw_conn), _gate(self), getattr(self, "_hg_limits", None)
-    if limits is not None:
-        total = sum(gate.pending.values())
-        busy = (total >= limits.pending_total) or (
-            not _exempt(self, ip) and gate.pending[ip] >= limits.pending_per_ip)
-        if busy:
-            faults_of(self).record("handshakes pending", ip, RuntimeError(
-                f"{gate.pending[ip]} handshakes from {ip}, {total} in all, pending"))
-            await _close_quietly(raw_conn)
-            raise SwarmException("too many handshakes pending")
-    gate.pending[ip] += 1
-    try:
-        return await _original_upgrade_inbound(self, raw_conn, maddr)
-    finally:
-        gate.drop(gate.pending, ip)
-
-
-async def _close_quietly(conn: Any) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-        try:
-            await conn.close()
-        except Exception:
-            pass
-
-
-# --- connections: our limit, no pruning, our dialler ------------------------------------------
-def connection_config(max_connections: int, handshake_timeout: float) -> ConnectionConfig:
-    """py-libp2p's connection manager set so that :func:`_upgrade_inbound`'s limit is the
-    only one: at most ``max_connections`` (py-libp2p's own registration check stays as a
-    backstop), the pruner's high watermark at that limit (so it never prunes), no floor of
-    connections to keep (its auto-connector is switched off by :func:`own_dialling`)."""
-    return ConnectionConfig(max_connections=max_connections, min_connections=0,
-                            low_watermark=max_connections, high_watermark=max_connections,
-                            inbound_upgrade_timeout=handshake_timeout)
-
-
-def resource_manager(max_connections: int, streams_per_connection: int) -> Any:
-    """py-libp2p's resource manager with our limits, since new_host builds one whatever it
-    is told: its defaults refused the 257th inbound connection after its handshake (the
-    dialler saw a connection that the node then closed), counted every node's memory
-    against 80 % of the machine's at each connection, and opened a circuit breaker after 5
-    refusals that then refused everyone for 60 s: one peer over a limit could shut all
-    the others out. Here it keeps only a total of connections and streams, as a backstop
-    behind :func:`_upgrade_inbound` and ``_handle_muxed_stream``. Its own count is given
-    twice the room: it counts a connection twice while its handshake ends (a scope before
-    the handshake and one after), so at the limit itself it refused connections the
-    swarm had room for (22 of 320 dialling a limit of 310 held 298)."""
-    from libp2p.rcmgr import ResourceLimits, new_resource_manager
-    from libp2p.rcmgr.connection_limits import ConnectionLimits
-
-    return new_resource_manager(
-        limits=ResourceLimits(max_connections=2 * max_connections, max_memory_mb=1 << 20,
-                              max_streams=max_connections * (2 * streams_per_connection)),
-        connection_limits=ConnectionLimits(max_established_total=max_connections),
-        enable_metrics=False, enable_memory_limits=False, enable_memory_pooling=False,
-        enable_circuit_breaker=False, enable_graceful_degradation=False)
-
-
-async def _no_auto_connect() -> None:
-    return None
-
-
-def own_dialling(swarm: Any) -> None:
-    """Switch off py-libp2p's auto-connector on ``swarm``: the node dials for itself
-    (``NetworkNode``'s dialler, toward ``Limits.dial_target``)."""
-    swarm.auto_connector.maybe_connect = _no_auto_connect
 
 
 # --- contained stream handlers, at most MAX_INBOUND_STREAMS at a time per connection -------------
@@ -469,8 +312,8 @@ def install() -> None:
     _yamux.read_exactly = read_exactly_noting_headers
     _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt
     SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
-    Swarm._handle_inbound_connection = _handle_inbound_connection  # type: ignore[method-assign]
-    Swarm.upgrade_inbound_raw_conn = _upgrade_inbound  # type: ignore[method-assign]
+    Swarm._handle_inbound_connection = handle_inbound_connection  # type: ignore[method-assign]
+    Swarm.upgrade_inbound_raw_conn = upgrade_inbound  # type: ignore[method-assign]
     if os.environ.get("HG_YAMUX_EAGER_CREDIT") != "1" and \
             hasattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update"):
         _yamux.YamuxStream._auto_tune_and_send_window_update = credit_in_halves
@@ -500,8 +343,8 @@ def not_applied() -> list[str]:
         "SwarmConn._handle_muxed_stream":
             SwarmConn._handle_muxed_stream is _handle_muxed_stream,
         "Swarm._handle_inbound_connection":
-            Swarm._handle_inbound_connection is _handle_inbound_connection,
-        "Swarm.upgrade_inbound_raw_conn": Swarm.upgrade_inbound_raw_conn is _upgrade_inbound,
+            Swarm._handle_inbound_connection is handle_inbound_connection,
+        "Swarm.upgrade_inbound_raw_conn": Swarm.upgrade_inbound_raw_conn is upgrade_inbound,
         "YamuxStream window credit": os.environ.get("HG_YAMUX_EAGER_CREDIT") == "1" or
             getattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", None)
             is credit_in_halves,

@@ -24,8 +24,6 @@ Gossipsub as we run it is :mod:`peer.gossip`; frames and guarded stream I/O are
 from __future__ import annotations
 
 import logging
-import random
-import resource
 import struct
 import time
 from collections import Counter
@@ -40,14 +38,14 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.policy.ratelimit import LogLimiter
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PROTO_BLOB
 
-from . import libp2p_patches
+from . import connections, libp2p_patches
 from .blobs import BLOB_MAX, BlobStore, fetch_blob
 from .faults import Faults, register
 from .gossip import (
@@ -73,7 +71,6 @@ log = logging.getLogger("hypergossip.node")
 
 DEFAULT_REQUEST_MAX = 1024 * 1024
 STREAM_TIMEOUT = 10.0
-DIAL_EVERY, DIAL_BATCH = 30.0, 4  # the dialler's period (s) and most dials at a time
 
 Handler = Callable[[bytes, str], Awaitable[None]]
 Validator = Callable[[bytes, str], bool]
@@ -112,29 +109,6 @@ def _peer(peer_id: str) -> ID:
 
 
 
-FDS_SPARE = 256  # descriptors beyond the connections: files, SQLite, HTTP clients
-
-
-def _fd_bounded(max_connections: int) -> int:
-    """``max_connections``, after raising this process's descriptor limit to hold that
-    many sockets if the hard limit lets it; below, the most it can hold (logged)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FDS_SPARE
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            soft = new
-        except (ValueError, OSError):
-            pass
-    if soft != resource.RLIM_INFINITY and soft < want:
-        fit = max(1, soft - FDS_SPARE)
-        log.warning("open-file limit %d holds %d connections, not %d (raise `ulimit -n`)",
-                    soft, fit, max_connections)
-        return fit
-    return max_connections
-
-
 def _local_ipv4() -> list[str]:
     ips = ["127.0.0.1"]
     for adapter in ifaddr.get_adapters():
@@ -166,14 +140,14 @@ class NetworkNode:
         self._request_bytes = 0
         self._log = LogLimiter(60.0)  # stream refusals: one line a minute per (protocol, peer)
         key_pair = create_new_key_pair(identity.seed)
-        max_connections = _fd_bounded(limits.max_connections)
+        max_connections = connections.fd_bounded(limits.max_connections)
         self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair),
                              muxer_opt=muxers(),
-                             connection_config=libp2p_patches.connection_config(
+                             connection_config=connections.connection_config(
                                  max_connections, limits.handshake_timeout),
-                             resource_manager=libp2p_patches.resource_manager(
+                             resource_manager=connections.resource_manager(
                                  max_connections, limits.streams_per_connection))
-        libp2p_patches.own_dialling(self.host.get_network())
+        connections.own_dialling(self.host.get_network())
         transports = self.host.get_network().transport_manager.get_transports()
         if any("quic" in type(t).__name__.lower() for t in transports):  # see libp2p_patches
             raise RuntimeError("refusing to run a QUIC transport (GHSA-hrfr-7729-443m)")
@@ -202,7 +176,8 @@ class NetworkNode:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.limits.dial_target > 0:
-                    nursery.start_soon(self._dial_loop)
+                    nursery.start_soon(connections.dial_toward, self.host,
+                                       self.limits.dial_target)
                 try:
                     yield self
                 finally:
@@ -247,30 +222,6 @@ class NetworkNode:
         except Exception as exc:  # libp2p raises many unrelated types here
             log.warning("connect %s failed: %s", addr, exc)
             return False
-
-    async def _dial_loop(self) -> None:
-        """Below ``limits.dial_target`` connections, dial a few peers we have heard of (by
-        identify or gossip) and are not connected to, every DIAL_EVERY seconds (jittered,
-        so that a thousand peers started together do not dial together)."""
-        network = self.host.get_network()
-        while True:
-            await trio.sleep(DIAL_EVERY * random.uniform(0.5, 1.5))
-            need = min(DIAL_BATCH, self.limits.dial_target - len(network.connections))
-            if need <= 0:
-                continue
-            store, me = self.host.get_peerstore(), self.host.get_id()
-            known = [p for p in store.peers_with_addrs()
-                     if p != me and p not in network.connections]
-            async with trio.open_nursery() as nursery:
-                for peer in random.sample(known, min(need, len(known))):
-                    nursery.start_soon(self._dial_quietly, store.peer_info(peer))
-
-    async def _dial_quietly(self, info: PeerInfo) -> None:
-        with trio.move_on_after(STREAM_TIMEOUT):
-            try:
-                await self.host.connect(info)
-            except Exception as exc:  # a peer we heard of may be long gone
-                log.debug("dialling %s failed: %s", info.peer_id, exc)
 
     def is_connected(self, peer_id: str) -> bool:
         return _peer(peer_id) in self.host.get_network().connections

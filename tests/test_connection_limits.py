@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import trio
 
+from peer.connections import own_dialling
 from peer.hostile import dial, raw_host
-from peer.libp2p_patches import own_dialling
 from peer.limits import COORDINATOR_LIMITS
 
 from .netutil import start_coordinator, wait_for

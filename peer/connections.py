@@ -1,0 +1,236 @@
+"""Connections as we manage them: admitted up to our own limit, never pruned, dialled by us.
+
+py-libp2p 0.8.1's connection manager, as it ships, does not hold a coordinator's thousand
+sessions: a limit of 300 with a pruner above it, a resource manager that refused the
+257th inbound connection after its handshake (and then, by a circuit breaker, everyone for
+60 s), an auto-connector dialling every peer it heard of, and an inbound handler that kept
+a slot until the node stopped, so that after 300 connections in a node's life each new
+one was closed without a word. Here:
+
+- :func:`connection_config` and :func:`resource_manager` build py-libp2p's own machinery
+  with our limit (``peer.limits.Limits.max_connections``) as a mere backstop;
+- the swarm's inbound handler is replaced (installed by :func:`peer.libp2p_patches.install`)
+  by :func:`handle_inbound_connection`, which refuses a connection over the limit before
+  its handshake, counts it ("connection limit" in the node's faults), gates connections
+  and handshakes per source address, and lives exactly as long as its connection;
+- :func:`own_dialling` switches the auto-connector off; :func:`dial_toward` is the node's
+  own dialler, a few peers at a time toward ``Limits.dial_target``;
+- :func:`fd_bounded` makes the process's descriptor limit hold the connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+from collections import Counter
+from typing import Any
+
+import trio
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.swarm import Swarm
+from libp2p.peer.peerinfo import PeerInfo
+
+from .faults import faults_of
+
+log = logging.getLogger("hypergossip.node")
+DIAL_EVERY, DIAL_BATCH = 30.0, 4  # the dialler's period (s) and most dials at a time
+DIAL_TIMEOUT = 10.0
+FDS_SPARE = 256  # descriptors beyond the connections: files, SQLite, HTTP clients
+
+
+# --- inbound connections: our limit, gated per source address, one slot per connection --------
+_original_upgrade_inbound = Swarm.upgrade_inbound_raw_conn
+LOOPBACK = ("127.", "::1")
+
+
+class _Gate:
+    """Inbound connections of one swarm by source IP: all of them, and those still in their
+    handshake (security and muxer negotiation)."""
+
+    def __init__(self) -> None:
+        self.open: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
+
+    @staticmethod
+    def drop(counter: Counter[str], ip: str) -> None:
+        counter[ip] -= 1
+        if counter[ip] <= 0:
+            del counter[ip]
+
+
+def _gate(swarm: Any) -> _Gate:
+    gate = getattr(swarm, "_hg_gate", None)
+    if gate is None:
+        gate = swarm._hg_gate = _Gate()
+    return gate
+
+
+def _source_ip(conn: Any) -> str:
+    try:
+        address = conn.get_remote_address()
+    except Exception:
+        address = None
+    return str(address[0]) if address else "unknown"
+
+
+def _exempt(swarm: Any, ip: str) -> bool:
+    limits = getattr(swarm, "_hg_limits", None)
+    return limits is None or (limits.exempt_loopback and ip.startswith(LOOPBACK))
+
+
+async def handle_inbound_connection(self: Swarm, read_write_closer: Any, maddr: Any) -> None:
+    """The swarm's inbound handler, rewritten to live exactly as long as its connection.
+
+    py-libp2p's own kept every inbound handler alive until the whole swarm stopped ("an
+    intentional barrier": trio's listener closes the socket when its handler returns), so
+    its inbound limiter's token, and our count per address, were never given back when a
+    connection closed: after ``max_connections`` inbound connections in the node's life,
+    however short, every new one was closed without a word. Here the handler waits for
+    its own connection to close; the swarm's limiter is not used (the limit is ours)."""
+    ip, gate, limits = _source_ip(read_write_closer), _gate(self), getattr(self, "_hg_limits",
+                                                                           None)
+    if limits is not None:
+        held = max(sum(gate.open.values()), len(self.get_connections()))
+        if not _exempt(self, ip) and gate.open[ip] >= limits.connections_per_ip:
+            refusal = ("connections per address", f"{gate.open[ip]} connections from {ip}")
+        elif held >= limits.max_connections:
+            refusal = ("connection limit",
+                       f"{held} connections of at most {limits.max_connections}")
+        else:
+            refusal = None
+        if refusal is not None:
+            faults_of(self).record(refusal[0], ip, RuntimeError(refusal[1]))
+            await _close_quietly(read_write_closer)
+            return
+    remote = self._build_remote_multiaddr(read_write_closer)
+    if remote is not None and not await self.connection_gate.is_allowed(remote):
+        await _close_quietly(read_write_closer)
+        return
+    gate.open[ip] += 1
+    raw_conn = RawConnection(read_write_closer, False)
+    try:
+        muxed = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
+        closed = getattr(muxed, "event_closed", None)
+        await (closed.wait() if closed is not None else self.manager.wait_finished())
+    except Exception as exc:
+        log.debug("inbound connection from %s ended: %s", ip, exc)
+        await _close_quietly(raw_conn)
+    finally:
+        gate.drop(gate.open, ip)
+
+
+async def upgrade_inbound(self: Swarm, raw_conn: Any, maddr: Any) -> Any:
+    ip, gate, limits = _source_ip(raw_conn), _gate(self), getattr(self, "_hg_limits", None)
+    if limits is not None:
+        total = sum(gate.pending.values())
+        busy = (total >= limits.pending_total) or (
+            not _exempt(self, ip) and gate.pending[ip] >= limits.pending_per_ip)
+        if busy:
+            faults_of(self).record("handshakes pending", ip, RuntimeError(
+                f"{gate.pending[ip]} handshakes from {ip}, {total} in all, pending"))
+            await _close_quietly(raw_conn)
+            raise SwarmException("too many handshakes pending")
+    gate.pending[ip] += 1
+    try:
+        return await _original_upgrade_inbound(self, raw_conn, maddr)
+    finally:
+        gate.drop(gate.pending, ip)
+
+
+async def _close_quietly(conn: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        try:
+            await conn.close()
+        except Exception:
+            pass
+
+
+# --- our limit, no pruning, our dialler -----------------------------------------------------
+def connection_config(max_connections: int, handshake_timeout: float) -> ConnectionConfig:
+    """py-libp2p's connection manager set so that :func:`_upgrade_inbound`'s limit is the
+    only one: at most ``max_connections`` (py-libp2p's own registration check stays as a
+    backstop), the pruner's high watermark at that limit (so it never prunes), no floor of
+    connections to keep (its auto-connector is switched off by :func:`own_dialling`)."""
+    return ConnectionConfig(max_connections=max_connections, min_connections=0,
+                            low_watermark=max_connections, high_watermark=max_connections,
+                            inbound_upgrade_timeout=handshake_timeout)
+
+
+def resource_manager(max_connections: int, streams_per_connection: int) -> Any:
+    """py-libp2p's resource manager with our limits, since new_host builds one whatever it
+    is told: its defaults refused the 257th inbound connection after its handshake (the
+    dialler saw a connection that the node then closed), counted every node's memory
+    against 80 % of the machine's at each connection, and opened a circuit breaker after 5
+    refusals that then refused everyone for 60 s: one peer over a limit could shut all
+    the others out. Here it keeps only a total of connections and streams, as a backstop
+    behind :func:`handle_inbound_connection` and ``_handle_muxed_stream``. Its own count is given
+    twice the room: it counts a connection twice while its handshake ends (a scope before
+    the handshake and one after), so at the limit itself it refused connections the
+    swarm had room for (22 of 320 dialling a limit of 310 held 298)."""
+    from libp2p.rcmgr import ResourceLimits, new_resource_manager
+    from libp2p.rcmgr.connection_limits import ConnectionLimits
+
+    return new_resource_manager(
+        limits=ResourceLimits(max_connections=2 * max_connections, max_memory_mb=1 << 20,
+                              max_streams=max_connections * (2 * streams_per_connection)),
+        connection_limits=ConnectionLimits(max_established_total=max_connections),
+        enable_metrics=False, enable_memory_limits=False, enable_memory_pooling=False,
+        enable_circuit_breaker=False, enable_graceful_degradation=False)
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+def own_dialling(swarm: Any) -> None:
+    """Switch off py-libp2p's auto-connector on ``swarm``: the node dials for itself
+    (``NetworkNode``'s dialler, toward ``Limits.dial_target``)."""
+    swarm.auto_connector.maybe_connect = _no_auto_connect
+
+
+def fd_bounded(max_connections: int) -> int:
+    """``max_connections``, after raising this process's descriptor limit to hold that
+    many sockets if the hard limit lets it; below, the most it can hold (logged)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FDS_SPARE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fit = max(1, soft - FDS_SPARE)
+        log.warning("open-file limit %d holds %d connections, not %d (raise `ulimit -n`)",
+                    soft, fit, max_connections)
+        return fit
+    return max_connections
+
+
+async def dial_toward(host: Any, target: int) -> None:
+    """Below ``target`` connections, dial a few peers ``host`` has heard of (by identify or
+    gossip) and is not connected to, every DIAL_EVERY seconds (jittered, so that a
+    thousand peers started together do not dial together). Runs until cancelled."""
+    network = host.get_network()
+    while True:
+        await trio.sleep(DIAL_EVERY * random.uniform(0.5, 1.5))
+        need = min(DIAL_BATCH, target - len(network.connections))
+        if need <= 0:
+            continue
+        store, me = host.get_peerstore(), host.get_id()
+        known = [p for p in store.peers_with_addrs() if p != me and p not in network.connections]
+        async with trio.open_nursery() as nursery:
+            for peer in random.sample(known, min(need, len(known))):
+                nursery.start_soon(_dial_quietly, host, store.peer_info(peer))
+
+
+async def _dial_quietly(host: Any, info: PeerInfo) -> None:
+    with trio.move_on_after(DIAL_TIMEOUT):
+        try:
+            await host.connect(info)
+        except Exception as exc:  # a peer we heard of may be long gone
+            log.debug("dialling %s failed: %s", info.peer_id, exc)
