@@ -76,6 +76,7 @@ from .rounds import DriverConfig, OpenRound, RoundDriver
 from .store import Store
 from .views import View
 
+SEED_COPIES = 4  # copies of a model the coordinator serves before pointing at peers
 log = logging.getLogger("hypergossip.coordinator")
 
 
@@ -155,6 +156,7 @@ class Coordinator:
             self.reputation.history.append(event)
             self.reputation.scores[event[1]] = event[2]
         self.node = NetworkNode(identity, config.listen, config.gossip, config.limits)
+        self.node.blobs.seed_copies = SEED_COPIES  # large blobs spread from peer to peer
         admission = config.admission if config.allow is None else \
             dataclasses.replace(config.admission, allow=config.allow)
         self.admission = AdmissionPolicy(admission, time.time())

@@ -1,13 +1,40 @@
 """A content-addressed blob store: bytes by SHA-256, bounded in total size, served on
-:data:`PROTO_BLOB` and fetched from peers by digest (checked on arrival)."""
+:data:`PROTO_BLOB` and fetched from peers by digest (checked on arrival).
+
+Distribution that does not all come from the coordinator
+--------------------------------------------------------
+A published model is fetched by every peer at the next announcement, all at once. Were
+each to fetch it from the coordinator, its upload per round would grow as N times the
+model. Instead:
+
+- the coordinator's store is a *seed* (``seed_copies``): of a large blob it serves that
+  many copies to whoever asks first, and then answers "busy" to requests that do not say
+  they are a last resort, pointing them at their neighbours;
+- a peer asks its neighbours first (random order), then the coordinator; between
+  attempts it backs off (0.25 s doubling, jittered), and only from attempt
+  ``LAST_RESORT_AT`` on does its request to the coordinator carry the last-resort flag,
+  which the coordinator always serves. So the blob spreads from peer to peer, the
+  holders multiplying each attempt, and the coordinator's copies stay near
+  ``seed_copies`` plus peers whose neighbours were all too slow;
+- a peer fetching straight from the coordinator marks the blob as coming: a neighbour
+  asking for it meanwhile waits for it (at most ``COMING_WAIT`` seconds) instead of being
+  told "not found". Only fetches from the coordinator are waited on, and it never waits,
+  so no two peers can wait on each other;
+- fetches of one digest inside a node are coalesced (the second waits for the first).
+
+Requests are the 32-byte digest, optionally followed by one flags byte
+(``LAST_RESORT``); anything else is refused.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+
+import trio
 
 from protocol.wire.messages import PROTO_BLOB
 
@@ -15,15 +42,30 @@ from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.node")
 BLOB_MAX = 64 * 1024 * 1024
+BLOB_REQUEST_MAX = 33  # digest + flags
+LAST_RESORT = 0x01  # flags: the requester asked its neighbours; a seed serves it anyway
+SEED_LARGE = 64 * 1024  # smaller blobs are served to everyone: not worth a detour
+FETCH_ATTEMPTS = 7  # a peer's attempts at a blob it needs (back-offs add up to ~16 s)
+LAST_RESORT_AT = 4  # attempt (0-based) from which a request to the seed is a last resort
+FIRST_BACKOFF = 0.25  # s before the second attempt; doubling, jittered by +-50 %
+COMING_WAIT = 20.0  # s a request waits for a blob its server is fetching from the seed
+BUSY = "blob busy: fetch it from peers"
 
 
 class BlobStore:
-    """Content-addressed bytes by SHA-256, bounded in total size (oldest evicted)."""
+    """Content-addressed bytes by SHA-256, bounded in total size (oldest evicted).
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
-        self.max_bytes = max_bytes
+    ``seed_copies``: None for a peer (serve whoever asks); a number for the coordinator
+    (see the module's docstring)."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, seed_copies: int | None = None):
+        self.max_bytes, self.seed_copies = max_bytes, seed_copies
         self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
+        self.served: Counter[bytes] = Counter()  # copies served, by digest (kept blobs only)
+        self.busy = 0  # requests answered "busy" (counted)
+        self._coming: dict[bytes, trio.Event] = {}  # fetching from the seed now
+        self._inflight: dict[bytes, trio.Event] = {}  # any fetch of ours now
 
     def put(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
@@ -31,41 +73,95 @@ class BlobStore:
             self._blobs[digest] = data
             self._size += len(data)
             while self._size > self.max_bytes and len(self._blobs) > 1:
-                _, old = self._blobs.popitem(last=False)
+                old_digest, old = self._blobs.popitem(last=False)
                 self._size -= len(old)
+                self.served.pop(old_digest, None)
         return digest
 
     def get(self, digest: bytes) -> bytes | None:
         return self._blobs.get(digest)
 
     async def serve(self, request: bytes, remote: str) -> bytes:
-        """The blob stream protocol's handler: a 32-byte digest in, the bytes out."""
-        if len(request) != 32:
-            raise StreamProtocolError("blob request must be a 32-byte digest")
-        data = self.get(request)
+        """The blob stream protocol's handler: a 32-byte digest (and a flags byte) in, the
+        bytes out."""
+        if len(request) not in (32, 33):
+            raise StreamProtocolError("blob request must be a 32-byte digest and a flags byte")
+        digest, flags = request[:32], request[32] if len(request) == 33 else 0
+        data = self.get(digest)
+        if data is None and (coming := self._coming.get(digest)) is not None:
+            with trio.move_on_after(COMING_WAIT):
+                await coming.wait()
+            data = self.get(digest)
         if data is None:
             raise StreamProtocolError("blob not found")
+        if self.seed_copies is not None and len(data) > SEED_LARGE and \
+                not flags & LAST_RESORT and self.served[digest] >= self.seed_copies:
+            self.busy += 1
+            raise StreamProtocolError(BUSY)
+        self.served[digest] += 1
         return data
 
 
 async def fetch_blob(store: BlobStore, request: Callable[..., Awaitable[bytes]], digest: bytes,
-                     peers: Iterable[str], max_size: int = BLOB_MAX) -> bytes:
-    """A blob by digest from the first of ``peers`` that has it (asked in random order),
-    hash-checked and kept in ``store``; ``request`` is the node's request function."""
+                     peers: Iterable[str], max_size: int = BLOB_MAX, *, seed: str | None = None,
+                     attempts: int = 1) -> bytes:
+    """A blob by digest, hash-checked and kept in ``store``: from ``peers`` (asked in random
+    order), then from ``seed`` (the coordinator), up to ``attempts`` times with back-off;
+    the last attempt (and every one from ``LAST_RESORT_AT``) asks the seed as a last
+    resort. ``request`` is the node's request function."""
     have = store.get(digest)
     if have is not None:
         return have
-    candidates = list(dict.fromkeys(peers))
-    random.shuffle(candidates)
-    for peer in candidates:
-        try:
-            data = await request(peer, PROTO_BLOB, digest, max_response=max_size, timeout=60.0)
-        except StreamProtocolError as exc:
-            log.debug("blob %s from %s: %s", digest.hex()[:12], peer, exc)
-            continue
-        if hashlib.sha256(data).digest() != digest:
-            log.warning("peer %s served a blob that does not match its digest", peer)
-            continue
-        store.put(data)
-        return data
+    if (other := store._inflight.get(digest)) is not None:  # coalesce with our own fetch
+        await other.wait()
+        if (have := store.get(digest)) is not None:
+            return have
+    done = store._inflight[digest] = trio.Event()
+    try:
+        return await _fetch(store, request, digest, peers, max_size, seed, attempts)
+    finally:
+        if store._inflight.get(digest) is done:
+            del store._inflight[digest]
+        done.set()
+
+
+async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], digest: bytes,
+                 peers: Iterable[str], max_size: int, seed: str | None,
+                 attempts: int) -> bytes:
+    neighbours = [p for p in dict.fromkeys(peers) if p != seed]
+    timeout = 10.0 + max_size / 250_000  # a slow neighbour must not hold us for long
+    for attempt in range(max(1, attempts)):
+        if attempt:
+            await trio.sleep(FIRST_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        random.shuffle(neighbours)
+        for peer in neighbours:
+            if (data := await _ask(store, request, peer, digest, max_size, timeout)) is not None:
+                return data
+        if seed is not None:
+            last = attempt >= min(LAST_RESORT_AT, attempts - 1)
+            coming = store._coming.setdefault(digest, trio.Event())
+            try:
+                data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
+                                  max_size, 60.0, digest)
+            finally:
+                store._coming.pop(digest, None)
+                coming.set()
+            if data is not None:
+                return data
     raise StreamProtocolError(f"blob {digest.hex()[:12]} not available from any peer")
+
+
+async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer: str,
+               wire: bytes, max_size: int, timeout: float,
+               digest: bytes | None = None) -> bytes | None:
+    digest = digest or wire
+    try:
+        data = await request(peer, PROTO_BLOB, wire, max_response=max_size, timeout=timeout)
+    except StreamProtocolError as exc:
+        log.debug("blob %s from %s: %s", digest.hex()[:12], peer, exc)
+        return None
+    if hashlib.sha256(data).digest() != digest:
+        log.warning("peer %s served a blob that does not match its digest", peer)
+        return None
+    store.put(data)
+    return data

@@ -39,6 +39,7 @@ from protocol.wire.messages import (
     encode,
 )
 
+from .blobs import FETCH_ATTEMPTS
 from .node import NetworkNode
 from .roundlog import RoundLog
 from .session import SessionClient
@@ -144,16 +145,17 @@ class Follower:
 
     async def _fetch_retrying(self, what: str, round: int, digest: bytes, size: int,
                               first: str | None = None) -> bytes | None:
-        """A blob by digest (hash-checked) from ``first``, the coordinator or a neighbour,
-        retried a few times with backoff; None if nobody had it."""
-        sources = [p for p in (first, self.coordinator_id) if p] + self.node.connected_peers()
-        for attempt in range(5):
-            try:
-                return await self.node.fetch_blob(digest, sources, max_size=size)
-            except StreamProtocolError as exc:
-                log.info("round %d: %s not fetched yet (%s)", round, what, exc)
-                await trio.sleep(0.5 * (attempt + 1))
-        return None
+        """A blob by digest (hash-checked) from ``first``, a neighbour or the coordinator,
+        retried with back-off (:func:`peer.blobs.fetch_blob`); None if nobody had it."""
+        peers = ([first] if first and first != self.coordinator_id else []) + \
+            self.node.connected_peers()
+        try:
+            return await self.node.fetch_blob(digest, peers, max_size=size,
+                                              seed=self.coordinator_id,
+                                              attempts=FETCH_ATTEMPTS)
+        except StreamProtocolError as exc:
+            log.info("round %d: %s not fetched (%s)", round, what, exc)
+            return None
 
     async def _fetch_model(self, round: int, digest: bytes, size: int) -> None:
         """Fetch the model a result published and keep serving it: every peer holds the

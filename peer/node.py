@@ -46,7 +46,7 @@ from protocol.wire.identity import Identity
 from protocol.wire.messages import PROTO_BLOB
 
 from . import connections, libp2p_patches
-from .blobs import BLOB_MAX, BlobStore, fetch_blob
+from .blobs import BLOB_MAX, BLOB_REQUEST_MAX, BlobStore, fetch_blob
 from .faults import Faults, register
 from .gossip import (
     DEFAULT_GOSSIP,
@@ -160,7 +160,7 @@ class NetworkNode:
         self.host.get_network()._hg_limits = limits  # read by libp2p_patches' gates
         self.blobs = BlobStore()
         self._nursery: trio.Nursery | None = None
-        self.serve(PROTO_BLOB, self.blobs.serve, max_request=32)
+        self.serve(PROTO_BLOB, self.blobs.serve, max_request=BLOB_REQUEST_MAX)
         if self.host.get_id().to_base58() != identity.peer_id:
             raise RuntimeError("libp2p derived a different peer id for our key")
 
@@ -408,6 +408,9 @@ class NetworkNode:
 
     # --- blobs -----------------------------------------------------------------------------
     async def fetch_blob(self, digest: bytes, peers: Iterable[str], *,
-                         max_size: int = BLOB_MAX) -> bytes:
-        """Fetch a blob by digest from the first of ``peers`` that has it; verify the hash."""
-        return await fetch_blob(self.blobs, self.request, digest, peers, max_size)
+                         max_size: int = BLOB_MAX, seed: str | None = None,
+                         attempts: int = 1) -> bytes:
+        """Fetch a blob by digest from ``peers``, then ``seed`` (the coordinator), verify
+        its hash and keep it (:func:`peer.blobs.fetch_blob`)."""
+        return await fetch_blob(self.blobs, self.request, digest, peers, max_size, seed=seed,
+                                attempts=attempts)

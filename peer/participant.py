@@ -40,6 +40,7 @@ from protocol.wire.messages import (
 )
 
 from .behaviour import Behaviour
+from .blobs import FETCH_ATTEMPTS
 from .gossip import GOSSIP_MAX
 from .node import NetworkNode
 from .roundlog import RoundLog
@@ -102,9 +103,10 @@ class Participant:
         """Fetch what the workload needs by digest, then build our side of the round in a
         worker thread (it may train a model)."""
         blobs = {}
-        sources = [self.coordinator_id] + self.node.connected_peers()
         for digest, size in self.workload.required_blobs(announce):
-            blobs[digest] = await self.node.fetch_blob(digest, sources, max_size=size)
+            blobs[digest] = await self.node.fetch_blob(
+                digest, self.node.connected_peers(), max_size=size, seed=self.coordinator_id,
+                attempts=FETCH_ATTEMPTS)
         ctx = PeerContext(self.peer_id, self.workload, announce, self.data, blobs,
                           self.identity.sign)
         return await trio.to_thread.run_sync(self.behaviour.peer_round, mode, ctx)

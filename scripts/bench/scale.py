@@ -1,0 +1,479 @@
+"""Benchmark: scale. A coordinator and N real libp2p peers on this machine, per round mode.
+
+For each N in ``--peers`` and each mode in ``--modes``, a fresh network: a
+:class:`coordinator.service.Coordinator` in this process (nothing else runs in it, so
+its process is the coordinator's: libp2p, HTTP, SQLite and all), N-1 peers
+(:class:`peer.daemon.PeerDaemon`) in ``--processes`` worker processes of their own (one
+trio loop each), and one more peer alone in a process (its memory is "one peer
+process"). Each peer bootstraps to the coordinator and to two peers started before it
+in its process (so gossip and blobs have a mesh besides the coordinator). Modes:
+
+- ``stats``: secure stats rounds, range-proven VSS (the default secure protocol);
+- ``secagg``: SecAgg+ on a float32 vector of ``--vector`` (1000) entries, on
+  ``SecAggConfig.default``'s graph for N;
+- ``fedavg``: clear federated averaging of the embedded digits CNN; each round's model
+  is published by digest and fetched by the peers, from each other or the coordinator.
+
+Per row: ``enrol_s`` (peers launched -> all N admitted and connected), ``round_s`` (the
+median over the measured rounds of announcement -> result), ``published`` and
+``accepted`` (the least over measured rounds), ``coord_cpu_s`` (the coordinator
+process's CPU per round, median), ``coord_rss_mb`` (its peak), the coordinator's bytes
+sent and received per peer per round (every TCP byte its process wrote or read), then,
+after the rounds, a quiet ``--idle`` seconds (60): ``idle_ms_per_s`` (a connected peer's
+own CPU, ms per second: the workers' CPU over their peers) and ``coord_idle_ms_per_s``
+(the coordinator's, per connected peer), ``peer_cpu_ms`` (a peer's CPU per round, from
+the workers), ``peer_rss_mb`` (the lone peer process's peak RSS) and, for fedavg, the
+model's size and the coordinator's upload per round in models.
+
+Goals (issue 16), printed one line each: N=1000 stats and SecAgg+ rounds publish; all
+1000 enrolled within 120 s; the coordinator's CPU per peer per round at N=1000 at most
+2x that at N=100; idle CPU per connected peer <= 1 ms/s; the coordinator's upload in a
+fedavg round at N=500 <= 10 models; a fedavg peer process <= 350 MB.
+
+Run from the repository root: ``.venv/bin/python scripts/bench/scale.py --peers 100,250``.
+Progress goes to stderr, the table to stdout, ``--json PATH`` writes ``{"rows": [...]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import trio  # noqa: E402
+
+MODES = ("stats", "secagg", "fedavg")
+GOAL_ENROL_S, GOAL_CPU_RATIO, GOAL_IDLE_MS = 120.0, 2.0, 1.0
+GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
+START_CONCURRENCY = 8  # peers a worker starts at a time
+LINKS = 2  # earlier peers (in its process) each peer bootstraps to, besides the coordinator
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- peers -------------------------------------------------------------------------------------
+def bench_identity(seed: int, index: int):
+    import hashlib
+
+    from protocol.wire.identity import Identity
+    return Identity(hashlib.sha256(f"scale-bench/{seed}/{index}".encode()).digest())
+
+
+def workload_name(mode: str) -> str:
+    return {"stats": "stats", "secagg": "bench-vector", "fedavg": "fedavg"}[mode]
+
+
+def register_vector(m: int) -> None:
+    """The bench-only vector workload of scripts/bench/secagg.py, M entries."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from secagg import register_bench_workload
+    register_bench_workload(m)
+
+
+def peer_data(mode: str, k: int, n: int, args: argparse.Namespace) -> Any:
+    from protocol.learning.registry import get_workload
+    if mode == "stats":
+        return get_workload("stats").parse_data(f"height={150 + k % 50},weight={50 + k % 40}")
+    if mode == "secagg":
+        return np.random.default_rng([args.seed, k]).uniform(-1, 1, args.vector).astype(
+            np.float32)
+    return get_workload("fedavg").parse_data(f"part={k}/{n},alpha=0.5,seed={args.seed}")
+
+
+def peer_worker(args: argparse.Namespace) -> int:
+    """``--peer-worker BOOT``: run peers ``--first`` .. ``--first + --count - 1`` of a
+    network of ``--n`` until SIGINT/SIGTERM, then write this process's figures to
+    ``--out``."""
+    import random
+
+    from peer.daemon import PeerDaemon
+    from protocol.learning.registry import get_workload
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    if args.mode == "secagg":
+        register_vector(args.vector)
+    workload = get_workload(workload_name(args.mode))
+    rng = random.Random(args.first)
+    started: list[PeerDaemon] = []
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                gate = trio.CapacityLimiter(START_CONCURRENCY)
+
+                async def start(k: int) -> None:
+                    async with gate:
+                        links = [d.node.addrs[0] for d in rng.sample(
+                            started, min(LINKS, len(started)))]
+                        daemon = PeerDaemon(bench_identity(args.seed, k), workload,
+                                            peer_data(args.mode, k, args.n, args),
+                                            bootstrap=[args.peer_worker, *links])
+                        await nursery.start(daemon.run)
+                        started.append(daemon)
+
+                async with trio.open_nursery() as starter:
+                    for k in range(args.first, args.first + args.count):
+                        starter.start_soon(start, k)
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    Path(args.out).write_text(json.dumps({"peers": len(started), "rss_peak_mb": rss_mb()}))
+    return 0
+
+
+# --- measuring ---------------------------------------------------------------------------------
+def rss_mb(pid: int | str = "self", key: str = "VmHWM") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 where /proc has none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Wire:
+    """Every TCP byte this process writes and reads (py-libp2p's TCP stream, counted):
+    in this benchmark's main process that is the coordinator's traffic."""
+
+    sent = 0
+    received = 0
+
+    @classmethod
+    def install(cls) -> None:
+        from libp2p.io.trio import TrioTCPStream
+        write, read = TrioTCPStream.write, TrioTCPStream.read
+
+        async def counted_write(self, data: bytes) -> None:
+            cls.sent += len(data)
+            await write(self, data)
+
+        async def counted_read(self, n: int | None = None) -> bytes:
+            data = await read(self, n)
+            cls.received += len(data)
+            return data
+
+        TrioTCPStream.write, TrioTCPStream.read = counted_write, counted_read
+
+
+class Samples:
+    """(time, coordinator CPU, workers' CPU, bytes sent, bytes received) every 0.1 s."""
+
+    def __init__(self, workers: list[int]):
+        self.workers, self.rows = workers, []
+
+    async def run(self) -> None:
+        while True:
+            self.rows.append((time.monotonic(), time.process_time(),
+                              sum(cpu_of(p) for p in self.workers), Wire.sent, Wire.received))
+            await trio.sleep(0.1)
+
+    def at(self, t: float) -> tuple:
+        return min(self.rows, key=lambda r: abs(r[0] - t))
+
+    def between(self, t0: float, t1: float) -> tuple[float, ...]:
+        a, b = self.at(t0), self.at(t1)
+        return tuple(y - x for x, y in zip(a, b, strict=True))
+
+
+# --- one network -------------------------------------------------------------------------------
+def coordinator_config(mode: str, n: int, tmp: Path, args: argparse.Namespace):
+    from coordinator.service import CoordinatorConfig
+    from protocol.policy.admission import AdmissionConfig
+    by_mode = {"stats": dict(workload="stats", secure=True, secure_protocol="vss"),
+               "secagg": dict(workload="bench-vector", secure=True, secure_protocol="secagg"),
+               "fedavg": dict(workload="fedavg", secure=False)}[mode]
+    return CoordinatorConfig(
+        data_dir=tmp, http_host="127.0.0.1", port=0, listen=["/ip4/127.0.0.1/tcp/0"],
+        min_peers=2, start_peers=n, round_pause=1.0, round_timeout=args.phase_timeout * 6,
+        phase_timeout=args.phase_timeout, max_rounds=args.warmup + args.rounds,
+        linger=args.idle + 600.0,
+        # every peer enrols from 127.0.0.1: the per-address burst (64) would let one more
+        # in a minute; the overall budget (512 at once, then 5 a second) is the default
+        admission=AdmissionConfig(per_source_burst=n + 8), **by_mode)
+
+
+async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    from coordinator.service import Coordinator
+    from protocol.wire.messages import ANNOUNCE, RESULT
+
+    row: dict[str, Any] = {"n": n, "mode": mode, "error": None}
+    procs: list[tuple[trio.Process, Path, int]] = []
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        coord = Coordinator(coordinator_config(mode, n, Path(tmp), args))
+        samples = Samples([])
+        total = args.warmup + args.rounds
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(coord.run)
+                nursery.start_soon(samples.run)
+                boot = coord.node.addrs[0]
+                t0 = time.monotonic()
+                # the lone peer last, so its process holds one peer whatever the slices
+                slices = [(f, c) for f, c in _slices(n - 1, args.processes)] + [(n - 1, 1)]
+                for first, count in slices:
+                    out = Path(tmp) / f"worker-{first}.json"
+                    argv = [sys.executable, __file__, "--peer-worker", boot, "--mode", mode,
+                            "--first", str(first), "--count", str(count), "--n", str(n),
+                            "--seed", str(args.seed), "--vector", str(args.vector),
+                            "--out", str(out)]
+                    proc = await trio.lowlevel.open_process(argv)
+                    procs.append((proc, out, count))
+                samples.workers[:] = [p.pid for p, _, c in procs]
+                progress(f"N={n} {mode}: coordinator up; {n} peers starting in "
+                         f"{len(procs)} processes")
+                last = -1
+                while len(coord.live_peers()) < n:
+                    live = len(coord.live_peers())
+                    if live // 50 != last // 50:
+                        progress(f"N={n} {mode}: {live} of {n} enrolled after "
+                                 f"{time.monotonic() - t0:.0f} s")
+                    last = live
+                    if time.monotonic() - t0 > args.enrol_timeout:
+                        raise RuntimeError(f"only {live} of {n} enrolled after "
+                                           f"{args.enrol_timeout:g} s")
+                    for proc, _, _ in procs:
+                        if proc.returncode is not None:
+                            raise RuntimeError(f"a peer process exited ({proc.returncode})")
+                    await trio.sleep(0.5)
+                row["enrol_s"] = time.monotonic() - t0
+                progress(f"N={n} {mode}: all {n} enrolled in {row['enrol_s']:.1f} s; "
+                         f"{args.warmup} warm-up + {args.rounds} rounds")
+                seen = 0
+                with trio.move_on_after(args.round_budget * total) as scope:
+                    while coord.rounds_run < total:
+                        if coord.rounds_run > seen:
+                            seen = coord.rounds_run
+                            r = coord.store.round_row(seen)
+                            progress(f"N={n} {mode}: round {seen} {r['status']}, "
+                                     f"{r['accepted']} accepted")
+                        await trio.sleep(0.2)
+                if scope.cancelled_caught:
+                    row["error"] = f"{coord.rounds_run} of {total} rounds in time"
+                else:
+                    await trio.sleep(5.0)  # the last result's fetches settle
+                    progress(f"N={n} {mode}: idle for {args.idle:g} s")
+                    t_idle = time.monotonic()
+                    await trio.sleep(args.idle)
+                    d = samples.between(t_idle, time.monotonic())
+                    connected = len(coord.node.connected_peers())
+                    row["coord_idle_ms_per_s"] = d[1] / d[0] * 1000 / max(connected, 1)
+                    row["idle_ms_per_s"] = d[2] / d[0] * 1000 / n
+                    row["connected"] = connected
+                row["coord_rss_mb"] = rss_mb()
+                row["peer_rss_mb"] = rss_mb(procs[-1][0].pid)
+                row["worker_rss_mb"] = max(rss_mb(p.pid) for p, _, _ in procs[:-1]) \
+                    if len(procs) > 1 else None
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # keep what was measured; say what went wrong
+            leaf = exc
+            while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                leaf = leaf.exceptions[0]
+            row["error"] = f"{type(leaf).__name__}: {leaf}"
+            progress(f"N={n} {mode}: error: {row['error']}")
+        finally:
+            for proc, _, _ in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGINT)
+            for proc, _, _ in procs:
+                with trio.move_on_after(30):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+        rounds = []
+        for r in range(args.warmup + 1, coord.rounds_run + 1):
+            start, end = coord.sent_at.get((ANNOUNCE, r)), coord.sent_at.get((RESULT, r))
+            rec = coord.store.round_row(r)
+            if start is None or end is None or rec is None:
+                continue
+            dt, cpu, peers_cpu, sent, received = samples.between(start, end)
+            result = json.loads(rec["result"]) if rec["result"] else {}
+            rounds.append({"round": r, "status": rec["status"], "accepted": rec["accepted"],
+                           "wall_s": end - start, "cpu_s": cpu, "peers_cpu_s": peers_cpu,
+                           "sent": sent, "received": received,
+                           "model_bytes": result.get("model_bytes")})
+        coord.store.close()
+    row["rounds"] = rounds
+    row["published"] = sum(r["status"] == "published" for r in rounds)
+    row["measured"] = len(rounds)
+    if rounds:
+        med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
+        row.update(accepted=min(r["accepted"] for r in rounds), round_s=med("wall_s"),
+                   coord_cpu_s=med("cpu_s"), coord_cpu_ms_per_peer=med("cpu_s") / n * 1000,
+                   sent_kib_per_peer=med("sent") / n / 1024,
+                   received_kib_per_peer=med("received") / n / 1024,
+                   peer_cpu_ms=med("peers_cpu_s") / n * 1000)
+        models = [r["model_bytes"] for r in rounds if r["model_bytes"]]
+        if models:
+            row["model_bytes"] = models[-1]
+            row["upload_models"] = med("sent") / models[-1]
+    return row
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n))
+    return [(k * n // parts, (k + 1) * n // parts - k * n // parts) for k in range(parts)]
+
+
+# --- report ------------------------------------------------------------------------------------
+COLUMNS = [("n", "N", "{}"), ("mode", "mode", "{}"), ("published", "published", "{}"),
+           ("accepted", "accepted", "{}"), ("enrol_s", "enrol s", "{:.1f}"),
+           ("round_s", "round s", "{:.2f}"), ("coord_cpu_s", "coord CPU s", "{:.2f}"),
+           ("coord_cpu_ms_per_peer", "CPU ms/peer", "{:.2f}"),
+           ("coord_rss_mb", "coord RSS MB", "{:.0f}"),
+           ("sent_kib_per_peer", "sent KiB/peer", "{:.1f}"),
+           ("received_kib_per_peer", "recv KiB/peer", "{:.1f}"),
+           ("idle_ms_per_s", "idle ms/s", "{:.2f}"),
+           ("coord_idle_ms_per_s", "coord idle ms/s", "{:.3f}"),
+           ("peer_cpu_ms", "peer CPU ms/round", "{:.1f}"),
+           ("peer_rss_mb", "peer RSS MB", "{:.0f}"),
+           ("upload_models", "upload models", "{:.1f}")]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cells = [[h for _, h, _ in COLUMNS]]
+    for r in rows:
+        cells.append([fmt.format(r[k]) if r.get(k) is not None else "-"
+                      for k, _, fmt in COLUMNS])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"N={r['n']} {r['mode']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict[str, Any]]) -> list[str]:
+    def find(n: int, mode: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["n"] == n and r["mode"] == mode), None)
+
+    def line(ok: bool | None, text: str) -> str:
+        return f"{'-   ' if ok is None else 'ok  ' if ok else 'MISS'} {text}"
+
+    out = []
+    for mode in ("stats", "secagg"):
+        r = find(1000, mode)
+        out.append(line(None if r is None else r["published"] == r["measured"] > 0,
+                        f"N=1000 {mode} rounds publish: " + ("not run" if r is None else
+                        f"{r['published']} of {r['measured']}")))
+    enrols = [r for r in rows if r["n"] == 1000 and r.get("enrol_s") is not None]
+    out.append(line(None if not enrols else max(r["enrol_s"] for r in enrols) <= GOAL_ENROL_S,
+                    f"all 1000 enrolled within {GOAL_ENROL_S:g} s: " + (
+                        "not run" if not enrols else
+                        f"{max(r['enrol_s'] for r in enrols):.1f} s")))
+    for mode in MODES:
+        a, b = find(100, mode), find(1000, mode)
+        if a and b and a.get("coord_cpu_ms_per_peer") and b.get("coord_cpu_ms_per_peer"):
+            ratio = b["coord_cpu_ms_per_peer"] / a["coord_cpu_ms_per_peer"]
+            out.append(line(ratio <= GOAL_CPU_RATIO, f"{mode}: coordinator CPU per peer per "
+                            f"round at N=1000 / N=100 = {ratio:.2f} (<= {GOAL_CPU_RATIO:g})"))
+        else:
+            out.append(line(None, f"{mode}: CPU per peer at 1000 vs 100: not both run"))
+    idle = [r["idle_ms_per_s"] for r in rows if r.get("idle_ms_per_s") is not None]
+    out.append(line(None if not idle else max(idle) <= GOAL_IDLE_MS,
+                    f"idle CPU per connected peer <= {GOAL_IDLE_MS:g} ms/s: " + (
+                        "not measured" if not idle else f"at most {max(idle):.2f} ms/s")))
+    r = find(500, "fedavg")
+    up = r.get("upload_models") if r else None
+    out.append(line(None if up is None else up <= GOAL_UPLOAD_MODELS,
+                    f"fedavg N=500: coordinator upload per round <= {GOAL_UPLOAD_MODELS:g} "
+                    f"models: " + ("not run" if up is None else f"{up:.1f} models")))
+    fed = [r["peer_rss_mb"] for r in rows if r["mode"] == "fedavg" and r.get("peer_rss_mb")]
+    out.append(line(None if not fed else max(fed) <= GOAL_PEER_RSS_MB,
+                    f"a fedavg peer process <= {GOAL_PEER_RSS_MB:g} MB: " + (
+                        "not run" if not fed else f"{max(fed):.0f} MB")))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default="100,250,500,1000",
+                   help="comma-separated N (default: %(default)s)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated modes of {', '.join(MODES)} (default: all)")
+    p.add_argument("--rounds", type=int, default=2, help="measured rounds (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds first (default 1)")
+    p.add_argument("--processes", type=int, default=max(2, os.cpu_count() or 2),
+                   help="worker processes for the peers, besides the lone one "
+                   "(default: the cores, at least 2)")
+    p.add_argument("--vector", type=int, default=1000, help="secagg: M (default 1000)")
+    p.add_argument("--idle", type=float, default=60.0,
+                   help="seconds of quiet measured after the rounds (default 60)")
+    p.add_argument("--phase-timeout", type=float, default=120.0,
+                   help="the coordinator's phase timeout (default 120 s: the measure is "
+                   "what a round takes, not who misses a deadline)")
+    p.add_argument("--round-budget", type=float, default=900.0,
+                   help="give up a network's rounds after this many seconds each (900)")
+    p.add_argument("--enrol-timeout", type=float, default=900.0,
+                   help="give up a network whose peers are not all in after this (900 s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
+    # worker mode (internal)
+    p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.peer_list = [int(v) for v in args.peers.split(",") if v]
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    if bad := set(args.mode_list) - set(MODES):
+        p.error(f"unknown modes {sorted(bad)}")
+    if any(n < 3 for n in args.peer_list):
+        p.error("N must be at least 3")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.peer_worker:
+        return peer_worker(args)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    Wire.install()
+    if "secagg" in args.mode_list:
+        register_vector(args.vector)
+    rows = []
+    for n in args.peer_list:
+        for mode in args.mode_list:
+            rows.append(trio.run(one_network, n, mode, args))
+            if args.json:
+                args.json.write_text(json.dumps({"rows": rows}, indent=1))
+    print(table(rows))
+    print()
+    for line in goals(rows):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Blobs by digest: the coordinator seeds a few copies, peers spread the rest.
+
+Over real libp2p: a seed (the coordinator's rule: ``seed_copies``) and 16 peers in a
+sparse mesh all fetch one 200 KB model at once; every peer ends with the exact bytes
+while the seed serves far fewer than 16 copies. Before, each peer asked the seed and its
+neighbours in random order, so the seed served about one copy per peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from peer.blobs import BUSY, LAST_RESORT, BlobStore
+from peer.node import NetworkNode
+from peer.streams import StreamProtocolError
+from protocol.wire.identity import Identity
+
+PEERS, COPIES = 16, 2
+
+
+async def test_a_model_spreads_from_peer_to_peer_not_all_from_the_seed():
+    model = os.urandom(200_000)
+    seed = NetworkNode(Identity.generate())
+    seed.blobs.seed_copies = COPIES
+    digest = seed.blobs.put(model)
+    peers = [NetworkNode(Identity.generate()) for _ in range(PEERS)]
+    rng = random.Random(5)
+    async with AsyncExitStack() as stack:
+        for node in [seed, *peers]:
+            await stack.enter_async_context(node.running())
+        for k, node in enumerate(peers):
+            assert await node.connect(seed.addrs[0])
+            for other in rng.sample(peers[:k], min(2, k)):  # a sparse mesh, as peers have
+                assert await node.connect(other.addrs[0])
+        got: dict[str, bytes] = {}
+
+        async def fetch(node: NetworkNode) -> None:
+            neighbours = [p for p in node.connected_peers() if p != seed.peer_id]
+            got[node.peer_id] = await node.fetch_blob(digest, neighbours, seed=seed.peer_id,
+                                                      attempts=7, max_size=len(model))
+
+        async with trio.open_nursery() as nursery:
+            for node in peers:
+                nursery.start_soon(fetch, node)
+    assert len(got) == PEERS and all(hashlib.sha256(b).digest() == digest for b in got.values())
+    served = seed.blobs.served[digest]
+    assert seed.blobs.busy > 0  # peers were pointed at each other
+    assert served <= PEERS // 2, f"the seed served {served} of {PEERS} copies"
+
+
+async def test_the_seed_rule_busy_then_last_resort_and_small_blobs_always():
+    store = BlobStore(seed_copies=1)
+    big, small = store.put(os.urandom(100_000)), store.put(b"small state")
+    assert await store.serve(big, "a")  # the first copy
+    with pytest.raises(StreamProtocolError, match=BUSY):
+        await store.serve(big, "b")
+    assert store.busy == 1
+    assert await store.serve(big + bytes([LAST_RESORT]), "b")  # a last resort is served
+    for _ in range(3):
+        assert await store.serve(small, "c") == b"small state"
+    for bad in (b"", big[:31], big + b"\x01\x02", bytes(32)):
+        with pytest.raises(StreamProtocolError):
+            await store.serve(bad, "d")
+
+
+async def test_a_peer_asked_for_a_blob_it_is_fetching_from_the_seed_waits_for_it():
+    store = BlobStore()
+    data = os.urandom(1000)
+    digest = hashlib.sha256(data).digest()
+    store._coming[digest] = coming = trio.Event()
+    async with trio.open_nursery() as nursery:
+        answers = []
+
+        async def ask() -> None:
+            answers.append(await store.serve(digest, "neighbour"))
+
+        nursery.start_soon(ask)
+        await trio.sleep(0.05)
+        assert not answers  # waiting, not "not found"
+        store.put(data)
+        coming.set()
+    assert answers == [data]
