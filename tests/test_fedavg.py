@@ -70,6 +70,41 @@ def test_training_is_bit_identical_for_the_same_task():
     assert not np.array_equal(a, w)
 
 
+def test_numpy_training_matches_torchs_sgd_and_a_peer_needs_no_torch():
+    import subprocess
+    import sys
+
+    import torch
+
+    from protocol.learning.workloads import MLP_PARAMETERS
+
+    d = datasets.load()
+    w = models.initial_vector(0)
+    assert len(w) == MLP_PARAMETERS
+    x, y = d.train_x[:300], d.train_y[:300]
+    ours = models.train(w, x, y, epochs=3, lr=0.1)
+    net = models.load_vector(models.mlp(), w)  # the same SGD in torch
+    opt, loss = torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(3):
+        for i in range(0, len(y), 16):
+            opt.zero_grad()
+            loss(net(xt[i:i + 16]), yt[i:i + 16]).backward()
+            opt.step()
+    theirs = models.to_vector(net)
+    assert np.linalg.norm(theirs - w) > 1.0  # it really trained
+    assert np.abs(ours - theirs).max() < 1e-5
+    # a fedavg peer loads its shard, trains and builds its update without importing torch
+    code = ("import sys; from protocol.learning.registry import get_workload; "
+            "w = get_workload('fedavg'); s = w.parse_data('part=3/10'); "
+            "from protocol.learning import models; import numpy as np; "
+            "v = models.train(np.zeros(w.vector_len(), np.float32), s.x, s.y, epochs=1, lr=0.1); "
+            "print('torch' in sys.modules, len(v))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", str(MLP_PARAMETERS)]
+
+
 def test_weights_travel_as_checked_safetensors():
     w = models.initial_vector(1)
     blob = models.encode_weights(w)

@@ -14,30 +14,41 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..wire import tensors
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 def mlp(hidden: int = 64) -> nn.Module:
-    """The fedavg classifier: 28x28 image -> 10 classes."""
+    """The fedavg classifier: 28x28 image -> 10 classes (torch: its initial weights; it is
+    trained and evaluated by :func:`train` and :func:`accuracy`, in numpy)."""
+    from torch import nn
+
     return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
 def deterministic(seed: int) -> None:
+    import torch
+
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
 
 
 def to_vector(model: nn.Module) -> np.ndarray:
+    import torch
+
     return torch.cat([p.detach().reshape(-1) for p in model.state_dict().values()]).numpy().copy()
 
 
 def load_vector(model: nn.Module, vector: np.ndarray) -> nn.Module:
+    import torch
+
     state, offset = model.state_dict(), 0
     if vector.shape != (sum(v.numel() for v in state.values()),):
         raise ValueError(f"vector of shape {vector.shape} does not fit the model")
@@ -70,29 +81,56 @@ def decode_weights(data: bytes, length: int) -> np.ndarray:
     return w
 
 
+# --- the fedavg classifier, trained in numpy ------------------------------------------------------
+# A fedavg peer trains a 50,890-parameter MLP on a few hundred images: numpy does that
+# as fast as torch, and a peer that never imports torch holds ~500 MB less.
+def _layers(vector: np.ndarray, hidden: int) -> list[np.ndarray]:
+    """W1 (hidden x 784), b1, W2 (10 x hidden), b2: :func:`mlp`'s state_dict order."""
+    shapes = [(hidden, 784), (hidden,), (10, hidden), (10,)]
+    if vector.shape != (sum(int(np.prod(s)) for s in shapes),):
+        raise ValueError(f"vector of shape {vector.shape} does not fit the model")
+    out, offset = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(np.array(vector[offset:offset + n], dtype=np.float32).reshape(shape))
+        offset += n
+    return out
+
+
+def _forward(layers: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w1, b1, w2, b2 = layers
+    h = np.maximum(x.reshape(len(x), -1) @ w1.T + b1, 0)
+    return h, h @ w2.T + b2
+
+
 def train(vector: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float,
           batch: int = 16, seed: int = 0, hidden: int = 64) -> np.ndarray:
-    """Local SGD from ``vector`` over (x, y), in order (no shuffle), deterministically."""
-    deterministic(seed)
-    model = load_vector(mlp(hidden), vector)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
+    """Local SGD from ``vector`` over (x, y), in order (no shuffle), mean cross-entropy per
+    batch, as torch's SGD and CrossEntropyLoss do it: deterministic (nothing is random;
+    ``seed`` is kept for the callers' records)."""
+    layers = _layers(vector, hidden)
+    w1, b1, w2, b2 = layers
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
     for _ in range(epochs):
-        for i in range(0, len(yt), batch):
-            opt.zero_grad()
-            loss_fn(model(xt[i:i + batch]), yt[i:i + batch]).backward()
-            opt.step()
-    return to_vector(model)
+        for i in range(0, len(y), batch):
+            xb, yb = flat[i:i + batch], y[i:i + batch]
+            h, z = _forward(layers, xb)
+            z = z - z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(yb)), yb] -= 1.0
+            dz = p / np.float32(len(yb))  # d(mean loss)/d logits
+            dh = (dz @ w2) * (h > 0)
+            w2 -= lr * (dz.T @ h)
+            b2 -= lr * dz.sum(axis=0)
+            w1 -= lr * (dh.T @ xb)
+            b1 -= lr * dh.sum(axis=0)
+    return np.concatenate([w.reshape(-1) for w in layers]).astype(np.float32)
 
 
 def accuracy(vector: np.ndarray, x: np.ndarray, y: np.ndarray, hidden: int = 64) -> float:
-    model = load_vector(mlp(hidden), vector)
-    model.eval()
-    with torch.no_grad():
-        pred = model(torch.from_numpy(x)).argmax(1).numpy()
-    return float((pred == y).mean())
+    _, z = _forward(_layers(vector, hidden), np.asarray(x, dtype=np.float32))
+    return float((z.argmax(1) == y).mean())
 
 
 def clip_l2(delta: np.ndarray, bound: float) -> np.ndarray:
@@ -104,6 +142,8 @@ def clip_l2(delta: np.ndarray, bound: float) -> np.ndarray:
 def autoencoder() -> nn.Module:
     """The seed's MNIST autoencoder: 784-128-64-36-18-9 and back, ReLU between, Sigmoid last
     (224,601 parameters)."""
+    from torch import nn
+
     sizes = [784, 128, 64, 36, 18, 9]
 
     def stack(dims: list[int], last: nn.Module | None) -> list[nn.Module]:
@@ -135,6 +175,9 @@ def train_autoencoder(vector: np.ndarray, x: np.ndarray, *, lr: float, weight_de
     """One pass over ``x`` in order (no shuffle), Adam, MSE reconstruction loss, seeds and
     deterministic algorithms fixed, one thread: the same inputs give bit-identical weights
     in any process. Returns (new weights, mean training loss)."""
+    import torch
+    from torch import nn
+
     deterministic(seed)
     model = load_vector(autoencoder(), vector)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -152,6 +195,9 @@ def train_autoencoder(vector: np.ndarray, x: np.ndarray, *, lr: float, weight_de
 
 
 def reconstruction_loss(vector: np.ndarray, x: np.ndarray) -> float:
+    import torch
+    from torch import nn
+
     model = load_vector(autoencoder(), vector)
     model.eval()
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1)

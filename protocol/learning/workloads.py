@@ -206,6 +206,7 @@ class _LazyModels:
 
 
 models = _LazyModels()
+MLP_PARAMETERS = 784 * 64 + 64 + 64 * 10 + 10  # models.mlp(hidden=64)
 
 
 class FedAvgParams(Strict):
@@ -250,16 +251,30 @@ class FedAvg(Workload):
             raise ValueError("tolerance must be in [0, 0.5)")
         # clear mode: how the accepted updates are combined, told to withstand this fraction
         self.aggregator, self.tolerance = aggregator, tolerance
-        self.weights = models.initial_vector(seed)
+        self._seed = seed
+        self._weights: np.ndarray | None = None  # the initial weights when first asked
         self._blob: bytes | None = None
         self._test: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The global model (the coordinator's): torch's seeded initial weights until a
+        round or a restore sets them. Peers never ask (they fetch it by digest), so a
+        peer does not import torch."""
+        if self._weights is None:
+            self._weights = models.initial_vector(self._seed)
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: np.ndarray) -> None:
+        self._weights = value
 
     @property
     def clip(self) -> float:  # type: ignore[override]
         return self.clip_norm  # each coordinate of a clipped update is within its L2 norm
 
     def vector_len(self) -> int:
-        return len(self.weights)
+        return MLP_PARAMETERS
 
     def bound(self, vector: np.ndarray) -> np.ndarray:
         return models.clip_l2(vector, self.clip_norm)

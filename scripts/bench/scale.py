@@ -5,8 +5,9 @@ For each N in ``--peers`` and each mode in ``--modes``, a fresh network: a
 its process is the coordinator's: libp2p, HTTP, SQLite and all), N-1 peers
 (:class:`peer.daemon.PeerDaemon`) in ``--processes`` worker processes of their own (one
 trio loop each), and one more peer alone in a process (its memory is "one peer
-process"). Each peer bootstraps to the coordinator and to two peers started before it
-in its process (so gossip and blobs have a mesh besides the coordinator). Modes:
+process"). Each peer bootstraps to the coordinator, and once a process's peers are up each
+dials two others of them at random (so gossip and blobs have a mesh besides the
+coordinator; peers then dial more of those they hear of, toward ``--dial-target``). Modes:
 
 - ``stats``: secure stats rounds, range-proven VSS (the default secure protocol);
 - ``secagg``: SecAgg+ on a float32 vector of ``--vector`` (1000) entries, on
@@ -57,7 +58,7 @@ MODES = ("stats", "secagg", "fedavg")
 GOAL_ENROL_S, GOAL_CPU_RATIO, GOAL_IDLE_MS = 120.0, 2.0, 1.0
 GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
 START_CONCURRENCY = 8  # peers a worker starts at a time
-LINKS = 2  # earlier peers (in its process) each peer bootstraps to, besides the coordinator
+LINKS = 2  # peers of its process each peer dials, besides the coordinator
 
 
 def progress(msg: str) -> None:
@@ -117,17 +118,24 @@ def peer_worker(args: argparse.Namespace) -> int:
 
                 async def start(k: int) -> None:
                     async with gate:
-                        links = [d.node.addrs[0] for d in rng.sample(
-                            started, min(LINKS, len(started)))]
                         daemon = PeerDaemon(bench_identity(args.seed, k), workload,
                                             peer_data(args.mode, k, args.n, args),
-                                            bootstrap=[args.peer_worker, *links])
+                                            bootstrap=[args.peer_worker])
                         await nursery.start(daemon.run)
                         started.append(daemon)
+
+                async def link(daemon: PeerDaemon) -> None:
+                    async with gate:
+                        others = [d for d in started if d is not daemon]
+                        for other in rng.sample(others, min(LINKS, len(others))):
+                            await daemon.node.connect(other.node.addrs[0])
 
                 async with trio.open_nursery() as starter:
                     for k in range(args.first, args.first + args.count):
                         starter.start_soon(start, k)
+                async with trio.open_nursery() as linker:  # a sparse mesh among them
+                    for daemon in started:
+                        linker.start_soon(link, daemon)
                 async for _ in signals:
                     break
                 nursery.cancel_scope.cancel()
