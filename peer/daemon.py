@@ -70,7 +70,7 @@ from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 EVAL_TIMEOUT = 600.0  # a batch of local-LLM calls takes a while
-REDIAL_CHECK = 1.0  # s between looks at the bootstrap connections (jittered)
+REDIAL_CHECK = 3.0  # s between looks at the bootstrap connections (jittered)
 ENROL_JITTER = 0.5  # s: the most a peer waits before its first enrolment
 
 

@@ -45,7 +45,9 @@ class GossipConfig:
     degree_low: int = 2
     degree_high: int = 12
     heartbeat_interval: float = 1.0
-    prune_back_off: int = 5
+    # s, the gossipsub spec's: at 5, peers re-grafted a full coordinator every few
+    # heartbeats (0.3 GRAFTs a second per peer, idle), costing both sides CPU
+    prune_back_off: int = 60
     eclipse_protection: bool = False
 
 
