@@ -20,10 +20,12 @@ from protocol.wire.identity import Identity
 from protocol.wire.messages import (
     ANNOUNCE,
     NOTICE,
+    NOTICE_INLINE_MAX,
     PERSONAL,
     RESULT,
     TOPIC_ANNOUNCE,
     TOPIC_RESULT,
+    BlobRef,
     PersonalNotice,
     PhaseNotice,
     PullRequest,
@@ -60,8 +62,11 @@ class Outbox:
         gossiped: participants get it on their sessions, or pull it (gossiping it as well
         cost every peer CPU for nothing)."""
         with self.meter.timed("notice", number):
-            payload = encode(PhaseNotice(round=number, phase=notice.phase, body=notice.body,
-                                         personal=bool(notice.personal)))
+            body, ref = notice.body, None
+            if len(body) > NOTICE_INLINE_MAX:  # fetched by digest, mostly from other peers
+                ref, body = BlobRef(digest=self.node.blobs.put(body), size=len(body)), b""
+            payload = encode(PhaseNotice(round=number, phase=notice.phase, body=body,
+                                         personal=bool(notice.personal), body_ref=ref))
             wire = self.seal(NOTICE, number, payload)
             self.roundlog.add(NOTICE, number, wire, tag=notice.phase)
             self.sent_at[(f"{NOTICE}/{notice.phase}", number)] = time.monotonic()

@@ -144,6 +144,9 @@ class Participant:
                     held = peek(self.roundlog.get(NOTICE, round, step))  # verified on intake
                     assert held is not None
                     notice = decode(held.payload, PhaseNotice)
+                    body = await self._notice_body(round, notice)
+                    if body is None:
+                        return
                     personal = None
                     wanted = notice.personal and logic.needs_personal(step)
                     if wanted:
@@ -152,14 +155,29 @@ class Participant:
                         log.warning("round %d: could not fetch our %s message", round, step)
                         return
                     if logic.offload:  # training: keep the event loop free meanwhile
-                        out = await trio.to_thread.run_sync(logic.on_notice, step,
-                                                            notice.body, personal)
+                        out = await trio.to_thread.run_sync(logic.on_notice, step, body,
+                                                            personal)
                     else:
-                        out = logic.on_notice(step, notice.body, personal)
+                        out = logic.on_notice(step, body, personal)
                 for blob in logic.blobs():  # results others fetch from us by digest
                     self.node.blobs.put(blob)
                 for domain, payload in out:
                     await self._send(round, domain, payload, mode)
+
+    async def _notice_body(self, round: int, notice: PhaseNotice) -> bytes | None:
+        """A notice's body: inline, or fetched by the digest the signed notice names (from
+        neighbours first; see :mod:`peer.blobs`). None when nobody had it."""
+        ref = notice.body_ref
+        if ref is None:
+            return notice.body
+        try:
+            return await self.node.fetch_blob(ref.digest, self.node.connected_peers(),
+                                              max_size=ref.size, seed=self.coordinator_id,
+                                              attempts=FETCH_ATTEMPTS)
+        except StreamProtocolError as exc:
+            log.warning("round %d: the %s notice's body not fetched: %s", round, notice.phase,
+                        exc)
+            return None
 
     async def _wait_round(self, round: int, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()`` or the round's result arrives; True if ``ready()``."""

@@ -173,3 +173,27 @@ async def test_a_bug_in_round_logic_fails_that_round_not_the_coordinator(data_di
         nursery.cancel_scope.cancel()
     assert rows[0]["status"] == "failed" and "internal error" in rows[0]["result"]
     assert rows[1]["status"] == "published"
+
+
+@pytest.mark.parametrize("protocol", ["secagg", "vss"])
+async def test_large_notice_bodies_travel_by_digest(data_dir, monkeypatch, protocol):
+    """With the inline limit at 16 bytes every phase notice's body is a blob the signed
+    notice names by digest: members fetch it (here from the coordinator: it is small) and
+    the round publishes the true mean, as with bodies inline. (A SecAgg+ round of ~600
+    members has 64 KiB of survivor signatures in its unmask notice.)"""
+    import coordinator.outbox
+
+    monkeypatch.setattr(coordinator.outbox, "NOTICE_INLINE_MAX", 16)
+    inputs = [(160.0, 55.0), (170.0, 65.0), (180.0, 75.0)]
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=1,
+                                        secure_protocol=protocol)
+        boot = coord.node.addrs[0]
+        for h, w in inputs:
+            await start_peer(nursery, [boot], h, w)
+        await wait_for(lambda: coord.rounds_run >= 1, timeout=40)
+        nursery.cancel_scope.cancel()
+    row = coord.store.round_row(1)
+    assert row["status"] == "published" and row["accepted"] == 3
+    assert abs(json.loads(row["result"])["mean_height"] - 170.0) < 0.01
+    assert sum(coord.node.blobs.served.values()) >= 3  # bodies fetched by digest

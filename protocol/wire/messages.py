@@ -121,6 +121,9 @@ class RoundResult(Strict):
     blob: BlobRef | None = None  # set when the state is too large for gossip
 
 
+NOTICE_INLINE_MAX = 64 * 1024  # larger phase-notice bodies travel by digest (PhaseNotice)
+
+
 class PhaseNotice(Strict):
     """A phase of a multi-phase round opened; ``body`` is the phase's broadcast message.
     ``personal`` says each participant also gets its own :class:`PersonalNotice` (pushed
@@ -130,6 +133,9 @@ class PhaseNotice(Strict):
     phase: Short
     body: Annotated[bytes, Meta(max_length=400 * 1024)] = b""
     personal: bool = False
+    # a body over NOTICE_INLINE_MAX goes by digest instead (``body`` empty): every member
+    # needs the same bytes, so they fetch them from each other, not all from the coordinator
+    body_ref: BlobRef | None = None
 
 
 class PersonalNotice(Strict):

@@ -64,7 +64,9 @@ from protocol.wire.identity import Identity  # noqa: E402
 from protocol.wire.messages import (  # noqa: E402
     ANNOUNCE,
     NOTICE,
+    NOTICE_INLINE_MAX,
     PERSONAL,
+    BlobRef,
     PersonalNotice,
     PhaseNotice,
     RoundAnnounce,
@@ -73,6 +75,7 @@ from protocol.wire.messages import (  # noqa: E402
 )
 
 MODES = ("secagg", "vss")
+SEED_COPIES = 4  # coordinator.service.SEED_COPIES
 log = logging.getLogger("simulate")
 
 
@@ -248,17 +251,44 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
             return
         assert isinstance(step, Notice)
         phase_opened[step.phase] = t
+        by_digest = len(step.body) > NOTICE_INLINE_MAX
+        ref = BlobRef(digest=hashlib.sha256(step.body).digest(), size=len(step.body)) \
+            if by_digest else None
         body = seal(coord_id, NOTICE, 1, encode(PhaseNotice(
-            round=1, phase=step.phase, body=step.body, personal=bool(step.personal))))
+            round=1, phase=step.phase, body=b"" if by_digest else step.body,
+            personal=bool(step.personal), body_ref=ref)))
         for pid in members:
             personal = step.personal.get(pid)
             pw = None if personal is None else seal(coord_id, PERSONAL, 1, encode(
                 PersonalNotice(round=1, phase=step.phase, recipient=pid, body=personal)))
             size = len(body) + (len(pw) if pw else 0)
-            net.send(coord, peers[pid].link, size, t, peer_notice, pid, step.phase,
-                     step.body, personal)
+            if by_digest:
+                net.send(coord, peers[pid].link, size, t, lambda: None)
+            else:
+                net.send(coord, peers[pid].link, size, t, peer_notice, pid, step.phase,
+                         step.body, personal)
+        if by_digest:
+            spread(step, t)
         net.at(rnd.deadline, check_ready)  # the phase's deadline
         schedule_check(coord.cpu_free)  # the driver asks at once (a phase may owe nothing)
+
+    def spread(step: Notice, t: float) -> None:
+        """A body by digest, as peer.blobs spreads it, idealised (no back-off): the
+        coordinator serves SEED_COPIES, every member that has it serves two more."""
+        waiting = [pid for pid in members if pid not in gone]
+        random.Random(t).shuffle(waiting)
+
+        def serve(src: Link, copies: int, at: float) -> None:
+            for _ in range(copies):
+                if waiting:
+                    pid = waiting.pop()
+                    net.send(src, peers[pid].link, len(step.body), at, got, pid)
+
+        def got(pid: str) -> None:
+            serve(peers[pid].link, 2, net.now)
+            peer_notice(pid, step.phase, step.body, step.personal.get(pid))
+
+        serve(coord, SEED_COPIES, t)
 
     def deliver(pid: str, wire: bytes) -> None:
         def intake() -> None:
