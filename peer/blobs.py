@@ -10,7 +10,7 @@ model. Instead:
 - the coordinator's store is a *seed* (``seed_copies``): of a large blob it serves that
   many copies to whoever asks first, and then answers "busy" to requests that do not say
   they are a last resort, pointing them at their neighbours;
-- a peer asks its neighbours first (random order), then the coordinator; between
+- a peer asks its neighbours first (up to eight at once), then the coordinator; between
   attempts it backs off (0.25 s doubling, jittered), and only from attempt
   ``LAST_RESORT_AT`` on does its request to the coordinator carry the last-resort flag,
   which the coordinator always serves. So the blob spreads from peer to peer, the
@@ -48,6 +48,7 @@ SEED_LARGE = 64 * 1024  # smaller blobs are served to everyone: not worth a deto
 FETCH_ATTEMPTS = 7  # a peer's attempts at a blob it needs (back-offs add up to ~16 s)
 LAST_RESORT_AT = 4  # attempt (0-based) from which a request to the seed is a last resort
 FIRST_BACKOFF = 0.25  # s before the second attempt; doubling, jittered by +-50 %
+NEIGHBOURS_AT_ONCE = 8  # neighbours asked together in one attempt
 COMING_WAIT = 20.0  # s a request waits for a blob its server is fetching from the seed
 BUSY = "blob busy: fetch it from peers"
 
@@ -64,6 +65,7 @@ class BlobStore:
         self._size = 0
         self.served: Counter[bytes] = Counter()  # copies served, by digest (kept blobs only)
         self.busy = 0  # requests answered "busy" (counted)
+        self.last_resort = 0  # copies served to last-resort requests past seed_copies
         self._coming: dict[bytes, trio.Event] = {}  # fetching from the seed now
         self._inflight: dict[bytes, trio.Event] = {}  # any fetch of ours now
 
@@ -95,9 +97,11 @@ class BlobStore:
         if data is None:
             raise StreamProtocolError("blob not found")
         if self.seed_copies is not None and len(data) > SEED_LARGE and \
-                not flags & LAST_RESORT and self.served[digest] >= self.seed_copies:
-            self.busy += 1
-            raise StreamProtocolError(BUSY)
+                self.served[digest] >= self.seed_copies:
+            if not flags & LAST_RESORT:
+                self.busy += 1
+                raise StreamProtocolError(BUSY)
+            self.last_resort += 1
         self.served[digest] += 1
         return data
 
@@ -130,13 +134,15 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                  attempts: int) -> bytes:
     neighbours = [p for p in dict.fromkeys(peers) if p != seed]
     timeout = 10.0 + max_size / 250_000  # a slow neighbour must not hold us for long
+    began = trio.current_time()
     for attempt in range(max(1, attempts)):
         if attempt:
             await trio.sleep(FIRST_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        random.shuffle(neighbours)
-        for peer in neighbours:
-            if (data := await _ask(store, request, peer, digest, max_size, timeout)) is not None:
-                return data
+        if (data := await _ask_all(store, request, neighbours, digest, max_size,
+                                   timeout)) is not None:
+            log.debug("blob %s from a neighbour, attempt %d, after %.2f s",
+                      digest.hex()[:12], attempt, trio.current_time() - began)
+            return data
         if seed is not None:
             last = attempt >= min(LAST_RESORT_AT, attempts - 1)
             coming = store._coming.setdefault(digest, trio.Event())
@@ -147,8 +153,29 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                 store._coming.pop(digest, None)
                 coming.set()
             if data is not None:
+                log.debug("blob %s from the seed%s, attempt %d, after %.2f s",
+                          digest.hex()[:12], " (last resort)" if last else "", attempt,
+                          trio.current_time() - began)
                 return data
     raise StreamProtocolError(f"blob {digest.hex()[:12]} not available from any peer")
+
+
+async def _ask_all(store: BlobStore, request: Callable[..., Awaitable[bytes]],
+                   peers: list[str], digest: bytes, max_size: int,
+                   timeout: float) -> bytes | None:
+    """Ask ``peers`` at once (at most NEIGHBOURS_AT_ONCE of them, at random); the first
+    that serves the blob wins and the other requests are cancelled."""
+    found: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        async def ask(peer: str) -> None:
+            data = await _ask(store, request, peer, digest, max_size, timeout)
+            if data is not None and not found:
+                found.append(data)
+                nursery.cancel_scope.cancel()
+
+        for peer in random.sample(peers, min(len(peers), NEIGHBOURS_AT_ONCE)):
+            nursery.start_soon(ask, peer)
+    return found[0] if found else None
 
 
 async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer: str,

@@ -5,8 +5,8 @@ For each N in ``--peers`` and each mode in ``--modes``, a fresh network: a
 its process is the coordinator's: libp2p, HTTP, SQLite and all), N-1 peers
 (:class:`peer.daemon.PeerDaemon`) in ``--processes`` worker processes of their own (one
 trio loop each), and one more peer alone in a process (its memory is "one peer
-process"). Each peer bootstraps to the coordinator, and once a process's peers are up each
-dials two others of them at random (so gossip and blobs have a mesh besides the
+process"). Each peer bootstraps to the coordinator, and once all peers are up each dials
+two others at random, in any process (so gossip and blobs have a mesh besides the
 coordinator; peers then dial more of those they hear of, toward ``--dial-target``). Modes:
 
 - ``stats``: secure stats rounds, range-proven VSS (the default secure protocol);
@@ -43,6 +43,7 @@ import logging
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +59,7 @@ MODES = ("stats", "secagg", "fedavg")
 GOAL_ENROL_S, GOAL_CPU_RATIO, GOAL_IDLE_MS = 120.0, 2.0, 1.0
 GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
 START_CONCURRENCY = 8  # peers a worker starts at a time
-LINKS = 2  # peers of its process each peer dials, besides the coordinator
+LINKS = 2  # random peers each peer dials, besides the coordinator
 
 
 def progress(msg: str) -> None:
@@ -126,22 +127,36 @@ def peer_worker(args: argparse.Namespace) -> int:
 
                 async def link(daemon: PeerDaemon) -> None:
                     async with gate:
-                        others = [d for d in started if d is not daemon]
-                        for other in rng.sample(others, min(LINKS, len(others))):
-                            await daemon.node.connect(other.node.addrs[0])
+                        others = [a for a in everyone if a != daemon.node.addrs[0]]
+                        for addr in rng.sample(others, min(LINKS, len(others))):
+                            await daemon.node.connect(addr)
 
                 async with trio.open_nursery() as starter:
                     for k in range(args.first, args.first + args.count):
                         starter.start_soon(start, k)
+                # every process's peers' addresses, gathered by the bench: links cross
+                # processes, as they would cross machines
+                listed = Path(args.out + ".addrs.tmp")
+                listed.write_text(json.dumps([d.node.addrs[0] for d in started]))
+                listed.rename(args.out + ".addrs")  # whole, when the bench sees it
+                links = Path(args.out).with_name("links.json")
+                while not links.exists():
+                    await trio.sleep(0.2)
+                everyone = json.loads(links.read_text())
                 async with trio.open_nursery() as linker:  # a sparse mesh among them
                     for daemon in started:
                         linker.start_soon(link, daemon)
+                linked = sorted(len(d.node.connected_peers()) for d in started)
                 async for _ in signals:
                     break
+                final = sorted(len(d.node.connected_peers()) for d in started)
+                conns.update(linked=linked, final=final)
                 nursery.cancel_scope.cancel()
 
+    conns: dict[str, list[int]] = {}
     trio.run(main)
-    Path(args.out).write_text(json.dumps({"peers": len(started), "rss_peak_mb": rss_mb()}))
+    Path(args.out).write_text(json.dumps({"peers": len(started), "rss_peak_mb": rss_mb(),
+                                          "connections": conns}))
     return 0
 
 
@@ -253,6 +268,15 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     proc = await trio.lowlevel.open_process(argv)
                     procs.append((proc, out, count))
                 samples.workers[:] = [p.pid for p, _, c in procs]
+                addrs: list[str] = []
+                for _, out, _ in procs:  # every peer's address, for links across processes
+                    listed = Path(str(out) + ".addrs")
+                    while not listed.exists():
+                        if time.monotonic() - t0 > args.enrol_timeout:
+                            raise RuntimeError("peer processes did not start in time")
+                        await trio.sleep(0.2)
+                    addrs += json.loads(listed.read_text())
+                (Path(tmp) / "links.json").write_text(json.dumps(addrs))
                 progress(f"N={n} {mode}: coordinator up; {n} peers starting in "
                          f"{len(procs)} processes")
                 last = -1
@@ -293,6 +317,9 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     row["coord_idle_ms_per_s"] = d[1] / d[0] * 1000 / max(connected, 1)
                     row["idle_ms_per_s"] = d[2] / d[0] * 1000 / n
                     row["connected"] = connected
+                blobs = coord.node.blobs
+                row.update(blob_copies=sum(blobs.served.values()), blob_busy=blobs.busy,
+                           blob_last_resort=blobs.last_resort)
                 row["coord_rss_mb"] = rss_mb()
                 row["peer_rss_mb"] = rss_mb(procs[-1][0].pid)
                 row["worker_rss_mb"] = max(rss_mb(p.pid) for p, _, _ in procs[:-1]) \
@@ -325,7 +352,19 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                            "wall_s": end - start, "cpu_s": cpu, "peers_cpu_s": peers_cpu,
                            "sent": sent, "received": received,
                            "model_bytes": result.get("model_bytes")})
+            for _, out, _ in procs:  # what the peer processes saw
+                try:
+                    report = json.loads(out.read_text())
+                except (OSError, ValueError):
+                    continue
+                for key, counts in report.get("connections", {}).items():
+                    row.setdefault(f"peer_connections_{key}", []).extend(counts)
         coord.store.close()
+    for key in ("peer_connections_linked", "peer_connections_final"):
+        if counts := row.pop(key, None):
+            counts.sort()
+            row[key] = {"min": counts[0], "median": counts[len(counts) // 2],
+                        "max": counts[-1]}
     row["rounds"] = rounds
     row["published"] = sum(r["status"] == "published" for r in rounds)
     row["measured"] = len(rounds)
@@ -451,6 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--row", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.peer_list = [int(v) for v in args.peers.split(",") if v]
     args.mode_list = [m for m in args.modes.split(",") if m]
@@ -466,14 +506,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer_worker:
         return peer_worker(args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    for noisy in ("libp2p", "libp2p.pubsub.gossipsub"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     Wire.install()
     if "secagg" in args.mode_list:
         register_vector(args.vector)
+    if args.row:  # one network in this process (its coordinator's RSS is this process's)
+        n, mode = args.row.split(",")
+        Path(args.out).write_text(json.dumps(trio.run(one_network, int(n), mode, args)))
+        return 0
     rows = []
     for n in args.peer_list:
         for mode in args.mode_list:
-            rows.append(trio.run(one_network, n, mode, args))
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+                subprocess.run([sys.executable, __file__, *argv, "--row", f"{n},{mode}",
+                                "--out", out.name], check=False)
+                try:
+                    rows.append(json.loads(Path(out.name).read_text()))
+                except ValueError:
+                    rows.append({"n": n, "mode": mode, "error": "the row's process failed",
+                                 "published": 0, "measured": 0})
             if args.json:
                 args.json.write_text(json.dumps({"rows": rows}, indent=1))
     print(table(rows))
