@@ -33,6 +33,7 @@ import numpy as np
 
 from ..crypto import dp, secagg
 from ..crypto.fixedpoint import FixedPoint
+from ..crypto.vss.config import rank
 from ..wire.messages import RoundAnnounce, Strict, decode, encode
 from .base import Mode, Notice, Opening, Outgoing, PeerContext, PeerRound, RoundMisuse, Setup
 from .server import ServerRound, leaving, noised_input
@@ -49,10 +50,16 @@ SCHEMA: dict[str, type[Strict]] = {
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
+# members of one round: above this many live peers a seeded draw picks them (a cohort, as
+# federated learning at scale samples its clients; another round, another draw). The
+# announcement lists them (5,000 ids are ~270 KB of its 400 KB).
+MAX_MEMBERS = 5000
+
+
 class SecureParams(Strict):
     """Everything a peer needs to join a secure round, carried in the announcement."""
 
-    participants: Annotated[list[PeerId], msgspec.Meta(max_length=5000)]
+    participants: Annotated[list[PeerId], msgspec.Meta(max_length=MAX_MEMBERS)]
     degree: int
     threshold: int
     graph_seed: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
@@ -88,6 +95,9 @@ def make_params(workload: Workload, round: int, participants: list[str], prev_di
         sigma, split = dp.calibrate(dp_epsilon, dp_delta, workload.sensitivity(), min_peers)
         headroom = 10 * sigma / split**0.5  # noise tails must not be clipped by the encoding
     enc = FixedPoint(workload.clip + headroom, max_summands, workload.ring_bits)
+    if len(participants) > MAX_MEMBERS:
+        participants = rank(participants, graph_seed(prev_digest, round) + b"members")[
+            :MAX_MEMBERS]
     replan = degree is None and threshold is None and agreement is None  # the default rule
     cfg = secagg.SecAggConfig.default(round, participants, graph_seed(prev_digest, round),
                                 workload.vector_len(), enc, dropout=dropout, degree=degree,
@@ -212,7 +222,13 @@ class SecAggMode(Mode):
                              agreement=s.secagg_agreement)
         rnd = SecureRound(setup.number, setup.workload, params, min_peers=s.min_peers,
                           phase_timeout=s.phase_timeout, now=setup.now)
-        return Opening(rnd, setup.now + 4 * s.phase_timeout, params=encode(params))
+        notes = []
+        if len(params.participants) < len(setup.participants):
+            notes.append(f"{len(setup.participants)} peers; a secure round takes "
+                         f"{len(params.participants)} (a seeded draw), the others sit this "
+                         "one out")
+        return Opening(rnd, setup.now + 4 * s.phase_timeout, params=encode(params),
+                       participants=list(params.participants), notes=notes)
 
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return decode(announce.params, SecureParams).participants
