@@ -155,6 +155,7 @@ class RoundStats:
     peer_received_mean: float = 0.0
     peer_cpu_mean_s: float = 0.0
     peer_cpu_max_s: float = 0.0
+    members: int = 0  # the round's cohort (a vss round draws 300, SecAgg+ 5,000)
     degree: int | None = None
     threshold: int | None = None
     agreement: int | None = None
@@ -204,7 +205,9 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
     verifier = Verifier()
     domains = mode.domains
     members = opening.participants or sorted(peers)
+    stats.members = len(members)
     gone: set[str] = set()  # connections the coordinator saw close
+    cant: dict[str, int] = {}  # peers that could not build their side of the round, by why
     phase_opened = {"start": 0.0}
     done = {"flag": False}
     coord_wire = seal(coord_id, ANNOUNCE, 1, encode(announce))
@@ -331,7 +334,8 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
             p.logic = mode.peer_round(ctx)
             out = p.logic.start()
             cpu += time.thread_time() - t0
-        except Leave:
+        except (Leave, RejectedMessage, ValueError) as exc:  # a peer that cannot take part
+            cant[type(exc).__name__] = cant.get(type(exc).__name__, 0) + 1
             return
         p.cpu += cpu
         p.link.cpu_free = net.now + cpu
@@ -361,6 +365,8 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
     net.run()
     if not done["flag"]:
         stats.status, stats.error = "stuck", "the round never finished"
+    if cant:
+        stats.error = f"{stats.error or ''} peers that could not take part: {cant}".strip()
     stats.coord_sent, stats.coord_received = coord.sent, coord.received
     stats.peer_sent_mean = statistics.fmean(p.link.sent for p in peers.values())
     stats.peer_received_mean = statistics.fmean(p.link.received for p in peers.values())
@@ -377,14 +383,16 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
 
 # --- report -----------------------------------------------------------------------------
 def table(rows: list[RoundStats]) -> str:
-    head = ["N", "mode", "dropout", "graph k/t/agree", "status", "accepted", "round s",
+    head = ["N", "mode", "dropout", "members", "graph k/t/agree", "status", "accepted",
+            "round s",
             "coord CPU s", "loop share", "keeps up", "coord up MB", "coord down MB",
             "peer up KB", "peer down KB", "peer CPU s"]
     cells = [head]
     for r in rows:
         graph = "-" if r.degree is None else f"{r.degree}/{r.threshold}/{r.agreement}"
         keeps = "yes" if r.coord_cpu_s <= r.round_s else "no"
-        cells.append([str(r.n), r.mode, f"{r.dropout:.0%}", graph, r.status, str(r.accepted),
+        cells.append([str(r.n), r.mode, f"{r.dropout:.0%}", str(r.members), graph, r.status,
+                      str(r.accepted),
                       f"{r.round_s:.1f}", f"{r.coord_cpu_s:.1f}",
                       f"{r.coord_loop_s / max(r.coord_cpu_s, 1e-9):.0%}", keeps,
                       f"{r.coord_sent / 1e6:.1f}", f"{r.coord_received / 1e6:.1f}",
@@ -393,6 +401,9 @@ def table(rows: list[RoundStats]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:
+        if r.error:
+            lines.append(f"N={r.n} {r.mode} {r.dropout:.0%}: {r.error}")
     return "\n".join(lines)
 
 
