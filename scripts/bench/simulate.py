@@ -204,8 +204,7 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
                              mode=mode.name)
     verifier = Verifier()
     domains = mode.domains
-    members = opening.participants or sorted(peers)
-    stats.members = len(members)
+    members = opening.participants or sorted(peers)  # whom notices go to
     gone: set[str] = set()  # connections the coordinator saw close
     cant: dict[str, int] = {}  # peers that could not build their side of the round, by why
     phase_opened = {"start": 0.0}
@@ -325,7 +324,7 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
 
     def peer_start(pid: str) -> None:
         p = peers[pid]
-        if vanish(pid):
+        if pid not in cohort or vanish(pid):  # not drawn this round: sits it out
             return
         _, cpu = timed(open_envelope, coord_wire)  # checks the coordinator's signature
         ctx = PeerContext(pid, workload, announce, p.data, {}, p.identity.sign)
@@ -357,6 +356,8 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         p.link.cpu_free = max(net.now, p.link.cpu_free) + cpu
         peer_send(pid, out, p.link.cpu_free)
 
+    cohort = set(mode.participants(announce) or members)  # who takes part (a peer's check)
+    stats.members = len(cohort)
     progress(f"N={n} {mode_name} dropout {dropout:.0%}: running the round")
     t_wall = time.perf_counter()
     for pid in members:
