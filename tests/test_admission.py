@@ -31,6 +31,26 @@ def test_allow_list_accepts_peer_ids_and_hex_keys(tmp_path):
     assert load_allow_list(f) == {a.peer_id, b.peer_id}
 
 
+def test_keys_refused_by_the_overall_budget_spend_nothing_of_their_sources():
+    from protocol.policy.admission import AdmissionConfig, AdmissionPolicy, EnrollRate
+
+    policy = AdmissionPolicy(AdmissionConfig(per_source_burst=4, per_source_rate=0.0,
+                                             total_burst=2, total_rate=1.0), now=0.0)
+    keys = [Identity.generate().peer_id for _ in range(4)]
+    for k in keys[:2]:
+        policy.before_verify(k, "10.0.0.1", known=False, admitted=0, now=0.0)
+    for _ in range(50):  # the other two retry while everyone's budget is spent
+        for k in keys[2:]:
+            with pytest.raises(EnrollRate, match="just now"):
+                policy.before_verify(k, "10.0.0.1", known=False, admitted=2, now=0.0)
+    # the overall budget refills (1 a second): both get in, on their source's own budget
+    policy.before_verify(keys[2], "10.0.0.1", known=False, admitted=2, now=1.0)
+    policy.before_verify(keys[3], "10.0.0.1", known=False, admitted=3, now=2.0)
+    with pytest.raises(EnrollRate, match="from 10.0.0.1"):  # and the source's is now spent
+        policy.before_verify(Identity.generate().peer_id, "10.0.0.1", known=False,
+                             admitted=4, now=3.0)
+
+
 @pytest.mark.parametrize("line", ["QmNotAnEd25519Key", "zz" * 32, "12D3KooW" + "1" * 44])
 def test_allow_list_refuses_bad_lines(tmp_path, line):
     f = tmp_path / "allow.txt"

@@ -153,12 +153,17 @@ class AdmissionPolicy:
             if admitted >= self.config.max_peers:
                 raise EnrollFull(f"{admitted} peers admitted, the most this coordinator "
                                  "takes; try again later")
+            # the overall budget is looked at first and spent last: a key refused because
+            # everyone together is over it spends nothing of its source's budget (a
+            # thousand peers retrying through a full overall budget spent their shared
+            # address's, and then were let in one a minute)
+            if self._total.wait(now) > 0:
+                raise EnrollRate("too many new keys just now; try again in a few seconds")
             bucket = self._per_source.bucket(source, now)
             if not bucket.take(now):
                 raise EnrollRate(f"too many new keys from {source}; the next one in "
                                  f"{bucket.wait(now):.0f} s")
-            if not self._total.take(now):
-                raise EnrollRate("too many new keys just now; try again in a few seconds")
+            self._total.take(now)
         except RejectedMessage as exc:
             self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
             raise
