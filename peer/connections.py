@@ -113,13 +113,27 @@ async def handle_inbound_connection(self: Swarm, read_write_closer: Any, maddr: 
     raw_conn = RawConnection(read_write_closer, False)
     try:
         muxed = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
-        closed = getattr(muxed, "event_closed", None)
-        await (closed.wait() if closed is not None else self.manager.wait_finished())
+        await _first(getattr(getattr(muxed, "event_closed", None), "wait", None),
+                     self.manager.wait_finished)
     except Exception as exc:
         log.debug("inbound connection from %s ended: %s", ip, exc)
         await _close_quietly(raw_conn)
     finally:
         gate.drop(gate.open, ip)
+
+
+async def _first(*waits: Any) -> None:
+    """Return when the first of ``waits`` (async callables; None skipped) returns: an
+    inbound handler ends with its connection, or with the swarm, whichever is first (a
+    connection the swarm never closed must not hold its stop)."""
+    async with trio.open_nursery() as nursery:
+        async def until(wait: Any) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            if wait is not None:
+                nursery.start_soon(until, wait)
 
 
 async def upgrade_inbound(self: Swarm, raw_conn: Any, maddr: Any) -> Any:
