@@ -71,6 +71,7 @@ log = logging.getLogger("hypergossip.node")
 
 DEFAULT_REQUEST_MAX = 1024 * 1024
 STREAM_TIMEOUT = 10.0
+OPEN_TIMEOUT = 30.0  # the most a stream's opening may take, dial and negotiation
 
 Handler = Callable[[bytes, str], Awaitable[None]]
 Validator = Callable[[bytes, str], bool]
@@ -374,10 +375,13 @@ class NetworkNode:
         """A new stream to ``peer_id`` speaking ``protocol``; the caller owns (and resets) it.
         Shielded: the protocol negotiation writes frames too (libp2p bounds it itself)."""
         try:
-            with trio.CancelScope(shield=True):
+            # shielded, but not for ever: a dial or negotiation py-libp2p never ends must
+            # not hold a cancelled caller (a node's stop) with it
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + OPEN_TIMEOUT):
                 return await self.host.new_stream(_peer(peer_id), [TProtocol(protocol)])
         except Exception as exc:
             raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}") from exc
+        raise StreamProtocolError(f"{protocol} to {peer_id}: no stream in {OPEN_TIMEOUT:g} s")
 
     async def request(
         self,
