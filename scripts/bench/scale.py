@@ -38,6 +38,7 @@ Progress goes to stderr, the table to stdout, ``--json PATH`` writes ``{"rows": 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -78,11 +79,18 @@ def workload_name(mode: str) -> str:
     return {"stats": "stats", "secagg": "bench-vector", "fedavg": "fedavg"}[mode]
 
 
+@functools.cache
+def secagg_bench() -> Any:
+    """scripts/bench/secagg.py, imported when first needed (its imports are heavy for a
+    peer worker): its bench-only vector workload and its process helpers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import secagg
+    return secagg
+
+
 def register_vector(m: int) -> None:
     """The bench-only vector workload of scripts/bench/secagg.py, M entries."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from secagg import register_bench_workload
-    register_bench_workload(m)
+    secagg_bench().register_bench_workload(m)
 
 
 def peer_data(mode: str, k: int, n: int, args: argparse.Namespace) -> Any:
@@ -171,15 +179,6 @@ def rss_mb(pid: int | str = "self", key: str = "VmHWM") -> float:
     return 0.0
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 where /proc has none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class Wire:
     """Every TCP byte this process writes and reads (py-libp2p's TCP stream, counted):
     in this benchmark's main process that is the coordinator's traffic."""
@@ -212,8 +211,9 @@ class Samples:
 
     async def run(self) -> None:
         while True:
-            self.rows.append((time.monotonic(), time.process_time(),
-                              sum(cpu_of(p) for p in self.workers), Wire.sent, Wire.received))
+            workers = sum(secagg_bench()._cpu_of(p) for p in self.workers)
+            self.rows.append((time.monotonic(), time.process_time(), workers, Wire.sent,
+                              Wire.received))
             await trio.sleep(0.1)
 
     def at(self, t: float) -> tuple:
@@ -258,7 +258,7 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                 boot = coord.node.addrs[0]
                 t0 = time.monotonic()
                 # the lone peer last, so its process holds one peer whatever the slices
-                slices = [(f, c) for f, c in _slices(n - 1, args.processes)] + [(n - 1, 1)]
+                slices = [*secagg_bench()._slices(n - 1, args.processes), (n - 1, 1)]
                 for first, count in slices:
                     out = Path(tmp) / f"worker-{first}.json"
                     argv = [sys.executable, __file__, "--peer-worker", boot, "--mode", mode,
@@ -380,11 +380,6 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
             row["model_bytes"] = models[-1]
             row["upload_models"] = med("sent") / models[-1]
     return row
-
-
-def _slices(n: int, parts: int) -> list[tuple[int, int]]:
-    parts = max(1, min(parts, n))
-    return [(k * n // parts, (k + 1) * n // parts - k * n // parts) for k in range(parts)]
 
 
 # --- report ------------------------------------------------------------------------------------
