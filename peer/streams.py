@@ -54,20 +54,26 @@ async def read_frame(stream, max_len: int) -> bytes:
     return await read_exact(stream, n)
 
 
+RESET_LIMIT = 5.0  # s a reset may take (its RST frame waits for the connection's writer)
+RESET_GRACE = 5.0  # s guarded I/O may go on after its stream was reset, then it is cut
+
+
 async def reset(stream) -> None:
-    """Reset ``stream`` (both directions), shielded: an RST is a frame like any other.
+    """Reset ``stream`` (both directions), shielded but bounded: an RST is a frame like any
+    other, and it waits for the connection's writer.
 
     py-libp2p 0.8.1's yamux forgets a reset stream's read event without setting it, so a
-    task blocked reading the stream would wait forever; we set it, and that reader wakes
-    to a closed stream."""
-    muxed = getattr(stream, "muxed_stream", None)
-    events = getattr(getattr(muxed, "conn", None), "stream_events", None)
-    event = events.get(getattr(muxed, "stream_id", None)) if isinstance(events, dict) else None
-    with trio.CancelScope(shield=True):
+    task blocked reading the stream would wait forever; we set the event the stream has
+    once it is marked closed, and that reader wakes to a closed stream (and
+    :class:`peer.yamux.WakingEvents` sets any event yamux drops or replaces)."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_LIMIT):
         try:
             await stream.reset()
         except Exception:
             pass
+    muxed = getattr(stream, "muxed_stream", None)
+    events = getattr(getattr(muxed, "conn", None), "stream_events", None)
+    event = events.get(getattr(muxed, "stream_id", None)) if isinstance(events, dict) else None
     if event is not None:
         event.set()
 
@@ -113,10 +119,14 @@ async def guarded(stream, deadline: float, io: Callable[[], Awaitable[T]]) -> T:
             if "done" not in state:
                 state.setdefault("why", "cancelled")
                 await reset(stream)
+                # a reset ends any read or write py-libp2p does right; if it did not, cut
+                # the I/O after a grace: a frame cut in half beats a task held for ever
+                body.deadline = trio.current_time() + RESET_GRACE
 
+    body = trio.CancelScope(shield=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watchdog)
-        with trio.CancelScope(shield=True):
+        with body:
             try:
                 state["result"] = await io()
             except Exception as exc:  # libp2p's own types too (close() raises them)
@@ -124,8 +134,12 @@ async def guarded(stream, deadline: float, io: Callable[[], Awaitable[T]]) -> T:
                     StreamProtocolError(repr(exc))
             finally:
                 state["done"] = True
+        if body.cancelled_caught and "result" not in state and "error" not in state:
+            state["error"] = StreamProtocolError("stream I/O cut: it outlived its reset")
+            state["why"] = f"{state.get('why')}, and the I/O outlived its reset"
         nursery.cancel_scope.cancel()
     if "error" in state:  # raised here, outside the nursery: no exception group
         why = state.get("why")
-        raise StreamProtocolError("timed out" if why == "timed out" else str(state["error"]))
+        raise StreamProtocolError("timed out" if why == "timed out" else
+                                  why if why and "outlived" in why else str(state["error"]))
     return state["result"]

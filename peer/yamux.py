@@ -32,6 +32,40 @@ async def read_exactly_noting_headers(conn: Any, n: int) -> bytes:
     return data
 
 
+class WakingEvents(dict):
+    """A connection's per-stream read events, which wake their waiters when dropped.
+
+    py-libp2p removes a stream's event (a stream finalised, a reset, a cleanup) without
+    setting it in several places, and a reader that woke while the stream was being reset
+    makes itself a fresh one; a task blocked on a removed or replaced event waited for ever
+    (the coordinator's blob fetch hung that way, about one test run in three). Here every
+    event that leaves the dict, or is replaced in it, is set: its waiter wakes, looks at
+    the stream again and returns or raises. A spurious wake costs one loop."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        old = self.get(key)
+        if old is not None and old is not value:
+            old.set()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        event = self.get(key)
+        super().__delitem__(key)
+        if event is not None:
+            event.set()
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        event = super().pop(key, *default)
+        if event is not None:
+            event.set()
+        return event
+
+    def clear(self) -> None:
+        for event in self.values():
+            event.set()
+        super().clear()
+
+
 class BoundedYamux(_yamux.Yamux):
     """py-libp2p's yamux with the receive window enforced.
 
@@ -43,6 +77,7 @@ class BoundedYamux(_yamux.Yamux):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.stream_events = WakingEvents(self.stream_events)
         self.buffered_max = 0
         self.violations = 0
         self._cleaned = False

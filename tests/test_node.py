@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 
 import trio
 
@@ -267,3 +268,35 @@ def test_every_libp2p_patch_still_applies_to_the_installed_libp2p():
 
     patches.install()
     assert patches.not_applied() == []
+
+
+async def _drip(stream, remote: str) -> None:
+    """A frame announced at 1 MB and sent a few bytes at a time, for as long as it lasts."""
+    await stream.write(struct.pack(">I", 1 << 20))
+    while True:
+        await stream.write(b"x" * 64)
+        await trio.sleep(0.0005)
+
+
+async def test_a_request_timing_out_while_data_arrives_ends_and_leaves_no_reader_behind():
+    # At a request's deadline its stream is reset while the remote is still writing: the
+    # reader wakes to data in the middle of the reset, sees the stream not yet closed and
+    # waits again, on an event py-libp2p then drops without setting. That reader waited for
+    # ever (a coordinator's blob fetch hung in about one test run in three); now yamux's
+    # events wake their waiters when dropped, and guarded I/O is cut RESET_GRACE after.
+    a, b = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    b.serve_stream("/test/drip/1", _drip)
+    b.serve("/test/echo/1", _echo, max_request=1024)
+    rng = random.Random(5)
+    async with a.running(), b.running():
+        assert await a.connect(b.addrs[0])
+        errors = []
+        for _ in range(40):
+            try:
+                await a.request(b.peer_id, "/test/drip/1", b"go", timeout=rng.uniform(0.02, 0.2))
+            except StreamProtocolError as exc:
+                errors.append(str(exc))
+        assert len(errors) == 40 and all("timed out" in e for e in errors), errors
+        # each read ended with its reset, none had to be cut after streams.RESET_GRACE
+        assert not [e for e in errors if "outlived" in e], errors
+        assert await a.request(b.peer_id, "/test/echo/1", b"still here") == b"still here"
