@@ -48,6 +48,11 @@ inbound streams per connection        yamux set no limit on streams a remote ope
 capped (``_handle_muxed_stream``)     bounds only our own), and each one runs a
                                       negotiation and a handler; beyond
                                       :data:`MAX_INBOUND_STREAMS` a new one is reset.
+services may run 65,536 tasks        py-libp2p's services raise (and stop) on their
+(``TrioManager.run_task``)            1,001st task at once: a coordinator's pubsub, with
+                                      a task per joining peer, died as 1,000 peers joined
+                                      (998 ``_handle_new_peer_with_retry`` pending). What
+                                      bounds tasks is ours: connection limits, admission.
 yamux credit in halves                py-libp2p sent a WINDOW_UPDATE after nearly every
 (``YamuxStream``)                     read (202 per 100 small submits); go-yamux's
                                       rule sends one per half window (0 for them).
@@ -151,6 +156,7 @@ def _peer_of(fn: Any, args: tuple) -> str:
 
 # --- contained tasks --------------------------------------------------------------------------
 _original_run_task = TrioManager.run_task
+CHILDREN_CAP = 1 << 16  # a service's tasks at once (py-libp2p: 1,000); our limits bound them
 
 
 def _contain(service: Any, fn: Any, name: str) -> Any:
@@ -175,6 +181,8 @@ def _contain(service: Any, fn: Any, name: str) -> Any:
 
 def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False,
               name: str | None = None, _internal: bool = False) -> None:
+    if getattr(self, "_max_children_per_task", CHILDREN_CAP) < CHILDREN_CAP:
+        self._max_children_per_task = CHILDREN_CAP  # for the tasks it makes from now on
     if not daemon:
         name = get_task_name(async_fn, name)
         async_fn = _contain(self._service, async_fn, name)

@@ -300,3 +300,29 @@ async def test_a_request_timing_out_while_data_arrives_ends_and_leaves_no_reader
         # each read ended with its reset, none had to be cut after streams.RESET_GRACE
         assert not [e for e in errors if "outlived" in e], errors
         assert await a.request(b.peer_id, "/test/echo/1", b"still here") == b"still here"
+
+
+async def test_a_service_may_run_more_than_a_thousand_tasks_at_once():
+    # py-libp2p's services raised TooManyChildrenException (and stopped) on their 1,001st
+    # task at once: a coordinator's pubsub, a task per joining peer, died as 1,000 joined.
+    from libp2p.tools.anyio_service import Service, background_trio_service
+
+    from peer import libp2p_patches
+
+    libp2p_patches.install()
+    release, running = trio.Event(), []
+
+    class Many(Service):
+        async def run(self) -> None:
+            async def one() -> None:
+                running.append(1)
+                await release.wait()
+
+            for _ in range(1500):
+                self.manager.run_task(one)
+            await release.wait()
+
+    async with background_trio_service(Many()) as manager:
+        await wait_for(lambda: len(running) == 1500)
+        assert manager.is_running
+        release.set()
