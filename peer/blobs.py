@@ -10,16 +10,19 @@ model. Instead:
 - the coordinator's store is a *seed* (``seed_copies``): of a large blob it serves that
   many copies to whoever asks first, and then answers "busy" to requests that do not say
   they are a last resort, pointing them at their neighbours;
-- a peer asks its neighbours first (up to eight at once), then the coordinator; between
-  attempts it backs off (0.25 s doubling, jittered), and only from attempt
-  ``LAST_RESORT_AT`` on does its request to the coordinator carry the last-resort flag,
-  which the coordinator always serves. So the blob spreads from peer to peer, the
-  holders multiplying each attempt, and the coordinator's copies stay near
-  ``seed_copies`` plus peers whose neighbours were all too slow;
-- a peer fetching straight from the coordinator marks the blob as coming: a neighbour
-  asking for it meanwhile waits for it (at most ``COMING_WAIT`` seconds) instead of being
-  told "not found". Only fetches from the coordinator are waited on, and it never waits,
-  so no two peers can wait on each other;
+- a peer's first attempt asks its neighbours (up to eight at once) and the coordinator
+  together; later ones ask the neighbours, then the coordinator. Between attempts it
+  backs off (0.25 s doubling to 4 s, jittered), and only from attempt ``LAST_RESORT_AT``
+  on does its request to the coordinator carry the last-resort flag, which the
+  coordinator always serves;
+- a node asked for a blob it is fetching itself holds the request until its fetch ends
+  (at most ``COMING_WAIT`` seconds) instead of saying "not found". So the blob spreads
+  at the speed of transfers, from the seed's first copies out along the neighbours
+  waiting on them, not at the pace of back-offs (with "not found" answers, 1,000 peers
+  with about five connections each ran through their attempts before the holders had
+  multiplied, and 70 % of them took a last-resort copy from the coordinator). Holds
+  cannot deadlock: each is bounded, and a waiting node's own fetch asks all its
+  neighbours and the coordinator, so it ends when any of them has the blob;
 - fetches of one digest inside a node are coalesced (the second waits for the first).
 
 Requests are the 32-byte digest, optionally followed by one flags byte
@@ -45,11 +48,12 @@ BLOB_MAX = 64 * 1024 * 1024
 BLOB_REQUEST_MAX = 33  # digest + flags
 LAST_RESORT = 0x01  # flags: the requester asked its neighbours; a seed serves it anyway
 SEED_LARGE = 64 * 1024  # smaller blobs are served to everyone: not worth a detour
-FETCH_ATTEMPTS = 7  # a peer's attempts at a blob it needs (back-offs add up to ~16 s)
+FETCH_ATTEMPTS = 7  # a peer's attempts at a blob it needs (back-offs add up to ~12 s)
 LAST_RESORT_AT = 4  # attempt (0-based) from which a request to the seed is a last resort
 FIRST_BACKOFF = 0.25  # s before the second attempt; doubling, jittered by +-50 %
+MAX_BACKOFF = 4.0  # s, the longest back-off
 NEIGHBOURS_AT_ONCE = 8  # neighbours asked together in one attempt
-COMING_WAIT = 20.0  # s a request waits for a blob its server is fetching from the seed
+COMING_WAIT = 20.0  # s a request is held for a blob its server is fetching itself
 BUSY = "blob busy: fetch it from peers"
 
 
@@ -66,8 +70,8 @@ class BlobStore:
         self.served: Counter[bytes] = Counter()  # copies served, by digest (kept blobs only)
         self.busy = 0  # requests answered "busy" (counted)
         self.last_resort = 0  # copies served to last-resort requests past seed_copies
-        self._coming: dict[bytes, trio.Event] = {}  # fetching from the seed now
-        self._inflight: dict[bytes, trio.Event] = {}  # any fetch of ours now
+        self._inflight: dict[bytes, trio.Event] = {}  # our fetches now, set when each ends
+        self.held = 0  # requests held for a blob we were fetching (counted)
 
     def put(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
@@ -90,7 +94,8 @@ class BlobStore:
             raise StreamProtocolError("blob request must be a 32-byte digest and a flags byte")
         digest, flags = request[:32], request[32] if len(request) == 33 else 0
         data = self.get(digest)
-        if data is None and (coming := self._coming.get(digest)) is not None:
+        if data is None and (coming := self._inflight.get(digest)) is not None:
+            self.held += 1
             with trio.move_on_after(COMING_WAIT):
                 await coming.wait()
             data = self.get(digest)
@@ -133,25 +138,24 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                  peers: Iterable[str], max_size: int, seed: str | None,
                  attempts: int) -> bytes:
     neighbours = [p for p in dict.fromkeys(peers) if p != seed]
-    timeout = 10.0 + max_size / 250_000  # a slow neighbour must not hold us for long
+    # a neighbour may hold our request while it fetches the blob itself (COMING_WAIT)
+    timeout = COMING_WAIT + 10.0 + max_size / 250_000
     began = trio.current_time()
     for attempt in range(max(1, attempts)):
         if attempt:
-            await trio.sleep(FIRST_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            await trio.sleep(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1))
+                             * random.uniform(0.5, 1.5))
+        with_seed = seed if attempt == 0 and attempts > 1 else None  # not a last resort
         if (data := await _ask_all(store, request, neighbours, digest, max_size,
-                                   timeout)) is not None:
-            log.debug("blob %s from a neighbour, attempt %d, after %.2f s",
-                      digest.hex()[:12], attempt, trio.current_time() - began)
+                                   timeout, with_seed)) is not None:
+            log.debug("blob %s from a neighbour%s, attempt %d, after %.2f s",
+                      digest.hex()[:12], " or the seed" if with_seed else "", attempt,
+                      trio.current_time() - began)
             return data
-        if seed is not None:
+        if seed is not None and with_seed is None:
             last = attempt >= min(LAST_RESORT_AT, attempts - 1)
-            coming = store._coming.setdefault(digest, trio.Event())
-            try:
-                data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
-                                  max_size, 60.0, digest)
-            finally:
-                store._coming.pop(digest, None)
-                coming.set()
+            data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
+                              max_size, 60.0, digest)
             if data is not None:
                 log.debug("blob %s from the seed%s, attempt %d, after %.2f s",
                           digest.hex()[:12], " (last resort)" if last else "", attempt,
@@ -162,9 +166,10 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
 
 async def _ask_all(store: BlobStore, request: Callable[..., Awaitable[bytes]],
                    peers: list[str], digest: bytes, max_size: int,
-                   timeout: float) -> bytes | None:
-    """Ask ``peers`` at once (at most NEIGHBOURS_AT_ONCE of them, at random); the first
-    that serves the blob wins and the other requests are cancelled."""
+                   timeout: float, seed: str | None = None) -> bytes | None:
+    """Ask ``peers`` at once (at most NEIGHBOURS_AT_ONCE of them, at random), and ``seed``
+    too if given (without the last-resort flag); the first that serves the blob wins and
+    the other requests are cancelled."""
     found: list[bytes] = []
     async with trio.open_nursery() as nursery:
         async def ask(peer: str) -> None:
@@ -175,6 +180,8 @@ async def _ask_all(store: BlobStore, request: Callable[..., Awaitable[bytes]],
 
         for peer in random.sample(peers, min(len(peers), NEIGHBOURS_AT_ONCE)):
             nursery.start_soon(ask, peer)
+        if seed is not None:
+            nursery.start_soon(ask, seed)
     return found[0] if found else None
 
 

@@ -52,6 +52,7 @@ async def test_a_model_spreads_from_peer_to_peer_not_all_from_the_seed():
     served = seed.blobs.served[digest]
     assert seed.blobs.busy > 0  # peers were pointed at each other
     assert served <= PEERS // 2, f"the seed served {served} of {PEERS} copies"
+    assert sum(node.blobs.held for node in peers) > 0  # askers waited on fetches under way
 
 
 async def test_the_seed_rule_busy_then_last_resort_and_small_blobs_always():
@@ -69,11 +70,11 @@ async def test_the_seed_rule_busy_then_last_resort_and_small_blobs_always():
             await store.serve(bad, "d")
 
 
-async def test_a_peer_asked_for_a_blob_it_is_fetching_from_the_seed_waits_for_it():
+async def test_a_peer_asked_for_a_blob_it_is_fetching_holds_the_request_until_it_has_it():
     store = BlobStore()
     data = os.urandom(1000)
     digest = hashlib.sha256(data).digest()
-    store._coming[digest] = coming = trio.Event()
+    store._inflight[digest] = coming = trio.Event()
     async with trio.open_nursery() as nursery:
         answers = []
 
@@ -85,4 +86,4 @@ async def test_a_peer_asked_for_a_blob_it_is_fetching_from_the_seed_waits_for_it
         assert not answers  # waiting, not "not found"
         store.put(data)
         coming.set()
-    assert answers == [data]
+    assert answers == [data] and store.held == 1
