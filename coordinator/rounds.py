@@ -33,6 +33,7 @@ from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
 LIVENESS_GRACE = 3.0
+LIVE_CACHE = 0.25  # s live_peers() reuses its last answer
 
 
 @dataclass
@@ -82,12 +83,16 @@ class RoundDriver:
         self.attendance = Attendance()  # silent participants sit out the next rounds
         self.rounds_run = 0
         self._last_live: dict[str, float] = {}  # peer -> when last seen connected
+        self._live_at = float("-inf")  # when _last_live was last brought up to date
 
     def live_peers(self) -> set[str]:
         """Admitted peers connected to us now or within the last ``LIVENESS_GRACE`` seconds:
         under load py-libp2p connections flap, and a phase must not close on a peer that is
         only reconnecting (its message would then arrive a phase late)."""
         now = time.monotonic()
+        if now - self._live_at < LIVE_CACHE:  # asked at every wake of a phase's wait: the
+            return set(self._last_live)  # scan (and its SELECT) was O(N) per message
+        self._live_at = now
         for p in set(self.node.connected_peers()) & self.store.admitted():
             self._last_live[p] = now
             self.store.touch(p, every=60.0)  # connected is seen: not forgotten by expiry

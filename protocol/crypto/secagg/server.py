@@ -76,6 +76,12 @@ class SecAggServer:
         self.unmask_replies: dict[str, UnmaskShares] = {}
         self.rejected: dict[str, str] = {}
         self._weights: dict[tuple, tuple[list[int], list[int]]] = {}  # see _all_on
+        # fixed once their phase closes, and read per message of the later phases (so a
+        # message costs O(its size), not O(N)): who shared with whom, the survivor set and
+        # the survivor list's signed message
+        self._senders: dict[str, frozenset[str]] = {}
+        self._survivors: frozenset[str] = frozenset()
+        self._survivor_message = b""
 
     # each receive_* validates; a failure names the fault and changes nothing
     def _check(self, phase: SecAggPhase, peer: str, seen: Mapping[str, object],
@@ -123,6 +129,7 @@ class SecAggServer:
             for v, blob in bundle.ciphertexts.items():
                 if v in inboxes:
                     inboxes[v][u] = blob
+        self._senders = {v: frozenset(c) for v, c in inboxes.items()}
         return {v: Inbox(ciphertexts=c) for v, c in inboxes.items()}
 
     def receive_masked(self, peer: str, msg: MaskedInput) -> None:
@@ -135,12 +142,13 @@ class SecAggServer:
 
     def close_masked(self) -> SurvivorList:
         self._close(SecAggPhase.MASKED, len(self.masked), self.cfg.agreement)  # or nobody unmasks
+        self._survivors = frozenset(self.masked)
+        self._survivor_message = consistency_message(self.cfg.round, self.masked)
         return SurvivorList(survivors=sorted(self.masked))
 
     def receive_consistency(self, peer: str, msg: ConsistencySignature) -> None:
         self._check(SecAggPhase.CONSISTENCY, peer, self.signatures, self.masked)
-        if not valid_signature(peer, consistency_message(self.cfg.round, self.masked),
-                                msg.signature):
+        if not valid_signature(peer, self._survivor_message, msg.signature):
             raise self._reject(peer, SecAggRejected("survivor-list signature does not verify"))
         self.signatures[peer] = msg.signature
 
@@ -150,11 +158,11 @@ class SecAggServer:
 
     def receive_unmask(self, peer: str, msg: UnmaskShares) -> None:
         self._check(SecAggPhase.UNMASK, peer, self.unmask_replies, self.signatures)
-        shared_with = {u for u in self.bundles if peer in self.bundles[u].ciphertexts}
+        shared_with = self._senders.get(peer, frozenset())
         b, s = set(msg.self_mask_shares), set(msg.mask_key_shares)
         if b & s:
             raise self._reject(peer, SecAggRejected("revealed both shares for one client"))
-        if not b <= shared_with & set(self.masked) or not s <= shared_with - set(self.masked):
+        if not b <= shared_with & self._survivors or not s <= shared_with - self._survivors:
             raise self._reject(peer, SecAggRejected(
                 "shares for clients that are not its neighbours, or of the wrong kind"))
         if any(len(x) != shamir.SHARE_LEN for x in (*msg.self_mask_shares.values(),
