@@ -103,6 +103,17 @@ def peer_data(mode: str, k: int, n: int, args: argparse.Namespace) -> Any:
     return get_workload("fedavg").parse_data(f"part={k}/{n},alpha=0.5,seed={args.seed}")
 
 
+def die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the row's process dies (killed, or crashed), so an
+    interrupted row leaves no peers running to load the next one's measurements."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def peer_worker(args: argparse.Namespace) -> int:
     """``--peer-worker BOOT``: run peers ``--first`` .. ``--first + --count - 1`` of a
     network of ``--n`` until SIGINT/SIGTERM, then write this process's figures to
@@ -112,6 +123,7 @@ def peer_worker(args: argparse.Namespace) -> int:
     from peer.daemon import PeerDaemon
     from protocol.learning.registry import get_workload
 
+    die_with_parent()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if args.mode == "secagg":
@@ -507,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     if "secagg" in args.mode_list:
         register_vector(args.vector)
     if args.row:  # one network in this process (its coordinator's RSS is this process's)
+        die_with_parent()
         n, mode = args.row.split(",")
         Path(args.out).write_text(json.dumps(trio.run(one_network, int(n), mode, args)))
         return 0
