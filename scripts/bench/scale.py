@@ -104,14 +104,24 @@ def peer_data(mode: str, k: int, n: int, args: argparse.Namespace) -> Any:
 
 
 def die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the row's process dies (killed, or crashed), so an
-    interrupted row leaves no peers running to load the next one's measurements."""
+    """Linux: SIGTERM this row's process when the bench's main process dies (killed, or
+    crashed). Not for workers: the signal follows the parent *thread*, and trio starts
+    processes from a worker thread that soon exits (:func:`watch_parent` instead)."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+async def watch_parent() -> None:
+    """SIGTERM this worker once its row's process is gone (it is re-parented), so an
+    interrupted row leaves no peers running to load the next one's measurements."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await trio.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def peer_worker(args: argparse.Namespace) -> int:
@@ -123,7 +133,6 @@ def peer_worker(args: argparse.Namespace) -> int:
     from peer.daemon import PeerDaemon
     from protocol.learning.registry import get_workload
 
-    die_with_parent()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if args.mode == "secagg":
@@ -135,6 +144,7 @@ def peer_worker(args: argparse.Namespace) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_parent)
                 gate = trio.CapacityLimiter(START_CONCURRENCY)
 
                 async def start(k: int) -> None:
