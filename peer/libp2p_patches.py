@@ -179,10 +179,17 @@ def _contain(service: Any, fn: Any, name: str) -> Any:
     return contained
 
 
+_original_manager_init = TrioManager.__init__
+
+
+def _manager_init(self: TrioManager, service: Any, max_children_per_task: int = CHILDREN_CAP,
+                  *args: Any, **kwargs: Any) -> None:
+    _original_manager_init(self, service, max(max_children_per_task, CHILDREN_CAP),
+                           *args, **kwargs)
+
+
 def _run_task(self: TrioManager, async_fn: Any, *args: Any, daemon: bool = False,
               name: str | None = None, _internal: bool = False) -> None:
-    if getattr(self, "_max_children_per_task", CHILDREN_CAP) < CHILDREN_CAP:
-        self._max_children_per_task = CHILDREN_CAP  # for the tasks it makes from now on
     if not daemon:
         name = get_task_name(async_fn, name)
         async_fn = _contain(self._service, async_fn, name)
@@ -317,6 +324,7 @@ def install() -> None:
         return
     _installed = True
     TrioManager.run_task = _run_task  # type: ignore[method-assign]
+    TrioManager.__init__ = _manager_init  # type: ignore[method-assign]
     _yamux.read_exactly = read_exactly_noting_headers
     _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt
     SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
@@ -346,6 +354,7 @@ def not_applied() -> list[str]:
     fix silently."""
     checks = {
         "TrioManager.run_task": TrioManager.run_task is _run_task,
+        "TrioManager.__init__ (children cap)": TrioManager.__init__ is _manager_init,
         "yamux.read_exactly": _yamux.read_exactly is read_exactly_noting_headers,
         "muxer_multistream.Yamux": _muxer_multistream.Yamux is BoundedYamux,
         "SwarmConn._handle_muxed_stream":

@@ -135,11 +135,11 @@ async def guarded(stream, deadline: float, io: Callable[[], Awaitable[T]]) -> T:
             finally:
                 state["done"] = True
         if body.cancelled_caught and "result" not in state and "error" not in state:
-            state["error"] = StreamProtocolError("stream I/O cut: it outlived its reset")
-            state["why"] = f"{state.get('why')}, and the I/O outlived its reset"
+            state["error"] = StreamProtocolError(f"{state['why']}, and the I/O outlived its "
+                                                 f"reset (cut {RESET_GRACE:g} s after)")
+            state["why"] = "cut"
         nursery.cancel_scope.cancel()
     if "error" in state:  # raised here, outside the nursery: no exception group
         why = state.get("why")
-        raise StreamProtocolError("timed out" if why == "timed out" else
-                                  why if why and "outlived" in why else str(state["error"]))
+        raise StreamProtocolError("timed out" if why == "timed out" else str(state["error"]))
     return state["result"]
