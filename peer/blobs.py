@@ -72,6 +72,10 @@ class BlobStore:
         self.last_resort = 0  # copies served to last-resort requests past seed_copies
         self._inflight: dict[bytes, trio.Event] = {}  # our fetches now, set when each ends
         self.held = 0  # requests held for a blob we were fetching (counted)
+        # our fetches that ended, by where the blob came from ("neighbour", "neighbour or
+        # seed", "seed", "last resort", "failed"), and their summed and longest duration
+        self.fetched: Counter[str] = Counter()
+        self.fetch_seconds = self.fetch_longest = 0.0
 
     def put(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
@@ -126,17 +130,23 @@ async def fetch_blob(store: BlobStore, request: Callable[..., Awaitable[bytes]],
         if (have := store.get(digest)) is not None:
             return have
     done = store._inflight[digest] = trio.Event()
+    began, source = trio.current_time(), "failed"
     try:
-        return await _fetch(store, request, digest, peers, max_size, seed, attempts)
+        data, source = await _fetch(store, request, digest, peers, max_size, seed, attempts)
+        return data
     finally:
         if store._inflight.get(digest) is done:
             del store._inflight[digest]
         done.set()
+        took = trio.current_time() - began
+        store.fetched[source] += 1
+        store.fetch_seconds += took
+        store.fetch_longest = max(store.fetch_longest, took)
 
 
 async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], digest: bytes,
                  peers: Iterable[str], max_size: int, seed: str | None,
-                 attempts: int) -> bytes:
+                 attempts: int) -> tuple[bytes, str]:
     neighbours = [p for p in dict.fromkeys(peers) if p != seed]
     # a neighbour may hold our request while it fetches the blob itself (COMING_WAIT)
     timeout = COMING_WAIT + 10.0 + max_size / 250_000
@@ -151,7 +161,7 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
             log.debug("blob %s from a neighbour%s, attempt %d, after %.2f s",
                       digest.hex()[:12], " or the seed" if with_seed else "", attempt,
                       trio.current_time() - began)
-            return data
+            return data, "neighbour or seed" if with_seed else "neighbour"
         if seed is not None and with_seed is None:
             last = attempt >= min(LAST_RESORT_AT, attempts - 1)
             data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
@@ -160,7 +170,7 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                 log.debug("blob %s from the seed%s, attempt %d, after %.2f s",
                           digest.hex()[:12], " (last resort)" if last else "", attempt,
                           trio.current_time() - began)
-                return data
+                return data, "last resort" if last else "seed"
     raise StreamProtocolError(f"blob {digest.hex()[:12]} not available from any peer")
 
 

@@ -47,3 +47,31 @@ def test_labels_parse_and_reviews_split_cleanly():
     assert len(train) == 24 and len(held) == 176
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in held})
     assert sum(r["label"] == "positive" for r in train) == 12
+
+
+def _plan_by_sorting(prompts, peers, redundancy, already):
+    """The rule plan() implements, spelled out: per prompt, sort the peers by load."""
+    load = dict.fromkeys(peers, 0)
+    out = {p: [] for p in peers}
+    for prompt in prompts:
+        done = already.get(prompt, set())
+        for p in sorted((p for p in peers if p not in done), key=lambda p: (load[p], p))[
+                :redundancy]:
+            out[p].append(prompt)
+            load[p] += 1
+    return {p: ps for p, ps in out.items() if ps}
+
+
+def test_plan_matches_the_least_loaded_rule_with_answers_already_in():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(50):
+        peers = [f"peer{rng.randrange(1000):03d}" for _ in range(rng.randint(1, 12))]
+        peers = list(dict.fromkeys(peers))
+        prompts = [f"p{i}" for i in range(rng.randint(0, 30))]
+        already = {p: set(rng.sample(peers, rng.randint(0, len(peers)))) for p in prompts
+                   if rng.random() < 0.5}
+        r = rng.randint(1, 3)
+        assert ev.plan(prompts, peers, r, already) == _plan_by_sorting(prompts, peers, r,
+                                                                       already)

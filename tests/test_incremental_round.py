@@ -192,3 +192,20 @@ def test_one_non_finite_segment_cannot_fail_an_unreplicated_round():
     result = w.apply(1, {**good, 3: np.full_like(w.weights, np.inf)})
     assert np.all(np.isfinite(w.weights))
     assert result["count"] == 3 and result["non_finite"] == [3]
+
+
+def test_a_round_over_thousands_of_peers_fits_its_announcement_and_draws_its_replicas():
+    from protocol.wire.identity import Identity
+    from protocol.wire.messages import decode
+
+    many = [Identity(hashlib.sha256(b"many%d" % k).digest()).peer_id for k in range(4000)]
+    w = inc.Incremental(segments=1000, replicas=3)
+    params = w.make_params(1, b"", many)
+    ann = RoundAnnounce(round=1, workload="incremental", deadline_ms=0, min_peers=1,
+                        workload_params=encode(params))
+    got = decode(decode(encode(ann), RoundAnnounce).workload_params, inc.IncrementalParams)
+    assert len(got.eligible) == inc.MAX_ELIGIBLE < len(many)  # a draw, not the first ones
+    assert set(got.eligible) <= set(many) and got.eligible != sorted(many)[:inc.MAX_ELIGIBLE]
+    assert all(len(set(r)) == 3 and set(r) <= set(got.eligible) for r in got.assignment)
+    assert w.make_params(1, b"", list(reversed(many))).eligible == got.eligible  # by beacon
+    assert w.make_params(2, b"", many).eligible != got.eligible  # another round, another draw

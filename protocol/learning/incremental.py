@@ -57,6 +57,10 @@ from .workloads import Workload, models
 
 DISPUTE_MODES = ("reexecute", "replicas")
 MAX_SEGMENTS = 4096
+# eligible peers an announcement lists: beyond, a beacon-seeded draw of this many gets the
+# round's tasks (another round, another draw). 3,000 peer ids are 162 KB of the
+# announcement's workload parameters, which also carry the assignment (S x r ids)
+MAX_ELIGIBLE = 3000
 
 PeerId = Annotated[str, msgspec.Meta(max_length=64)]
 Segment = Annotated[int, msgspec.Meta(ge=0, lt=MAX_SEGMENTS)]
@@ -79,7 +83,7 @@ class IncrementalParams(Strict):
     weight_decay: Annotated[float, msgspec.Meta(ge=0, le=1)]
     batch: Annotated[int, msgspec.Meta(ge=1, le=4096)]
     beacon: Digest
-    eligible: Annotated[list[PeerId], msgspec.Meta(max_length=5000)]
+    eligible: Annotated[list[PeerId], msgspec.Meta(max_length=MAX_ELIGIBLE)]
     assignment: Annotated[list[list[PeerId]], msgspec.Meta(max_length=MAX_SEGMENTS)]
     dispute: Annotated[str, msgspec.Meta(max_length=16)] = "reexecute"
 
@@ -182,12 +186,16 @@ class Incremental(Workload):
                     eligible: list[str]) -> IncrementalParams:
         blob = self.state_blob()
         b = beacon(prev_state_digest, round)
+        eligible = sorted(set(eligible))
+        if len(eligible) > MAX_ELIGIBLE:
+            eligible = sorted(sorted(eligible, key=lambda p: hashlib.sha256(
+                b"eligible" + b + p.encode()).digest())[:MAX_ELIGIBLE])
         table = assign(b, self.segments, self.replicas, eligible)
         return IncrementalParams(
             model_digest=hashlib.sha256(blob).digest(), model_size=len(blob),
             data_digest=self.data_digest, segments=self.segments, replicas=self.replicas,
             quorum=self.quorum, lr=self.lr, weight_decay=self.weight_decay, batch=self.batch,
-            beacon=b, eligible=sorted(set(eligible)),
+            beacon=b, eligible=eligible,
             assignment=[table.get(k, []) for k in range(self.segments)], dispute=self.dispute)
 
     def apply(self, round: int, accepted: Mapping[int, np.ndarray]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,14 @@ def peer_worker(args: argparse.Namespace) -> int:
 
     conns: dict[str, list[int]] = {}
     trio.run(main)
-    Path(args.out).write_text(json.dumps({"peers": len(started), "rss_peak_mb": rss_mb(),
-                                          "connections": conns}))
+    fetched: Counter[str] = Counter()
+    for d in started:
+        fetched.update(d.node.blobs.fetched)
+    Path(args.out).write_text(json.dumps({
+        "peers": len(started), "rss_peak_mb": rss_mb(), "connections": conns,
+        "fetched": dict(fetched),
+        "fetch_seconds": sum(d.node.blobs.fetch_seconds for d in started),
+        "fetch_longest": max((d.node.blobs.fetch_longest for d in started), default=0.0)}))
     return 0
 
 
@@ -374,13 +381,21 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                            "wall_s": end - start, "cpu_s": cpu, "peers_cpu_s": peers_cpu,
                            "sent": sent, "received": received,
                            "model_bytes": result.get("model_bytes")})
-            for _, out, _ in procs:  # what the peer processes saw
-                try:
-                    report = json.loads(out.read_text())
-                except (OSError, ValueError):
-                    continue
-                for key, counts in report.get("connections", {}).items():
-                    row.setdefault(f"peer_connections_{key}", []).extend(counts)
+        fetched: Counter[str] = Counter()
+        for _, out, _ in procs:  # what the peer processes saw
+            try:
+                report = json.loads(out.read_text())
+            except (OSError, ValueError):
+                continue
+            for key, counts in report.get("connections", {}).items():
+                row.setdefault(f"peer_connections_{key}", []).extend(counts)
+            fetched.update(report.get("fetched", {}))
+            row["peer_fetch_s"] = row.get("peer_fetch_s", 0.0) + report.get("fetch_seconds", 0)
+            row["peer_fetch_longest_s"] = max(row.get("peer_fetch_longest_s", 0.0),
+                                              report.get("fetch_longest", 0.0))
+        if fetched:  # the peers' blob fetches over the whole row, by where each came from
+            row["peer_fetches"] = dict(fetched)
+            row["peer_fetch_mean_s"] = row.pop("peer_fetch_s") / sum(fetched.values())
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
@@ -431,6 +446,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r.get("error"):
             lines.append(f"N={r['n']} {r['mode']}: {r['error']}")
+    for r in rows:
+        if f := r.get("peer_fetches"):
+            lines.append(
+                f"N={r['n']} {r['mode']}: peers' blob fetches "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(f.items()))}; mean "
+                f"{r['peer_fetch_mean_s']:.1f} s, longest {r['peer_fetch_longest_s']:.1f} s; "
+                f"the coordinator served {r.get('blob_copies')} copies, said busy "
+                f"{r.get('blob_busy')} times, {r.get('blob_last_resort')} last resorts")
     return "\n".join(lines)
 
 

@@ -25,14 +25,36 @@ for the bulk arithmetic, so its limit is set by the per-message share that must 
 the loop (shown as ``loop share``).
 
 Dropout (``--dropout 0.05,0.3``): that fraction of the members, chosen at random, each
-vanish at a random step of the round (before their first message, or after a random
-phase), their connection seen closed one latency later.
+vanish before one of the messages a member sends in the round, chosen uniformly (five in
+a SecAgg+ or VSS round, two in a replicated one: commit and reveal), their connection
+seen closed one latency later.
 
-Modes: ``secagg`` (SecAgg+ over a float32 vector of ``--vector`` entries, with
-``SecAggConfig.default``'s graph for N: a degree-100 Harary graph beyond 101 members and
-the largest threshold that leaves a member short of shares with probability <= 1e-6
-under 30 % random dropout) and ``vss`` (stats, range-proven inputs summed by a committee
-of 16). Run: ``.venv/bin/python scripts/bench/simulate.py --peers 1000,10000``.
+Modes:
+
+- ``secagg``: SecAgg+ over a float32 vector of ``--vector`` entries, with
+  ``SecAggConfig.default``'s graph for N: a degree-100 Harary graph beyond 101 members
+  and the largest threshold that leaves a member short of shares with probability
+  <= 1e-6 under 30 % random dropout;
+- ``vss``: stats, range-proven inputs summed by a committee of 16 (a round draws at most
+  300 dealers);
+- ``replicated``: the incremental workload's replicated round (the seed's MNIST
+  autoencoder, 898 KB of weights): ``S = min(N / 3, --max-segments)`` segments of 64
+  training examples each (the embedded digits, repeated to fill them), 3 replicas each,
+  quorum 2. Replicas train for real; as training is deterministic, a segment is trained
+  once and each of its replicas is charged the measured CPU (their bytes are equal by
+  construction, which is what the commit-reveal checks). The coordinator fetches every
+  agreed segment's weights from one of its agreeing replicas, re-executes the segments
+  without a quorum (dropouts), and averages S models;
+- ``prompts``: one batch of prompt evaluations, as ``coordinator.evaluations`` runs it:
+  ``--prompts`` prompts (default N), each to 2 evaluators (``evaluation.plan``), 8 to a
+  signed task, outputs checked by ``evaluation.Verification``, a second attempt with one
+  more evaluator for the undecided ones, the rest evaluated by the coordinator. An
+  evaluator's LLM is the one thing modelled: ``--generation-s`` seconds of one core per
+  prompt (SmolLM2-135M, 32 new tokens, about 1 s here); its output is the prompt (the
+  echo backend), so honest evaluators agree. An evaluator that drops out is seen gone
+  at a random moment before it would have answered, and its requests fail then.
+
+Run: ``.venv/bin/python scripts/bench/simulate.py --peers 1000,10000``.
 """
 
 from __future__ import annotations
@@ -46,6 +68,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +79,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from protocol import rounds  # noqa: E402
+from protocol.learning import datasets  # noqa: E402
+from protocol.learning.incremental import Incremental  # noqa: E402
 from protocol.learning.registry import get_workload  # noqa: E402
 from protocol.policy.replication import Reputation  # noqa: E402
+from protocol.prompts import evaluation  # noqa: E402
 from protocol.rounds.base import Leave, Notice, Outcome, PeerContext, Settings, Setup, Work  # noqa: E402
+from protocol.rounds.replica import ReplicaPeerRound  # noqa: E402
 from protocol.wire.envelope import RejectedMessage, Verifier, open_envelope, seal  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 from protocol.wire.messages import (  # noqa: E402
@@ -71,10 +98,14 @@ from protocol.wire.messages import (  # noqa: E402
     PhaseNotice,
     RoundAnnounce,
     StatsContribution,
+    decode,
     encode,
 )
 
-MODES = ("secagg", "vss")
+MODES = ("secagg", "vss", "replicated", "prompts")
+STEPS = {"secagg": 5, "vss": 5, "replicated": 2}  # messages a member sends in a round
+SEGMENT_SAMPLES = 64  # training examples per replicated segment
+REPLICAS = 3
 SEED_COPIES = 4  # coordinator.service.SEED_COPIES
 log = logging.getLogger("simulate")
 
@@ -160,17 +191,114 @@ class RoundStats:
     threshold: int | None = None
     agreement: int | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    setting: str = ""  # what this mode's round was (segments, prompts, ...)
+    note: str = ""  # what else happened (disputes settled, ...)
     error: str | None = None
 
 
+class TiledIncremental(Incremental):
+    """The incremental workload over ``samples`` training examples: the embedded digits
+    repeated (a round of S segments needs S * SEGMENT_SAMPLES of them)."""
+
+    def __init__(self, samples: int, **options: Any):
+        super().__init__(**options)
+        self._samples, self._tiled = samples, None
+
+    @property
+    def dataset(self) -> datasets.Dataset:
+        if self._tiled is None:
+            ds = datasets.load(None)
+            reps = -(-self._samples // len(ds.train_x))
+            self._tiled = datasets.Dataset(
+                ds.name + f"x{reps}", np.concatenate([ds.train_x] * reps)[:self._samples],
+                np.concatenate([ds.train_y] * reps)[:self._samples], ds.test_x, ds.test_y)
+        return self._tiled
+
+
+def incremental_workload(n: int, args: argparse.Namespace) -> Incremental:
+    segments = max(1, min(args.max_segments, n // REPLICAS))
+    return TiledIncremental(segments * SEGMENT_SAMPLES, segments=segments, replicas=REPLICAS)
+
+
+class Trained:
+    """Replicas' training, done once per segment: training is deterministic (one thread,
+    seeded), so every honest replica of a segment computes these very weights; each is
+    charged the CPU the one real run took. After building a replica, ``extra`` is what
+    to add to the CPU measured around it (the charge, less the training it really ran)."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, tuple[np.ndarray, float]] = {}
+        self.extra = 0.0
+
+    def claim(self, pr: ReplicaPeerRound, segment: int, train) -> np.ndarray:
+        if segment in self._done:
+            w, cpu = self._done[segment]
+            self.extra += cpu
+        else:
+            t0 = time.thread_time()
+            w = train()
+            self._done[segment] = (w, time.thread_time() - t0)
+        return w
+
+
+class Checked:
+    """SecAgg+ clients' survivor-signature checks, each done once: every client verifies
+    ``agreement`` (about 0.7 N) signatures over the survivor list before it unmasks, the
+    same (signer, signature, list) for all of them: 0.7 N^2 checks a round (17.5 million at
+    N = 5,000, about 18 minutes of this machine at 60 us each). An Ed25519 check is
+    deterministic, so the first check of each is run and timed, and every client that
+    repeats it is charged that time
+    (``extra``, read after each client step). Installed in place of the client module's
+    ``valid_signature`` for a secagg simulation only; the coordinator's own checks (one
+    per survivor) are untouched."""
+
+    def __init__(self, check) -> None:
+        self._check, self._seen = check, {}
+        self._message: tuple[bytes, bytes] = (b"", b"")
+        self.extra = 0.0
+
+    def __call__(self, peer: str, message: bytes, signature: bytes) -> bool:
+        if message is not self._message[0]:
+            self._message = (message, hashlib.sha256(message).digest())
+        key = (peer, signature, self._message[1])
+        if key in self._seen:
+            ok, cpu = self._seen[key]
+            self.extra += cpu
+            return ok
+        t0 = time.thread_time()
+        ok = self._check(peer, message, signature)
+        self._seen[key] = (ok, time.thread_time() - t0)
+        return ok
+
+
 def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -> RoundStats:
+    if mode_name == "secagg":
+        from protocol.crypto.secagg import client
+        checked = Checked(client.valid_signature)
+        client.valid_signature = checked
+        try:
+            return simulate_round(n, mode_name, dropout, args, checked)
+        finally:
+            client.valid_signature = checked._check
+    if mode_name == "prompts":
+        return simulate_prompts(n, dropout, args)
+    return simulate_round(n, mode_name, dropout, args, None)
+
+
+def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namespace,
+                   checked: Checked | None) -> RoundStats:
     stats = RoundStats(n=n, mode=mode_name, dropout=dropout)
     rng = random.Random(args.seed)
-    workload_name = "stats" if mode_name == "vss" else "bench-vector"
     if mode_name == "secagg":
         from secagg import register_bench_workload  # the bench-only vector workload
         register_bench_workload(args.vector)
-    workload = get_workload(workload_name)
+        workload = get_workload("bench-vector")
+    elif mode_name == "replicated":
+        workload = incremental_workload(n, args)
+        stats.setting = (f"S={workload.segments} r={workload.replicas} "
+                         f"q={workload.quorum}")
+    else:
+        workload = get_workload("stats")
     mode = rounds.get(mode_name)
     coord_id = Identity(hashlib.sha256(b"sim-coordinator").digest())
     progress(f"N={n} {mode_name} dropout {dropout:.0%}: making {n} peers")
@@ -179,6 +307,8 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         ident = Identity(hashlib.sha256(f"sim/{args.seed}/{k}".encode()).digest())
         if mode_name == "vss":
             data = StatsContribution(height=150 + k % 50, weight=50 + k % 40)
+        elif mode_name == "replicated":
+            data = workload.dataset
         else:
             data = np.random.default_rng([args.seed, k]).uniform(-1, 1, args.vector).astype(
                 np.float32)
@@ -186,7 +316,7 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
                                                          args.downlink * 1e6))
     dropped = rng.sample(sorted(peers), int(round(dropout * n)))
     for pid in dropped:
-        peers[pid].drop_at = rng.randint(0, 5)
+        peers[pid].drop_at = rng.randrange(STEPS[mode_name])
     coord = Link(args.coordinator_link * 1e6, args.coordinator_link * 1e6)
     net = Network(args.latency)
     settings = Settings(min_peers=2, phase_timeout=args.phase_timeout)
@@ -202,6 +332,7 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
                              params=opening.params,
                              workload_params=opening.workload_params or workload.round_params(1),
                              mode=mode.name)
+    announce = decode(encode(announce), RoundAnnounce)  # as a peer reads it: caps apply
     verifier = Verifier()
     domains = mode.domains
     members = opening.participants or sorted(peers)  # whom notices go to
@@ -238,18 +369,22 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         t = max(net.now, coord.cpu_free)
         if not rnd.ready(t, live()):
             return
+        if fetching["left"]:
+            return  # the round's Work is not done yet
         step = coord_work(t, rnd.advance, t)
         t = coord.cpu_free
-        if isinstance(step, Work):  # blobs are not used by these modes
-            if step.compute is not None:
-                coord_work(t, step.compute)
-            net.at(coord.cpu_free, check_ready)
+        if isinstance(step, Work):
+            work(step, t)
             return
         if isinstance(step, Outcome):
             done["flag"] = True
             stats.status, stats.accepted = step.status, step.accepted
             stats.round_s = coord.cpu_free
             stats.error = step.result.get("error")
+            if "segments" in step.result:
+                how = Counter(row["decided_by"] for row in step.result["segments"])
+                stats.note = "segments decided by " + ", ".join(
+                    f"{k}: {v}" for k, v in sorted(how.items()))
             return
         assert isinstance(step, Notice)
         phase_opened[step.phase] = t
@@ -274,23 +409,55 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         net.at(rnd.deadline, check_ready)  # the phase's deadline
         schedule_check(coord.cpu_free)  # the driver asks at once (a phase may owe nothing)
 
-    def spread(step: Notice, t: float) -> None:
-        """A body by digest, as peer.blobs spreads it, idealised (no back-off): the
-        coordinator serves SEED_COPIES, every member that has it serves two more."""
-        waiting = [pid for pid in members if pid not in gone]
+    fetching = {"left": 0}
+
+    def work(step: Work, t: float) -> None:
+        """The driver's side of a Work step: each blob from the first of its holders still
+        connected (sent over that peer's uplink), handed to the round; then the compute."""
+        def arrived(digest: bytes, blob: bytes) -> None:
+            coord_work(net.now, rnd.deliver, digest, blob)
+            done_one()
+
+        def done_one() -> None:
+            fetching["left"] -= 1
+            if not fetching["left"]:
+                if step.compute is not None:
+                    coord_work(net.now, step.compute)
+                net.at(coord.cpu_free, check_ready)
+
+        fetching["left"] = len(step.fetch) + 1
+        for digest, holders in step.fetch.items():
+            src = next((h for h in holders if h not in gone and peers[h].logic), None)
+            blob = None if src is None else next(
+                (b for b in peers[src].logic.blobs() if hashlib.sha256(b).digest() == digest),
+                None)
+            if blob is None:
+                done_one()
+            else:
+                net.send(peers[src].link, coord, len(blob), t, arrived, digest, blob)
+        net.at(t, done_one)
+
+    def spread_blob(size: int, targets: list[str], t: float, got) -> None:
+        """A blob by digest, as peer.blobs spreads it, idealised (no back-off): the
+        coordinator serves SEED_COPIES, every target that has it serves two more."""
+        waiting = [pid for pid in targets if pid not in gone]
         random.Random(t).shuffle(waiting)
 
         def serve(src: Link, copies: int, at: float) -> None:
             for _ in range(copies):
                 if waiting:
                     pid = waiting.pop()
-                    net.send(src, peers[pid].link, len(step.body), at, got, pid)
+                    net.send(src, peers[pid].link, size, at, arrived, pid)
 
-        def got(pid: str) -> None:
+        def arrived(pid: str) -> None:
             serve(peers[pid].link, 2, net.now)
-            peer_notice(pid, step.phase, step.body, step.personal.get(pid))
+            got(pid)
 
         serve(coord, SEED_COPIES, t)
+
+    def spread(step: Notice, t: float) -> None:
+        spread_blob(len(step.body), list(members), t, lambda pid: peer_notice(
+            pid, step.phase, step.body, step.personal.get(pid)))
 
     def deliver(pid: str, wire: bytes) -> None:
         def intake() -> None:
@@ -327,10 +494,13 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         if pid not in cohort or vanish(pid):  # not drawn this round: sits it out
             return
         _, cpu = timed(open_envelope, coord_wire)  # checks the coordinator's signature
-        ctx = PeerContext(pid, workload, announce, p.data, {}, p.identity.sign)
+        ctx = PeerContext(pid, workload, announce, p.data, blobs, p.identity.sign)
         try:
             t0 = time.thread_time()
-            p.logic = mode.peer_round(ctx)
+            trained.extra = 0.0
+            p.logic = mode.peer_round(ctx) if mode_name != "replicated" else \
+                ReplicaPeerRound(pid, announce, p.data, blobs, claim=trained.claim)
+            cpu += trained.extra
             out = p.logic.start()
             cpu += time.thread_time() - t0
         except (Leave, RejectedMessage, ValueError) as exc:  # a peer that cannot take part
@@ -348,8 +518,10 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
             t0 = time.thread_time()
             if p.logic.needs_personal(phase) and personal is None:
                 raise Leave("no personal message")
+            if checked is not None:
+                checked.extra = 0.0
             out = p.logic.on_notice(phase, body, personal)
-            cpu = time.thread_time() - t0
+            cpu = time.thread_time() - t0 + (checked.extra if checked is not None else 0.0)
         except Leave:
             return
         p.cpu += cpu
@@ -358,10 +530,21 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
 
     cohort = set(mode.participants(announce) or members)  # who takes part (a peer's check)
     stats.members = len(cohort)
+    blobs, trained = {}, Trained()
     progress(f"N={n} {mode_name} dropout {dropout:.0%}: running the round")
     t_wall = time.perf_counter()
-    for pid in members:
-        net.send(coord, peers[pid].link, len(coord_wire), 0.0, peer_start, pid)
+    if mode_name == "replicated":  # replicas fetch the published model by digest first
+        model = workload.state_blob()
+        blobs[hashlib.sha256(model).digest()] = model
+        tasked = sorted({q for reps in rnd.params.assignment for q in reps})
+        for pid in sorted(set(members) - set(tasked)):
+            net.send(coord, peers[pid].link, len(coord_wire), 0.0, lambda: None)
+        for pid in tasked:
+            net.send(coord, peers[pid].link, len(coord_wire), 0.0, lambda: None)
+        spread_blob(len(model), tasked, net.latency, peer_start)
+    else:
+        for pid in members:
+            net.send(coord, peers[pid].link, len(coord_wire), 0.0, peer_start, pid)
     net.at(rnd.deadline, check_ready)
     net.run()
     if not done["flag"]:
@@ -382,15 +565,146 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
     return stats
 
 
+def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundStats:
+    """One batch of prompt evaluations over N evaluators, as
+    coordinator.evaluations.RemoteEvaluations runs it (see the module's docstring)."""
+    from coordinator.evaluations import BATCH
+
+    stats = RoundStats(n=n, mode="prompts", dropout=dropout)
+    rng = random.Random(args.seed)
+    count = args.prompts or n
+    prompts = [f"Review {k}: is this positive or negative? Answer with one word." for k in
+               range(count)]
+    redundancy = 2
+    stats.setting = f"P={count} r={redundancy} batch={BATCH} gen={args.generation_s:g}s"
+    progress(f"N={n} prompts dropout {dropout:.0%}: making {n} evaluators")
+    coord_id = Identity(hashlib.sha256(b"sim-coordinator").digest())
+    peers: dict[str, SimPeer] = {}
+    for k in range(n):
+        ident = Identity(hashlib.sha256(f"sim/{args.seed}/{k}".encode()).digest())
+        peers[ident.peer_id] = SimPeer(ident, None, Link(args.uplink * 1e6,
+                                                         args.downlink * 1e6))
+    dropped = set(rng.sample(sorted(peers), int(round(dropout * n))))
+    coord = Link(args.coordinator_link * 1e6, args.coordinator_link * 1e6)
+    net = Network(args.latency)
+    ver = evaluation.Verification(redundancy=redundancy)
+    capable = sorted(peers)
+    stats.members = n
+    state = {"attempt": 0, "open": 0}
+    batches: dict[int, list[str]] = {}  # batch number -> its prompts
+
+    def coord_work(t: float, fn, *a) -> Any:
+        start = max(t, coord.cpu_free)
+        out, cpu = timed(fn, *a)
+        stats.coord_cpu_s += cpu
+        coord.cpu_free = start + cpu
+        return out
+
+    def attempt() -> None:
+        """One pass of RemoteEvaluations.evaluate_remotely's loop: plan the undecided
+        prompts, send every batch at once, go on when all have answered or failed."""
+        todo = ver.undecided(prompts)
+        if state["attempt"] >= 3 or not todo:
+            return finish()
+        asked = {q: ver.asked(q) for q in todo}
+        need = redundancy if state["attempt"] == 0 else 1
+        work = coord_work(net.now, evaluation.plan, todo, capable, need, asked)
+        state["attempt"] += 1
+        if not work:
+            return finish()
+        for peer, items in work.items():
+            for i in range(0, len(items), BATCH):
+                send_task(peer, items[i:i + BATCH])
+
+    def send_task(peer: str, items: list[str]) -> None:
+        batch = len(batches) + 1
+        batches[batch] = items
+        state["open"] += 1
+
+        def make() -> bytes:
+            task = evaluation.EvalTask(batch=batch, model_digest="echo", gen_params="{}",
+                                       prompts=items)
+            return seal(coord_id, evaluation.EVAL_TASK, batch, encode(task))
+        wire = coord_work(net.now, make)
+        net.send(coord, peers[peer].link, len(wire), coord.cpu_free, evaluate, peer, wire)
+
+    def evaluate(peer: str, wire: bytes) -> None:
+        """The daemon's eval handler: check the task, generate (modelled), sign."""
+        p = peers[peer]
+
+        def answer() -> tuple[int, bytes]:
+            env = open_envelope(wire, domains={evaluation.EVAL_TASK}, max_wire=512 * 1024)
+            task = decode(env.payload, evaluation.EvalTask)
+            res = evaluation.EvalResult(batch=task.batch, outputs=list(task.prompts))
+            return task.batch, seal(p.identity, evaluation.EVAL_RESULT, task.batch,
+                                    encode(res))
+        (batch, out), cpu = timed(answer)
+        busy = cpu + args.generation_s * len(batches[batch])
+        start = max(net.now, p.link.cpu_free)
+        p.link.cpu_free = start + busy
+        p.cpu += busy
+        if peer in dropped:  # gone before it answers: its connection is seen closed
+            net.at(start + rng.uniform(0, busy) + net.latency, closed)
+            return
+        net.send(p.link, coord, len(out), p.link.cpu_free, result, peer, batch, out)
+
+    def result(peer: str, batch: int, out: bytes) -> None:
+        def intake() -> None:
+            env = open_envelope(out, domains={evaluation.EVAL_RESULT},
+                                max_wire=2 * 1024 * 1024)
+            res = decode(env.payload, evaluation.EvalResult)
+            if env.sender_id != peer or res.batch != batch or env.round != batch:
+                raise RejectedMessage("not the peer asked, or another batch")
+            for prompt, output in zip(batches[batch], res.outputs, strict=True):
+                ver.record(peer, prompt, output)
+        t0 = time.thread_time()
+        coord_work(net.now, intake)
+        stats.coord_loop_s += time.thread_time() - t0
+        closed()
+
+    def closed() -> None:
+        state["open"] -= 1
+        if not state["open"]:
+            net.at(coord.cpu_free, attempt)
+
+    def finish() -> None:
+        left = ver.undecided(prompts)
+        if left:  # the coordinator evaluates these itself (modelled like a peer's)
+            coord.cpu_free = max(net.now, coord.cpu_free) + args.generation_s * len(left)
+            for q in left:
+                ver.settle(q, q)
+        stats.round_s = max(net.now, coord.cpu_free)
+        stats.accepted = len(ver.accepted) - len(left)
+        stats.status = "published" if len(ver.accepted) == count else "failed"
+        if left:
+            stats.error = f"{len(left)} prompts evaluated by the coordinator itself"
+
+    progress(f"N={n} prompts dropout {dropout:.0%}: running {count} evaluations")
+    t_wall = time.perf_counter()
+    net.at(0.0, attempt)
+    net.run()
+    stats.coord_sent, stats.coord_received = coord.sent, coord.received
+    stats.peer_sent_mean = statistics.fmean(p.link.sent for p in peers.values())
+    stats.peer_received_mean = statistics.fmean(p.link.received for p in peers.values())
+    cpus = [p.cpu for p in peers.values()]
+    stats.peer_cpu_mean_s, stats.peer_cpu_max_s = statistics.fmean(cpus), max(cpus)
+    progress(f"N={n} prompts dropout {dropout:.0%}: {stats.status}, {stats.accepted} "
+             f"accepted by agreement, {stats.round_s:.1f} s simulated, coordinator CPU "
+             f"{stats.coord_cpu_s:.1f} s ({time.perf_counter() - t_wall:.0f} s to simulate)")
+    return stats
+
+
 # --- report -----------------------------------------------------------------------------
 def table(rows: list[RoundStats]) -> str:
-    head = ["N", "mode", "dropout", "members", "graph k/t/agree", "status", "accepted",
+    head = ["N", "mode", "dropout", "members", "setting (secagg: k/t/agree)", "status",
+            "accepted",
             "round s",
             "coord CPU s", "loop share", "keeps up", "coord up MB", "coord down MB",
             "peer up KB", "peer down KB", "peer CPU s"]
     cells = [head]
     for r in rows:
-        graph = "-" if r.degree is None else f"{r.degree}/{r.threshold}/{r.agreement}"
+        graph = r.setting or ("-" if r.degree is None else
+                              f"{r.degree}/{r.threshold}/{r.agreement}")
         keeps = "yes" if r.coord_cpu_s <= r.round_s else "no"
         cells.append([str(r.n), r.mode, f"{r.dropout:.0%}", str(r.members), graph, r.status,
                       str(r.accepted),
@@ -403,9 +717,45 @@ def table(rows: list[RoundStats]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:
-        if r.error:
-            lines.append(f"N={r.n} {r.mode} {r.dropout:.0%}: {r.error}")
+        for text in (r.note, r.error):
+            if text:
+                lines.append(f"N={r.n} {r.mode} {r.dropout:.0%}: {text}")
     return "\n".join(lines)
+
+
+def bottlenecks(rows: list[RoundStats], link_mbit: float) -> list[str]:
+    """Where the coordinator stops keeping up, per mode and dropout, from the smallest and
+    largest N simulated: its CPU per round C(N) and the round's duration R(N) fitted as
+    powers of N through those two points, and likewise its link's busy time (bytes in
+    and out over ``link_mbit``). The coordinator is one CPython process whose round logic
+    runs on its event loop, so its protocol work has one core whatever the machine has;
+    a 4-core machine gives the other cores to the kernel's networking and the peers'
+    traffic, not to this. It stops keeping up where C(N) = R(N): the round then waits on
+    it (busy 100 %), and back-to-back rounds queue."""
+    out = []
+    groups: dict[tuple[str, float], list[RoundStats]] = {}
+    for r in rows:
+        if r.status == "published" and r.round_s > 0:
+            groups.setdefault((r.mode, r.dropout), []).append(r)
+    for (mode, dropout), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r.n)
+        lo, hi = rs[0], rs[-1]
+        busy = [f"N={r.n}: CPU busy {r.coord_cpu_s / r.round_s:.0%}, link busy "
+                f"{(r.coord_sent + r.coord_received) * 8 / (link_mbit * 1e6) / r.round_s:.0%}"
+                for r in rs]
+        line = f"{mode} {dropout:.0%}: " + "; ".join(busy)
+        if hi.n > lo.n and lo.coord_cpu_s > 0:
+            span = np.log(hi.n / lo.n)
+            a = np.log(hi.coord_cpu_s / lo.coord_cpu_s) / span
+            b = np.log(hi.round_s / lo.round_s) / span
+            line += f"; coordinator CPU grows as N^{a:.2f}, the round as N^{b:.2f}"
+            if a > b:
+                n_star = lo.n * (lo.round_s / lo.coord_cpu_s) ** (1 / (a - b))
+                line += f": it stops keeping up near N = {n_star:,.0f}"
+            else:
+                line += ": it keeps up at any N (its CPU grows no faster than the round)"
+        out.append(line)
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,6 +772,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.05, help="one way, s (0.05)")
     p.add_argument("--phase-timeout", type=float, default=60.0,
                    help="the coordinator's phase timeout, s (60)")
+    p.add_argument("--max-segments", type=int, default=1000,
+                   help="replicated: at most this many segments (N/3 below it; default "
+                        "1000: the coordinator averages S models of 898 KB)")
+    p.add_argument("--prompts", type=int, default=0,
+                   help="prompts: evaluations in the batch (default N)")
+    p.add_argument("--generation-s", type=float, default=1.0,
+                   help="prompts: one core's seconds to generate one output (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
     args = p.parse_args(argv)
@@ -445,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.json.write_text(json.dumps({"rows": [r.__dict__ for r in rows]},
                                                     indent=1))
     print(table(rows))
+    print()
+    print("Where the coordinator becomes the bottleneck (one core for its round logic):")
+    for line in bottlenecks(rows, args.coordinator_link):
+        print("  " + line)
     return 0
 
 

@@ -225,9 +225,13 @@ def mask_sign(u: str, v: str) -> int:
 
 
 def consistency_message(round: int, survivors: Iterable[str]) -> bytes:
-    """What each survivor signs in the consistency check (domain-separated)."""
-    return TAG + b"consistency\0" + round_bytes(round) + msgspec.msgpack.encode(
-        sorted(survivors))
+    """What each survivor signs in the consistency check (domain-separated): the round and
+    the SHA-256 of the sorted survivor list. A digest, not the list: a client checks about
+    0.7 N signatures over it, and Ed25519 hashes the whole message in every check, so the
+    list itself (55 bytes a survivor) made each check O(N) and a client's unmask O(N^2):
+    at N = 1,000, 149 us a check instead of 60, at N = 5,000 about 0.5 ms."""
+    listed = hashlib.sha256(msgspec.msgpack.encode(sorted(survivors))).digest()
+    return TAG + b"consistency\0" + round_bytes(round) + listed
 
 
 def valid_signature(peer: str, message: bytes, signature: bytes) -> bool:
