@@ -45,13 +45,15 @@ class RemoteEvaluations:
         a tie). Returns the verification (``accepted`` outputs; ``undecided`` prompts the
         caller evaluates itself and passes to :meth:`settle_evaluations`), or None when too
         few capable peers are connected."""
-        live = self.live_peers()
-        capable = sorted(p for p, info in self.evaluators.items()
-                         if p in live and info.model_digest == model_digest
-                         and info.gen_params == gen_params
-                         and self.reputation.score(p) >= self.reputation.threshold)
+        def capable() -> list[str]:
+            live = self.live_peers()
+            return sorted(p for p, info in self.evaluators.items()
+                          if p in live and info.model_digest == model_digest
+                          and info.gen_params == gen_params
+                          and self.reputation.score(p) >= self.reputation.threshold)
+
         need = self.redundancy
-        if len(capable) < need:
+        if len(capable()) < need:
             return None
         ver = evaluation.Verification(redundancy=need)
         for attempt in range(3):
@@ -59,7 +61,8 @@ class RemoteEvaluations:
             if not todo:
                 break
             asked = {p: ver.asked(p) for p in todo}
-            work = evaluation.plan(todo, capable, need if attempt == 0 else 1, already=asked)
+            # asked again each attempt: evaluators that went away since are not replanned
+            work = evaluation.plan(todo, capable(), need if attempt == 0 else 1, already=asked)
             if not work:
                 break
             async with trio.open_nursery() as nursery:

@@ -19,14 +19,16 @@ import trio
 from peer.node import NetworkNode
 from protocol.policy.admission import AdmissionPolicy
 from protocol.policy.ratelimit import LogLimiter
-from protocol.rounds.base import RoundClosed
+from protocol.rounds.base import NotParticipant, RoundClosed
 from protocol.wire.envelope import Envelope, Malformed, RejectedMessage, Verifier, peek
 from protocol.wire.messages import (
     ENROLL,
     ENROLL_WINDOW,
+    WITHDRAW,
     Enroll,
     EvaluatorInfo,
     SubmitAck,
+    Withdraw,
     decode,
     encode,
     enroll_round,
@@ -59,6 +61,7 @@ class Intake:
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.evaluators: dict[str, EvaluatorInfo] = {}  # peer -> what it can evaluate
+        self.addrs: dict[str, list[str]] = {}  # peer -> the addresses it enrolled with
         self._refusal_log = LogLimiter(60.0)
 
     # --- by transport ----------------------------------------------------------------------
@@ -108,10 +111,13 @@ class Intake:
             return self._enroll(wire, peeked, transport_peer)
         rnd = self.open.round
         last = rnd.number if rnd is not None else self.store.last_round()
-        env = self.round_verifier.verify(wire, domains=self.domains(), min_round=last,
-                                         max_round=last, check=self._sender_admitted)
+        env = self.round_verifier.verify(wire, domains=self.domains() | {WITHDRAW},
+                                         min_round=last, max_round=last,
+                                         check=self._sender_admitted)
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
+        if env.domain == WITHDRAW:
+            return self._withdraw(env)
         rnd.offer_message(env.sender_id, env.domain, env.payload)
         self.open.answered.add(env.sender_id)
         # only a resumable mode's payloads are kept: the others' are masked vectors and
@@ -120,6 +126,16 @@ class Intake:
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
                                   env.nonce, env.payload if keep else b"")
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
+        self.open.changed()
+        return env
+
+    def _withdraw(self, env: Envelope) -> Envelope:
+        """A participant that cannot go on: the round stops waiting for it."""
+        why = decode(env.payload, Withdraw).reason
+        if self.open.participants and env.sender_id not in self.open.participants:
+            raise NotParticipant(f"{env.sender_id} is not a participant of round {env.round}")
+        self.open.withdrawn.add(env.sender_id)
+        log.info("round %d: %s withdrew: %s", env.round, env.sender_id, why or "no reason")
         self.open.changed()
         return env
 
@@ -146,6 +162,7 @@ class Intake:
         self.admission.check_ticket(env.sender_id, enroll.ticket, now)
         if self.store.admit(env.sender_id, list(enroll.addrs), enroll.agent):
             log.info("admitted peer %s (%s) from %s", env.sender_id, enroll.agent, source)
+        self.addrs[env.sender_id] = list(enroll.addrs)
         if enroll.evaluator is not None:
             self.evaluators[env.sender_id] = enroll.evaluator
             log.info("peer %s evaluates prompts with %s (%s)", env.sender_id,

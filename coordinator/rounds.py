@@ -46,6 +46,7 @@ class OpenRound:
     participants: list[str] = field(default_factory=list)  # whom its notices go to
     asked: list[str] = field(default_factory=list)  # whom attendance expects a message from
     answered: set[str] = field(default_factory=set)  # who sent one it accepted
+    withdrawn: set[str] = field(default_factory=set)  # participants that said they cannot go on
     _event: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -115,6 +116,8 @@ class RoundDriver:
             except Exception as exc:  # a bug in round logic must not take the coordinator down
                 log.exception("round %d: internal error; publishing it as failed", rnd.number)
                 step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
+            if self.open.withdrawn:  # participants that said they could not go on
+                step.result.setdefault("withdrawn", len(self.open.withdrawn))
             self.publisher.publish(rnd, step)
             benched = self.attendance.record(rnd.number, self.open.asked,
                                              self.open.answered | rnd.refused_senders())
@@ -168,7 +171,7 @@ class RoundDriver:
     def _expected(self) -> set[str]:
         """The live peers the open round waits for: its participants (a resumed round,
         whose participants were not stored, waits for every live peer)."""
-        live = self.live_peers()
+        live = self.live_peers() - self.open.withdrawn
         return live & set(self.open.participants) if self.open.participants else live
 
     def _need(self) -> int:
@@ -223,7 +226,7 @@ class RoundDriver:
             self.open.mode = self.mode
             self.open.participants = opening.participants or participants
             self.open.asked = participants if opening.asked is None else opening.asked
-            self.open.answered = set()
+            self.open.answered, self.open.withdrawn = set(), set()
             self.outbox.announce(number, wire)
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
                  self.mode.name, len(participants))
@@ -255,7 +258,7 @@ class RoundDriver:
             self.verifier.remember(number, public_key_from_peer_id(m["sender"]), m["nonce"])
             stored += 1
         self.open.mode, self.open.participants, self.open.asked = mode, [], []
-        self.open.answered = set()
+        self.open.answered, self.open.withdrawn = set(), set()
         log.info("resuming round %d after restart with %d stored messages", number, stored)
         self.outbox.gossip(TOPIC_ANNOUNCE, row["announce_wire"])
         return rnd

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ from protocol.wire.canonical import canonical_json
 from protocol.wire.identity import Identity
 from protocol.wire.messages import (
     ANNOUNCE,
+    PEERS_MAX,
+    PROTO_PEERS,
     PROTO_PULL,
     PROTO_SUBMIT,
     RESULT,
@@ -60,7 +63,10 @@ from protocol.wire.messages import (
     TOPIC_REPLICAS,
     TOPIC_RESULT,
     TOPIC_SUBMIT,
+    PeerAddrs,
+    PeerList,
     SubmitAck,
+    encode,
 )
 
 from . import httpserver
@@ -200,6 +206,7 @@ class Coordinator:
         self.node.serve(PROTO_SUBMIT, self.intake.on_submit_stream,
                         max_request=2 * MAX_SUBMIT_WIRE)
         self.node.serve(PROTO_PULL, self.outbox.on_pull, max_request=1024)
+        self.node.serve(PROTO_PEERS, self._peer_list, max_request=0)
         latest = self.store.latest_published()
         if latest is not None:  # serve the current state by digest again after a restart
             self.node.blobs.put(canonical_json(json.loads(latest["result"])))
@@ -235,6 +242,20 @@ class Coordinator:
 
     def live_peers(self) -> set[str]:
         return self.driver.live_peers()
+
+    async def _peer_list(self, request: bytes, remote: str) -> bytes:
+        """``PROTO_PEERS``: up to PEERS_MAX connected peers other than the asker, at random,
+        each with the addresses it enrolled with that are on the IP it is connected from."""
+        live = [p for p in self.live_peers() if p != remote and p in self.intake.addrs]
+        out = []
+        for peer in random.sample(live, min(len(live), 2 * PEERS_MAX)):
+            ip = self.node.remote_ip(peer)
+            addrs = [a for a in self.intake.addrs[peer] if ip and _addr_ip(a) == ip][:4]
+            if addrs:
+                out.append(PeerAddrs(peer_id=peer, addrs=addrs))
+            if len(out) == PEERS_MAX:
+                break
+        return encode(PeerList(peers=out))
 
     def handle(self, wire: bytes, *, via: str, transport_peer: str) -> SubmitAck:
         return self.intake.handle(wire, via=via, transport_peer=transport_peer)
@@ -323,3 +344,9 @@ def settings_of(config: CoordinatorConfig) -> Settings:
 
 async def _ignore(data: bytes, origin: str) -> None:
     """Our own broadcasts echoed back by the mesh: nothing to do."""
+
+
+def _addr_ip(addr: str) -> str | None:
+    """The IP of a ``/ip4/A/...`` or ``/ip6/A/...`` multiaddr; None for anything else."""
+    parts = addr.split("/")
+    return parts[2] if len(parts) > 2 and parts[1] in ("ip4", "ip6") else None

@@ -24,13 +24,16 @@ import logging
 import random
 import resource
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import multiaddr
 import trio
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from .faults import faults_of
@@ -225,18 +228,34 @@ def fd_bounded(max_connections: int) -> int:
     return max_connections
 
 
-async def dial_toward(host: Any, target: int) -> None:
+Discover = Callable[[], Awaitable[list[tuple[str, list[str]]]]]
+PEER_TTL = 3600  # s the peerstore keeps addresses a discovery gave us
+
+
+async def dial_toward(host: Any, target: int, every: float = DIAL_EVERY,
+                      discoverer: Callable[[], Discover | None] = lambda: None) -> None:
     """Below ``target`` connections, dial a few peers ``host`` has heard of (by identify or
-    gossip) and is not connected to, every DIAL_EVERY seconds (jittered, so that a
-    thousand peers started together do not dial together). Runs until cancelled."""
+    gossip) and is not connected to, every ``every`` seconds (jittered, so that a thousand
+    peers started together do not dial together). When it knows too few, the discovery
+    ``discoverer()`` returns (if any) names more: peer ids and multiaddrs without /p2p (the
+    daemon asks its coordinator); it must not raise. Runs until cancelled."""
     network = host.get_network()
     while True:
-        await trio.sleep(DIAL_EVERY * random.uniform(0.5, 1.5))
+        await trio.sleep(every * random.uniform(0.5, 1.5))
         need = min(DIAL_BATCH, target - len(network.connections))
         if need <= 0:
             continue
         store, me = host.get_peerstore(), host.get_id()
         known = [p for p in store.peers_with_addrs() if p != me and p not in network.connections]
+        if len(known) < need and (discover := discoverer()) is not None:
+            for peer, addrs in await discover():
+                try:
+                    pid = ID.from_base58(peer)
+                    store.add_addrs(pid, [multiaddr.Multiaddr(a) for a in addrs], PEER_TTL)
+                except Exception as exc:  # one bad entry costs only itself
+                    log.debug("discovered peer %s unusable: %s", peer, exc)
+            known = [p for p in store.peers_with_addrs()
+                     if p != me and p not in network.connections]
         async with trio.open_nursery() as nursery:
             for peer in random.sample(known, min(need, len(known))):
                 nursery.start_soon(_dial_quietly, host, store.peer_info(peer))

@@ -41,7 +41,9 @@ from protocol.wire.identity import Identity
 from protocol.wire.messages import (
     ANNOUNCE,
     ENROLL,
+    PEERS_MAX,
     PERSONAL,
+    PROTO_PEERS,
     PROTO_PULL,
     PROTO_SUBMIT,
     TOPIC_ANNOUNCE,
@@ -50,6 +52,7 @@ from protocol.wire.messages import (
     TOPIC_SUBMIT,
     Enroll,
     EvaluatorInfo,
+    PeerList,
     RoundResult,
     SubmitAck,
     decode,
@@ -111,6 +114,7 @@ class PeerDaemon:
         self.evaluator = evaluator
         self.evaluations = 0  # prompts evaluated for the coordinator
         self.node = NetworkNode(identity, config.listen, config.gossip, config.limits)
+        self.node.discover = self._peers_from_coordinator
         self.session = SessionClient(self.node, self.coordinator_id, self._on_push) \
             if config.session else None
         self.roundlog = RoundLog()
@@ -222,6 +226,21 @@ class PeerDaemon:
                 log.warning("enrolment refused: %s", ack.reason)
             await trio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 10.0)
+
+    async def _peers_from_coordinator(self) -> list[tuple[str, list[str]]]:
+        """Peers to dial, as the coordinator names them (``PROTO_PEERS``): how a peer that
+        knows nobody but its bootstrap finds neighbours. Nothing on any failure."""
+        if not self.node.is_connected(self.coordinator_id):
+            return []
+        try:
+            raw = await self.node.request(self.coordinator_id, PROTO_PEERS, b"",
+                                          max_response=PEERS_MAX * 1200 + 64)
+            listed = decode(raw, PeerList).peers
+        except (StreamProtocolError, RejectedMessage) as exc:
+            log.debug("no peer list from the coordinator: %s", exc)
+            return []
+        return [(p.peer_id, [a.split("/p2p/")[0] for a in p.addrs]) for p in listed
+                if p.peer_id != self.identity.peer_id]
 
     async def _submit(self, wire: bytes, *, gossip_fallback: bool,
                       attempts: int = 3) -> SubmitAck | None:

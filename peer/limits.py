@@ -28,6 +28,7 @@ class Limits:
 
     max_connections: int = 64  # connections in all, in and out; beyond, inbound is refused
     dial_target: int = 8  # below this many connections, dial peers we have heard of
+    dial_every: float = 30.0  # seconds between the dialler's looks (jittered +-50 %)
     connections_per_ip: int = 64  # inbound connections from one source address
     pending_per_ip: int = 16  # ... of them still in their handshake
     pending_total: int = 128  # inbound handshakes at once, all sources together

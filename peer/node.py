@@ -160,6 +160,8 @@ class NetworkNode:
         self.host.get_network()._hg_max_inbound_streams = limits.streams_per_connection
         self.host.get_network()._hg_limits = limits  # read by libp2p_patches' gates
         self.blobs = BlobStore()
+        # who names peers to dial when we know too few (the daemon: its coordinator)
+        self.discover: connections.Discover | None = None
         self._nursery: trio.Nursery | None = None
         self.serve(PROTO_BLOB, self.blobs.serve, max_request=BLOB_REQUEST_MAX)
         if self.host.get_id().to_base58() != identity.peer_id:
@@ -178,7 +180,8 @@ class NetworkNode:
                 self._nursery = nursery
                 if self.limits.dial_target > 0:
                     nursery.start_soon(connections.dial_toward, self.host,
-                                       self.limits.dial_target)
+                                       self.limits.dial_target, self.limits.dial_every,
+                                       lambda: self.discover)
                 try:
                     yield self
                 finally:

@@ -29,12 +29,14 @@ from protocol.wire.messages import (
     PROTO_PULL,
     RESULT,
     TOPIC_REPLICAS,
+    WITHDRAW,
     PersonalNotice,
     PhaseNotice,
     PullRequest,
     PullResponse,
     RoundAnnounce,
     SubmitAck,
+    Withdraw,
     decode,
     encode,
 )
@@ -117,12 +119,14 @@ class Participant:
             logic = await self._prepare(announce, mode)
         except (StreamProtocolError, RejectedMessage, ValueError) as exc:
             log.warning("round %d: cannot take part: %s", round, exc)
+            await self._withdraw(round, f"cannot take part: {exc}", mode)
             return
         self.rounds[round] = logic
         try:
             await self._run_steps(round, logic, announce, mode)
         except (Leave, RejectedMessage) as exc:
             log.warning("round %d: leaving: %s", round, exc)
+            await self._withdraw(round, f"leaving: {exc}", mode)
         finally:
             for key in [k for k in self._personal if k[0] == round]:
                 del self._personal[key]
@@ -146,14 +150,13 @@ class Participant:
                     notice = decode(held.payload, PhaseNotice)
                     body = await self._notice_body(round, notice)
                     if body is None:
-                        return
+                        raise Leave(f"the {step} notice's body could not be fetched")
                     personal = None
                     wanted = notice.personal and logic.needs_personal(step)
                     if wanted:
                         personal = await self._personal_message(round, step)
                     if wanted and personal is None:
-                        log.warning("round %d: could not fetch our %s message", round, step)
-                        return
+                        raise Leave(f"could not fetch our {step} message")
                     if logic.offload:  # training: keep the event loop free meanwhile
                         out = await trio.to_thread.run_sync(logic.on_notice, step, body,
                                                             personal)
@@ -163,6 +166,16 @@ class Participant:
                     self.node.blobs.put(blob)
                 for domain, payload in out:
                     await self._send(round, domain, payload, mode)
+
+    async def _withdraw(self, round: int, reason: str, mode: rounds.Mode) -> None:
+        """Tell the coordinator we cannot go on in ``round`` (it stops waiting for us);
+        not once its result is out."""
+        if self.roundlog.has(RESULT, round):
+            return
+        try:
+            await self._send(round, WITHDRAW, encode(Withdraw(reason=reason[:200])), mode)
+        except Exception as exc:  # best effort: the phase deadline covers us anyway
+            log.debug("round %d: withdrawal not sent: %s", round, exc)
 
     async def _notice_body(self, round: int, notice: PhaseNotice) -> bytes | None:
         """A notice's body: inline, or fetched by the digest the signed notice names (from

@@ -87,8 +87,12 @@ def add_limit_args(p: argparse.ArgumentParser, d: Limits = DEFAULT_LIMITS) -> No
                    "pruned (default: %(default)s)")
     g.add_argument("--dial-target", type=int, default=d.dial_target, metavar="N",
                    help="below this many connections, dial peers heard of through identify "
-                   "and gossip, a few every 30 s; 0: dial only --bootstrap (default: "
+                   "and gossip, or named by the coordinator when those are too few, a few "
+                   "every --dial-every seconds; 0: dial only --bootstrap (default: "
                    "%(default)s)")
+    g.add_argument("--dial-every", type=float, default=d.dial_every, metavar="S",
+                   help="seconds between the dialler's looks, jittered by +-50 %% "
+                   "(default: %(default)s)")
     g.add_argument("--max-conns-per-ip", type=int, default=d.connections_per_ip, metavar="N",
                    help="inbound connections from one source address (default: %(default)s)")
     g.add_argument("--max-handshakes-per-ip", type=int, default=d.pending_per_ip, metavar="N",
@@ -126,9 +130,11 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.dial_target < 0:
         raise ValueError("--dial-target must not be negative")
-    if args.gossip_rate <= 0 or args.handshake_timeout <= 0:
-        raise ValueError("--gossip-rate and --handshake-timeout must be positive")
+    if args.gossip_rate <= 0 or args.handshake_timeout <= 0 or args.dial_every <= 0:
+        raise ValueError("--gossip-rate, --handshake-timeout and --dial-every must be "
+                         "positive")
     return Limits(max_connections=args.max_connections, dial_target=args.dial_target,
+                  dial_every=args.dial_every,
                   connections_per_ip=args.max_conns_per_ip,
                   pending_per_ip=args.max_handshakes_per_ip,
                   pending_total=args.max_handshakes, handshake_timeout=args.handshake_timeout,

@@ -31,6 +31,7 @@ CONTRIBUTION = "contribution"  # peer -> coordinator: my input to round n
 RESULT = "result"  # coordinator -> all: round n's published outcome
 NOTICE = "notice"  # coordinator -> all: a phase of round n opened (multi-phase rounds)
 PERSONAL = "personal"  # coordinator -> one peer: its own message for a phase (session, pull)
+WITHDRAW = "withdraw"  # participant -> coordinator: I cannot go on in round n (Withdraw)
 
 ENROLL_WINDOW = 10  # minutes either side of the coordinator's clock
 
@@ -54,6 +55,8 @@ PROTO_SUBMIT = "/hypergossip/submit/1.0.0"  # envelope -> SubmitAck (coordinator
 PROTO_PULL = "/hypergossip/pull/1.0.0"  # PullRequest -> PullResponse (everyone)
 PROTO_BLOB = "/hypergossip/blob/1.0.0"  # 32-byte digest -> blob bytes (everyone)
 PROTO_SESSION = "/hypergossip/session/1.0.0"  # one long-lived stream per peer (peer.session)
+PROTO_PEERS = "/hypergossip/peers/1.0.0"  # b"" -> PeerList (coordinator only)
+PEERS_MAX = 16  # peers in one PeerList
 
 Short = Annotated[str, Meta(max_length=64)]
 Addr = Annotated[str, Meta(max_length=256)]
@@ -80,6 +83,21 @@ class Enroll(Strict):
     agent: Short = ""
     evaluator: EvaluatorInfo | None = None
     ticket: Annotated[bytes, Meta(max_length=1024)] = b""  # protocol.policy.admission: operator's
+
+
+class PeerAddrs(Strict):
+    peer_id: Annotated[str, Meta(max_length=64)]
+    addrs: Annotated[list[Addr], Meta(max_length=4)]
+
+
+class PeerList(Strict):
+    """Peers to dial, from the coordinator (``PROTO_PEERS``): a peer that knows nobody but
+    its bootstrap finds neighbours here, and fetches blobs from them instead of from the
+    coordinator. Only connected peers, each with the addresses it enrolled with that are
+    on the IP it is connected from (so that no one can have the coordinator send peers to
+    dial somebody else)."""
+
+    peers: Annotated[list[PeerAddrs], Meta(max_length=PEERS_MAX)]
 
 
 MODES = ("clear", "secagg", "vss", "replicated")  # how a round is run (RoundAnnounce.mode)
@@ -151,6 +169,15 @@ class PlainVector(Strict):
     """A contribution in the clear as little-endian float32 (insecure mode)."""
 
     vector: Annotated[bytes, Meta(max_length=64 * 1024 * 1024)]
+
+
+class Withdraw(Strict):
+    """A participant's word that it cannot go on in the round it is signed for (it could
+    not fetch the model, its data does not fit, it left a phase): the coordinator stops
+    waiting for it, as for a peer whose connection closed. A peer can only withdraw
+    itself, and a withdrawal changes nothing a silent peer could not."""
+
+    reason: Annotated[str, Meta(max_length=200)] = ""
 
 
 class SubmitAck(Strict):

@@ -588,7 +588,7 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
     coord = Link(args.coordinator_link * 1e6, args.coordinator_link * 1e6)
     net = Network(args.latency)
     ver = evaluation.Verification(redundancy=redundancy)
-    capable = sorted(peers)
+    gone: set[str] = set()  # evaluators whose connection was seen closed
     stats.members = n
     state = {"attempt": 0, "open": 0}
     batches: dict[int, list[str]] = {}  # batch number -> its prompts
@@ -608,6 +608,7 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
             return finish()
         asked = {q: ver.asked(q) for q in todo}
         need = redundancy if state["attempt"] == 0 else 1
+        capable = sorted(set(peers) - gone)  # the live ones, asked again each attempt
         work = coord_work(net.now, evaluation.plan, todo, capable, need, asked)
         state["attempt"] += 1
         if not work:
@@ -644,7 +645,7 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
         p.link.cpu_free = start + busy
         p.cpu += busy
         if peer in dropped:  # gone before it answers: its connection is seen closed
-            net.at(start + rng.uniform(0, busy) + net.latency, closed)
+            net.at(start + rng.uniform(0, busy) + net.latency, closed, peer)
             return
         net.send(p.link, coord, len(out), p.link.cpu_free, result, peer, batch, out)
 
@@ -662,7 +663,9 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
         stats.coord_loop_s += time.thread_time() - t0
         closed()
 
-    def closed() -> None:
+    def closed(peer: str | None = None) -> None:
+        if peer is not None:
+            gone.add(peer)
         state["open"] -= 1
         if not state["open"]:
             net.at(coord.cpu_free, attempt)
@@ -675,6 +678,7 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
                 ver.settle(q, q)
         stats.round_s = max(net.now, coord.cpu_free)
         stats.accepted = len(ver.accepted) - len(left)
+        stats.note = f"{state['attempt']} attempts, {len(batches)} batches"
         stats.status = "published" if len(ver.accepted) == count else "failed"
         if left:
             stats.error = f"{len(left)} prompts evaluated by the coordinator itself"
