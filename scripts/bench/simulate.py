@@ -18,11 +18,11 @@ CPU: every call into a state machine is timed (``time.thread_time``) and that ti
 spent on the simulated clock of whoever made it: a peer's on its own (each peer is its
 own machine), the coordinator's on its one event loop, so a coordinator that is slower
 than its inflow delays the round. The coordinator column is its measured CPU per round:
-signature checks, message intake, phase closes, the final sum. "Keeps up" below asks
-whether that CPU fits the round's duration on one core of this machine; a 4-core
-coordinator runs one event loop (the network, intake, phase logic) plus worker threads
-for the bulk arithmetic, so its limit is set by the per-message share that must stay on
-the loop (shown as ``loop share``).
+signature checks, message intake, phase closes, the final sum; ``loop share`` is the
+part spent on messages as they arrive (envelope checks, intake), the rest in phase
+closes. ``cores`` is how many cores that work would need to stay off the round's
+critical path (see :func:`bottlenecks`): today's coordinator has one, its event loop,
+whatever the machine has.
 
 Dropout (``--dropout 0.05,0.3``): that fraction of the members, chosen at random, each
 vanish before one of the messages a member sends in the round, chosen uniformly (five in
@@ -729,13 +729,13 @@ def table(rows: list[RoundStats]) -> str:
     head = ["N", "mode", "dropout", "members", "setting (secagg: k/t/agree)", "status",
             "accepted",
             "round s",
-            "coord CPU s", "loop share", "keeps up", "coord up MB", "coord down MB",
+            "coord CPU s", "loop share", "cores", "coord up MB", "coord down MB",
             "peer up KB", "peer down KB", "peer CPU s"]
     cells = [head]
     for r in rows:
         graph = r.setting or ("-" if r.degree is None else
                               f"{r.degree}/{r.threshold}/{r.agreement}")
-        keeps = "yes" if r.coord_cpu_s <= r.round_s else "no"
+        keeps = str(cores_needed(r))
         cells.append([str(r.n), r.mode, f"{r.dropout:.0%}", str(r.members), graph, r.status,
                       str(r.accepted),
                       f"{r.round_s:.1f}", f"{r.coord_cpu_s:.1f}",
@@ -753,38 +753,33 @@ def table(rows: list[RoundStats]) -> str:
     return "\n".join(lines)
 
 
+def cores_needed(r: RoundStats) -> int:
+    """Cores the coordinator's round work would need to stay off the critical path (see
+    :func:`bottlenecks`)."""
+    return max(1, int(np.ceil(r.coord_cpu_s / max(r.round_s - r.coord_cpu_s, 1e-9))))
+
+
 def bottlenecks(rows: list[RoundStats], link_mbit: float) -> list[str]:
-    """Where the coordinator stops keeping up, per mode and dropout, from the smallest and
-    largest N simulated: its CPU per round C(N) and the round's duration R(N) fitted as
-    powers of N through those two points, and likewise its link's busy time (bytes in
-    and out over ``link_mbit``). The coordinator is one CPython process whose round logic
-    runs on its event loop, so its protocol work has one core whatever the machine has;
-    a 4-core machine gives the other cores to the kernel's networking and the peers'
-    traffic, not to this. It stops keeping up where C(N) = R(N): the round then waits on
-    it (busy 100 %), and back-to-back rounds queue."""
+    """Whether the coordinator keeps up, row by row. Its measured CPU C sits on the
+    round's critical path (the simulated coordinator does one thing at a time), so the
+    round without it would take about R - C (the network's and the peers' time; less,
+    where its work overlapped their waits). It keeps up while C <= R - C; if its round
+    work were split k ways it would take ``k = ceil(C / (R - C))`` cores. Today's
+    coordinator runs its round logic on one event loop of one CPython process: k must
+    be 1, whatever cores the machine has (the pure-Python Shamir reconstruction of a
+    SecAgg+ unmask would need worker processes to use more). Its link (bytes in and out
+    over ``link_mbit``) is shown the same way. Cohorts bound C: a round takes at most
+    5,000 SecAgg+ members or 300 VSS dealers whatever N is."""
     out = []
-    groups: dict[tuple[str, float], list[RoundStats]] = {}
     for r in rows:
-        if r.status == "published" and r.round_s > 0:
-            groups.setdefault((r.mode, r.dropout), []).append(r)
-    for (mode, dropout), rs in sorted(groups.items()):
-        rs.sort(key=lambda r: r.n)
-        lo, hi = rs[0], rs[-1]
-        busy = [f"N={r.n}: CPU busy {r.coord_cpu_s / r.round_s:.0%}, link busy "
-                f"{(r.coord_sent + r.coord_received) * 8 / (link_mbit * 1e6) / r.round_s:.0%}"
-                for r in rs]
-        line = f"{mode} {dropout:.0%}: " + "; ".join(busy)
-        if hi.n > lo.n and lo.coord_cpu_s > 0:
-            span = np.log(hi.n / lo.n)
-            a = np.log(hi.coord_cpu_s / lo.coord_cpu_s) / span
-            b = np.log(hi.round_s / lo.round_s) / span
-            line += f"; coordinator CPU grows as N^{a:.2f}, the round as N^{b:.2f}"
-            if a > b:
-                n_star = lo.n * (lo.round_s / lo.coord_cpu_s) ** (1 / (a - b))
-                line += f": it stops keeping up near N = {n_star:,.0f}"
-            else:
-                line += ": it keeps up at any N (its CPU grows no faster than the round)"
-        out.append(line)
+        if r.status != "published" or r.round_s <= 0:
+            continue
+        cores = cores_needed(r)
+        link = (r.coord_sent + r.coord_received) * 8 / (link_mbit * 1e6)
+        out.append(f"N={r.n} {r.mode} {r.dropout:.0%} ({r.members} members): coordinator "
+                   f"CPU {r.coord_cpu_s:.1f} s of a {r.round_s:.1f} s round, "
+                   f"{'keeps up on one core' if cores == 1 else f'needs {cores} cores'}; "
+                   f"link busy {link / r.round_s:.0%}")
     return out
 
 
