@@ -177,6 +177,8 @@ class Intake:
             await trio.sleep(min(600.0, self.admission.config.expire_after / 4))
             gone = self.store.forget_silent(self.admission.expired_before(time.time()),
                                             keep=set(self.node.connected_peers()))
+            for peer in gone:
+                self.addrs.pop(peer, None)
             if gone:
                 log.info("forgot %d peers unheard of for %.0f s (they may enrol again)",
                          len(gone), self.admission.config.expire_after)
