@@ -158,6 +158,16 @@ def timed(fn, *args) -> tuple[Any, float]:
     return out, time.thread_time() - t0
 
 
+def on_coordinator(coord: Link, stats: RoundStats, t: float, fn, *args) -> Any:
+    """Run ``fn`` on the coordinator's one clock: it starts when the coordinator is free
+    (not before ``t``), and its measured CPU is the round's coordinator CPU."""
+    start = max(t, coord.cpu_free)
+    out, cpu = timed(fn, *args)
+    stats.coord_cpu_s += cpu
+    coord.cpu_free = start + cpu
+    return out
+
+
 # --- one round ----------------------------------------------------------------------------
 @dataclass
 class SimPeer:
@@ -367,11 +377,7 @@ def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namesp
     coord_wire = seal(coord_id, ANNOUNCE, 1, encode(announce))
 
     def coord_work(t: float, fn, *a) -> Any:
-        start = max(t, coord.cpu_free)
-        out, cpu = timed(fn, *a)
-        stats.coord_cpu_s += cpu
-        coord.cpu_free = start + cpu
-        return out
+        return on_coordinator(coord, stats, t, fn, *a)
 
     def live() -> set[str]:
         return set(members) - gone
@@ -620,11 +626,7 @@ def simulate_prompts(n: int, dropout: float, args: argparse.Namespace) -> RoundS
     batches: dict[int, list[str]] = {}  # batch number -> its prompts
 
     def coord_work(t: float, fn, *a) -> Any:
-        start = max(t, coord.cpu_free)
-        out, cpu = timed(fn, *a)
-        stats.coord_cpu_s += cpu
-        coord.cpu_free = start + cpu
-        return out
+        return on_coordinator(coord, stats, t, fn, *a)
 
     def attempt() -> None:
         """One pass of RemoteEvaluations.evaluate_remotely's loop: plan the undecided
