@@ -111,9 +111,8 @@ class Intake:
             return self._enroll(wire, peeked, transport_peer)
         rnd = self.open.round
         last = rnd.number if rnd is not None else self.store.last_round()
-        env = self.round_verifier.verify(wire, domains=self.domains() | {WITHDRAW},
-                                         min_round=last, max_round=last,
-                                         check=self._sender_admitted)
+        env = self.round_verifier.verify(wire, domains=self.domains(), min_round=last,
+                                         max_round=last, check=self._sender_admitted)
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
         if env.domain == WITHDRAW:

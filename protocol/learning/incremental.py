@@ -47,6 +47,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from ..crypto.vss.config import rank
 from ..policy.replication import (
     assign,
     beacon,
@@ -187,9 +188,8 @@ class Incremental(Workload):
         blob = self.state_blob()
         b = beacon(prev_state_digest, round)
         eligible = sorted(set(eligible))
-        if len(eligible) > MAX_ELIGIBLE:
-            eligible = sorted(sorted(eligible, key=lambda p: hashlib.sha256(
-                b"eligible" + b + p.encode()).digest())[:MAX_ELIGIBLE])
+        if len(eligible) > MAX_ELIGIBLE:  # the public seeded draw the cohorts use
+            eligible = sorted(rank(eligible, b + b"eligible")[:MAX_ELIGIBLE])
         table = assign(b, self.segments, self.replicas, eligible)
         return IncrementalParams(
             model_digest=hashlib.sha256(blob).digest(), model_size=len(blob),

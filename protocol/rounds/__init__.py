@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..wire.messages import WITHDRAW
 from . import clear, replicated, robust, secure, verified
 from .base import Mode, UnknownMode
 
@@ -93,8 +94,9 @@ def public_domains(workload: Workload) -> frozenset[str]:
 
 
 def peer_domains() -> frozenset[str]:
-    """Every domain a peer may sign a round message for, in any registered mode (asked for
-    every message the coordinator takes in: kept until the next :func:`register`)."""
+    """Every domain a peer may sign a round message for, in any registered mode, and a
+    withdrawal from the round (asked for every message the coordinator takes in: kept
+    until the next :func:`register`)."""
     if not _domains:
-        _domains.append(frozenset().union(*(m.domains for m in MODES.values())))
+        _domains.append(frozenset({WITHDRAW}).union(*(m.domains for m in MODES.values())))
     return _domains[0]

@@ -60,6 +60,7 @@ Run: ``.venv/bin/python scripts/bench/simulate.py --peers 1000,10000``.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import heapq
 import json
@@ -251,76 +252,62 @@ class Trained:
         return w
 
 
-class Checked:
-    """SecAgg+ clients' survivor-signature checks, each done once: every client verifies
-    ``agreement`` (about 0.7 N) signatures over the survivor list before it unmasks, the
-    same (signer, signature, list) for all of them: 0.7 N^2 checks a round (17.5 million at
-    N = 5,000, about 18 minutes of this machine at 60 us each). An Ed25519 check is
-    deterministic, so the first check of each is run and timed, and every client that
-    repeats it is charged that time
-    (``extra``, read after each client step). Installed in place of the client module's
-    ``valid_signature`` for a secagg simulation only; the coordinator's own checks (one
-    per survivor) are untouched."""
+class Once:
+    """A deterministic function that every simulated peer calls on the same input, run
+    once per input and timed; each later call is charged that time (``extra``, read after
+    each peer step) instead of running again. Installed, for one simulation, in place of:
 
-    def __init__(self, check) -> None:
-        self._check, self._seen = check, {}
-        self._message: tuple[bytes, bytes] = (b"", b"")
+    - SecAgg+ clients' ``valid_signature``: each client checks ``agreement`` (about 0.7 N)
+      signatures over the same survivor list, 0.7 N^2 checks a round (17.5 million at
+      N = 5,000, about 18 minutes of this machine at 60 us each); keyed by signer,
+      signature and the list's digest (the coordinator's own checks are untouched);
+    - replicas' ``data_digest``: SHA-256 of every training image (200 MB at 1,000
+      segments) over the one data set object the peers share; keyed by that object."""
+
+    def __init__(self, fn, key) -> None:
+        self.fn, self._key, self._seen = fn, key, {}
         self.extra = 0.0
 
-    def __call__(self, peer: str, message: bytes, signature: bytes) -> bool:
-        if message is not self._message[0]:
-            self._message = (message, hashlib.sha256(message).digest())
-        key = (peer, signature, self._message[1])
+    def __call__(self, *args):
+        key = self._key(*args)
         if key in self._seen:
-            ok, cpu = self._seen[key]
-            self.extra += cpu
-            return ok
-        t0 = time.thread_time()
-        ok = self._check(peer, message, signature)
-        self._seen[key] = (ok, time.thread_time() - t0)
-        return ok
-
-
-class Hashed:
-    """Replicas' check that their training data is the round's (``data_digest``: SHA-256
-    of every training image, 200 MB at 1,000 segments), each peer over the same data set
-    object: hashed once and timed, every further replica charged that time (``extra``).
-    Installed in place of the replica module's ``data_digest`` for a replicated
-    simulation only."""
-
-    def __init__(self, digest) -> None:
-        self._digest, self._seen = digest, {}
-        self.extra = 0.0
-
-    def __call__(self, ds) -> bytes:
-        if id(ds) in self._seen:
-            out, cpu = self._seen[id(ds)]
+            out, cpu = self._seen[key]
             self.extra += cpu
             return out
         t0 = time.thread_time()
-        out = self._digest(ds)
-        self._seen[id(ds)] = (out, time.thread_time() - t0)
+        out = self.fn(*args)
+        self._seen[key] = (out, time.thread_time() - t0)
         return out
+
+
+def _signature_key(peer: str, message: bytes, signature: bytes) -> tuple:
+    return peer, signature, _digest_of(message)
+
+
+@functools.lru_cache(maxsize=4)
+def _digest_of(message: bytes) -> bytes:  # one survivor list, checked 0.7 N times a client
+    return hashlib.sha256(message).digest()
 
 
 def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -> RoundStats:
     if mode_name in ("secagg", "replicated"):
         from protocol.crypto.secagg import client
         from protocol.rounds import replica
-        module, name, memo = (client, "valid_signature", Checked(client.valid_signature)) \
-            if mode_name == "secagg" else (replica, "data_digest", Hashed(replica.data_digest))
+        module, name, key = (client, "valid_signature", _signature_key) \
+            if mode_name == "secagg" else (replica, "data_digest", id)
+        memo = Once(getattr(module, name), key)
         setattr(module, name, memo)
         try:
             return simulate_round(n, mode_name, dropout, args, memo)
         finally:
-            setattr(module, name, memo._check if mode_name == "secagg" else memo._digest)
+            setattr(module, name, memo.fn)
     if mode_name == "prompts":
         return simulate_prompts(n, dropout, args)
     return simulate_round(n, mode_name, dropout, args, None)
 
 
 def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namespace,
-                   memo: Checked | Hashed | None) -> RoundStats:
+                   memo: Once | None) -> RoundStats:
     stats = RoundStats(n=n, mode=mode_name, dropout=dropout)
     rng = random.Random(args.seed)
     if mode_name == "secagg":
