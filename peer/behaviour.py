@@ -110,6 +110,9 @@ class DropOut(PeerRound):
     def needs_personal(self, phase: str) -> bool:
         return self.inner.needs_personal(phase)
 
+    def needs_body(self, phase: str) -> bool:
+        return self.inner.needs_body(phase)
+
     def blobs(self) -> list[bytes]:
         return self.inner.blobs()
 

@@ -148,7 +148,8 @@ class Participant:
                     held = peek(self.roundlog.get(NOTICE, round, step))  # verified on intake
                     assert held is not None
                     notice = decode(held.payload, PhaseNotice)
-                    body = await self._notice_body(round, notice)
+                    body = await self._notice_body(round, notice) \
+                        if logic.needs_body(step) else b""
                     if body is None:
                         raise Leave(f"the {step} notice's body could not be fetched")
                     personal = None

@@ -21,9 +21,12 @@ from protocol.crypto.vss import (
     VssServer,
 )
 from protocol.learning.registry import get_workload
+from protocol.rounds import MODES
 from protocol.rounds import verified as verified_round
+from protocol.rounds.base import Settings
+from protocol.rounds.local import LocalPeer, run_round
 from protocol.wire.identity import Identity
-from protocol.wire.messages import PhaseNotice, encode
+from protocol.wire.messages import PhaseNotice, StatsContribution, encode
 
 LOW, HIGH = (50.0, 20.0), (250.0, 300.0)  # the stats workload's height/weight ranges
 
@@ -296,3 +299,39 @@ def test_a_round_that_replans_draws_its_committee_again_from_those_that_answered
     assert all(c.cfg == server.cfg for c in clients.values())
     assert out.included == answered
     assert np.max(np.abs(out.total - truth(cfg, xs, answered))) <= cfg.error_bound(6)
+
+
+def test_only_committee_members_read_the_commitments_and_inclusion_bodies():
+    # Those bodies hold every dealer's commitments (O(N) bytes, ~1 MB at N=500): the
+    # other dealers are handed b"" and never fetch them, and the round still sums all.
+    values = [(150.0 + i, 50.0 + i) for i in range(10)]
+    peers = [LocalPeer(Identity.generate(), get_workload("stats"),
+                       StatsContribution(height=h, weight=w)) for h, w in values]
+    read: dict[str, list[str]] = {}
+
+    def watched(mode, ctx):
+        pr = mode.peer_round(ctx)
+        on_notice = pr.on_notice
+
+        def spy(phase, body, personal):
+            read.setdefault(ctx.peer_id, []).append(f"{phase}:{'body' if body else '-'}")
+            return on_notice(phase, body, personal)
+
+        pr.on_notice = spy
+        return pr
+
+    for p in peers:
+        p.factory = watched
+    res = run_round(MODES["vss"], get_workload("stats"), 1, peers,
+                    settings=Settings(vss_committee=4))
+    assert res.outcome.status == "published", res.outcome
+    assert res.outcome.result["count"] == 10
+    assert abs(res.outcome.result["mean_height"] - 154.5) < 0.01
+    params = verified_round.make_params(get_workload("stats"), 1,
+                                        sorted(p.identity.peer_id for p in peers), b"",
+                                        committee_size=4)
+    committee = set(verified_round.config(1, params).committee)
+    for pid, steps in read.items():
+        want = "body" if pid in committee else "-"
+        assert f"check:{want}" in steps and f"aggregate:{want}" in steps, (pid, steps)
+    assert len(committee) == 4 and committee <= set(read)

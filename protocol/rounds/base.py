@@ -155,6 +155,12 @@ class PeerRound:
     def needs_personal(self, phase: str) -> bool:
         return False
 
+    def needs_body(self, phase: str) -> bool:
+        """Whether this peer reads ``phase``'s notice body. One that does not gets b""
+        instead: a large body travels by digest, and in a committee round most peers never
+        read what only the committee needs (at N=500, VSS commitments of ~1 MB each)."""
+        return True
+
     def blobs(self) -> list[bytes]:
         """Bytes this peer must serve by digest (e.g. the weights it committed to)."""
         return []

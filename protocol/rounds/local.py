@@ -115,7 +115,8 @@ def run_round(mode: Mode, workload: Workload, number: int, peers: list[LocalPeer
             try:
                 if pr.needs_personal(step.phase) and personal is None:
                     raise Leave(f"no personal {step.phase} message")
-                out = pr.on_notice(step.phase, step.body, personal)
+                body = step.body if pr.needs_body(step.phase) else b""
+                out = pr.on_notice(step.phase, body, personal)
             except Leave as exc:
                 res.left[pid] = str(exc)
                 del live[pid]

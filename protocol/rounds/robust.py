@@ -349,6 +349,9 @@ class RobustPeerRound(PeerRound):
     def needs_personal(self, phase: str) -> bool:
         return self.inner.needs_personal(phase)
 
+    def needs_body(self, phase: str) -> bool:
+        return self.inner.needs_body(phase)
+
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         bodies = decode(body, GroupBodies).bodies
         if self.index >= len(bodies):

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 KEYS, DEAL, CHECK, RESOLVE, AGGREGATE = "keys", "deal", "check", "resolve", "aggregate"
 PHASES = (KEYS, DEAL, CHECK, RESOLVE, AGGREGATE)
+MEMBERS_ONLY = (CHECK, AGGREGATE)  # notices whose bodies (commitments, inclusion) only
+# committee members read: O(N) bytes that the other dealers need not fetch
 DOMAIN = {p: f"vss/{p}" for p in PHASES}
 SCHEMA: dict[str, type[Strict]] = {
     KEYS: vss.MemberKey, DEAL: vss.Dealing, CHECK: vss.Accusations, RESOLVE: vss.Reveal,
@@ -200,6 +202,9 @@ class VerifiedPeerRound(PeerRound):
     def needs_personal(self, phase: str) -> bool:
         return phase == CHECK and self.client.member
 
+    def needs_body(self, phase: str) -> bool:
+        return self.client.member or phase not in MEMBERS_ONLY
+
     def on_notice(self, phase: str, body: bytes, personal: bytes | None) -> Outgoing:
         return leaving(vss.VssAbort, lambda: self._step(phase, body, personal))
 
@@ -211,11 +216,13 @@ class VerifiedPeerRound(PeerRound):
         elif phase == CHECK:
             inbox = decode(personal, vss.MemberInbox) if personal is not None else \
                 vss.MemberInbox(ciphertexts={})
-            out = self.client.check(decode(body, vss.Commitments), inbox)
+            out = self.client.check(decode(body, vss.Commitments) if self.client.member
+                                    else vss.Commitments(dealers={}, dealer_pks={}), inbox)
         elif phase == RESOLVE:
             out = self.client.reveal(decode(body, vss.Disputes))
         elif phase == AGGREGATE:
-            out = self.client.aggregate(decode(body, vss.Inclusion))
+            out = self.client.aggregate(decode(body, vss.Inclusion) if self.client.member
+                                        else vss.Inclusion(included=[], revealed={}))
         else:
             raise RoundMisuse(f"unknown phase {phase!r}")
         return [] if out is None else [(DOMAIN[phase], encode(out))]

@@ -168,6 +168,9 @@ class TimedPeer(PeerRound):
     def needs_personal(self, phase: str) -> bool:
         return self.inner.needs_personal(phase)
 
+    def needs_body(self, phase: str) -> bool:
+        return self.inner.needs_body(phase)
+
     def on_notice(self, phase, body, personal):
         return self.meter.peer(self.pid, self.inner.on_notice, phase, body, personal)
 

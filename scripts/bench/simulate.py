@@ -411,18 +411,24 @@ def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namesp
         body = seal(coord_id, NOTICE, 1, encode(PhaseNotice(
             round=1, phase=step.phase, body=b"" if by_digest else step.body,
             personal=bool(step.personal), body_ref=ref)))
+        fetch = []  # who fetches the body by digest (those that read it)
         for pid in members:
             personal = step.personal.get(pid)
             pw = None if personal is None else seal(coord_id, PERSONAL, 1, encode(
                 PersonalNotice(round=1, phase=step.phase, recipient=pid, body=personal)))
             size = len(body) + (len(pw) if pw else 0)
-            if by_digest:
-                net.send(coord, peers[pid].link, size, t, lambda: None)
-            else:
+            logic = peers[pid].logic
+            if not by_digest:
                 net.send(coord, peers[pid].link, size, t, peer_notice, pid, step.phase,
                          step.body, personal)
+            elif logic is None or logic.needs_body(step.phase):
+                net.send(coord, peers[pid].link, size, t, lambda: None)
+                fetch.append(pid)
+            else:  # a peer that does not read the body does not fetch it
+                net.send(coord, peers[pid].link, size, t, peer_notice, pid, step.phase,
+                         b"", personal)
         if by_digest:
-            spread(step, t)
+            spread(step, fetch, t)
         net.at(rnd.deadline, check_ready)  # the phase's deadline
         schedule_check(coord.cpu_free)  # the driver asks at once (a phase may owe nothing)
 
@@ -472,8 +478,8 @@ def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namesp
 
         serve(coord, SEED_COPIES, t)
 
-    def spread(step: Notice, t: float) -> None:
-        spread_blob(len(step.body), list(members), t, lambda pid: peer_notice(
+    def spread(step: Notice, targets: list[str], t: float) -> None:
+        spread_blob(len(step.body), targets, t, lambda pid: peer_notice(
             pid, step.phase, step.body, step.personal.get(pid)))
 
     def deliver(pid: str, wire: bytes) -> None:
