@@ -30,7 +30,13 @@ from protocol.crypto.secagg import (
     prg,
 )
 from protocol.crypto.secagg.config import mask_sign, pairwise_seed
+from protocol.learning.registry import get_workload
+from protocol.rounds import MODES
+from protocol.rounds import secure as secure_round
+from protocol.rounds.base import Leave
+from protocol.rounds.local import LocalPeer, run_round
 from protocol.wire.identity import Identity
+from protocol.wire.messages import StatsContribution, decode
 
 ENC = FixedPoint(clip=10.0, max_summands=200)
 
@@ -505,3 +511,67 @@ def test_a_client_refuses_a_key_directory_that_names_strangers():
     forged[Identity.generate().peer_id] = directory.keys[ids[0]]
     with pytest.raises(SecAggAbort, match="cannot be this round's"):
         clients[ids[1]].share_keys(secagg.KeyDirectory(keys=forged))
+
+
+def test_a_sparse_round_sends_each_client_its_neighbours_keys_and_compact_signatures():
+    """Above 101 participants the graph is sparse: the shares notice names only who did
+    not advertise, each client gets its own and its neighbours' keys in a personal
+    message (not the O(N) directory), and the unmask notice carries ``agreement``
+    signatures by survivor index. Five participants stay silent, so the round re-plans
+    over the members both sides derive from the notice; the sum is still exact."""
+    from protocol.rounds import secure as secure_round
+
+    peers = [LocalPeer(Identity.generate(), get_workload("stats"),
+                       StatsContribution(height=100.0 + i % 50, weight=60.0))
+             for i in range(120)]
+    silent = {p.identity.peer_id for p in peers[:5]}
+    seen: dict[str, dict[str, tuple[bytes, bytes | None]]] = {}
+
+    def factory(mode, ctx):
+        if ctx.peer_id in silent:
+            raise Leave("silent")
+        pr = mode.peer_round(ctx)
+        on_notice = pr.on_notice
+
+        def spy(phase, body, personal):
+            seen.setdefault(ctx.peer_id, {})[phase] = (body, personal)
+            return on_notice(phase, body, personal)
+
+        pr.on_notice = spy
+        return pr
+
+    for p in peers:
+        p.factory = factory
+    res = run_round(MODES["secagg"], get_workload("stats"), 3, peers)
+    assert res.outcome.status == "published", res.outcome
+    assert res.outcome.result["count"] == 115
+    want = sum(100.0 + i % 50 for i in range(5, 120)) / 115
+    assert abs(res.outcome.result["mean_height"] - want) < 0.01
+    assert len(seen) == 115
+    sa = res.outcome.result["secure_aggregation"]
+    degree = sa["degree"]
+    assert degree == 100 < 114 and sa["members"] == 115
+    for pid, phases in seen.items():
+        body, personal = phases[secure_round.SHARES]
+        assert sorted(decode(body, secagg.Advertised).missing) == sorted(silent)
+        keys = decode(personal, secagg.KeyDirectory).keys
+        assert pid in keys and len(keys) == degree + 1
+        body, _ = phases[secure_round.UNMASK]
+        wire = decode(body, secagg.SurvivorSignatures)
+        assert len(wire.signers) == sa["agreement"] < 115
+        assert len(body) < 70 * len(wire.signers) + 64
+
+
+def test_compact_unmask_signatures_count_only_over_the_list_the_client_signed():
+    cfg, ids, xs = make(6)
+    server, clients = run_until_masked(cfg, ids, xs)
+    honest_list = server.close_masked()
+    for p in ids:
+        server.receive_consistency(p, clients[p].confirm(honest_list))
+    wire = secure_round.compact(server.close_consistency(), cfg.agreement)
+    assert len(wire.signers) == cfg.agreement
+    lie = sorted(p for p in ids if p != ids[0])  # the same indices over another list
+    with pytest.raises(SecAggAbort, match="different survivor list"):
+        clients[ids[1]].unmask(secure_round.expand(wire, lie))
+    reply = clients[ids[2]].unmask(secure_round.expand(wire, sorted(honest_list.survivors)))
+    assert reply.self_mask_shares

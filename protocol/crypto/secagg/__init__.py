@@ -90,6 +90,7 @@ from .config import (
 from .messages import (
     MAX_COMBINATIONS,
     TAG,
+    Advertised,
     AdvertiseKeys,
     ConsistencySignature,
     Inbox,
@@ -102,6 +103,7 @@ from .messages import (
     SecAggRejected,
     ShareBundle,
     SurvivorList,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -112,6 +114,7 @@ __all__ = [
     "mask_sign",
     "pairwise_seed",
     "seed_commitment",
+    "Advertised",
     "AdvertiseKeys",
     "ConsistencySignature",
     "Inbox",
@@ -130,6 +133,7 @@ __all__ = [
     "SecAggServer",
     "ShareBundle",
     "SurvivorList",
+    "SurvivorSignatures",
     "TAG",
     "UnmaskRequest",
     "UnmaskShares",

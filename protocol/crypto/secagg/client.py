@@ -7,7 +7,7 @@ See :mod:`protocol.crypto.secagg` for the protocol and its guarantees.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 import numpy as np
@@ -78,10 +78,14 @@ class SecAggClient:
         return AdvertiseKeys(enc_pk=raw_public(self._enc), mask_pk=raw_public(self._mask),
                              self_mask_commit=seed_commitment(self._b))
 
-    def share_keys(self, directory: KeyDirectory) -> ShareBundle:
+    def share_keys(self, directory: KeyDirectory,
+                   members: Iterable[str] | None = None) -> ShareBundle:
+        """Seal our shares to our neighbours. ``directory``: the keys of (at least) this
+        client and its neighbours; ``members``: who advertised keys, when the directory
+        does not list them all (a re-planning round's graph is drawn over them)."""
         self._advance(1)
-        try:
-            self.cfg = self.cfg.restricted(directory.keys)  # the members, if it re-plans
+        try:  # the members, if it re-plans
+            self.cfg = self.cfg.restricted(directory.keys if members is None else members)
         except ValueError as exc:
             raise SecAggAbort(f"the key directory cannot be this round's: {exc}") from exc
         mine = directory.keys.get(self.me)

@@ -110,6 +110,13 @@ class SecAggServer:
             self._close(SecAggPhase.KEYS, len(self.keys))
         return KeyDirectory(keys=dict(self.keys))
 
+    def directories(self) -> dict[str, KeyDirectory]:
+        """After :meth:`close_keys`: each member's own and its neighbours' keys, all that
+        its ``share_keys`` reads (O(degree) a member, where the directory is O(N))."""
+        return {m: KeyDirectory(keys={v: self.keys[v] for v in (m, *self.cfg.neighbours(m))
+                                      if v in self.keys})
+                for m in self.keys}
+
     def receive_shares(self, peer: str, msg: ShareBundle) -> None:
         self._check(SecAggPhase.SHARES, peer, self.bundles, self.keys)
         expected = {v for v in self.cfg.neighbours(peer) if v in self.keys}
@@ -214,7 +221,10 @@ class SecAggServer:
                 bad[v] = bad.get(v, 0) + 1
         if len(points) < t:
             raise SecAggAbort(f"{len(points)} usable shares for {owner}, need {t}")
-        holders = sorted(points)
+        # by share index: the first subset tried is then the same index set for every
+        # owner whose neighbours all answered, so its Lagrange weights (and _all_on's)
+        # are computed once per round, not once per owner (O(t^2) and O(e t^2) each)
+        holders = sorted(points, key=lambda v: points[v])
         for count, subset in enumerate(itertools.combinations(holders, t)):
             if count >= MAX_COMBINATIONS:
                 break
