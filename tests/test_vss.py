@@ -301,9 +301,10 @@ def test_a_round_that_replans_draws_its_committee_again_from_those_that_answered
     assert np.max(np.abs(out.total - truth(cfg, xs, answered))) <= cfg.error_bound(6)
 
 
-def test_only_committee_members_read_the_commitments_and_inclusion_bodies():
-    # Those bodies hold every dealer's commitments (O(N) bytes, ~1 MB at N=500): the
-    # other dealers are handed b"" and never fetch them, and the round still sums all.
+def test_only_committee_members_get_the_commitments_and_read_the_inclusion():
+    # The commitments are O(N) bytes (255 KB for a cohort of 300): they go to the members
+    # alone, in their personal check message; the inclusion body is handed to the other
+    # dealers as b"" (they never fetch it), and the round still sums all.
     values = [(150.0 + i, 50.0 + i) for i in range(10)]
     peers = [LocalPeer(Identity.generate(), get_workload("stats"),
                        StatsContribution(height=h, weight=w)) for h, w in values]
@@ -314,7 +315,8 @@ def test_only_committee_members_read_the_commitments_and_inclusion_bodies():
         on_notice = pr.on_notice
 
         def spy(phase, body, personal):
-            read.setdefault(ctx.peer_id, []).append(f"{phase}:{'body' if body else '-'}")
+            read.setdefault(ctx.peer_id, []).append(
+                f"{phase}:{'body' if body else '-'}{'+personal' if personal else ''}")
             return on_notice(phase, body, personal)
 
         pr.on_notice = spy
@@ -332,6 +334,7 @@ def test_only_committee_members_read_the_commitments_and_inclusion_bodies():
                                         committee_size=4)
     committee = set(verified_round.config(1, params).committee)
     for pid, steps in read.items():
-        want = "body" if pid in committee else "-"
-        assert f"check:{want}" in steps and f"aggregate:{want}" in steps, (pid, steps)
+        member = pid in committee  # only members get the commitments (with their shares)
+        assert ("check:-+personal" if member else "check:-") in steps, (pid, steps)
+        assert ("aggregate:body" if member else "aggregate:-") in steps, (pid, steps)
     assert len(committee) == 4 and committee <= set(read)
