@@ -207,7 +207,6 @@ class SecurePeerRound(PeerRound):
         self.cfg = config(announce.round, self.params)
         self.workload, self.vector = workload, np.asarray(vector, dtype=np.float64)
         self.client = secagg.SecAggClient(peer_id, self.cfg, sign)
-        self._survivors: list[str] = []  # the survivor list we signed (unmask reads it)
 
     def start(self) -> Outgoing:
         return [(DOMAIN[KEYS], encode(self.client.advertise()))]
@@ -233,12 +232,10 @@ class SecurePeerRound(PeerRound):
             masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
             return [(DOMAIN[MASKED], encode(masked))]
         if phase == CONSISTENCY:
-            shown = decode(body, secagg.SurvivorList)
-            self._survivors = sorted(set(shown.survivors))
-            signature = self.client.confirm(shown)
+            signature = self.client.confirm(decode(body, secagg.SurvivorList))
             return [(DOMAIN[CONSISTENCY], encode(signature))]
         if phase == UNMASK:
-            request = expand(decode(body, secagg.SurvivorSignatures), self._survivors)
+            request = expand(decode(body, secagg.SurvivorSignatures), self.client.confirmed)
             reply = self.client.unmask(request)
             return [(DOMAIN[UNMASK], encode(reply))]
         raise RoundMisuse(f"unknown phase {phase!r}")

@@ -161,6 +161,11 @@ class SecAggClient:
         Masker(self.cfg).apply(y, masks)
         return MaskedInput(vector=y.astype(self.cfg.encoding.wire_dtype, copy=False).tobytes())
 
+    @property
+    def confirmed(self) -> list[str]:
+        """The sorted survivor list this client signed (empty before it signed one)."""
+        return list(self._confirmed or [])
+
     def confirm(self, request: SurvivorList) -> ConsistencySignature:
         """Sign the survivor list (after sanity checks); only this list can be unmasked."""
         self._advance(3)
