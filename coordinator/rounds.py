@@ -193,13 +193,14 @@ class RoundDriver:
         return sorted(chosen)
 
     async def _wait_for_peers(self) -> None:
-        need = self._need()
-        if self.rounds_run == 0:
-            need = max(need, self.config.start_peers)
+        def need() -> int:  # read each time: the operator may change either while we wait
+            return max(self._need(), self.config.start_peers if self.rounds_run == 0 else 0)
+
         last_log = 0.0
-        while len(live := self.live_peers()) < need:
+        while len(live := self.live_peers()) < need():
             if time.time() - last_log > 10:
-                log.info("waiting for peers: %d of %d connected and admitted", len(live), need)
+                log.info("waiting for peers: %d of %d connected and admitted", len(live),
+                         need())
                 last_log = time.time()
             await self.open.wait_changed(0.5)
 

@@ -10,11 +10,12 @@ model. Instead:
 - the coordinator's store is a *seed* (``seed_copies``): of a large blob it serves that
   many copies to whoever asks first, and then answers "busy" to requests that do not say
   they are a last resort, pointing them at their neighbours;
-- a peer's first attempt asks its neighbours (up to eight at once) and the coordinator
-  together; later ones ask the neighbours, then the coordinator. Between attempts it
-  backs off (0.25 s doubling to 4 s, jittered), and only from attempt ``LAST_RESORT_AT``
-  on does its request to the coordinator carry the last-resort flag, which the
-  coordinator always serves;
+- a peer's first attempt asks its neighbours (three at random: at eight, 500 peers
+  opening 4,000 streams at once kept the loops so busy that stream negotiations timed
+  out after 10 s) and the coordinator together; the next ones ask only the neighbours
+  (the coordinator would say "busy"), backing off between attempts (0.25 s doubling
+  to 4 s, jittered); from attempt ``LAST_RESORT_AT`` on it asks the neighbours, then
+  the coordinator with the last-resort flag, which the coordinator always serves;
 - a node asked for a blob it is fetching itself holds the request until its fetch ends
   (at most ``COMING_WAIT`` seconds) instead of saying "not found". So the blob spreads
   at the speed of transfers, from the seed's first copies out along the neighbours
@@ -22,7 +23,10 @@ model. Instead:
   with about five connections each ran through their attempts before the holders had
   multiplied, and 70 % of them took a last-resort copy from the coordinator). Holds
   cannot deadlock: each is bounded, and a waiting node's own fetch asks all its
-  neighbours and the coordinator, so it ends when any of them has the blob;
+  neighbours and the coordinator, so it ends when any of them has the blob. The serving
+  node's deadline covers the hold and then, afresh, the transfer (a hold cut at the
+  10-s stream deadline, or a reply left no time to be written after a long one, is a
+  "not found" for a blob that was on its way);
 - fetches of one digest inside a node are coalesced (the second waits for the first).
 
 Requests are the 32-byte digest, optionally followed by one flags byte
@@ -52,7 +56,7 @@ FETCH_ATTEMPTS = 7  # a peer's attempts at a blob it needs (back-offs add up to 
 LAST_RESORT_AT = 4  # attempt (0-based) from which a request to the seed is a last resort
 FIRST_BACKOFF = 0.25  # s before the second attempt; doubling, jittered by +-50 %
 MAX_BACKOFF = 4.0  # s, the longest back-off
-NEIGHBOURS_AT_ONCE = 8  # neighbours asked together in one attempt
+NEIGHBOURS_AT_ONCE = 3  # neighbours asked together in one attempt
 COMING_WAIT = 20.0  # s a request is held for a blob its server is fetching itself
 BUSY = "blob busy: fetch it from peers"
 
@@ -162,8 +166,10 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                       digest.hex()[:12], " or the seed" if with_seed else "", attempt,
                       trio.current_time() - began)
             return data, "neighbour or seed" if with_seed else "neighbour"
-        if seed is not None and with_seed is None:
-            last = attempt >= min(LAST_RESORT_AT, attempts - 1)
+        # between the first attempt and the last resort the seed is not asked: it would
+        # only say "busy" (its copies went to the first askers), at a stream's cost to it
+        last = attempt >= min(LAST_RESORT_AT, attempts - 1)
+        if seed is not None and with_seed is None and last:
             data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
                               max_size, 60.0, digest)
             if data is not None:

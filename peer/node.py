@@ -46,7 +46,7 @@ from protocol.wire.identity import Identity
 from protocol.wire.messages import PROTO_BLOB
 
 from . import connections, libp2p_patches
-from .blobs import BLOB_MAX, BLOB_REQUEST_MAX, BlobStore, fetch_blob
+from .blobs import BLOB_MAX, BLOB_REQUEST_MAX, COMING_WAIT, BlobStore, fetch_blob
 from .faults import Faults, register
 from .gossip import (
     DEFAULT_GOSSIP,
@@ -71,6 +71,9 @@ log = logging.getLogger("hypergossip.node")
 
 DEFAULT_REQUEST_MAX = 1024 * 1024
 STREAM_TIMEOUT = 10.0
+# a response's write gets STREAM_TIMEOUT plus its length at this rate (bytes/s), from when
+# the handler returns, so a large answer that was slow to make is not cut for lack of time
+REPLY_RATE = 250_000
 OPEN_TIMEOUT = 30.0  # the most a stream's opening may take, dial and negotiation
 
 Handler = Callable[[bytes, str], Awaitable[None]]
@@ -163,7 +166,9 @@ class NetworkNode:
         # who names peers to dial when we know too few (the daemon: its coordinator)
         self.discover: connections.Discover | None = None
         self._nursery: trio.Nursery | None = None
-        self.serve(PROTO_BLOB, self.blobs.serve, max_request=BLOB_REQUEST_MAX)
+        # a blob request may be held while we fetch it ourselves (COMING_WAIT): not cut short
+        self.serve(PROTO_BLOB, self.blobs.serve, max_request=BLOB_REQUEST_MAX,
+                   timeout=COMING_WAIT + STREAM_TIMEOUT)
         if self.host.get_id().to_base58() != identity.peer_id:
             raise RuntimeError("libp2p derived a different peer id for our key")
 
@@ -304,10 +309,11 @@ class NetworkNode:
     def serve(self, protocol: str, handler: RequestHandler, *, max_request: int,
               timeout: float = STREAM_TIMEOUT) -> None:
         """Answer ``protocol``: one request frame (at most ``max_request`` bytes), one
-        response, within ``timeout``. A peer may have :attr:`Limits.requests_per_peer` such
-        streams at once, and all peers together :attr:`Limits.request_bytes` of requests
-        (each reserved by its declared length before its body is read); beyond either the
-        stream is reset and counted."""
+        response: the request read and handled within ``timeout``, the response written
+        within STREAM_TIMEOUT plus its length at REPLY_RATE after that. A peer may have
+        :attr:`Limits.requests_per_peer` such streams at once, and all peers together
+        :attr:`Limits.request_bytes` of requests (each reserved by its declared length
+        before its body is read); beyond either the stream is reset and counted."""
         async def on_stream(stream) -> None:
             remote = stream.muxed_conn.peer_id.to_base58()
             deadline = trio.current_time() + timeout
@@ -343,7 +349,8 @@ class NetworkNode:
                     await write_frame(stream, response)
                     await stream.close()
 
-                await guarded(stream, deadline, reply)
+                await guarded(stream, trio.current_time() + STREAM_TIMEOUT
+                              + len(response) / REPLY_RATE, reply)
             except Exception as exc:
                 muted = self._log.allow((protocol, remote), time.monotonic())
                 if muted is not None:

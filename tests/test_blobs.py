@@ -87,3 +87,29 @@ async def test_a_peer_asked_for_a_blob_it_is_fetching_holds_the_request_until_it
         store.put(data)
         coming.set()
     assert answers == [data] and store.held == 1
+
+
+async def test_a_hold_longer_than_a_stream_deadline_still_serves_the_blob():
+    """Over real libp2p: a node asked for a blob it is still fetching holds the request
+    past the 10-s stream deadline (up to COMING_WAIT), then writes the blob. With the
+    hold cut at the stream deadline, or no time left to write the reply after it, 343 of
+    500 peers in scripts/bench/scale.py fell back to the coordinator."""
+    from peer.node import STREAM_TIMEOUT
+    holder, asker = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    model = os.urandom(300_000)
+    digest = hashlib.sha256(model).digest()
+    async with holder.running(), asker.running():
+        assert await asker.connect(holder.addrs[0])
+        holder.blobs._inflight[digest] = coming = trio.Event()  # its own fetch under way
+        got: list[bytes] = []
+
+        async def ask() -> None:
+            got.append(await asker.fetch_blob(digest, [holder.peer_id], max_size=len(model)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.sleep(STREAM_TIMEOUT + 1.0)
+            assert not got
+            holder.blobs.put(model)
+            coming.set()
+    assert got == [model] and holder.blobs.held == 1

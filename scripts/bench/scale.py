@@ -15,7 +15,9 @@ coordinator; peers then dial more of those they hear of, toward ``--dial-target`
 - ``fedavg``: clear federated averaging of the embedded digits CNN; each round's model
   is published by digest and fetched by the peers, from each other or the coordinator.
 
-Per row: ``enrol_s`` (peers launched -> all N admitted and connected), ``round_s`` (the
+Per row: ``enrol_s`` (peers launched -> all N admitted and connected), ``link_s`` (how
+much longer until every peer had dialled its links; the first round waits for them),
+``round_s`` (the
 median over the measured rounds of announcement -> result), ``published`` and
 ``accepted`` (the least over measured rounds), ``coord_cpu_s`` (the coordinator
 process's CPU per round, median), ``coord_rss_mb`` (its peak), the coordinator's bytes
@@ -143,6 +145,10 @@ def peer_worker(args: argparse.Namespace) -> int:
     started: list[PeerDaemon] = []
 
     async def main() -> None:
+        # one worker thread (a peer's training) at a time: a peer on its own machine trains
+        # in one thread beside its trio loop; a hundred peers' trainings in forty threads
+        # left each loop a fortieth of the GIL, and stream negotiations timed out (10 s)
+        trio.to_thread.current_default_thread_limiter().total_tokens = 1
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_parent)
@@ -158,7 +164,8 @@ def peer_worker(args: argparse.Namespace) -> int:
 
                 async def link(daemon: PeerDaemon) -> None:
                     async with gate:
-                        others = [a for a in everyone if a != daemon.node.addrs[0]]
+                        mine = daemon.node.addrs[0]  # (a property: not once per address)
+                        others = [a for a in everyone if a != mine]
                         for addr in rng.sample(others, min(LINKS, len(others))):
                             await daemon.node.connect(addr)
 
@@ -178,6 +185,7 @@ def peer_worker(args: argparse.Namespace) -> int:
                     for daemon in started:
                         linker.start_soon(link, daemon)
                 linked = sorted(len(d.node.connected_peers()) for d in started)
+                Path(args.out + ".linked").write_text("")  # the bench starts the rounds
                 async for _ in signals:
                     break
                 final = sorted(len(d.node.connected_peers()) for d in started)
@@ -262,7 +270,8 @@ def coordinator_config(mode: str, n: int, tmp: Path, args: argparse.Namespace):
                "fedavg": dict(workload="fedavg", secure=False)}[mode]
     return CoordinatorConfig(
         data_dir=tmp, http_host="127.0.0.1", port=0, listen=["/ip4/127.0.0.1/tcp/0"],
-        min_peers=2, start_peers=n, round_pause=1.0, round_timeout=args.phase_timeout * 6,
+        # the first round waits for N live peers and the bench's links (one_network)
+        min_peers=2, start_peers=n + 1, round_pause=1.0, round_timeout=args.phase_timeout * 6,
         phase_timeout=args.phase_timeout, max_rounds=args.warmup + args.rounds,
         linger=args.idle + 600.0,
         # every peer enrols from 127.0.0.1: the per-address burst (64) would let one more
@@ -323,8 +332,19 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                             raise RuntimeError(f"a peer process exited ({proc.returncode})")
                     await trio.sleep(0.5)
                 row["enrol_s"] = time.monotonic() - t0
-                progress(f"N={n} {mode}: all {n} enrolled in {row['enrol_s']:.1f} s; "
-                         f"{args.warmup} warm-up + {args.rounds} rounds")
+                # rounds begin once every peer has dialled its LINKS others: a round that
+                # opened before would find many peers with the coordinator alone to fetch
+                # from (at N=500, 343 of 500 model copies came from the coordinator)
+                for _, out, _ in procs:
+                    while not Path(str(out) + ".linked").exists():
+                        if time.monotonic() - t0 > args.enrol_timeout:
+                            raise RuntimeError("peers did not link in time")
+                        await trio.sleep(0.2)
+                row["link_s"] = time.monotonic() - t0 - row["enrol_s"]
+                coord.driver.config.start_peers = n
+                progress(f"N={n} {mode}: all {n} enrolled in {row['enrol_s']:.1f} s, "
+                         f"linked {row['link_s']:.1f} s later; {args.warmup} warm-up + "
+                         f"{args.rounds} rounds")
                 seen = 0
                 with trio.move_on_after(args.round_budget * total) as scope:
                     while coord.rounds_run < total:
