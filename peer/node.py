@@ -166,9 +166,8 @@ class NetworkNode:
         # who names peers to dial when we know too few (the daemon: its coordinator)
         self.discover: connections.Discover | None = None
         self._nursery: trio.Nursery | None = None
-        # a blob request may be held while we fetch it ourselves (COMING_WAIT): not cut short
         self.serve(PROTO_BLOB, self.blobs.serve, max_request=BLOB_REQUEST_MAX,
-                   timeout=COMING_WAIT + STREAM_TIMEOUT)
+                   timeout=COMING_WAIT + STREAM_TIMEOUT)  # a request may be held (blobs)
         if self.host.get_id().to_base58() != identity.peer_id:
             raise RuntimeError("libp2p derived a different peer id for our key")
 
@@ -308,12 +307,11 @@ class NetworkNode:
     # --- request/response streams ----------------------------------------------------------
     def serve(self, protocol: str, handler: RequestHandler, *, max_request: int,
               timeout: float = STREAM_TIMEOUT) -> None:
-        """Answer ``protocol``: one request frame (at most ``max_request`` bytes), one
-        response: the request read and handled within ``timeout``, the response written
-        within STREAM_TIMEOUT plus its length at REPLY_RATE after that. A peer may have
-        :attr:`Limits.requests_per_peer` such streams at once, and all peers together
-        :attr:`Limits.request_bytes` of requests (each reserved by its declared length
-        before its body is read); beyond either the stream is reset and counted."""
+        """Answer ``protocol``: one request frame (at most ``max_request`` bytes) read and
+        handled within ``timeout``, then one response written within STREAM_TIMEOUT plus
+        its length at REPLY_RATE. A peer may have :attr:`Limits.requests_per_peer` such
+        streams at once, and all peers together :attr:`Limits.request_bytes` of requests
+        (each reserved by its length before its body is read); beyond, reset and counted."""
         async def on_stream(stream) -> None:
             remote = stream.muxed_conn.peer_id.to_base58()
             deadline = trio.current_time() + timeout
