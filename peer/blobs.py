@@ -77,7 +77,7 @@ class BlobStore:
         self._inflight: dict[bytes, trio.Event] = {}  # our fetches now, set when each ends
         self.held = 0  # requests held for a blob we were fetching (counted)
         # our fetches that ended, by where the blob came from ("neighbour", "neighbour or
-        # seed", "seed", "last resort", "failed"), and their summed and longest duration
+        # seed", "last resort", "failed"), and their summed and longest duration
         self.fetched: Counter[str] = Counter()
         self.fetch_seconds = self.fetch_longest = 0.0
 
@@ -170,13 +170,12 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
         # only say "busy" (its copies went to the first askers), at a stream's cost to it
         last = attempt >= min(LAST_RESORT_AT, attempts - 1)
         if seed is not None and with_seed is None and last:
-            data = await _ask(store, request, seed, digest + bytes([LAST_RESORT * last]),
+            data = await _ask(store, request, seed, digest + bytes([LAST_RESORT]),
                               max_size, 60.0, digest)
             if data is not None:
-                log.debug("blob %s from the seed%s, attempt %d, after %.2f s",
-                          digest.hex()[:12], " (last resort)" if last else "", attempt,
-                          trio.current_time() - began)
-                return data, "last resort" if last else "seed"
+                log.debug("blob %s from the seed (last resort), attempt %d, after %.2f s",
+                          digest.hex()[:12], attempt, trio.current_time() - began)
+                return data, "last resort"
     raise StreamProtocolError(f"blob {digest.hex()[:12]} not available from any peer")
 
 
