@@ -45,6 +45,7 @@ import trio
 
 from protocol.wire.messages import PROTO_BLOB
 
+from .limits import REPLY_RATE, STREAM_TIMEOUT
 from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.node")
@@ -153,7 +154,7 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                  attempts: int) -> tuple[bytes, str]:
     neighbours = [p for p in dict.fromkeys(peers) if p != seed]
     # a neighbour may hold our request while it fetches the blob itself (COMING_WAIT)
-    timeout = COMING_WAIT + 10.0 + max_size / 250_000
+    timeout = COMING_WAIT + STREAM_TIMEOUT + max_size / REPLY_RATE
     began = trio.current_time()
     for attempt in range(max(1, attempts)):
         if attempt:

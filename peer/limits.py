@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+STREAM_TIMEOUT = 10.0  # seconds a request stream may take, its response's write aside
+# a response's write gets STREAM_TIMEOUT plus its length at this rate (bytes/s), from when
+# the handler returns, so a large answer that was slow to make is not cut for lack of time;
+# a requester allows the same for a reply it waits for
+REPLY_RATE = 250_000
+
 
 @dataclass(frozen=True)
 class Limits:

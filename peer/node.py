@@ -56,7 +56,7 @@ from .gossip import (
     make_router,
     origin_of,
 )
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, REPLY_RATE, STREAM_TIMEOUT, Limits
 from .streams import (
     StreamProtocolError,
     guarded,
@@ -70,10 +70,6 @@ from .yamux import muxers
 log = logging.getLogger("hypergossip.node")
 
 DEFAULT_REQUEST_MAX = 1024 * 1024
-STREAM_TIMEOUT = 10.0
-# a response's write gets STREAM_TIMEOUT plus its length at this rate (bytes/s), from when
-# the handler returns, so a large answer that was slow to make is not cut for lack of time
-REPLY_RATE = 250_000
 OPEN_TIMEOUT = 30.0  # the most a stream's opening may take, dial and negotiation
 
 Handler = Callable[[bytes, str], Awaitable[None]]

@@ -94,7 +94,7 @@ async def test_a_hold_longer_than_a_stream_deadline_still_serves_the_blob():
     past the 10-s stream deadline (up to COMING_WAIT), then writes the blob. With the
     hold cut at the stream deadline, or no time left to write the reply after it, 343 of
     500 peers in scripts/bench/scale.py fell back to the coordinator."""
-    from peer.node import STREAM_TIMEOUT
+    from peer.limits import STREAM_TIMEOUT
     holder, asker = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
     model = os.urandom(300_000)
     digest = hashlib.sha256(model).digest()
