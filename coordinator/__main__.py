@@ -122,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "treating them as dropouts (default: %(default)s)")
     p.add_argument("--round-pause", type=float, default=1.0,
                    help="seconds from a result to the next round (default: %(default)s)")
+    p.add_argument("--legacy-epoch", type=float, default=10.0, metavar="S",
+                   help="values posted over the seed's HTTP API (/post_data) while fewer "
+                   "peers than a round needs are connected: an epoch of those values alone "
+                   "(unprotected) closes S seconds after the first (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=0,
                    help="stop after this many rounds (default: 0 = run until stopped)")
     p.add_argument("--retain-rounds", type=int, default=10_000, metavar="N",
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,
         limits=limits, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
+        legacy_epoch=args.legacy_epoch,
         retain_rounds=args.retain_rounds,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,

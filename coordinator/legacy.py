@@ -45,6 +45,10 @@ class Legacy:
                  len(values))
         return None
 
+    def pending(self, epoch: int) -> int:
+        """Values posted for ``epoch`` so far."""
+        return len(self._values(epoch))
+
     def settle(self, number: int, status: str, result: dict[str, Any]) -> dict[str, Any]:
         """Round ``number`` closed: its result with the round's legacy values merged in
         (published), or unchanged with the values moved on to the next round (failed)."""

@@ -38,6 +38,12 @@ class Publisher:
     def publish_failed(self, number: int, error: str) -> None:
         self._publish(number, {}, Outcome("failed", 0, {"error": error}))
 
+    def publish_legacy(self, number: int) -> None:
+        """An epoch of values posted over the legacy HTTP API alone (no peer's input)."""
+        self._publish(number, {}, Outcome("published", 0, {
+            "count": 0, "note": "no peer took part: values posted over the legacy HTTP API "
+            "alone"}))
+
     def publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
         self._publish(rnd.number, dict(rnd.rejected), outcome)
 

@@ -70,6 +70,7 @@ class DriverConfig:
     max_rounds: int  # 0: until stopped
     linger: float
     phase_timeout: float  # also bounds a Work step's fetches
+    legacy_epoch: float = 10.0  # s an epoch of legacy HTTP values alone waits for peers
 
 
 class RoundDriver:
@@ -107,9 +108,13 @@ class RoundDriver:
         while self.config.max_rounds == 0 or self.rounds_run < self.config.max_rounds:
             if resumed is not None:
                 rnd, resumed = resumed, None
-            else:
-                await self._wait_for_peers()
+            elif await self._wait_for_peers():
                 rnd = self._open_round()
+            else:  # values posted over the seed's HTTP API, and too few peers for a round
+                self._legacy_epoch()
+                self.rounds_run += 1
+                await trio.sleep(self.config.round_pause)
+                continue
             self.open.round = rnd
             try:
                 step = await self._drive(rnd)
@@ -192,17 +197,43 @@ class RoundDriver:
                      len(benched - chosen))
         return sorted(chosen)
 
-    async def _wait_for_peers(self) -> None:
+    async def _wait_for_peers(self) -> bool:
+        """Wait until enough peers are live for a round (True), or until values posted
+        over the seed's HTTP API have waited ``legacy_epoch`` seconds for them (False: an
+        epoch of those values alone is due, as the seed's own server would count them)."""
         def need() -> int:  # read each time: the operator may change either while we wait
             return max(self._need(), self.config.start_peers if self.rounds_run == 0 else 0)
 
         last_log = 0.0
+        legacy, posted_at = self.publisher.legacy, None
         while len(live := self.live_peers()) < need():
+            if legacy is not None and legacy.pending(self.store.last_round() + 1):
+                posted_at = time.monotonic() if posted_at is None else posted_at
+                if time.monotonic() - posted_at >= self.config.legacy_epoch:
+                    return False
             if time.time() - last_log > 10:
                 log.info("waiting for peers: %d of %d connected and admitted", len(live),
                          need())
                 last_log = time.time()
             await self.open.wait_changed(0.5)
+        return True
+
+    def _legacy_epoch(self) -> None:
+        """An epoch of the values posted in the clear alone: no peer takes part, the
+        result holds them labelled unprotected (:meth:`Legacy.settle`). Its announcement is
+        signed and stored, not sent: there is nothing for a peer to do in it."""
+        number = self.store.last_round() + 1
+        prev = self.store.latest_published()
+        announce = RoundAnnounce(
+            round=number, workload=self.workload.name, deadline_ms=int(time.time() * 1000),
+            min_peers=self.config.min_peers,
+            prev_state_digest=bytes(prev["state_digest"]) if prev else b"", mode="legacy")
+        wire = self.outbox.seal(ANNOUNCE, number, encode(announce))
+        self.store.open_round(number, self.workload.name, time.time(), self.config.min_peers,
+                              wire)
+        log.info("round %d: an epoch of values posted over the legacy HTTP API alone "
+                 "(fewer than %d peers connected)", number, self._need())
+        self.publisher.publish_legacy(number)
 
     def _open_round(self) -> RoundLogic:
         number = self.store.last_round() + 1

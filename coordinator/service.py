@@ -100,6 +100,9 @@ class CoordinatorConfig:
     start_peers: int = 0  # live peers to wait for before the first round (0: min_peers)
     round_timeout: float = 30.0
     round_pause: float = 1.0
+    # values posted over the seed's HTTP API while too few peers are connected for a
+    # round: an epoch of those values alone closes this many seconds after the first
+    legacy_epoch: float = 10.0
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
     retain_rounds: int = 10_000  # rounds (and their messages) kept in the database; 0: all
@@ -185,7 +188,8 @@ class Coordinator:
                                    retain_rounds=config.retain_rounds, meter=self.meter)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
-                         config.max_rounds, config.linger, config.phase_timeout),
+                         config.max_rounds, config.linger, config.phase_timeout,
+                         config.legacy_epoch),
             settings_of(config), self.mode, self.workload, self.store, self.node,
             self.outbox, self.publisher, self.open, self.reputation,
             self.intake.round_verifier, self.meter)

@@ -70,3 +70,41 @@ async def test_seed_reference_client_works_and_is_labelled_unprotected(data_dir)
     assert 0 < bound < 0.1
     assert combined["mean_height"] == pytest.approx(expect_h, abs=bound / 4)
     assert after["samples"] == 4 and after["average_height"] == combined["mean_height"]
+
+
+async def test_seed_clients_alone_run_epochs_without_any_libp2p_peer(data_dir):
+    """A deployment of the seed's challenge-1 clients only: no libp2p peer ever connects,
+    so no secure round can open, yet each epoch's posted values are counted in the next
+    ``/current_model``, labelled unprotected, and an epoch with no post stays open. The
+    client's calls are the seed's: read ``/current_model`` for the epoch, post noisy
+    height and weight to ``/post_data/{epoch}``."""
+    rng = random.Random(2)
+    people = [(160.0, 60.0), (175.0, 72.0), (182.0, 88.0), (168.0, 64.0)]
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=0,
+                                        round_pause=0.2, legacy_epoch=1.0)
+        async with httpx.AsyncClient(base_url=coord.http_url) as http:
+            first = (await http.get("/current_model")).json()
+            assert first["samples"] == 0 and first["average_height"] is None
+            await trio.sleep(2.0)  # nothing posted: no epoch closes, none is made up
+            assert (await http.get("/current_model")).json()["epochs"] == first["epochs"]
+            posted = []
+            for batch in (people[:3], people[3:]):  # two epochs, each the seed client's loop
+                epoch = (await http.get("/current_model")).json()["epochs"]
+                for h, w in batch:
+                    value = seed_client_values(rng, h, w)
+                    r = await http.post(f"/post_data/{epoch}", json=value)
+                    assert r.status_code == 200 and r.json() == {"updated": True}, r.text
+                    posted.append(value)
+                await wait_for(lambda e=epoch: (coord.store.round_row(e) or {"status": "open"})
+                               ["status"] == "published", timeout=20)
+                model = (await http.get("/current_model")).json()
+                assert model["epochs"] == epoch + 1
+                assert model["samples"] == len(batch)  # the epoch's own values
+                assert model["average_height"] == pytest.approx(
+                    math.fsum(v["height"] for v in posted[-len(batch):]) / len(batch))
+            view = (await http.get(f"/rounds/{epoch}")).json()
+        nursery.cancel_scope.cancel()
+    assert view["status"] == "published" and view["accepted"] == 0
+    assert "unprotected" in view["result"]["unprotected"]["label"]
+    assert not list(coord.node.connected_peers())  # no libp2p peer took part
