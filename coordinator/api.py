@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from peer.metrics import metrics_response
 from protocol.wire.messages import StatsContribution
 
 from .aim import AIM, ClientBudget, HTTPError, example, int_param, read_json
@@ -69,6 +70,19 @@ def build_app(view: View):
                 "round": view.round_number(),
                 "workload": view.workload.name, "uptime_s": time.time() - view.started_at,
                 "contained": dict(view.node.faults.by_kind)}
+
+    @aim.endpoint(
+        "/metrics", documentation="Prometheus metrics in the text exposition format: rounds "
+        "by status, round and phase durations (histograms), messages accepted by domain and "
+        "refused by reason, admitted, live and connected peers, sessions and their queued "
+        "frames, libp2p bytes in and out, blob fetches and requests, inputs contained by the "
+        "network layer, prompt jobs queued, LLM calls and cache hits.",
+        output="<text/plain; version=0.0.4>",
+        example_calls=[example("# HELP hypergossip_rounds_total Rounds closed, by status\n"
+                               "# TYPE hypergossip_rounds_total counter\n"
+                               'hypergossip_rounds_total{status="published"} 3.0\n')])
+    async def metrics(request: Request) -> Response:
+        return metrics_response(view.metrics)
 
     @aim.endpoint(
         "/peers", documentation="Admitted peers, oldest first, a page at a time (query: limit "

@@ -35,6 +35,7 @@ from protocol.wire.messages import (
 )
 
 from .meter import Meter
+from .metrics import CoordinatorMetrics
 from .rounds import OpenRound
 from .store import Store
 
@@ -54,10 +55,11 @@ class NotAdmitted(RejectedMessage):
 class Intake:
     def __init__(self, store: Store, node: NetworkNode, admission: AdmissionPolicy,
                  open_round: OpenRound, domains: Callable[[], frozenset[str]],
-                 coordinator_key: bytes, meter: Meter):
+                 coordinator_key: bytes, meter: Meter, metrics: CoordinatorMetrics):
         """``domains()``: what peers may sign round messages for (every registered mode's)."""
         self.store, self.node, self.admission, self.open = store, node, admission, open_round
         self.domains, self.coordinator_key, self.meter = domains, coordinator_key, meter
+        self.metrics = metrics
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.evaluators: dict[str, EvaluatorInfo] = {}  # peer -> what it can evaluate
@@ -95,6 +97,7 @@ class Intake:
                 env = self._accept(wire, transport_peer)
             except RejectedMessage as exc:
                 self.store.count_rejection(transport_peer, exc.reason)
+                self.metrics.rejected.labels(exc.reason).inc()
                 if self.open.round is not None and self.store.is_admitted(transport_peer):
                     self.open.round.count_rejection(exc.reason)
                 muted = self._refusal_log.allow((transport_peer, exc.reason), time.monotonic())
@@ -103,6 +106,7 @@ class Intake:
                                 exc.reason, exc, f" ({muted} more like it muted)" if muted else "")
                 return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
             self.store.touch(env.sender_id)
+            self.metrics.accepted.labels(env.domain).inc()
             return SubmitAck(accepted=True)
 
     def _accept(self, wire: bytes, transport_peer: str) -> Envelope:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,8 @@ class PromptJobs:
         self.embedder = embedder
         self._wake = trio.Event()
         self.current: int | None = None
+        self.llm_calls: Counter[str] = Counter()  # LLM outputs made, by where ("here", "peers")
+        self.cache_hits = 0  # outputs taken from the shared cache instead
         store.requeue_running_jobs()
 
     # --- API side ---------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class PromptJobs:
             if key not in search.outputs:
                 search.outputs[key] = output
                 search.hits += 1
+                self.cache_hits += 1
         todo = [p for p in prompts if search.key(p) not in search.outputs]
         spent = (lambda: bool(search.out_of_budget(time.monotonic()))) if budget else (
             lambda: False)
@@ -211,6 +215,7 @@ class PromptJobs:
         output = await trio.to_thread.run_sync(self.backend.generate, prompt)
         search.deliver(prompt, output)
         search.local_calls += 1
+        self.llm_calls["here"] += 1
         self.store.cache_output(search.key(prompt), search.model_digest, output)
         return output
 
@@ -225,6 +230,7 @@ class PromptJobs:
         for prompt, output in ver.accepted.items():
             search.deliver(prompt, output)
             search.remote_calls += 1
+            self.llm_calls["peers"] += 1
             self.store.cache_output(search.key(prompt), search.model_digest, output)
         settled = {p: await self._local(search, p) for p in ver.undecided(prompts)}
         if self.settle is not None:

@@ -20,6 +20,7 @@ from protocol.wire.messages import RESULT, BlobRef, RoundResult, encode
 
 from .legacy import Legacy
 from .meter import Meter
+from .metrics import CoordinatorMetrics
 from .outbox import Outbox
 from .store import Store
 
@@ -29,9 +30,10 @@ log = logging.getLogger("hypergossip.coordinator")
 class Publisher:
     def __init__(self, store: Store, node: NetworkNode, outbox: Outbox, workload: Any,
                  reputation: Reputation, legacy: Legacy | None, *, inline_result_max: int,
-                 retain_rounds: int, meter: Meter):
+                 retain_rounds: int, meter: Meter, metrics: CoordinatorMetrics):
         self.store, self.node, self.outbox, self.workload = store, node, outbox, workload
         self.reputation, self.legacy, self.meter = reputation, legacy, meter
+        self.metrics = metrics
         self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
         self._rep_saved = len(reputation.history)
 
@@ -75,6 +77,7 @@ class Publisher:
                                    outcome.result, digest, wire)
             self._prune(number)
             self.outbox.result(number, wire)
+            self.metrics.rounds.labels(outcome.status).inc()
         log.info("round %d %s: %d accepted, rejected %s, result %s", number, outcome.status,
                  outcome.accepted, rejected or "none", outcome.result)
 

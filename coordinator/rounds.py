@@ -27,6 +27,7 @@ from protocol.wire.identity import public_key_from_peer_id
 from protocol.wire.messages import ANNOUNCE, TOPIC_ANNOUNCE, RoundAnnounce, decode, encode
 
 from .meter import Meter
+from .metrics import CoordinatorMetrics
 from .outbox import Outbox
 from .publisher import Publisher
 from .store import Store
@@ -77,11 +78,12 @@ class RoundDriver:
     def __init__(self, config: DriverConfig, settings: Settings, mode: Mode, workload,
                  store: Store, node: NetworkNode, outbox: Outbox, publisher: Publisher,
                  open_round: OpenRound, reputation: Reputation, verifier: Verifier,
-                 meter: Meter):
+                 meter: Meter, metrics: CoordinatorMetrics):
         self.config, self.settings, self.mode, self.workload = config, settings, mode, workload
         self.store, self.node, self.outbox, self.publisher = store, node, outbox, publisher
         self.open, self.reputation, self.verifier, self.meter = (open_round, reputation,
                                                                  verifier, meter)
+        self.metrics = metrics
         self.attendance = Attendance()  # silent participants sit out the next rounds
         self.rounds_run = 0
         self._last_live: dict[str, float] = {}  # peer -> when last seen connected
@@ -140,18 +142,29 @@ class RoundDriver:
 
     async def _drive(self, rnd: RoundLogic) -> Outcome:
         """Run ``rnd``'s phases to its outcome: wait until ready, advance, then send the
-        notice or do the work the step names."""
+        notice or do the work the step names. Each phase's duration goes to /metrics."""
+        mode = self.open.mode.name if self.open.mode is not None else "?"
+        opened = began = time.monotonic()
+        phase = "announce"
         while True:
             while not rnd.ready(time.time(), self._expected()):
                 await self.open.wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
             with self.meter.timed("advance", rnd.number):
                 step = rnd.advance(time.time())
+            now = time.monotonic()
+            self.metrics.phase_seconds.labels(mode, phase).observe(now - began)
+            began = now
             if isinstance(step, Outcome):
+                self.metrics.round_seconds.labels(mode).observe(now - opened)
                 return step
             if isinstance(step, Work):
                 await self._do_work(rnd, step)
+                self.metrics.phase_seconds.labels(mode, "work").observe(
+                    time.monotonic() - began)
+                began = time.monotonic()
             elif isinstance(step, Notice):
                 self.outbox.notice(rnd.number, step, self.open.participants)
+                phase = step.phase
 
     async def _do_work(self, rnd: RoundLogic, work: Work) -> None:
         """Fetch the blobs ``work`` names (in parallel, hash-checked, from the peers it

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import trio
 
+from peer import httpserver
 from peer.gossip import GossipConfig
 from peer.limits import COORDINATOR_LIMITS, Limits
 from peer.llm import Embedder, LocalBackend, make_backend
@@ -69,12 +70,12 @@ from protocol.wire.messages import (
     encode,
 )
 
-from . import httpserver
 from .api import build_app
 from .evaluations import RemoteEvaluations
 from .intake import MAX_SUBMIT_WIRE, Intake
 from .legacy import Legacy
 from .meter import Meter
+from .metrics import CoordinatorMetrics
 from .outbox import Outbox
 from .prompt_jobs import PromptJobs
 from .publisher import Publisher
@@ -166,6 +167,7 @@ class Coordinator:
             self.reputation.scores[event[1]] = event[2]
         self.node = NetworkNode(identity, config.listen, config.gossip, config.limits)
         self.node.blobs.seed_copies = SEED_COPIES  # large blobs spread from peer to peer
+        self.metrics = CoordinatorMetrics(self.node)
         admission = config.admission if config.allow is None else \
             dataclasses.replace(config.admission, allow=config.allow)
         self.admission = AdmissionPolicy(admission, time.time())
@@ -175,7 +177,8 @@ class Coordinator:
                 self.roundlog.add(domain, r, wire)  # phase notices of past rounds are moot
         self.open = OpenRound()
         self.intake = Intake(self.store, self.node, self.admission, self.open,
-                             rounds.peer_domains, identity.public_key, self.meter)
+                             rounds.peer_domains, identity.public_key, self.meter,
+                             self.metrics)
         self.sessions = SessionHub(
             self.node, on_open=self._session_head, max_submit=MAX_SUBMIT_WIRE,
             on_submit=lambda wire, peer: self.handle(wire, via="session", transport_peer=peer))
@@ -185,14 +188,15 @@ class Coordinator:
         self.publisher = Publisher(self.store, self.node, self.outbox, self.workload,
                                    self.reputation, self.legacy,
                                    inline_result_max=config.inline_result_max,
-                                   retain_rounds=config.retain_rounds, meter=self.meter)
+                                   retain_rounds=config.retain_rounds, meter=self.meter,
+                                   metrics=self.metrics)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,
                          config.legacy_epoch),
             settings_of(config), self.mode, self.workload, self.store, self.node,
             self.outbox, self.publisher, self.open, self.reputation,
-            self.intake.round_verifier, self.meter)
+            self.intake.round_verifier, self.meter, self.metrics)
         self.evaluations = RemoteEvaluations(
             identity, self.node, self.store, self.reputation, self.intake.evaluators,
             self.driver.live_peers, config.redundancy, self.publisher.save_reputation)
@@ -203,6 +207,7 @@ class Coordinator:
             self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder(),
                                           remote=self.evaluations.evaluate_remotely,
                                           settle=self.evaluations.settle_evaluations)
+        self.metrics.watch(self)  # its state read at each scrape of /metrics
         self.http_urls: list[str] = []
         self.started_at = time.time()
         self._stop = trio.Event()
@@ -267,7 +272,8 @@ class Coordinator:
     def view(self) -> View:
         """What the HTTP API may see (coordinator.views)."""
         return View(self.store, self.node, self.open, self.workload, self.admission,
-                    self.reputation, self.prompt_jobs, self.legacy, self.started_at)
+                    self.reputation, self.prompt_jobs, self.legacy, self.started_at,
+                    self.metrics.registry)
 
     def _session_head(self, peer: str) -> list[bytes] | None:
         """A new session's first envelopes; None for a peer that is not admitted."""

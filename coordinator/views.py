@@ -35,6 +35,7 @@ class View:
     prompt_jobs: PromptJobs | None = None
     legacy: Legacy | None = None
     started_at: float = field(default_factory=time.time)
+    metrics: Any = None  # a prometheus_client CollectorRegistry, for GET /metrics
 
     @property
     def peer_id(self) -> str:

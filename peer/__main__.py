@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import trio
 
 from protocol.learning.registry import WORKLOADS, get_workload
 from protocol.policy.admission import MAX_TICKET_WIRE
@@ -17,6 +18,7 @@ from .attacks import ATTACKS, BY_WORKLOAD, Attack
 from .behaviour import Behaviour, Flaky
 from .daemon import PeerConfig, PeerDaemon, peer_id_of
 from .llm import LocalBackend, make_backend
+from .metrics import node_registry, serve_metrics
 from .runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 
 log = logging.getLogger("hypergossip.peer")
@@ -71,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pull-interval", type=float, default=2.0,
                    help="seconds between pulls of missed rounds while the session to the "
                    "coordinator is down (default: %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve this peer's Prometheus metrics (connections, contained "
+                   "inputs, blob fetches, libp2p bytes) at http://HOST:PORT/metrics "
+                   "(default: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address for --metrics-port (default: %(default)s, this machine only)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P",
                    help="testing: in each round, with probability P, go silent at a random "
                    "phase (simulates a client vanishing mid-round; default: 0)")
@@ -172,7 +180,19 @@ def main(argv: list[str] | None = None) -> int:
                         evaluator=evaluator)
     if args.attack:
         log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
-    run_until_signal(daemon.run)
+    if args.metrics_port:
+        async def with_metrics() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_metrics, node_registry(daemon.node),
+                                    args.metrics_host, args.metrics_port)
+                log.info("metrics at http://%s:%d/metrics", args.metrics_host,
+                         args.metrics_port)
+                await daemon.run()
+                nursery.cancel_scope.cancel()
+
+        run_until_signal(with_metrics)
+    else:
+        run_until_signal(daemon.run)
     log.info("stopped")
     return 0
 

@@ -82,6 +82,11 @@ class BlobStore:
         self.fetched: Counter[str] = Counter()
         self.fetch_seconds = self.fetch_longest = 0.0
 
+    @property
+    def size(self) -> int:
+        """Bytes of blobs held now."""
+        return self._size
+
     def put(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
         if digest not in self._blobs:

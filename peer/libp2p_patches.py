@@ -90,6 +90,8 @@ Noise only (:func:`security`)         py-libp2p's default security options inclu
                                       public key: anyone could connect as any peer id
                                       (our coordinator would have taken the session of
                                       the peer it named). Hosts offer Noise alone.
+TCP bytes counted                     for ``/metrics``: one addition per read and write
+(``TrioTCPStream``)                   (:class:`Traffic`).
 ====================================  ================================================
 """
 
@@ -108,6 +110,7 @@ from libp2p.abc import IMuxedConn, INetConn
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519
 from libp2p.exceptions import ParseError
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -314,6 +317,28 @@ def security(key_pair: KeyPair) -> dict:
 
 
 # --- install ----------------------------------------------------------------------------------
+class Traffic:
+    """Every TCP byte this process's libp2p connections write and read (all its nodes
+    together): for ``/metrics`` (:mod:`peer.metrics`)."""
+
+    sent = 0
+    received = 0
+
+
+_tcp_write, _tcp_read = TrioTCPStream.write, TrioTCPStream.read
+
+
+async def _counted_write(self: TrioTCPStream, data: bytes) -> None:
+    Traffic.sent += len(data)
+    await _tcp_write(self, data)
+
+
+async def _counted_read(self: TrioTCPStream, n: int | None = None) -> bytes:
+    data = await _tcp_read(self, n)
+    Traffic.received += len(data)
+    return data
+
+
 _installed = False
 
 
@@ -324,6 +349,7 @@ def install() -> None:
         return
     _installed = True
     TrioManager.run_task = _run_task  # type: ignore[method-assign]
+    TrioTCPStream.write, TrioTCPStream.read = _counted_write, _counted_read  # type: ignore
     TrioManager.__init__ = _manager_init  # type: ignore[method-assign]
     _yamux.read_exactly = read_exactly_noting_headers
     _muxer_multistream.Yamux = BoundedYamux  # it builds yamux by this name, not from muxer_opt

@@ -115,6 +115,10 @@ class SessionHub:
     def peers(self) -> set[str]:
         return set(self._sessions)
 
+    def queued(self) -> int:
+        """Frames queued on every session, not yet written."""
+        return sum(s.send.statistics().current_buffer_used for s in self._sessions.values())
+
     def push(self, peer: str, envelope: bytes) -> bool:
         """Queue ``envelope`` for ``peer``; False when it has no session (it will pull)."""
         session = self._sessions.get(peer)

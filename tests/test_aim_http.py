@@ -10,8 +10,9 @@ from coordinator.aim import CORS_HEADERS
 
 from .netutil import start_coordinator
 
+# a stats coordinator runs no prompt search
 ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
-             "/current_model", "/post_data/{epoch}"}  # a stats coordinator runs no prompt search
+             "/current_model", "/post_data/{epoch}", "/metrics"}
 
 
 @pytest.fixture
