@@ -14,6 +14,7 @@ from peer.metrics import metrics_response
 from protocol.wire.messages import StatsContribution
 
 from .aim import AIM, ClientBudget, HTTPError, example, int_param, read_json
+from .dashboard import add_dashboard
 from .prompt_jobs import MAX_PER_USER, MAX_QUEUE
 from .views import View
 
@@ -147,6 +148,7 @@ def build_app(view: View):
             "state_digest": bytes(pub["state_digest"]).hex() if pub else None,
         }
 
+    add_dashboard(aim, view)
     if view.workload.state_blob() is not None:
         add_model_endpoints(aim, view)
     if view.prompt_jobs is not None:

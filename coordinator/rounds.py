@@ -48,6 +48,7 @@ class OpenRound:
     asked: list[str] = field(default_factory=list)  # whom attendance expects a message from
     answered: set[str] = field(default_factory=set)  # who sent one it accepted
     withdrawn: set[str] = field(default_factory=set)  # participants that said they cannot go on
+    phase: str = ""  # the phase running now ("announce", then each notice's), for the dashboard
     _event: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -145,7 +146,7 @@ class RoundDriver:
         notice or do the work the step names. Each phase's duration goes to /metrics."""
         mode = self.open.mode.name if self.open.mode is not None else "?"
         opened = began = time.monotonic()
-        phase = "announce"
+        phase = self.open.phase = "announce"
         while True:
             while not rnd.ready(time.time(), self._expected()):
                 await self.open.wait_changed(min(0.5, max(0.0, rnd.deadline - time.time())))
@@ -164,7 +165,7 @@ class RoundDriver:
                 began = time.monotonic()
             elif isinstance(step, Notice):
                 self.outbox.notice(rnd.number, step, self.open.participants)
-                phase = step.phase
+                phase = self.open.phase = step.phase
 
     async def _do_work(self, rnd: RoundLogic, work: Work) -> None:
         """Fetch the blobs ``work`` names (in parallel, hash-checked, from the peers it

@@ -118,6 +118,12 @@ class Store:
                 for r in self.db.execute("SELECT * FROM peers ORDER BY admitted_at, peer_id "
                                          "LIMIT ? OFFSET ?", (limit, offset))]
 
+    def recent_peers(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` admitted peers seen last, most recent first."""
+        return [{"peer_id": r["peer_id"], "last_seen": r["last_seen"]}
+                for r in self.db.execute("SELECT peer_id, last_seen FROM peers ORDER BY "
+                                         "last_seen DESC, peer_id LIMIT ?", (limit,))]
+
     def rejections_by_peer(self, peers: list[str] | None = None) -> dict[str, dict[str, int]]:
         """Refusal counts by peer and reason (of ``peers`` only, when given)."""
         out: dict[str, dict[str, int]] = {}

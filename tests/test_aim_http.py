@@ -12,7 +12,8 @@ from .netutil import start_coordinator
 
 # a stats coordinator runs no prompt search
 ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
-             "/current_model", "/post_data/{epoch}", "/metrics"}
+             "/current_model", "/post_data/{epoch}", "/metrics", "/", "/dashboard.js",
+             "/dashboard.css", "/dashboard/state"}
 
 
 @pytest.fixture
