@@ -197,8 +197,11 @@ def test_a_dishonest_coordinator_gets_no_sum_of_fewer_than_k_inputs():
             notice = super()._close_phase()
             if closing == secure.MASKED:
                 bodies = decode(notice.body, robust.GroupBodies).bodies
-                shown = decode(bodies[0], secagg.SurvivorList).survivors[:1]
-                bodies[0] = encode(secagg.SurvivorList(survivors=shown))
+                bits = decode(bodies[0], secagg.SurvivorBits).bits  # keep the first only
+                first = next(i for i in range(8 * len(bits)) if bits[i // 8] & 0x80 >> i % 8)
+                shown = bytearray(len(bits))
+                shown[first // 8] = 0x80 >> first % 8
+                bodies[0] = encode(secagg.SurvivorBits(bits=bytes(shown)))
                 notice.body = encode(robust.GroupBodies(bodies))
             return notice
 

@@ -36,7 +36,7 @@ from protocol.rounds import secure as secure_round
 from protocol.rounds.base import Leave
 from protocol.rounds.local import LocalPeer, run_round
 from protocol.wire.identity import Identity
-from protocol.wire.messages import StatsContribution, decode
+from protocol.wire.messages import StatsContribution, decode, encode
 
 ENC = FixedPoint(clip=10.0, max_summands=200)
 
@@ -575,3 +575,15 @@ def test_compact_unmask_signatures_count_only_over_the_list_the_client_signed():
         clients[ids[1]].unmask(secure_round.expand(wire, lie))
     reply = clients[ids[2]].unmask(secure_round.expand(wire, sorted(honest_list.survivors)))
     assert reply.self_mask_shares
+
+
+def test_the_consistency_notice_is_a_bitmap_over_the_announced_participants():
+    """One bit per announced participant (125 bytes at 1,000, not a 53 KB list), read back
+    into the same sorted survivor list; a bitmap of the wrong length aborts."""
+    ids = [Identity.generate().peer_id for _ in range(1000)]
+    kept = sorted(ids[i] for i in range(1000) if i % 7)
+    wire = secure_round.survivor_bits(SurvivorList(survivors=kept), ids)
+    assert len(encode(wire)) < 140
+    assert secure_round.survivors_of(wire, ids).survivors == kept
+    with pytest.raises(SecAggAbort, match="bitmap has 125 bytes for 991"):
+        secure_round.survivors_of(wire, ids[:-9])

@@ -131,6 +131,26 @@ def compact(request: secagg.UnmaskRequest, agreement: int) -> secagg.SurvivorSig
                                      signatures=[sig for _, sig in signed])
 
 
+def survivor_bits(survivors: secagg.SurvivorList, participants: list[str]
+                  ) -> secagg.SurvivorBits:
+    """The consistency notice's wire form: one bit per announced participant."""
+    bits = bytearray((len(participants) + 7) // 8)
+    chosen = set(survivors.survivors)
+    for i, p in enumerate(participants):
+        if p in chosen:
+            bits[i // 8] |= 0x80 >> (i % 8)
+    return secagg.SurvivorBits(bits=bytes(bits))
+
+
+def survivors_of(wire: secagg.SurvivorBits, participants: list[str]) -> secagg.SurvivorList:
+    """The survivor list a participant holding the announced ``participants`` reads."""
+    if len(wire.bits) != (len(participants) + 7) // 8:
+        raise secagg.SecAggAbort(f"the survivor bitmap has {len(wire.bits)} bytes for "
+                                 f"{len(participants)} participants")
+    return secagg.SurvivorList(survivors=sorted(
+        p for i, p in enumerate(participants) if wire.bits[i // 8] & (0x80 >> (i % 8))))
+
+
 def expand(wire: secagg.SurvivorSignatures, survivors: list[str]) -> secagg.UnmaskRequest:
     """The request a survivor holding ``survivors`` (the sorted list it signed) acts on;
     an index off the list is dropped (its signature cannot count)."""
@@ -178,7 +198,8 @@ class SecureRound(ServerRound):
         if phase == SHARES:
             return Notice(MASKED, personal={p: encode(i) for p, i in s.close_shares().items()})
         if phase == MASKED:
-            return Notice(CONSISTENCY, body=encode(s.close_masked()))
+            return Notice(CONSISTENCY, body=encode(survivor_bits(
+                s.close_masked(), self.announced.participants)))
         return Notice(UNMASK, body=encode(compact(s.close_consistency(), self.cfg.agreement)))
 
     def finish(self) -> tuple[np.ndarray, list[str], dict[str, Any]]:
@@ -232,7 +253,9 @@ class SecurePeerRound(PeerRound):
             masked = self.client.masked_input(decode(personal, secagg.Inbox), x)
             return [(DOMAIN[MASKED], encode(masked))]
         if phase == CONSISTENCY:
-            signature = self.client.confirm(decode(body, secagg.SurvivorList))
+            survivors = survivors_of(decode(body, secagg.SurvivorBits),
+                                     self.params.participants)
+            signature = self.client.confirm(survivors)
             return [(DOMAIN[CONSISTENCY], encode(signature))]
         if phase == UNMASK:
             request = expand(decode(body, secagg.SurvivorSignatures), self.client.confirmed)

@@ -73,6 +73,15 @@ class SurvivorList(Strict):
     survivors: Annotated[list[PeerId], msgspec.Meta(max_length=10_000)]
 
 
+class SurvivorBits(Strict):
+    """Server -> survivors, the consistency phase's notice on the wire: the
+    :class:`SurvivorList` as one bit per announced participant (in the announcement's
+    order; bit i of byte i // 8, most significant first). Every participant holds that
+    list, so at N=1,000 the notice is 125 bytes instead of 53 KB sent to each."""
+
+    bits: Annotated[bytes, msgspec.Meta(max_length=1_250)]
+
+
 class ConsistencySignature(Strict):
     signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
