@@ -13,7 +13,8 @@ from peer.limits import COORDINATOR_LIMITS
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 from protocol import rounds
 from protocol.learning.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
-from protocol.learning.registry import WORKLOADS
+from protocol.learning.registry import WorkloadNotFound, known, resolve
+from protocol.learning.workloads import ModelWorkload
 from protocol.policy.admission import AdmissionConfig, issue_ticket
 from protocol.wire.identity import (
     BadPeerId,
@@ -69,8 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="D", help="forget admitted peers unheard of for D days; they may "
                    "enrol again (default: %(default)g)")
     add_limit_args(p, COORDINATOR_LIMITS)
-    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
-                   help="what rounds compute (default: %(default)s)")
+    p.add_argument("--workload", default="stats", metavar="NAME|MODULE:CLASS",
+                   help=f"what rounds compute: one of {', '.join(known())}, a workload an "
+                   "installed package declares (entry points 'hypergossip.workloads'), or "
+                   "your own package.module:Class (a Workload or ModelWorkload subclass; "
+                   "README: Bring your own workload) (default: %(default)s)")
     p.add_argument("--min-peers", type=int, default=2,
                    help="quorum: contributions needed to publish a round (default: %(default)s)")
     p.add_argument("--insecure", action="store_true",
@@ -183,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tolerate must be in (0, 0.5) and --group-size at least 2")
     if args.dp_epsilon and args.insecure:
         p.error("--dp-epsilon needs secure aggregation (its noise is added by the peers)")
+    try:
+        resolve(args.workload)
+    except WorkloadNotFound as exc:
+        p.error(str(exc))
     return args
 
 
@@ -296,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.workload == "fedavg":
         options = dict(data_dir=args.dataset_dir, aggregator=args.aggregator or "mean",
                        tolerance=args.tolerate)
+    elif isinstance(factory := resolve(args.workload), type) and \
+            issubclass(factory, ModelWorkload):  # a user's model: the same aggregation flags
+        options = dict(aggregator=args.aggregator or "mean", tolerance=args.tolerate)
     config = CoordinatorConfig(
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,

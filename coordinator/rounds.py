@@ -22,6 +22,7 @@ from peer.streams import StreamProtocolError
 from protocol.policy.attendance import Attendance
 from protocol.policy.replication import Reputation
 from protocol.rounds.base import Mode, Notice, Outcome, RoundLogic, Settings, Setup, Work
+from protocol.wire.canonical import canonical_json
 from protocol.wire.envelope import RejectedMessage, Verifier, open_envelope
 from protocol.wire.identity import public_key_from_peer_id
 from protocol.wire.messages import ANNOUNCE, TOPIC_ANNOUNCE, RoundAnnounce, decode, encode
@@ -121,9 +122,11 @@ class RoundDriver:
             self.open.round = rnd
             try:
                 step = await self._drive(rnd)
-            except Exception as exc:  # a bug in round logic must not take the coordinator down
-                log.exception("round %d: internal error; publishing it as failed", rnd.number)
-                step = Outcome("failed", 0, {"error": f"internal error: {type(exc).__name__}"})
+                canonical_json(step.result)  # publishable: JSON, finite numbers
+            except Exception as exc:  # a bug in round logic or in a user's workload (a raise,
+                # a wrong length, a NaN) fails this round; it must not take the coordinator down
+                log.exception("round %d failed: %s: %s", rnd.number, type(exc).__name__, exc)
+                step = Outcome("failed", 0, {"error": f"{type(exc).__name__}: {exc}"[:500]})
             if self.open.withdrawn:  # participants that said they could not go on
                 step.result.setdefault("withdrawn", len(self.open.withdrawn))
             self.publisher.publish(rnd, step)

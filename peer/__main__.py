@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from protocol.learning.registry import WORKLOADS, get_workload
+from protocol.learning.registry import WorkloadNotFound, get_workload, known
 from protocol.policy.admission import MAX_TICKET_WIRE
 from protocol.wire.identity import Identity, KeyFileError
 
@@ -50,8 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coordinator-url", metavar="URL",
                    help="the coordinator's HTTP URL (e.g. http://127.0.0.1:4000): its /health "
                    "gives its peer id and multiaddrs, used as --coordinator and --bootstrap")
-    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
-                   help="workload this peer serves (default: %(default)s)")
+    p.add_argument("--workload", default="stats", metavar="NAME|MODULE:CLASS",
+                   help=f"workload this peer serves: one of {', '.join(known())}, an installed "
+                   "package's (entry points 'hypergossip.workloads'), or package.module:Class "
+                   "(default: %(default)s)")
     p.add_argument("--data", default="",
                    help="this peer's private input; stats: height=CM,weight=KG; fedavg: "
                    "part=I/N[,alpha=A][,seed=S][,data_dir=DIR]; incremental: empty or "
@@ -127,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if created:
         log.info("generated new key %s", args.key)
-    workload = get_workload(args.workload)
+    try:
+        workload = get_workload(args.workload)
+    except WorkloadNotFound as exc:
+        log.error("%s", exc)
+        return 2
     try:
         data = workload.parse_data(args.data)
-    except ValueError as exc:
-        log.error("bad --data: %s", exc)
+    except Exception as exc:  # a user's workload may raise anything: say so and stop
+        log.error("bad --data for the %s workload: %s: %s", workload.name,
+                  type(exc).__name__, exc)
         return 2
     evaluator = None
     if args.llm_backend:

@@ -121,6 +121,11 @@ class Participant:
             log.warning("round %d: cannot take part: %s", round, exc)
             await self._withdraw(round, f"cannot take part: {exc}", mode)
             return
+        except Exception as exc:  # the workload's own code (a user's) failed: this round only
+            log.exception("round %d: the %s workload failed: %s: %s", round,
+                          self.workload.name, type(exc).__name__, exc)
+            await self._withdraw(round, f"workload failed: {type(exc).__name__}: {exc}", mode)
+            return
         self.rounds[round] = logic
         try:
             await self._run_steps(round, logic, announce, mode)

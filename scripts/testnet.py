@@ -42,7 +42,8 @@ from protocol.learning.aggregators import (  # noqa: E402
     PRE_AGGREGATORS,
     get_aggregator,
 )
-from protocol.learning.registry import WORKLOADS  # noqa: E402
+from protocol.learning.registry import WorkloadNotFound, known, resolve  # noqa: E402
+from protocol.learning.workloads import ModelWorkload  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 
 
@@ -55,8 +56,7 @@ def free_port() -> int:
 def min_peers(a: argparse.Namespace) -> int:
     """The coordinator's quorum: every peer, less those the run expects to lose (dropouts;
     liars whose inputs are refused, and under robust fedavg each liar's whole group)."""
-    robust = a.workload == "fedavg" and not a.insecure and a.secure_protocol in ("auto",
-                                                                                 "robust")
+    robust = a.model and not a.insecure and a.secure_protocol in ("auto", "robust")
     k = a.group_size or rounds.robust.group_size_for(a.tolerate or 0.2)
     if a.dropout:  # robust: a dropout takes its group with it (and the next round's)
         lost = math.ceil(a.dropout * a.peers) * (2 * k if robust else 1)
@@ -77,8 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--peers", type=int, default=4, help="number of peers (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="rounds to run (default: %(default)s)")
-    p.add_argument("--workload", default="stats", choices=sorted(WORKLOADS),
-                   help="what the rounds compute (default: %(default)s)")
+    p.add_argument("--workload", default="stats", metavar="NAME|MODULE:CLASS",
+                   help=f"what the rounds compute: one of {', '.join(known())}, or your own "
+                   "package.module:Class, e.g. examples.wine:Wine (README: Bring your own "
+                   "workload) (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="fedavg: Dirichlet alpha of the peers' non-IID shards (default: 0.5)")
     p.add_argument("--insecure", action="store_true",
@@ -170,6 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--aggregator: {exc}")
     if not 0 <= args.byzantine < args.peers:
         p.error("--byzantine must be in [0, --peers)")
+    try:
+        factory = resolve(args.workload)
+    except WorkloadNotFound as exc:
+        p.error(str(exc))
+    # fedavg and users' models: peers hold part=I/N of the data, rounds publish metrics
+    args.model = isinstance(factory, type) and issubclass(factory, ModelWorkload)
     return args
 
 
@@ -225,7 +233,7 @@ class Testnet:
             cmd += ["--tolerate", str(a.tolerate)]
         if a.group_size is not None:
             cmd += ["--group-size", str(a.group_size)]
-        if a.workload == "fedavg" and a.aggregator:
+        if a.model and a.aggregator:
             cmd += ["--aggregator", a.aggregator]
         if a.workload == "incremental":
             cmd += ["--segments", str(a.segments), "--replicas", str(a.replicas),
@@ -264,6 +272,8 @@ class Testnet:
             elif a.workload == "fedavg":
                 data = f"part={i}/{a.peers},alpha={a.alpha},seed={a.seed or 0}"
                 data += f",data_dir={a.data_dir}" if a.data_dir else ""
+            elif a.model:  # a user's ModelWorkload: this peer's share of its data
+                data = f"part={i}/{a.peers},seed={a.seed or 0}"
             else:
                 data = f"data_dir={a.data_dir}" if a.data_dir else ""
             key = self.run_dir / f"peer-{i}.key"
@@ -644,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = check_stats(rows, truth, secure=not args.insecure) and ok
         if args.attack == "outofrange":
             ok = report_outofrange(rows, net) and ok
-    if args.workload == "fedavg" and rows:
+    if args.model and rows:
         final = [r for r in rows if r.get("accuracy") is not None]
         if final:
             sa = final[-1].get("secure_aggregation", {})

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..wire.envelope import RejectedMessage
-from ..wire.messages import CONTRIBUTION, Strict, decode, encode
+from ..wire.messages import CONTRIBUTION, SchemaError, Strict, decode, encode
 from .base import (
     Duplicate,
     Mode,
@@ -99,6 +99,11 @@ class Round(RoundLogic):
         except RejectedMessage as exc:
             self._refuse(sender, exc)
             raise
+        except Exception as exc:  # a user's check that fails refuses the input, no more
+            refusal = SchemaError(f"the {self.workload.name} workload's check failed: "
+                                  f"{type(exc).__name__}: {exc}"[:300])
+            self._refuse(sender, refusal)
+            raise refusal from exc
         self.contributions[sender] = contribution
 
     def offer_message(self, sender: str, domain: str, payload: bytes) -> None:
