@@ -13,8 +13,8 @@ from peer.limits import COORDINATOR_LIMITS
 from peer.runtime import add_limit_args, limits_from_args, run_until_signal, setup_logging
 from protocol import rounds
 from protocol.learning.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
+from protocol.learning.federated import ModelWorkload
 from protocol.learning.registry import WorkloadNotFound, known, resolve
-from protocol.learning.workloads import ModelWorkload
 from protocol.policy.admission import AdmissionConfig, issue_ticket
 from protocol.wire.identity import (
     BadPeerId,

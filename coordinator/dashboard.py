@@ -57,7 +57,7 @@ def state(view: View) -> dict[str, Any]:
     current = None
     if rnd is not None:
         current = {"round": rnd.number, "phase": view.open.phase,
-                   "mode": view.open.mode.name if view.open.mode else None,
+                   "mode": getattr(view.open.mode, "name", None),
                    "participants": len(view.open.participants),
                    "accepted": rnd.accepted_count(),
                    "seconds_left": max(0.0, rnd.deadline - now)}

@@ -147,7 +147,7 @@ class RoundDriver:
     async def _drive(self, rnd: RoundLogic) -> Outcome:
         """Run ``rnd``'s phases to its outcome: wait until ready, advance, then send the
         notice or do the work the step names. Each phase's duration goes to /metrics."""
-        mode = self.open.mode.name if self.open.mode is not None else "?"
+        mode = getattr(self.open.mode, "name", "?")  # a label for /metrics, no branch on it
         opened = began = time.monotonic()
         phase = self.open.phase = "announce"
         while True:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.learning.workloads import ModelWorkload
+from protocol.learning.federated import ModelWorkload
 
 FEATURES, CLASSES = 13, 3
 

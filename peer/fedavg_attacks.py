@@ -41,13 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.crypto import secagg
+from protocol.learning.federated import FedAvg, FedAvgParams, PeerShard
 from protocol.learning.incremental import alie_z
-from protocol.learning.workloads import (
-    FedAvg,
-    FedAvgParams,
-    PeerShard,
-    models,  # lazy: torch only once a liar trains
-)
+from protocol.learning.workloads import models  # lazy: torch only once a liar trains
 from protocol.rounds import clear, robust, secure
 from protocol.rounds.base import Mode, Outgoing, PeerContext, PeerRound, RoundMisuse
 from protocol.rounds.clear import ClearPeerRound

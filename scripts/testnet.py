@@ -42,8 +42,8 @@ from protocol.learning.aggregators import (  # noqa: E402
     PRE_AGGREGATORS,
     get_aggregator,
 )
+from protocol.learning.federated import ModelWorkload  # noqa: E402
 from protocol.learning.registry import WorkloadNotFound, known, resolve  # noqa: E402
-from protocol.learning.workloads import ModelWorkload  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 
 

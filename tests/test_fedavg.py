@@ -12,8 +12,8 @@ import trio
 from peer.attacks import Attack
 from peer.daemon import PeerDaemon
 from protocol.learning import datasets, models
+from protocol.learning.federated import FedAvg
 from protocol.learning.registry import get_workload
-from protocol.learning.workloads import FedAvg
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PlainVector, SchemaError
 
@@ -76,7 +76,7 @@ def test_numpy_training_matches_torchs_sgd_and_a_peer_needs_no_torch():
 
     import torch
 
-    from protocol.learning.workloads import MLP_PARAMETERS
+    from protocol.learning.federated import MLP_PARAMETERS
 
     d = datasets.load()
     w = models.initial_vector(0)

@@ -10,7 +10,7 @@
 * ``package.module:Class``, imported from the Python path (the user's own module).
 
 Each resolves to a :class:`~protocol.learning.workloads.Workload` subclass (or a function
-returning an instance); :class:`~protocol.learning.workloads.ModelWorkload` is the short
+returning an instance); :class:`~protocol.learning.federated.ModelWorkload` is the short
 way to bring a model. The workload's ``name`` attribute is what goes on the wire, so a
 peer started with ``examples.wine:Wine`` and a coordinator started with ``wine`` (an
 entry point to the same class) take part in the same rounds.
@@ -23,8 +23,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from .federated import FedAvg
 from .incremental import Incremental
-from .workloads import FedAvg, PromptSearchWorkload, Stats, Workload
+from .workloads import PromptSearchWorkload, Stats, Workload
 
 ENTRY_POINTS = "hypergossip.workloads"
 WORKLOADS: dict[str, Callable[..., Workload]] = {
@@ -77,7 +78,8 @@ def resolve(spec: str) -> Callable[..., Workload]:
 def _checked(obj: Any, what: str) -> Callable[..., Workload]:
     if isinstance(obj, type) and not issubclass(obj, Workload):
         raise WorkloadNotFound(f"workload {what}: {obj.__name__} is not a Workload subclass "
-                               "(protocol.learning.workloads.Workload or ModelWorkload)")
+                               "(protocol.learning.workloads.Workload, or "
+                               "protocol.learning.federated.ModelWorkload)")
     if not callable(obj):
         raise WorkloadNotFound(f"workload {what} is neither a class nor a function")
     return obj

@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from peer.fedavg_attacks import FEDAVG_ATTACKS, FedAvgLiar, knowing  # noqa: E402
-from protocol.learning.workloads import FedAvg, Workload  # noqa: E402
+from protocol.learning.federated import FedAvg  # noqa: E402
+from protocol.learning.workloads import Workload  # noqa: E402
 from protocol.policy.replication import Reputation  # noqa: E402
 from protocol.rounds import MODES  # noqa: E402
 from protocol.rounds.base import Mode, PeerRound, Settings  # noqa: E402
