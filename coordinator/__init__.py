@@ -4,8 +4,9 @@
 send), ``rounds`` (the round driver, any mode of :mod:`protocol.rounds`), ``outbox``
 (what it sends and serves again), ``publisher`` (results and state), ``legacy`` (values
 posted in the clear), ``evaluations`` (prompt evaluations on peers), ``meter`` (where
-benchmarks measure); ``store`` is SQLite, ``aim``/``api`` the AIM HTTP
-server, ``prompt_jobs`` the prompt-search jobs.
+benchmarks measure), ``metrics`` (``/metrics``); ``store`` is SQLite, ``aim``/``api``
+the AIM HTTP server, ``dashboard`` the page at ``/``, ``prompt_jobs`` the prompt-search
+jobs; ``cli`` is the ``hypergossip`` command and ``status`` its ``status``.
 
 May import :mod:`protocol` and :mod:`peer` (it runs peer's network node).
 """

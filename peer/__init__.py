@@ -6,7 +6,8 @@
 (lifetime), ``follower`` (the coordinator's signed log) and ``participant`` (rounds, any
 mode, found in :mod:`protocol.rounds`), acting as its ``behaviour`` says (``attacks``
 and ``fedavg_attacks`` are behaviours too); ``hostile`` is the harness of hostile
-inputs below the protocol.
+inputs below the protocol; ``metrics`` a node's Prometheus figures and ``httpserver``
+the bounded HTTP server (a peer's ``--metrics-port``, the coordinator's API).
 
 May import :mod:`protocol`; never :mod:`coordinator`.
 """
