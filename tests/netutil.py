@@ -51,6 +51,20 @@ async def start_peer(nursery: trio.Nursery, bootstrap: list[str], height: float 
     return daemon
 
 
+THREE_PEOPLE = ((160.0, 60.0), (175.0, 72.0), (182.0, 88.0))  # mean height 172.33
+
+
+async def three_peer_network(nursery: trio.Nursery, data_dir: Path, *, rounds: int,
+                             **overrides) -> Coordinator:
+    """A stats coordinator (quorum 3) and three real peers holding :data:`THREE_PEOPLE`,
+    once ``rounds`` rounds have closed."""
+    coord = await start_coordinator(nursery, data_dir, min_peers=3, **overrides)
+    for h, w in THREE_PEOPLE:
+        await start_peer(nursery, [coord.node.addrs[0]], h, w)
+    await wait_for(lambda: coord.rounds_run >= rounds, timeout=60)
+    return coord
+
+
 async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> None:
     with trio.fail_after(timeout):
         while not predicate():

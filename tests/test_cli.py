@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from .netutil import start_coordinator, start_peer, wait_for
+from .netutil import three_peer_network
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 
@@ -29,12 +29,8 @@ def test_every_subcommand_explains_itself():
 
 async def test_status_prints_the_round_peers_and_last_results(data_dir):
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=2,
-                                        round_pause=0.2)
-        boot = coord.node.addrs[0]
-        for h, w in ((160.0, 60.0), (175.0, 72.0), (182.0, 88.0)):
-            await start_peer(nursery, [boot], h, w)
-        await wait_for(lambda: coord.rounds_run >= 2, timeout=60)
+        coord = await three_peer_network(nursery, data_dir, rounds=2, max_rounds=2,
+                                         round_pause=0.2)
         table = await trio.run_process([*CLI, "status", coord.http_url], capture_stdout=True,
                                        capture_stderr=True, check=False)
         raw = await trio.run_process([*CLI, "status", coord.http_url, "--json"],

@@ -15,7 +15,7 @@ import time
 import pytest
 import trio
 
-from .netutil import start_coordinator, start_peer, wait_for
+from .netutil import three_peer_network, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -55,12 +55,8 @@ def wait_in_browser(predicate, timeout: float) -> None:
 
 async def test_a_round_published_while_the_page_is_open_appears_without_a_reload(data_dir):
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=0,
-                                        round_pause=3.0)
-        boot = coord.node.addrs[0]
-        for h, w in ((160.0, 60.0), (175.0, 72.0), (182.0, 88.0)):
-            await start_peer(nursery, [boot], h, w)
-        await wait_for(lambda: coord.rounds_run >= 1, timeout=60)
+        coord = await three_peer_network(nursery, data_dir, rounds=1, max_rounds=0,
+                                         round_pause=3.0)
         driver = await trio.to_thread.run_sync(open_browser)
         try:
             def load() -> int:

@@ -14,7 +14,7 @@ from peer.node import NetworkNode
 from protocol.wire.identity import Identity
 from protocol.wire.messages import PROTO_SUBMIT, SubmitAck, decode
 
-from .netutil import start_coordinator, start_peer, wait_for
+from .netutil import three_peer_network
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -34,15 +34,11 @@ def free_port() -> int:
 
 async def test_coordinator_metrics_count_rounds_phases_messages_and_refusals(data_dir):
     async with trio.open_nursery() as nursery:
-        coord = await start_coordinator(nursery, data_dir, min_peers=3, max_rounds=2,
-                                        round_pause=0.2)
-        boot = coord.node.addrs[0]
-        for h, w in ((160.0, 60.0), (175.0, 72.0), (182.0, 88.0)):
-            await start_peer(nursery, [boot], h, w)
-        await wait_for(lambda: coord.rounds_run >= 2, timeout=60)
+        coord = await three_peer_network(nursery, data_dir, rounds=2, max_rounds=2,
+                                         round_pause=0.2)
         stranger = NetworkNode(Identity.generate())
         async with stranger.running():  # one malformed submit, refused and counted
-            assert await stranger.connect(boot)
+            assert await stranger.connect(coord.node.addrs[0])
             ack = decode(await stranger.request(coord.peer_id, PROTO_SUBMIT, b"\x93junk"),
                          SubmitAck)
             assert not ack.accepted

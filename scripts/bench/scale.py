@@ -59,6 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import trio  # noqa: E402
 
+from peer import libp2p_patches  # noqa: E402
+from peer.libp2p_patches import Traffic  # noqa: E402
+
 MODES = ("stats", "secagg", "fedavg")
 GOAL_ENROL_S, GOAL_CPU_RATIO, GOAL_IDLE_MS = 120.0, 2.0, 1.0
 GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
@@ -216,30 +219,6 @@ def rss_mb(pid: int | str = "self", key: str = "VmHWM") -> float:
     return 0.0
 
 
-class Wire:
-    """Every TCP byte this process writes and reads (py-libp2p's TCP stream, counted):
-    in this benchmark's main process that is the coordinator's traffic."""
-
-    sent = 0
-    received = 0
-
-    @classmethod
-    def install(cls) -> None:
-        from libp2p.io.trio import TrioTCPStream
-        write, read = TrioTCPStream.write, TrioTCPStream.read
-
-        async def counted_write(self, data: bytes) -> None:
-            cls.sent += len(data)
-            await write(self, data)
-
-        async def counted_read(self, n: int | None = None) -> bytes:
-            data = await read(self, n)
-            cls.received += len(data)
-            return data
-
-        TrioTCPStream.write, TrioTCPStream.read = counted_write, counted_read
-
-
 class Samples:
     """(time, coordinator CPU, workers' CPU, bytes sent, bytes received) every 0.1 s."""
 
@@ -249,8 +228,8 @@ class Samples:
     async def run(self) -> None:
         while True:
             workers = sum(secagg_bench()._cpu_of(p) for p in self.workers)
-            self.rows.append((time.monotonic(), time.process_time(), workers, Wire.sent,
-                              Wire.received))
+            self.rows.append((time.monotonic(), time.process_time(), workers,
+                              Traffic.sent, Traffic.received))
             await trio.sleep(0.1)
 
     def at(self, t: float) -> tuple:
@@ -568,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     for noisy in ("libp2p", "libp2p.pubsub.gossipsub"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    Wire.install()
+    libp2p_patches.install()  # counts every TCP byte (Traffic): here, the coordinator's
     if "secagg" in args.mode_list:
         register_vector(args.vector)
     if args.row:  # one network in this process (its coordinator's RSS is this process's)
