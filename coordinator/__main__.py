@@ -137,7 +137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "older ones (GET /rounds shows those kept); 0 keeps all (default: "
                    "%(default)s)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
-    g = p.add_argument_group("incremental learning (--workload incremental)")
+    g = p.add_argument_group("replicated training (--workload incremental, or a model "
+                             "workload with --replicated)")
+    g.add_argument("--replicated", action="store_true",
+                   help="a model workload (fedavg, or yours): train it by replicated rounds "
+                   "instead of federated averaging: its public training set is cut into "
+                   "--segments parts, each trained by --replicas peers from the published "
+                   "model and accepted on a --quorum of equal commit-revealed digests; its "
+                   "train() must be deterministic (incremental always runs this way)")
     g.add_argument("--segments", type=int, default=4,
                    help="training-set segments, each one task per round (default: 4)")
     g.add_argument("--replicas", type=int, default=3,
@@ -307,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     elif isinstance(factory := resolve(args.workload), type) and \
             issubclass(factory, ModelWorkload):  # a user's model: the same aggregation flags
         options = dict(aggregator=args.aggregator or "mean", tolerance=args.tolerate)
+    if args.replicated and "tolerance" in options:  # a model workload
+        options.update(replicas=args.replicas, segments=args.segments, quorum=args.quorum,
+                       dispute=args.dispute)
+    elif args.replicated:
+        log.error("--replicated takes a model workload (fedavg, or a ModelWorkload); "
+                  "%s is not one", args.workload)
+        return 2
     config = CoordinatorConfig(
         data_dir=args.data_dir, db=args.db, key=args.key, http_host=args.host, port=args.port,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/4001"], allow=allow, admission=admission,

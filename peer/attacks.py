@@ -47,6 +47,7 @@ import trio
 
 from protocol.crypto import secagg, vss
 from protocol.learning import incremental as learning
+from protocol.learning.replicable import TaskParams
 from protocol.rounds import replica, secure, verified
 from protocol.rounds import replicated as inc
 from protocol.rounds.base import Mode, Outgoing, PeerContext, PeerRound
@@ -118,8 +119,8 @@ class Attack(Behaviour):
     def _replica_round(self, ctx: PeerContext) -> PeerRound:
         if self.name == "copy":
             return CopyPeerRound(self, ctx.peer_id, ctx.announce)
-        return replica.ReplicaPeerRound(ctx.peer_id, ctx.announce, ctx.data, ctx.blobs,
-                                    claim=self.claim)
+        return replica.ReplicaPeerRound(ctx.peer_id, ctx.workload, ctx.announce,  # type: ignore[arg-type]
+                                        ctx.data, ctx.blobs, claim=self.claim)
 
     # --- what we claim ---------------------------------------------------------------------
     def claim(self, pr: replica.ReplicaPeerRound, segment: int,
@@ -141,7 +142,7 @@ class Attack(Behaviour):
             return self._alie(start, pr.ds, pr.params, pr.round)
         return train()
 
-    def _alie(self, start: np.ndarray, ds, params: learning.IncrementalParams,
+    def _alie(self, start: np.ndarray, ds, params: TaskParams,
               round: int) -> np.ndarray:
         updates = np.stack([learning.train_segment(start, ds, params, round, k).astype(np.float64)
                             - start for k in range(params.segments)])
@@ -197,7 +198,7 @@ class CopyPeerRound(PeerRound):
 
     def __init__(self, attack: Attack, peer_id: str, announce: RoundAnnounce):
         self.attack, self.peer_id, self.round = attack, peer_id, announce.round
-        self.params = decode(announce.workload_params, learning.IncrementalParams)
+        self.params = decode(announce.workload_params, TaskParams)
         self.tasks = [k for k, reps in enumerate(self.params.assignment) if peer_id in reps]
         self.phases = (replica.REVEAL,)
 

@@ -56,7 +56,8 @@ def free_port() -> int:
 def min_peers(a: argparse.Namespace) -> int:
     """The coordinator's quorum: every peer, less those the run expects to lose (dropouts;
     liars whose inputs are refused, and under robust fedavg each liar's whole group)."""
-    robust = a.model and not a.insecure and a.secure_protocol in ("auto", "robust")
+    robust = a.model and not a.insecure and not a.replicated and \
+        a.secure_protocol in ("auto", "robust")
     k = a.group_size or rounds.robust.group_size_for(a.tolerate or 0.2)
     if a.dropout:  # robust: a dropout takes its group with it (and the next round's)
         lost = math.ceil(a.dropout * a.peers) * (2 * k if robust else 1)
@@ -104,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase-timeout", type=float, default=5.0,
                    help="seconds a secure phase waits for dropouts (default: %(default)s)")
     g = p.add_argument_group("learning (--workload fedavg, incremental) and attacks")
+    g.add_argument("--replicated", action="store_true",
+                   help="a model workload (fedavg, or yours): replicated rounds (--segments "
+                   "tasks, each trained by --replicas peers, agreed by commit-reveal) "
+                   "instead of federated averaging; its train() must be deterministic")
     g.add_argument("--segments", type=int, default=4,
                    help="training-set segments, one task each per round (default: 4)")
     g.add_argument("--replicas", type=int, default=3,
@@ -178,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(exc))
     # fedavg and users' models: peers hold part=I/N of the data, rounds publish metrics
     args.model = isinstance(factory, type) and issubclass(factory, ModelWorkload)
+    if args.replicated and not args.model:
+        p.error("--replicated takes a model workload (fedavg, or a ModelWorkload)")
     return args
 
 
@@ -235,7 +242,9 @@ class Testnet:
             cmd += ["--group-size", str(a.group_size)]
         if a.model and a.aggregator:
             cmd += ["--aggregator", a.aggregator]
-        if a.workload == "incremental":
+        if a.replicated:
+            cmd.append("--replicated")
+        if a.workload == "incremental" or a.replicated:
             cmd += ["--segments", str(a.segments), "--replicas", str(a.replicas),
                     "--dispute", a.dispute]
             if a.aggregator:
@@ -337,6 +346,9 @@ def describe(row: dict, peers: int) -> str:
                  f"mean weight {row['mean_weight']:.4f} kg")
     if row.get("accuracy") is not None:
         line += f"  test accuracy {row['accuracy']:.4f}"
+        if "segments" in row:  # a model workload's replicated round
+            line += (f"  segments {row['count']}/{len(row['segments'])}  disputes "
+                     f"{row.get('disputes', 0)}  model {row['model_digest'][:12]}")
     if row.get("loss") is not None:
         segs = row.get("segments", [])
         line += (f"  held-out loss {row['loss']:.6f}  segments {row['count']}/{len(segs)}"
@@ -659,7 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         if final:
             sa = final[-1].get("secure_aggregation", {})
             mode = ("robust secure aggregation" if "group_size" in sa else
-                    "secure aggregation" if sa else "clear")
+                    "secure aggregation" if sa else
+                    "replicated, agreed by commit-reveal" if "segments" in final[-1] else
+                    "clear")
             print(f"final test accuracy {final[-1]['accuracy']:.4f} after round "
                   f"{final[-1]['round']} ({mode})")
         ok = ok and all(r["status"] == "published" for r in rows)

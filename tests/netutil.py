@@ -51,6 +51,29 @@ async def start_peer(nursery: trio.Nursery, bootstrap: list[str], height: float 
     return daemon
 
 
+async def model_network(nursery: trio.Nursery, data_dir: Path, workload, peer_workloads,
+                        *, secure: bool, rounds: int, min_peers: int | None = None,
+                        **overrides) -> tuple[Coordinator, list[str]]:
+    """A coordinator running the model ``workload`` and a peer per entry of
+    ``peer_workloads`` (its data: part i of n); the coordinator and the peers' ids, once
+    ``rounds`` rounds have closed."""
+    n = len(peer_workloads)
+    config = coordinator_config(data_dir, min_peers=min_peers or n, start_peers=n,
+                                secure=secure, phase_timeout=10.0, round_timeout=20.0,
+                                workload=workload.name, **overrides)
+    coord = Coordinator(config, workload=workload)
+    await nursery.start(coord.run)
+    ids = []
+    for i, w in enumerate(peer_workloads):
+        ident = Identity.generate()
+        ids.append(ident.peer_id)
+        daemon = PeerDaemon(ident, w, w.parse_data(f"part={i}/{n}"),
+                            bootstrap=[coord.node.addrs[0]])
+        await nursery.start(daemon.run)
+    await wait_for(lambda: coord.rounds_run >= rounds, timeout=120)
+    return coord, ids
+
+
 THREE_PEOPLE = ((160.0, 60.0), (175.0, 72.0), (182.0, 88.0))  # mean height 172.33
 
 

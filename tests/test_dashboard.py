@@ -15,7 +15,10 @@ import time
 import pytest
 import trio
 
-from .netutil import three_peer_network, wait_for
+from examples.wine import Wine
+
+from .netutil import model_network, three_peer_network, wait_for
+from .test_workload_plugins import Lies
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -94,3 +97,31 @@ async def test_a_round_published_while_the_page_is_open_appears_without_a_reload
     assert page["title"] == "mean_height over rounds" and page["points"] >= 2
     assert page["resources"], "the page fetched nothing (it should poll the state)"
     assert all(url.startswith(coord.http_url) for url in page["resources"]), page["resources"]
+
+
+async def test_the_peers_table_shows_reputation_where_rounds_keep_it(data_dir):
+    """Replicated rounds of the wine example, one of four peers reporting wrong weights:
+    once it has been outvoted, the page's peers table shows every peer's reputation, the
+    liar's below the others'."""
+    async with trio.open_nursery() as nursery:
+        coord, ids = await model_network(nursery, data_dir, Wine(replicas=2, segments=4),
+                                         [Wine(), Wine(), Wine(), Lies()], secure=True,
+                                         rounds=2)
+        driver = await trio.to_thread.run_sync(open_browser)
+        try:
+            def shown() -> dict[str, str]:
+                driver.get(coord.http_url + "/")
+                rows = "return [...document.querySelectorAll('#peers tbody tr')].map(r => " \
+                       "[...r.cells].map(c => c.textContent));"
+                wait_in_browser(lambda: len(driver.execute_script(rows)) == 4, 30)
+                return {r[0]: r[3] for r in driver.execute_script(rows)}
+
+            table = await trio.to_thread.run_sync(shown)
+        finally:
+            await trio.to_thread.run_sync(driver.quit)
+        nursery.cancel_scope.cancel()
+
+    by_peer = {p: table[p[:8] + "…" + p[-6:]] for p in ids}
+    assert "-" not in by_peer.values(), by_peer
+    liar = float(by_peer[ids[3]])
+    assert liar < min(float(by_peer[p]) for p in ids[:3]), by_peer

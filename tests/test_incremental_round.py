@@ -10,6 +10,7 @@ import pytest
 
 from peer.attacks import SIGNFLIP_SCALE
 from protocol.learning import incremental as inc
+from protocol.learning import replicable as rp
 from protocol.policy.replication import ReplicaRejected, Reputation
 from protocol.rounds import replica
 from protocol.rounds import replicated as rep
@@ -32,9 +33,9 @@ def setup(assignment=None, eligible=PEERS, **opts):
 
 def peer_rounds(w, ann, claims=None):
     blobs = {hashlib.sha256(w.state_blob()).digest(): w.state_blob()}
-    params = msgspec.msgpack.decode(ann.workload_params, type=inc.IncrementalParams)
+    params = msgspec.msgpack.decode(ann.workload_params, type=rp.TaskParams)
     claims = claims or {}
-    return {p: replica.ReplicaPeerRound(p, ann, w.dataset, blobs,
+    return {p: replica.ReplicaPeerRound(p, w, ann, w.dataset, blobs,
                                         claim=claims.get(p, replica.honest))
             for p in params.eligible}
 
@@ -156,7 +157,7 @@ def test_extra_replicas_settle_a_dispute_without_the_coordinator_training():
     out, _ = drive(w, rnd, prs)
     seg0 = out.result["segments"][0]
     assert seg0["decided_by"] == "extra replicas"
-    assert seg0["extra_replicas"] == inc.extra_replicas(params, 0, 3)
+    assert seg0["extra_replicas"] == rp.extra_replicas(params, 0, 3)
     assert set(seg0["extra_replicas"]) <= {"peer-1", "peer-2", "peer-3", "peer-4", "peer-5"}
     assert set(seg0["disagree"]) == {"peer-6", "peer-7"}
     assert np.allclose(w.weights, expected_weights(inc.Incremental(segments=4), params),
@@ -203,9 +204,9 @@ def test_a_round_over_thousands_of_peers_fits_its_announcement_and_draws_its_rep
     params = w.make_params(1, b"", many)
     ann = RoundAnnounce(round=1, workload="incremental", deadline_ms=0, min_peers=1,
                         workload_params=encode(params))
-    got = decode(decode(encode(ann), RoundAnnounce).workload_params, inc.IncrementalParams)
-    assert len(got.eligible) == inc.MAX_ELIGIBLE < len(many)  # a draw, not the first ones
-    assert set(got.eligible) <= set(many) and got.eligible != sorted(many)[:inc.MAX_ELIGIBLE]
+    got = decode(decode(encode(ann), RoundAnnounce).workload_params, rp.TaskParams)
+    assert len(got.eligible) == rp.MAX_ELIGIBLE < len(many)  # a draw, not the first ones
+    assert set(got.eligible) <= set(many) and got.eligible != sorted(many)[:rp.MAX_ELIGIBLE]
     assert all(len(set(r)) == 3 and set(r) <= set(got.eligible) for r in got.assignment)
     assert w.make_params(1, b"", list(reversed(many))).eligible == got.eligible  # by beacon
     assert w.make_params(2, b"", many).eligible != got.eligible  # another round, another draw

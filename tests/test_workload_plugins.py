@@ -13,31 +13,23 @@ import trio
 
 from coordinator.service import Coordinator
 from examples.wine import Wine
-from peer.daemon import PeerDaemon
 from protocol.learning.registry import ENTRY_POINTS, WorkloadNotFound, get_workload, resolve
-from protocol.wire.identity import Identity
 
-from .netutil import coordinator_config, wait_for
+from .netutil import model_network
 
 
 async def run_rounds(data_dir, workload, peers_workloads, *, rounds: int, secure: bool,
-                     min_peers: int | None = None) -> Coordinator:
-    """A coordinator running ``workload`` and a peer per entry of ``peers_workloads`` (its
-    data: part i of n), until ``rounds`` rounds have closed."""
-    n = len(peers_workloads)
-    coord = Coordinator(coordinator_config(data_dir, min_peers=min_peers or n,
-                                           start_peers=n, max_rounds=rounds, secure=secure,
-                                           phase_timeout=10.0, round_timeout=20.0,
-                                           workload=workload.name), workload=workload)
+                     min_peers: int | None = None, ids: list[str] | None = None
+                     ) -> Coordinator:
+    """:func:`model_network` until ``rounds`` rounds have closed, then stopped; the peers'
+    ids go to ``ids``."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(coord.run)
-        boot = [coord.node.addrs[0]]
-        for i, w in enumerate(peers_workloads):
-            daemon = PeerDaemon(Identity.generate(), w, w.parse_data(f"part={i}/{n}"),
-                                bootstrap=boot)
-            await nursery.start(daemon.run)
-        await wait_for(lambda: coord.rounds_run >= rounds, timeout=120)
+        coord, peer_ids = await model_network(nursery, data_dir, workload, peers_workloads,
+                                              secure=secure, rounds=rounds,
+                                              min_peers=min_peers, max_rounds=rounds)
         nursery.cancel_scope.cancel()
+    if ids is not None:
+        ids += peer_ids
     return coord
 
 
@@ -77,6 +69,39 @@ async def test_the_wine_example_learns_over_libp2p(data_dir, secure):
     assert all(r["count"] == 4 for r in rows)
     assert rows[-1]["accuracy"] >= 0.85, rows  # from 1/3 (all-zero weights)
     assert coord.mode.name == ("robust" if secure else "clear")  # models: robust by default
+
+
+class Lies(Wine):
+    """Reports weights one off from what it trained, on every task."""
+
+    def train(self, params, data, **kw):
+        return super().train(params, data, **kw) + 1.0
+
+
+async def test_a_model_workload_runs_replicated_rounds_that_catch_a_liar(data_dir):
+    """``replicas=2``: the public training set in 4 parts, each trained by 2 of the 4 peers
+    and accepted on equal commit-revealed digests. The liar's parts are disputed and
+    re-executed by the coordinator, so the model is exactly what honest training gives;
+    the liar, the only one ever outvoted, loses reputation."""
+    ids: list[str] = []
+    coord = await run_rounds(data_dir, Wine(replicas=2, segments=4),
+                             [Wine(), Wine(), Wine(), Lies()], rounds=3, secure=True, ids=ids)
+    assert coord.mode.name == "replicated"
+    rows = results(coord)
+    assert [r["status"] for r in rows] == ["published"] * 3, rows
+    assert all(r["count"] == 4 for r in rows), rows  # every part accepted, every round
+    outvoted = {p for r in rows for s in r["segments"] for p in s["disagree"]}
+    assert outvoted == {ids[3]}, rows
+    assert any(s["decided_by"] == "re-execution" for r in rows for s in r["segments"])
+    assert coord.reputation.score(ids[3]) < min(coord.reputation.score(p) for p in ids[:3])
+    honest = Wine(replicas=2, segments=4)  # the same three rounds, trained here
+    w, shared = honest.weights.copy(), honest.task_data()
+    for number in range(1, len(rows) + 1):
+        params = honest.make_params(number, b"", ids)
+        parts = [honest.train_task(w, shared, params, number, k) for k in range(4)]
+        w = (w + np.mean([p.astype(np.float64) - w for p in parts], axis=0)).astype(np.float32)
+    assert np.array_equal(coord.workload.weights, w)
+    assert rows[-1]["accuracy"] >= 0.85, rows
 
 
 class NaNMetrics(Wine):

@@ -20,7 +20,9 @@ import numpy as np
 from ..wire import tensors
 from ..wire.messages import PlainVector, RoundAnnounce, SchemaError, Strict, decode, encode
 from . import aggregators, datasets
-from .workloads import Workload, models
+from .replicable import MODE as REPLICATED
+from .replicable import Replicable, TaskParams, fingerprint, task_seed
+from .workloads import models
 
 MLP_PARAMETERS = 784 * 64 + 64 + 64 * 10 + 10  # models.mlp(hidden=64)
 
@@ -43,7 +45,7 @@ class PeerShard:
     label: str
 
 
-class ModelWorkload(Workload):
+class ModelWorkload(Replicable):
     """Bring your own model: federated averaging of any model kept as one flat float
     vector. A subclass says four things, as in Flower's ClientApp/ServerApp convention:
 
@@ -60,6 +62,14 @@ class ModelWorkload(Workload):
     ``part=I/N[,seed=S]``. Updates that are not finite, of the wrong length or over the
     clip norm are refused before they count; a subclass that raises fails its round with
     the reason logged (peer: it withdraws; coordinator: the round is published failed).
+
+    Replicated rounds (``replicas=R``, ``--replicated``), for a ``train`` that is
+    deterministic (equal inputs, bit-equal weights): the training set is public, cut into
+    ``segments`` parts, part ``k`` being ``load_data(k, segments, 0)``; each part is
+    trained from the round's weights by ``R`` peers with ``seed`` fixed by round and part,
+    accepted when a quorum of them commit to and reveal the same weights (disputes are
+    re-executed by the coordinator), and the parts' updates combined by ``aggregator``.
+    No peer's training is trusted, and none is private: use it for public data.
     """
 
     contribution_schema = PlainVector
@@ -70,7 +80,9 @@ class ModelWorkload(Workload):
 
     def __init__(self, *, epochs: int | None = None, lr: float | None = None,
                  clip_norm: float | None = None, aggregator: str = "mean",
-                 tolerance: float = 0.2, seed: int = 0, **options: Any):
+                 tolerance: float = 0.2, seed: int = 0, replicas: int | None = None,
+                 segments: int = 4, quorum: int | None = None, dispute: str = "reexecute",
+                 **options: Any):
         if epochs is not None:
             self.epochs = epochs  # type: ignore[misc]
         if lr is not None:
@@ -85,6 +97,10 @@ class ModelWorkload(Workload):
         self.seed, self.options = seed, options
         self._weights: np.ndarray | None = None  # the initial weights when first asked
         self._blob: bytes | None = None
+        self.task_lr, self.task_epochs = self.lr, self.epochs
+        if replicas is not None:
+            self.replicate(segments=segments, replicas=replicas, quorum=quorum,
+                           dispute=dispute)
 
     # --- what a subclass writes ----------------------------------------------------------
     def initial_parameters(self) -> np.ndarray:
@@ -205,8 +221,40 @@ class ModelWorkload(Workload):
         return self.load_data(i, n, seed)
 
     def required_blobs(self, announce: RoundAnnounce) -> list[tuple[bytes, int]]:
+        if announce.mode == REPLICATED:
+            return super().required_blobs(announce)
         p = decode(announce.workload_params, FedAvgParams)
         return [(p.model_digest, p.model_size)]
+
+    # --- replicated rounds (protocol.learning.replicable) --------------------------------
+    def replica_data(self, data: Any) -> SharedParts:
+        if getattr(self, "_shared", None) is None:
+            self._shared = SharedParts(self)
+        return self._shared  # the public parts, whatever this peer's own --data
+
+    def shared_digest(self, shared: Any, segments: int) -> bytes:
+        assert isinstance(shared, SharedParts)
+        return shared.digest(segments)
+
+    def train_task(self, start: np.ndarray, shared: Any, params: TaskParams, round: int,
+                   segment: int) -> np.ndarray:
+        assert isinstance(shared, SharedParts)
+        new = np.asarray(self.train(start.copy(), shared.part(segment, params.segments),
+                                    epochs=params.epochs, lr=params.lr,
+                                    seed=task_seed(round, segment)))
+        if new.shape != start.shape or not np.all(np.isfinite(new)):
+            raise ValueError(f"{type(self).__name__}.train() returned {new.shape} values "
+                             f"(finite: {bool(np.all(np.isfinite(new)))}), expected "
+                             f"{start.shape[0]} finite ones")
+        return new.astype(np.float32)
+
+    def combine(self, updates: np.ndarray) -> np.ndarray:
+        n = len(updates)
+        f = aggregators.tolerable(math.floor(self.tolerance * n), n)
+        return aggregators.combine(self.aggregator, updates, f=f)
+
+    def decode_model(self, blob: bytes) -> np.ndarray:
+        return _weights(blob)
 
     def _update(self, announce: RoundAnnounce, data: Any, blobs: Mapping[bytes, bytes]
                 ) -> np.ndarray:
@@ -281,11 +329,40 @@ class FedAvg(ModelWorkload):
         idx = datasets.dirichlet_partition(ds.train_y, n, alpha, seed)[i]
         return PeerShard(ds.train_x[idx], ds.train_y[idx], f"shard {i}/{n} ({len(idx)} ex.)")
 
+    def load_data(self, part: int, parts: int, seed: int) -> PeerShard:
+        """Replicated rounds' part ``part`` of ``parts``: every ``parts``-th training example
+        from ``part`` (the peers' own shards in federated rounds are non-IID: parse_data)."""
+        ds = datasets.load(self.data_dir)
+        idx = datasets.segment(len(ds.train_y), parts, part)
+        return PeerShard(ds.train_x[idx], ds.train_y[idx], f"part {part}/{parts}")
+
     def train(self, params: np.ndarray, data: Any, *, epochs: int, lr: float,
               seed: int) -> np.ndarray:
         if not isinstance(data, PeerShard):
             raise SchemaError("fedavg needs a PeerShard")
         return models.train(params, data.x, data.y, epochs=epochs, lr=lr, seed=seed)
+
+
+class SharedParts:
+    """Replicated rounds: the public training set as the workload's ``load_data`` cuts it,
+    part by part (loaded once each)."""
+
+    def __init__(self, workload: ModelWorkload):
+        self.workload = workload
+        self._parts: dict[tuple[int, int], Any] = {}
+        self._digests: dict[int, bytes] = {}
+
+    def part(self, k: int, parts: int) -> Any:
+        if (k, parts) not in self._parts:
+            self._parts[k, parts] = self.workload.load_data(k, parts, 0)
+        return self._parts[k, parts]
+
+    def digest(self, parts: int) -> bytes:
+        """SHA-256 over every part's fingerprint: equal only for equal training sets."""
+        if parts not in self._digests:
+            self._digests[parts] = hashlib.sha256(b"".join(
+                fingerprint(self.part(k, parts)) for k in range(parts))).digest()
+        return self._digests[parts]
 
 
 def _weights(blob: bytes) -> np.ndarray:

@@ -62,7 +62,8 @@ def get(name: str) -> Mode:
 def select(workload: Workload, *, secure: bool = True, protocol: str = "auto",
            mode: str = "") -> Mode:
     """The mode a coordinator runs ``workload`` in: ``mode`` when named; else the workload's
-    own mode when one serves only it (replicated); else clear when not ``secure``; else
+    replicated mode when it asks for it (``workload.replicated``: incremental, or a model
+    workload given ``replicas``); else clear when not ``secure``; else
     the secure ``protocol`` ("vss", "robust", "secagg"), or for "auto" the first of
     :data:`SECURE` that serves the workload (vss where its inputs have ranges to prove,
     robust where they have an L2 bound, else secagg)."""
@@ -73,7 +74,7 @@ def select(workload: Workload, *, secure: bool = True, protocol: str = "auto",
         if not chosen.serves(workload):
             raise ValueError(f"round mode {mode} cannot run workload {workload.name}")
         return chosen
-    if replicated.MODE.serves(workload):
+    if getattr(workload, "replicated", False) and replicated.MODE.serves(workload):
         return replicated.MODE
     if not secure:
         return clear.MODE

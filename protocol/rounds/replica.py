@@ -11,18 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
-from ..learning.datasets import Dataset
-from ..learning.incremental import (
-    MAX_SEGMENTS,
-    IncrementalParams,
-    data_digest,
-    train_segment,
-)
+from ..learning.replicable import MAX_SEGMENTS, Replicable, TaskParams
 from ..learning.workloads import models  # lazy: torch loads only when a round trains
 from ..policy.replication import (
     ReplicaRejected,
@@ -87,6 +81,12 @@ class ExtraAssignment(Strict):
 
 
 # --- a peer's side -----------------------------------------------------------------------------
+def data_digest(workload: Replicable, shared: Any, segments: int) -> bytes:
+    """The shared data's digest (a module function so that the simulation can memoize it
+    over the one data set its peers share)."""
+    return workload.shared_digest(shared, segments)
+
+
 # (the replica's round, segment, its honest training) -> the weights it reports
 Claim = Callable[["ReplicaPeerRound", int, Callable[[], np.ndarray]], np.ndarray]
 
@@ -103,15 +103,15 @@ class ReplicaPeerRound(PeerRound):
     honest peers return ``train()``. Attack behaviours (peer/attacks.py) pass another
     ``claim``, which may read ``start_weights``, ``ds``, ``params`` and ``round``."""
 
-    def __init__(self, peer_id: str, announce: RoundAnnounce, ds: Dataset,
-                 blobs: Mapping[bytes, bytes], *, claim: Claim = honest):
-        self.peer_id, self.round = peer_id, announce.round
-        self.params = decode(announce.workload_params, IncrementalParams)
-        if data_digest(ds) != self.params.data_digest:
+    def __init__(self, peer_id: str, workload: Replicable, announce: RoundAnnounce,
+                 data: Any, blobs: Mapping[bytes, bytes], *, claim: Claim = honest):
+        self.peer_id, self.round, self.workload = peer_id, announce.round, workload
+        self.params = decode(announce.workload_params, TaskParams)
+        self.ds = workload.replica_data(data)  # the shared training data
+        if data_digest(workload, self.ds, self.params.segments) != self.params.data_digest:
             raise SchemaError("this peer's training data differs from the coordinator's")
-        self.ds, self.claim = ds, claim
-        self.start_weights = models.decode_weights(blobs[self.params.model_digest],
-                                                   models.autoencoder_size())
+        self.claim = claim
+        self.start_weights = workload.decode_model(blobs[self.params.model_digest])
         self.phases = (REVEAL, EXTRA_COMMIT, EXTRA_REVEAL) \
             if self.params.dispute == "replicas" else (REVEAL,)
         self.results: dict[int, tuple[bytes, bytes]] = {}  # segment -> (digest, salt)
@@ -122,8 +122,8 @@ class ReplicaPeerRound(PeerRound):
 
     def _train(self, segments: list[int]) -> None:
         for k in segments:
-            w = self.claim(self, k, lambda k=k: train_segment(self.start_weights, self.ds,
-                                                              self.params, self.round, k))
+            w = self.claim(self, k, lambda k=k: self.workload.train_task(
+                self.start_weights, self.ds, self.params, self.round, k))
             blob = models.encode_weights(w)
             self._blobs.append(blob)
             self.results[k] = (hashlib.sha256(blob).digest(), os.urandom(16))

@@ -19,12 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..learning.incremental import (
-    Incremental,
-    IncrementalParams,
-    extra_replicas,
-    train_segment,
-)
+from ..learning.replicable import Replicable, TaskParams, extra_replicas
 from ..learning.workloads import models  # lazy: torch loads only when a round trains
 from ..policy.replication import (
     Decision,
@@ -69,8 +64,8 @@ from .replica import (
 @dataclass
 class ReplicatedRound(RoundLogic):
     number: int
-    workload: Incremental
-    params: IncrementalParams
+    workload: Replicable
+    params: TaskParams
     reputation: Reputation
     phase_timeout: float
     deadline: float
@@ -252,7 +247,8 @@ class ReplicatedRound(RoundLogic):
     def recompute(self, start: np.ndarray) -> None:
         """Coordinator re-execution of the pending segments (CPU work: run it in a thread)."""
         for k in self.pending:
-            w = train_segment(start, self.workload.dataset, self.params, self.number, k)
+            w = self.workload.train_task(start, self.workload.task_data(), self.params,
+                                         self.number, k)
             blob = models.encode_weights(w)
             digest = hashlib.sha256(blob).digest()
             self.blobs[digest] = blob
@@ -267,7 +263,7 @@ class ReplicatedRound(RoundLogic):
             if blob is None or k in self.weights:
                 continue
             try:
-                self.weights[k] = models.decode_weights(blob, len(self.workload.weights))
+                self.weights[k] = self.workload.decode_model(blob)
             except Exception as exc:  # an agreed digest of bytes that are not weights
                 self.how[k] = f"refused: {exc}"[:120]
         unfetched = [k for k in self.decisions if k not in self.weights]
@@ -338,10 +334,10 @@ class ReplicatedMode(Mode):
     public_domains = DOMAINS
 
     def serves(self, workload: Any) -> bool:
-        return bool(getattr(workload, "replicated", False))
+        return isinstance(workload, Replicable)
 
     def open(self, setup: Setup) -> Opening:
-        workload: Incremental = setup.workload  # type: ignore[assignment]
+        workload: Replicable = setup.workload  # type: ignore[assignment]
         eligible = setup.reputation.eligible(setup.participants)
         task = workload.make_params(setup.number, setup.prev_digest, eligible)
         deadline = setup.now + setup.settings.phase_timeout
@@ -354,10 +350,12 @@ class ReplicatedMode(Mode):
         return Opening(rnd, deadline, workload_params=encode(task), asked=[], notes=notes)
 
     def participants(self, announce: RoundAnnounce) -> list[str]:
-        return decode(announce.workload_params, IncrementalParams).eligible
+        return decode(announce.workload_params, TaskParams).eligible
 
     def peer_round(self, ctx: PeerContext) -> ReplicaPeerRound:
-        return ReplicaPeerRound(ctx.peer_id, ctx.announce, ctx.data, ctx.blobs)
+        if not isinstance(ctx.workload, Replicable):
+            raise SchemaError(f"workload {ctx.workload.name} cannot run replicated rounds")
+        return ReplicaPeerRound(ctx.peer_id, ctx.workload, ctx.announce, ctx.data, ctx.blobs)
 
 
 MODE = ReplicatedMode()

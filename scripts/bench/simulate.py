@@ -280,6 +280,10 @@ class Once:
         return out
 
 
+def _data_key(workload, shared, segments: int) -> tuple:
+    return id(shared), segments
+
+
 def _signature_key(peer: str, message: bytes, signature: bytes) -> tuple:
     return peer, signature, _digest_of(message)
 
@@ -294,7 +298,7 @@ def simulate(n: int, mode_name: str, dropout: float, args: argparse.Namespace) -
         from protocol.crypto.secagg import client
         from protocol.rounds import replica
         module, name, key = (client, "valid_signature", _signature_key) \
-            if mode_name == "secagg" else (replica, "data_digest", id)
+            if mode_name == "secagg" else (replica, "data_digest", _data_key)
         memo = Once(getattr(module, name), key)
         setattr(module, name, memo)
         try:
@@ -524,7 +528,7 @@ def simulate_round(n: int, mode_name: str, dropout: float, args: argparse.Namesp
             if memo is not None:
                 memo.extra = 0.0
             p.logic = mode.peer_round(ctx) if mode_name != "replicated" else \
-                ReplicaPeerRound(pid, announce, p.data, blobs, claim=trained.claim)
+                ReplicaPeerRound(pid, workload, announce, p.data, blobs, claim=trained.claim)
             cpu += trained.extra + (memo.extra if memo is not None else 0.0)
             out = p.logic.start()
             cpu += time.thread_time() - t0
