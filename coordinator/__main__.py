@@ -24,6 +24,7 @@ from protocol.wire.identity import (
     public_key_from_peer_id,
 )
 
+from .lies import LIES
 from .service import Coordinator, CoordinatorConfig
 
 log = logging.getLogger("hypergossip.coordinator")
@@ -136,6 +137,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the last N rounds and their messages in the database, forget "
                    "older ones (GET /rounds shows those kept); 0 keeps all (default: "
                    "%(default)s)")
+    p.add_argument("--linger", type=float, default=0.0, metavar="S",
+                   help="after --rounds: keep serving HTTP (results, the round log) for S "
+                   "seconds before exiting (default: %(default)s)")
+    p.add_argument("--lie", default="", choices=("", *LIES), metavar="LIE",
+                   help="FOR TESTS OF THE AUDIT ONLY: publish results that are not the "
+                   f"inputs' ({', '.join(LIES)}; coordinator/lies.py)")
+    p.add_argument("--log-retain", type=int, default=0, metavar="N",
+                   help="keep the round log's last N records (GET /log; hypergossip audit); "
+                   "0 keeps every record (default: %(default)s). The envelopes a record names "
+                   "are kept as long as --retain-rounds keeps its round")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     g = p.add_argument_group("replicated training (--workload incremental, or a model "
                              "workload with --replicated)")
@@ -188,8 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
-    if args.retain_rounds < 0:
-        p.error("--retain-rounds must be >= 0")
+    if args.retain_rounds < 0 or args.log_retain < 0:
+        p.error("--retain-rounds and --log-retain must be >= 0")
     if not 0 < args.tolerate < 0.5 or (args.group_size is not None and args.group_size < 2):
         p.error("--tolerate must be in (0, 0.5) and --group-size at least 2")
     if args.dp_epsilon and args.insecure:
@@ -327,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         limits=limits, min_peers=args.min_peers,
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         legacy_epoch=args.legacy_epoch,
-        retain_rounds=args.retain_rounds,
+        retain_rounds=args.retain_rounds, log_retain=args.log_retain, linger=args.linger,
+        lie=args.lie,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,

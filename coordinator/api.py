@@ -15,6 +15,7 @@ from protocol.wire.messages import StatsContribution
 
 from .aim import AIM, ClientBudget, HTTPError, example, int_param, read_json
 from .dashboard import add_dashboard
+from .logapi import add_log_endpoints
 from .prompt_jobs import MAX_PER_USER, MAX_QUEUE
 from .views import View
 
@@ -149,6 +150,7 @@ def build_app(view: View):
         }
 
     add_dashboard(aim, view)
+    add_log_endpoints(aim, view)
     if view.workload.state_blob() is not None:
         add_model_endpoints(aim, view)
     if view.prompt_jobs is not None:

@@ -2,8 +2,9 @@
 
 ``hypergossip coordinator ...`` is ``python -m coordinator ...``, ``hypergossip peer ...``
 is ``python -m peer ...``, ``hypergossip testnet ...`` is ``./scripts/testnet ...`` (from
-a source checkout, where the launcher lives), and ``hypergossip status URL`` prints a
-running coordinator's state (:mod:`coordinator.status`). Each subcommand has its own
+a source checkout, where the launcher lives), ``hypergossip status URL`` prints a
+running coordinator's state (:mod:`coordinator.status`) and ``hypergossip audit URL``
+checks its round log (:mod:`coordinator.audit`). Each subcommand has its own
 ``--help``. It lives in the coordinator package because the coordinator may import the
 peer (the layout's rule), not the other way round.
 """
@@ -22,6 +23,7 @@ commands:
   peer          run a peer daemon that joins a coordinator's network (python -m peer)
   testnet       a local testnet on 127.0.0.1: a coordinator and N peers (./scripts/testnet)
   status URL    print a running coordinator's round, peers and last results
+  audit URL     check a coordinator's signed round log and re-derive its results
 
 'hypergossip COMMAND --help' explains each one."""
 
@@ -41,6 +43,11 @@ def _status(argv: list[str]) -> int:
     return main(argv)
 
 
+def _audit(argv: list[str]) -> int:
+    from coordinator.audit import main
+    return main(argv)
+
+
 def _testnet(argv: list[str]) -> int:
     script = Path(__file__).resolve().parents[1] / "scripts" / "testnet.py"
     if not script.is_file():
@@ -56,7 +63,8 @@ def _testnet(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "coordinator": _coordinator, "peer": _peer, "testnet": _testnet, "status": _status}
+    "coordinator": _coordinator, "peer": _peer, "testnet": _testnet, "status": _status,
+    "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from .store import Store
 log = logging.getLogger("hypergossip.coordinator")
 
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
+LOG_WIRE_MAX = 64 * 1024  # accepted envelopes up to this size are kept for the round log
 # refusals that say the message itself is bad (not late, not a replay): gossip that a peer
 # should never have forwarded
 FORWARDER_FAULTS = frozenset({"malformed", "oversize", "wrong_domain", "digest_mismatch",
@@ -100,6 +101,7 @@ class Intake:
                 self.metrics.rejected.labels(exc.reason).inc()
                 if self.open.round is not None and self.store.is_admitted(transport_peer):
                     self.open.round.count_rejection(exc.reason)
+                    self.open.refused(transport_peer, exc.reason, wire)
                 muted = self._refusal_log.allow((transport_peer, exc.reason), time.monotonic())
                 if muted is not None:
                     log.warning("rejected %s from %s: %s: %s%s", via, transport_peer,
@@ -120,24 +122,32 @@ class Intake:
         if rnd is None or rnd.number != env.round:
             raise RoundClosed(f"round {env.round} is not open")
         if env.domain == WITHDRAW:
-            return self._withdraw(env)
+            return self._withdraw(env, wire)
         rnd.offer_message(env.sender_id, env.domain, env.payload)
         self.open.answered.add(env.sender_id)
         # only a resumable mode's payloads are kept: the others' are masked vectors and
         # ciphertexts nobody may use later, and a restart abandons such a round anyway
         keep = self.open.mode is not None and self.open.mode.resumable
-        self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
-                                  env.nonce, env.payload if keep else b"")
+        self._record(env, wire, env.payload if keep else b"", keep)
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
         self.open.changed()
         return env
 
-    def _withdraw(self, env: Envelope) -> Envelope:
+    def _record(self, env: Envelope, wire: bytes, payload: bytes, keep_wire: bool) -> None:
+        """Store an accepted message: its envelope too (served to the round log's auditors)
+        when the round's result derives from it (resumable modes: clear contributions)
+        or it is small; a large masked vector's digest is all the log keeps."""
+        keep_wire = keep_wire or len(wire) <= LOG_WIRE_MAX
+        self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
+                                  env.nonce, payload, wire if keep_wire else b"", len(wire))
+
+    def _withdraw(self, env: Envelope, wire: bytes) -> Envelope:
         """A participant that cannot go on: the round stops waiting for it."""
         why = decode(env.payload, Withdraw).reason
         if self.open.participants and env.sender_id not in self.open.participants:
             raise NotParticipant(f"{env.sender_id} is not a participant of round {env.round}")
         self.open.withdrawn.add(env.sender_id)
+        self._record(env, wire, b"", True)
         log.info("round %d: %s withdrew: %s", env.round, env.sender_id, why or "no reason")
         self.open.changed()
         return env

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from peer.node import NetworkNode
+from protocol.audit.log import Refusal
 from protocol.crypto import dp
 from protocol.policy.replication import Reputation
 from protocol.rounds.base import Outcome, RoundLogic
@@ -22,20 +23,25 @@ from .legacy import Legacy
 from .meter import Meter
 from .metrics import CoordinatorMetrics
 from .outbox import Outbox
+from .roundlog import LogWriter
 from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
+LOG_MODELS = 32  # past models kept: the round log's auditors fetch a round's starting model
 
 
 class Publisher:
     def __init__(self, store: Store, node: NetworkNode, outbox: Outbox, workload: Any,
                  reputation: Reputation, legacy: Legacy | None, *, inline_result_max: int,
-                 retain_rounds: int, meter: Meter, metrics: CoordinatorMetrics):
+                 retain_rounds: int, meter: Meter, metrics: CoordinatorMetrics,
+                 log_retain: int = 0):
         self.store, self.node, self.outbox, self.workload = store, node, outbox, workload
         self.reputation, self.legacy, self.meter = reputation, legacy, meter
         self.metrics = metrics
         self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
         self._rep_saved = len(reputation.history)
+        self.log = LogWriter(store, outbox, retain=log_retain)
+        self.head: bytes | None = None  # the round log's latest signed head
 
     def publish_failed(self, number: int, error: str) -> None:
         self._publish(number, {}, Outcome("failed", 0, {"error": error}))
@@ -46,10 +52,14 @@ class Publisher:
             "count": 0, "note": "no peer took part: values posted over the legacy HTTP API "
             "alone"}))
 
-    def publish(self, rnd: RoundLogic, outcome: Outcome) -> None:
-        self._publish(rnd.number, dict(rnd.rejected), outcome)
+    def publish(self, rnd: RoundLogic, outcome: Outcome, refusals: list[Refusal] | None = None,
+                uncounted: int = 0) -> None:
+        """Publish ``rnd``'s outcome; ``refusals`` (and ``uncounted`` more) go to its record
+        in the round log."""
+        self._publish(rnd.number, dict(rnd.rejected), outcome, refusals or [], uncounted)
 
-    def _publish(self, number: int, rejected: dict[str, int], outcome: Outcome) -> None:
+    def _publish(self, number: int, rejected: dict[str, int], outcome: Outcome,
+                 refusals: list[Refusal] | None = None, uncounted: int = 0) -> None:
         with self.meter.timed("publish", number):
             if self.legacy is not None:
                 outcome.result = self.legacy.settle(number, outcome.status, outcome.result)
@@ -59,7 +69,8 @@ class Publisher:
                     (blob := self.workload.state_blob()) is not None:
                 self.node.blobs.put(blob)  # the new model, fetched by digest next round
                 self.store.set_meta("state_blob", self.store.put_blob(blob))
-                self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "")
+                self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "",
+                                       recent=LOG_MODELS)
             self.save_reputation()
             state = canonical_json(outcome.result)
             digest = state_digest(outcome.result)
@@ -76,6 +87,7 @@ class Publisher:
             self.store.close_round(number, outcome.status, outcome.accepted, rejected,
                                    outcome.result, digest, wire)
             self._prune(number)
+            self.head = self.log.write(number, wire, refusals or [], uncounted)
             self.outbox.result(number, wire)
             self.metrics.rounds.labels(outcome.status).inc()
         log.info("round %d %s: %d accepted, rejected %s, result %s", number, outcome.status,

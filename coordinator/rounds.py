@@ -11,6 +11,7 @@ The driver never asks which mode it runs: :mod:`protocol.rounds` says it all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import trio
 
 from peer.node import NetworkNode
 from peer.streams import StreamProtocolError
+from protocol.audit.log import MAX_REFUSALS, Refusal
 from protocol.policy.attendance import Attendance
 from protocol.policy.replication import Reputation
 from protocol.rounds.base import Mode, Notice, Outcome, RoundLogic, Settings, Setup, Work
@@ -50,7 +52,22 @@ class OpenRound:
     answered: set[str] = field(default_factory=set)  # who sent one it accepted
     withdrawn: set[str] = field(default_factory=set)  # participants that said they cannot go on
     phase: str = ""  # the phase running now ("announce", then each notice's), for the dashboard
+    refusals: list[Refusal] = field(default_factory=list)  # for its round-log record
+    refusals_uncounted: int = 0  # past the record's cap: counted, not listed
     _event: trio.Event = field(default_factory=trio.Event)
+
+    def refused(self, sender: str, reason: str, wire: bytes) -> None:
+        """A refusal the round counts, for its record."""
+        if len(self.refusals) < MAX_REFUSALS:
+            self.refusals.append(Refusal(sender[:64], reason[:64],
+                                         hashlib.sha256(wire).digest()))
+        else:
+            self.refusals_uncounted += 1
+
+    def reset(self) -> None:
+        """A new round: nobody has answered, withdrawn or been refused in it yet."""
+        self.answered, self.withdrawn = set(), set()
+        self.refusals, self.refusals_uncounted = [], 0
 
     @property
     def number(self) -> int | None:
@@ -129,7 +146,7 @@ class RoundDriver:
                 step = Outcome("failed", 0, {"error": f"{type(exc).__name__}: {exc}"[:500]})
             if self.open.withdrawn:  # participants that said they could not go on
                 step.result.setdefault("withdrawn", len(self.open.withdrawn))
-            self.publisher.publish(rnd, step)
+            self.publisher.publish(rnd, step, self.open.refusals, self.open.refusals_uncounted)
             benched = self.attendance.record(rnd.number, self.open.asked,
                                              self.open.answered | rnd.refused_senders())
             if benched:
@@ -270,12 +287,15 @@ class RoundDriver:
                 workload_params=opening.workload_params or self.workload.round_params(number),
                 mode=self.mode.name)
             wire = self.outbox.seal(ANNOUNCE, number, encode(announce))
+            if self.store.get_meta("state_blob") is None and \
+                    (blob := self.workload.state_blob()) is not None:  # the initial model:
+                self.store.set_meta("state_blob", self.store.put_blob(blob))  # for auditors
             self.store.open_round(number, self.workload.name, opening.deadline,
                                   self.config.min_peers, wire)
             self.open.mode = self.mode
             self.open.participants = opening.participants or participants
             self.open.asked = participants if opening.asked is None else opening.asked
-            self.open.answered, self.open.withdrawn = set(), set()
+            self.open.reset()
             self.outbox.announce(number, wire)
         log.info("round %d open: %s (%s), %d participants", number, self.workload.name,
                  self.mode.name, len(participants))
@@ -307,7 +327,7 @@ class RoundDriver:
             self.verifier.remember(number, public_key_from_peer_id(m["sender"]), m["nonce"])
             stored += 1
         self.open.mode, self.open.participants, self.open.asked = mode, [], []
-        self.open.answered, self.open.withdrawn = set(), set()
+        self.open.reset()
         log.info("resuming round %d after restart with %d stored messages", number, stored)
         self.outbox.gossip(TOPIC_ANNOUNCE, row["announce_wire"])
         return rnd

@@ -74,6 +74,7 @@ from .api import build_app
 from .evaluations import RemoteEvaluations
 from .intake import MAX_SUBMIT_WIRE, Intake
 from .legacy import Legacy
+from .lies import lying
 from .meter import Meter
 from .metrics import CoordinatorMetrics
 from .outbox import Outbox
@@ -107,6 +108,8 @@ class CoordinatorConfig:
     inline_result_max: int = 256 * 1024  # larger published states go as blobs, by digest
     max_rounds: int = 0  # 0: run until stopped
     retain_rounds: int = 10_000  # rounds (and their messages) kept in the database; 0: all
+    log_retain: int = 0  # round-log records kept (protocol.audit.log); 0: all
+    lie: str = ""  # tests of the audit only: coordinator.lies
     linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
     workload: str = "stats"
     workload_options: dict = field(default_factory=dict)  # e.g. incremental: segments=8
@@ -156,7 +159,8 @@ class Coordinator:
             if created:
                 log.info("created coordinator key %s", config.key_path)
         self.identity = identity
-        self.workload = workload or get_workload(config.workload, **config.workload_options)
+        self.workload = lying(workload or get_workload(config.workload,
+                                                       **config.workload_options), config.lie)
         self.mode = rounds.select(self.workload, secure=config.secure,
                                   protocol=config.secure_protocol, mode=config.mode)
         self.meter = meter or Meter()
@@ -189,7 +193,7 @@ class Coordinator:
                                    self.reputation, self.legacy,
                                    inline_result_max=config.inline_result_max,
                                    retain_rounds=config.retain_rounds, meter=self.meter,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, log_retain=config.log_retain)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,

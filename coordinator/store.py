@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS prompt_jobs (
     status TEXT NOT NULL, progress TEXT, result TEXT, created REAL NOT NULL, finished REAL);
 CREATE TABLE IF NOT EXISTS llm_outputs (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, output TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS round_log (
+    round INTEGER PRIMARY KEY, hash BLOB NOT NULL, record BLOB NOT NULL, head BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS reputation (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, peer_id TEXT NOT NULL,
     score REAL NOT NULL, why TEXT NOT NULL);
@@ -61,7 +63,12 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(messages)")}
+        if "wire" not in columns:  # a database from before the round log
+            self.db.execute("ALTER TABLE messages ADD COLUMN wire BLOB NOT NULL DEFAULT x''")
+            self.db.execute("ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
         self._touched: dict[str, float] = {}  # peer -> when its last_seen was last written
+        self.log = LogStore(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -210,11 +217,24 @@ class Store:
 
     # --- accepted messages ------------------------------------------------------------------
     def record_message(self, digest: bytes, round: int, sender: str, domain: str,
-                       nonce: bytes, payload: bytes) -> None:
+                       nonce: bytes, payload: bytes, wire: bytes = b"", size: int = 0) -> None:
+        """An accepted message: ``payload`` where a resumed round needs it, ``wire`` (the
+        signed envelope, ``size`` bytes) where the round log serves it."""
         self.db.execute(
             "INSERT OR IGNORE INTO messages (digest, round, sender, domain, nonce, received_at,"
-            " payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (digest, round, sender, domain, nonce, time.time(), payload))
+            " payload, wire, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (digest, round, sender, domain, nonce, time.time(), payload, wire, size))
+
+    def accepted(self, round: int, skip: str) -> list[sqlite3.Row]:
+        """Round ``round``'s accepted messages in the order they came (domain ``skip``
+        left out: values posted over HTTP, which are not signed envelopes)."""
+        return list(self.db.execute(
+            "SELECT digest, sender, domain, size FROM messages WHERE round=? AND domain!=? "
+            "ORDER BY received_at, rowid", (round, skip)))
+
+    def message_wire(self, digest: bytes) -> bytes | None:
+        row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] else None
 
     def messages(self, round: int, domain: str) -> list[sqlite3.Row]:
         return list(self.db.execute(
@@ -249,9 +269,11 @@ class Store:
         self.db.execute("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", (digest, data))
         return digest
 
-    def prune_blobs(self, keep: str) -> None:
-        """Only the current state is served after a restart: drop the older ones."""
-        self.db.execute("DELETE FROM blobs WHERE digest != ?", (keep,))
+    def prune_blobs(self, keep: str, recent: int = 0) -> None:
+        """Drop older states but ``keep`` (the current one, served after a restart) and the
+        ``recent`` last stored (the round log's auditors fetch a round's starting model)."""
+        self.db.execute("DELETE FROM blobs WHERE digest != ? AND rowid NOT IN (SELECT rowid "
+                        "FROM blobs ORDER BY rowid DESC LIMIT ?)", (keep, recent))
 
     def get_blob(self, digest: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
@@ -327,3 +349,31 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
                         "SET value=excluded.value", (key, value))
+
+
+class LogStore:
+    """The round log's records and signed heads (protocol.audit.log), in the store's
+    database (table ``round_log``)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def add(self, round: int, hash: bytes, record: bytes, head: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO round_log (round, hash, record, head) "
+                        "VALUES (?, ?, ?, ?)", (round, hash, record, head))
+
+    def record(self, round: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM round_log WHERE round=?", (round,)).fetchone()
+
+    def bounds(self) -> tuple[int, int, bytes | None]:
+        """(first, last) rounds the log holds, and the last record's hash."""
+        first, last = self.db.execute("SELECT MIN(round), MAX(round) FROM round_log").fetchone()
+        if last is None:
+            return 0, 0, None
+        return first, last, bytes(self.record(last)["hash"])
+
+    def sizes(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT LENGTH(record) FROM round_log")]
+
+    def prune(self, before: int) -> int:
+        return self.db.execute("DELETE FROM round_log WHERE round < ?", (before,)).rowcount

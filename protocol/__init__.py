@@ -12,6 +12,7 @@ policy     admission, rate limits, attendance, replication votes      wire
 learning   workloads, models, datasets, aggregators                   wire, crypto, policy
 prompts    genetic search, fitness, evaluation by redundancy          wire
 rounds     round modes and their registry                             all of the above
+audit      the signed round log, inclusion proofs, re-derivation      all of the above
 =========  =========================================================  ==================
 
 ``scripts/check/house.py`` checks the last column.

@@ -149,6 +149,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="peers evaluating each prompt (default: 2)")
     g.add_argument("--max-seconds", type=float, default=900.0,
                    help="time budget of the search (default: 900)")
+    p.add_argument("--audit", action="store_true",
+                   help="after the last round, audit the coordinator's signed round log "
+                   "(hypergossip audit: every result re-derived that can be) and fail the "
+                   "run if any round fails the audit")
+    p.add_argument("--lie", default="", choices=("drop", "double", "fake-result"),
+                   help="the coordinator lies (tests of --audit only: coordinator/lies.py)")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running rounds until Ctrl-C instead of stopping after --rounds")
     p.add_argument("--json", type=Path, metavar="PATH", help="write a JSON summary of the rounds")
@@ -264,6 +270,10 @@ class Testnet:
             cmd += ["--dp-epsilon", str(a.dp_epsilon)]
         if not a.keep_running:
             cmd += ["--rounds", str(a.rounds)]
+        if a.audit:  # HTTP stays up after the last round for the audit to read the log
+            cmd += ["--linger", "120"]
+        if a.lie:
+            cmd += ["--lie", a.lie]
         print(f"starting coordinator (HTTP {self.url}) ...", flush=True)
         self.spawn("coordinator", cmd)
         health = self.wait_health(client)
@@ -577,6 +587,15 @@ def report_incremental(rows: list[dict], net: Testnet, args: argparse.Namespace)
             "aggregator": rows[-1].get("aggregator"), "replicas": args.replicas}
 
 
+def run_audit(net: Testnet, args: argparse.Namespace) -> bool:
+    """``hypergossip audit`` against this testnet's coordinator; True when nothing failed."""
+    from coordinator.audit import main as audit
+
+    print(f"auditing the round log at {net.url} ...", flush=True)
+    spec = [] if args.workload in known() else ["--workload", args.workload]
+    return audit([net.url, *spec]) == 0
+
+
 def follow_rounds(client: httpx.Client, net: Testnet, args: argparse.Namespace) -> list[dict]:
     """Poll the coordinator; a progress bar per round (messages accepted of those expected:
     one per peer in the clear, four per peer under secure aggregation), then its line."""
@@ -640,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run directory: {net.run_dir} (logs in {net.logs})")
     rows: list[dict] = []
     ok = True
+    audited = True
     try:
         with httpx.Client(timeout=5.0) as client:
             net.start(client)
@@ -650,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += follow_rounds(client, net, args)
             if args.workload == "incremental" and rows:
                 net.copies = check_peer_models(net, rows[-1])
+            if args.audit:
+                audited = run_audit(net, args)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the testnet")
     except RuntimeError as exc:
@@ -686,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "workload": args.workload, **extra}, indent=2))
         print(f"summary written to {args.json}")
     print(f"coordinator was at {net.url}; logs in {net.logs}")
-    return 0 if ok else 1
+    return 0 if ok and audited else 1
 
 
 if __name__ == "__main__":

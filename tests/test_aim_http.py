@@ -13,7 +13,8 @@ from .netutil import start_coordinator
 # a stats coordinator runs no prompt search
 ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
              "/current_model", "/post_data/{epoch}", "/metrics", "/", "/dashboard.js",
-             "/dashboard.css", "/dashboard/state"}
+             "/dashboard.css", "/dashboard/state", "/log", "/log/{n}",
+             "/log/{n}/proof/{digest}", "/log/message/{digest}", "/log/blob/{digest}"}
 
 
 @pytest.fixture

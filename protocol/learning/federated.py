@@ -180,7 +180,8 @@ class ModelWorkload(Replicable):
         n = len(vectors)
         f = aggregators.tolerable(math.floor(self.tolerance * n), n)
         update = aggregators.combine(self.aggregator, np.stack(vectors), f=f)
-        return {**self.apply_update(update, n), "aggregator": self.aggregator}
+        return {**self.apply_update(update, n), "aggregator": self.aggregator,
+                "tolerance": self.tolerance}
 
     def finalize(self, total: np.ndarray, n: int) -> dict[str, Any]:
         return self.apply_update(total / n if n else None, n)

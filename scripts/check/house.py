@@ -29,6 +29,7 @@ ALLOWED = {  # protocol subpackage -> the protocol subpackages it may import
     "prompts": {"wire"},
     "learning": {"wire", "crypto", "policy"},
     "rounds": {"wire", "crypto", "learning", "policy"},
+    "audit": {"wire", "crypto", "learning", "policy", "prompts", "rounds"},
 }
 MODE_NAMES = {"clear", "secagg", "vss", "replicated"}
 ROUND_CLASS_SUFFIXES = ("Round", "PeerRound")

@@ -1,0 +1,196 @@
+"""``hypergossip audit URL``: re-derive a coordinator's published rounds from its round log.
+
+Trusts nothing the coordinator says that is not signed: it reads ``/log`` (the
+coordinator's peer id and latest signed head), then each round's record and head
+(``/log/{n}``), and checks, round by round (:mod:`protocol.audit`):
+
+1. the head is the coordinator's signature over the record's hash, and the record
+   chains to the one before (``prev``) with a matching Merkle root;
+2. the round's own announcement, notices and result are the coordinator's, for that round,
+   and the published result (inline, or from ``/rounds/{n}``) hashes to the signed
+   ``state_digest``;
+3. every accepted message the record names is shown (``/log/message/{digest}``) and is its
+   sender's signed envelope;
+4. the mode's re-derivation (:mod:`protocol.audit.derive`: clear rounds recomputed from
+   the signed contributions and the round's starting model).
+
+It prints one row per round (checked / failed with the lie / not checkable, and why) and
+``audit: N rounds checked, F failed, U not checkable``; the exit status is 1 when any
+round failed (or the log could not be read), else 0. The workload must be importable
+here: its name from the log, or ``--workload package.module:Class``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from protocol.audit.derive import CHECKED, FAILED, NOT_CHECKABLE, Finding, derive, envelopes_of
+from protocol.audit.log import check_record, open_head
+from protocol.learning.registry import get_workload
+from protocol.wire.canonical import state_digest
+from protocol.wire.envelope import RejectedMessage, open_envelope
+from protocol.wire.messages import RoundAnnounce, RoundResult, decode
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="hypergossip audit",
+        description="Check a coordinator's round log and re-derive every result it can from "
+        "public data alone: signatures, the hash chain, the accepted messages' envelopes, and "
+        "each clear round's result recomputed from its signed contributions. Exits 1 when a "
+        "round fails.",
+        epilog="Example: hypergossip audit http://127.0.0.1:4000")
+    p.add_argument("url", help="the coordinator's HTTP base URL")
+    p.add_argument("--workload", metavar="NAME|MODULE:CLASS",
+                   help="the workload's code, when its name in the log is not importable "
+                   "here (e.g. examples.wine:Wine)")
+    p.add_argument("--rounds", metavar="A:B", default="",
+                   help="audit only rounds A..B (default: every round the log holds)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds each request may take (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
+    return p.parse_args(argv)
+
+
+class Client:
+    def __init__(self, url: str, timeout: float):
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def get(self, path: str) -> httpx.Response:
+        resp = self.http.get(path)
+        if resp.status_code != 404:
+            resp.raise_for_status()
+        if len(resp.content) > MAX_BODY:
+            raise ValueError(f"{path}: {len(resp.content)} bytes, over {MAX_BODY}")
+        return resp
+
+    def optional(self, path: str) -> bytes | None:
+        resp = self.get(path)
+        return None if resp.status_code == 404 else resp.content
+
+
+class Audit:
+    """One pass over the log; the workload objects are built once per spec and options."""
+
+    def __init__(self, client: Client, workload_spec: str | None):
+        self.client, self.spec = client, workload_spec
+        self.findings: list[Finding] = []
+
+    def run(self, first: int, last: int, coordinator: str) -> None:
+        prev: bytes | None = None
+        for n in range(first, last + 1):
+            resp = self.client.get(f"/log/{n}")
+            if resp.status_code == 404:
+                self.findings.append(Finding(n, FAILED, "-", "the log has no record of this "
+                                             "round within its bounds", "withheld"))
+                prev = None
+                continue
+            try:
+                _, head = open_head(bytes.fromhex(resp.headers.get("X-Log-Head", "")),
+                                    coordinator)
+            except (RejectedMessage, ValueError) as exc:
+                self.findings.append(Finding(n, FAILED, "-", f"head: {exc}"[:200],
+                                             "bad-record"))
+                prev = None
+                continue
+            try:  # the head is signed: the chain goes on from it even if the record is bad
+                record = check_record(resp.content, head, coordinator, prev)
+            except (RejectedMessage, ValueError) as exc:
+                self.findings.append(Finding(n, FAILED, "-", str(exc)[:200], "bad-record"))
+                continue
+            finally:
+                prev = head.record
+            self.findings.append(self.round(n, record))
+
+    def round(self, n: int, record) -> Finding:
+        signed = decode(open_envelope(record.result).payload, RoundResult)
+        result = self.result_json(n, signed)
+        if result is None:
+            return Finding(n, FAILED, "-", "the published result does not hash to the signed "
+                           "state digest", "fake-result")
+        if not record.announce:
+            return Finding(n, NOT_CHECKABLE, "legacy", "values posted over the legacy HTTP "
+                           "API are not signed (labelled unprotected)")
+        announce = decode(open_envelope(record.announce).payload, RoundAnnounce)
+        wires = {a.digest: self.client.optional(f"/log/message/{a.digest.hex()}")
+                 for a in record.accepted}
+        envelopes, missing = envelopes_of(record, wires)
+        if missing:
+            return Finding(n, FAILED, announce.mode, missing, "withheld"
+                           if "not shown" in missing else "bad-record")
+        return derive(n, announce, signed.status, result, signed.accepted, envelopes,
+                      lambda: self.workload(announce.workload, result),
+                      lambda d: self.client.optional(f"/log/blob/{d.hex()}"))
+
+    def result_json(self, n: int, signed: RoundResult) -> dict[str, Any] | None:
+        if signed.result:
+            result = json.loads(signed.result)
+        else:
+            resp = self.client.get(f"/rounds/{n}")
+            result = resp.json().get("result") if resp.status_code == 200 else None
+        if not isinstance(result, dict) or state_digest(result) != signed.state_digest:
+            return None
+        return result
+
+    def workload(self, name: str, result: dict[str, Any]):
+        options = {k: result[k] for k in ("aggregator", "tolerance") if k in result}
+        workload = get_workload(self.spec or name, **options)
+        if workload.name != name:
+            raise ValueError(f"{self.spec} is workload {workload.name}, the log's is {name}")
+        return workload
+
+
+def render(findings: list[Finding], console: Console) -> None:
+    table = Table(title="round log audit")
+    for col in ("round", "mode", "status", "lie", "detail"):
+        table.add_column(col, overflow="fold")
+    style = {CHECKED: "green", FAILED: "bold red", NOT_CHECKABLE: "yellow"}
+    for f in findings:
+        table.add_row(str(f.round), f.mode, f"[{style[f.status]}]{f.status}[/]", f.lie or "-",
+                      f.detail)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=140)
+    started = time.monotonic()
+    client = Client(args.url, args.timeout)
+    try:
+        info = client.get("/log").json()
+        first, last = int(info["first"]), int(info["last"])
+        if args.rounds:
+            a, _, b = args.rounds.partition(":")
+            first, last = max(first, int(a or first)), min(last, int(b or last))
+        audit = Audit(client, args.workload)
+        if last:
+            open_head(bytes.fromhex(info["head"]), info["coordinator"])
+            audit.run(first, last, info["coordinator"])
+    except (httpx.HTTPError, ValueError, KeyError, RejectedMessage) as exc:
+        print(f"audit: could not read the round log at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    render(audit.findings, console)
+    counts = {s: sum(f.status == s for f in audit.findings)
+              for s in (CHECKED, FAILED, NOT_CHECKABLE)}
+    print(f"audit: {counts[CHECKED]} rounds checked, {counts[FAILED]} failed, "
+          f"{counts[NOT_CHECKABLE]} not checkable ({time.monotonic() - started:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"coordinator": info["coordinator"],
+                       "findings": [asdict(f) for f in audit.findings]}, fh, indent=2)
+    return 1 if counts[FAILED] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""A lying coordinator, for tests of the audit (``--lie``): what it does, the round log
+must show. Never on by default; the coordinator logs a warning at start when it is.
+
+Each lie changes how the workload combines a clear round's contributions, so the round
+log still records the signed inputs truthfully (that is what an auditor re-derives from)
+while the published result is not theirs:
+
+=============  ==============================================================
+lie            the published result
+=============  ==============================================================
+drop           leaves one accepted contribution out (its sender was told
+               "accepted")
+double         counts one accepted contribution twice
+fake-result    the true aggregate with its first number changed
+=============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from protocol.learning.workloads import Workload
+from protocol.wire.messages import Strict
+
+LIES = ("drop", "double", "fake-result")
+log = logging.getLogger("hypergossip.coordinator")
+
+
+def lying(workload: Workload, lie: str) -> Workload:
+    """``workload``, its ``aggregate`` replaced by the lie's (``lie`` "" changes nothing)."""
+    if not lie:
+        return workload
+    if lie not in LIES:
+        raise ValueError(f"unknown lie {lie!r} ({', '.join(LIES)})")
+    honest = workload.aggregate
+
+    def aggregate(self: Workload, contributions: Mapping[str, Strict]) -> dict[str, Any]:
+        inputs = dict(contributions)
+        first = min(inputs) if inputs else None
+        if lie == "drop" and first is not None and len(inputs) > 1:
+            del inputs[first]
+        elif lie == "double" and first is not None:
+            inputs[first + "#again"] = inputs[first]
+        result = honest(inputs)
+        if lie == "fake-result":
+            key = next((k for k, v in sorted(result.items())
+                        if isinstance(v, float) and k != "count"), None)
+            if key is not None:
+                result[key] = result[key] * 1.01 + 1.0
+        return result
+
+    workload.aggregate = types.MethodType(aggregate, workload)  # type: ignore[method-assign]
+    log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
+    return workload

@@ -1,0 +1,45 @@
+"""The coordinator's side of the round log (:mod:`protocol.audit.log`): after each round's
+result, write its record (chained to the last one), sign its head, keep both in SQLite.
+
+The record names the round's accepted messages by digest; their envelopes stay in the
+store's messages table (served by digest to auditors) for as long as
+``--retain-rounds`` keeps them, and the records themselves until ``--log-retain``
+(default: forever). Values posted over the legacy HTTP API are not signed envelopes:
+they are not listed, and the result labels them unprotected.
+"""
+
+from __future__ import annotations
+
+from protocol.audit import merkle
+from protocol.audit.log import GENESIS, HEAD, Accepted, LogHead, Refusal, build, record_hash
+from protocol.wire.messages import encode
+
+from .legacy import LEGACY
+from .outbox import Outbox
+from .store import Store
+
+
+class LogWriter:
+    def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0):
+        self.store, self.outbox, self.retain = store, outbox, retain
+
+    def write(self, number: int, result_wire: bytes, refusals: list[Refusal],
+              uncounted: int = 0) -> bytes:
+        """Record round ``number`` (closed, its result sealed as ``result_wire``) and return
+        its signed head. Call before the outbox forgets the round's notices."""
+        row = self.store.round_row(number)
+        announce = bytes(row["announce_wire"]) if row is not None and row["announce_wire"] \
+            else b""
+        accepted = [Accepted(bytes(r["digest"]), r["sender"], r["domain"], r["size"])
+                    for r in self.store.accepted(number, skip=LEGACY)]
+        _, _, prev = self.store.log.bounds()
+        data = build(number, prev or GENESIS, announce, self.outbox.roundlog.notices(number),
+                     result_wire, accepted, refusals, uncounted)
+        digest = record_hash(data)
+        head = LogHead(round=number, record=digest, prev=prev or GENESIS,
+                       root=merkle.root([a.digest for a in accepted]), accepted=len(accepted))
+        wire = self.outbox.seal(HEAD, number, encode(head))
+        self.store.log.add(number, digest, data, wire)
+        if self.retain and number > self.retain:
+            self.store.log.prune(before=number - self.retain + 1)
+        return wire

@@ -1,0 +1,122 @@
+"""The signed round log (protocol.audit, coordinator.roundlog) and ``hypergossip audit``:
+records chained and signed, inclusion proofs, every lie of a coordinator named, a record
+tampered with or an envelope withheld caught, and the chain kept across a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import msgspec
+import pytest
+import trio
+
+from coordinator.audit import main as audit_main
+from protocol.audit import merkle
+from protocol.audit.log import GENESIS, InclusionProof, open_head, record_hash, verify_proof
+
+from .netutil import three_peer_network
+
+
+def test_merkle_inclusion_proofs_hold_for_each_leaf_and_no_other():
+    for n in (1, 2, 3, 5, 8, 13, 33):
+        leaves = [hashlib.sha256(f"{n}/{i}".encode()).digest() for i in range(n)]
+        root = merkle.root(leaves)
+        for i in range(n):
+            path = merkle.prove(leaves, i)
+            assert merkle.verify_inclusion(leaves[i], i, n, path, root)
+            assert not merkle.verify_inclusion(hashlib.sha256(b"other").digest(), i, n, path,
+                                               root)
+            if n > 1:
+                assert not merkle.verify_inclusion(leaves[i], (i + 1) % n, n, path, root)
+    assert merkle.root([]) == hashlib.sha256(b"").digest()
+
+
+async def audit(url: str, tmp_path, *extra: str) -> tuple[int, list[dict]]:
+    out = tmp_path / "audit.json"
+    rc = await trio.to_thread.run_sync(audit_main, [url, "--json", str(out), *extra])
+    return rc, json.loads(out.read_text())["findings"] if out.exists() else []
+
+
+async def test_a_clear_round_log_is_chained_signed_proves_inclusion_and_audits(data_dir,
+                                                                              tmp_path):
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=3, secure=False,
+                                         max_rounds=3, linger=60.0)
+        url = coord.http_url
+        rc, findings = await audit(url, tmp_path)
+        async with httpx.AsyncClient(base_url=url) as http:
+            info = (await http.get("/log")).json()
+            heads = []
+            for n in (1, 2, 3):
+                resp = await http.get(f"/log/{n}")
+                heads.append((open_head(bytes.fromhex(resp.headers["X-Log-Head"]),
+                                        coord.node.peer_id)[1], resp.content))
+            mine = coord.store.accepted(2, skip="legacy")[0]  # one peer's accepted message
+            proof = (await http.get(f"/log/2/proof/{bytes(mine['digest']).hex()}")).json()
+            absent = await http.get(f"/log/2/proof/{'ab' * 32}")
+            bad = await http.get("/log/2/proof/xyz")
+        nursery.cancel_scope.cancel()
+
+    assert rc == 0 and [f["status"] for f in findings] == ["checked"] * 3, findings
+    assert info["first"] == 1 and info["last"] == 3 and info["coordinator"] == coord.node.peer_id
+    assert heads[0][0].prev == GENESIS
+    for (head, data), (nxt, _) in zip(heads, heads[1:], strict=False):
+        assert head.record == record_hash(data) and nxt.prev == head.record  # the chain
+    assert all(h.accepted == 3 for h, _ in heads)
+    # the peer checks its own message against the signed head alone
+    _, head2 = open_head(bytes.fromhex(proof["head"]), coord.node.peer_id)
+    p = InclusionProof(round=2, digest=bytes(mine["digest"]), index=proof["proof"]["index"],
+                       size=proof["proof"]["size"],
+                       path=[bytes.fromhex(x) for x in proof["proof"]["path"]])
+    assert verify_proof(p, head2)
+    # the same path does not prove a message that was not included, nor another round
+    assert not verify_proof(msgspec.structs.replace(p, digest=b"\xab" * 32), head2)
+    assert not verify_proof(p, heads[0][0])
+    assert not verify_proof(msgspec.structs.replace(p, size=p.size + 1), head2)
+    assert absent.status_code == 404 and "not among round 2" in absent.json()["error"]
+    assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("lie", ["drop", "double", "fake-result"])
+async def test_the_audit_names_each_lie_of_the_coordinator(data_dir, tmp_path, lie):
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=2, secure=False,
+                                         max_rounds=2, linger=60.0, lie=lie)
+        rc, findings = await audit(coord.http_url, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert rc == 1
+    assert [(f["status"], f["lie"]) for f in findings] == [("failed", lie)] * 2, findings
+
+
+async def test_a_tampered_record_or_a_withheld_envelope_fails_the_audit(data_dir, tmp_path):
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=3, secure=False,
+                                         max_rounds=3, linger=60.0)
+        row = coord.store.log.record(2)
+        record = bytearray(row["record"])
+        record[-40] ^= 1  # a flipped bit in round 2's record, after its head was signed
+        coord.store.db.execute("UPDATE round_log SET record=? WHERE round=2", (bytes(record),))
+        coord.store.db.execute("UPDATE messages SET wire=x'' WHERE round=3 AND digest=?",
+                               (coord.store.accepted(3, skip="legacy")[0]["digest"],))
+        rc, findings = await audit(coord.http_url, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert rc == 1
+    by_round = {f["round"]: f for f in findings}
+    assert by_round[1]["status"] == "checked"
+    assert by_round[2]["lie"] == "bad-record" and "does not hash" in by_round[2]["detail"]
+    assert by_round[3]["lie"] == "withheld", by_round[3]
+
+
+async def test_the_log_survives_a_restart_and_the_chain_goes_on(data_dir, tmp_path):
+    for run in (1, 2):  # the same database: rounds 1-2, then 3-4 after a restart
+        async with trio.open_nursery() as nursery:
+            coord = await three_peer_network(nursery, data_dir, rounds=2, secure=False,
+                                             max_rounds=2, linger=60.0)
+            if run == 2:
+                rc, findings = await audit(coord.http_url, tmp_path)
+            nursery.cancel_scope.cancel()
+        coord.store.close()
+    assert rc == 0 and [f["round"] for f in findings] == [1, 2, 3, 4], findings
+    assert {f["status"] for f in findings} == {"checked"}
