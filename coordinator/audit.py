@@ -11,8 +11,9 @@ coordinator's peer id and latest signed head), then each round's record and head
    ``state_digest``;
 3. every accepted message the record names is shown (``/log/message/{digest}``) and is its
    sender's signed envelope;
-4. the mode's re-derivation (:mod:`protocol.audit.derive`: clear rounds recomputed from
-   the signed contributions and the round's starting model).
+4. the round replayed (:mod:`protocol.audit.derive`): the mode's own state machine fed
+   the signed messages from the round's starting model, its outcome and phase notices
+   compared with what was published and signed.
 
 It prints one row per round (checked / failed with the lie / not checkable, and why) and
 ``audit: N rounds checked, F failed, U not checkable``; the exit status is 1 when any
@@ -23,6 +24,7 @@ here: its name from the log, or ``--workload package.module:Class``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -33,9 +35,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from protocol.audit.derive import CHECKED, FAILED, NOT_CHECKABLE, Finding, derive, envelopes_of
+from protocol.audit.derive import CHECKED, FAILED, NOT_CHECKABLE, Finding, derive
 from protocol.audit.log import check_record, open_head
-from protocol.learning.registry import get_workload
+from protocol.learning.registry import get_workload, resolve
 from protocol.wire.canonical import state_digest
 from protocol.wire.envelope import RejectedMessage, open_envelope
 from protocol.wire.messages import RoundAnnounce, RoundResult, decode
@@ -48,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="hypergossip audit",
         description="Check a coordinator's round log and re-derive every result it can from "
         "public data alone: signatures, the hash chain, the accepted messages' envelopes, and "
-        "each clear round's result recomputed from its signed contributions. Exits 1 when a "
-        "round fails.",
+        "each round replayed through its mode's own state machine from its signed messages "
+        "(clear sums, VSS range proofs and shares, SecAgg+ unmasking, replicated segments "
+        "re-executed). Exits 1 when a round fails.",
         epilog="Example: hypergossip audit http://127.0.0.1:4000")
     p.add_argument("url", help="the coordinator's HTTP base URL")
     p.add_argument("--workload", metavar="NAME|MODULE:CLASS",
@@ -86,6 +89,7 @@ class Audit:
     def __init__(self, client: Client, workload_spec: str | None):
         self.client, self.spec = client, workload_spec
         self.findings: list[Finding] = []
+        self.last = self.keep_large = 0
 
     def run(self, first: int, last: int, coordinator: str) -> None:
         prev: bytes | None = None
@@ -125,13 +129,10 @@ class Audit:
         announce = decode(open_envelope(record.announce).payload, RoundAnnounce)
         wires = {a.digest: self.client.optional(f"/log/message/{a.digest.hex()}")
                  for a in record.accepted}
-        envelopes, missing = envelopes_of(record, wires)
-        if missing:
-            return Finding(n, FAILED, announce.mode, missing, "withheld"
-                           if "not shown" in missing else "bad-record")
-        return derive(n, announce, signed.status, result, signed.accepted, envelopes,
+        return derive(n, announce, record, signed.status, result, signed.accepted, wires,
                       lambda: self.workload(announce.workload, result),
-                      lambda d: self.client.optional(f"/log/blob/{d.hex()}"))
+                      lambda d: self.client.optional(f"/log/blob/{d.hex()}"),
+                      large_kept=n > self.last - self.keep_large)
 
     def result_json(self, n: int, signed: RoundResult) -> dict[str, Any] | None:
         if signed.result:
@@ -144,8 +145,14 @@ class Audit:
         return result
 
     def workload(self, name: str, result: dict[str, Any]):
-        options = {k: result[k] for k in ("aggregator", "tolerance") if k in result}
-        workload = get_workload(self.spec or name, **options)
+        """The workload, built with the combining options its result names (those its
+        constructor takes)."""
+        spec = self.spec or name
+        takes = inspect.signature(resolve(spec)).parameters
+        anything = any(p.kind is p.VAR_KEYWORD for p in takes.values())
+        options = {k: result[k] for k in ("aggregator", "tolerance")
+                   if k in result and (anything or k in takes)}
+        workload = get_workload(spec, **options)
         if workload.name != name:
             raise ValueError(f"{self.spec} is workload {workload.name}, the log's is {name}")
         return workload
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             a, _, b = args.rounds.partition(":")
             first, last = max(first, int(a or first)), min(last, int(b or last))
         audit = Audit(client, args.workload)
+        audit.last, audit.keep_large = int(info["last"]), int(info.get("keep_large", 0))
         if last:
             open_head(bytes.fromhex(info["head"]), info["coordinator"])
             audit.run(first, last, info["coordinator"])

@@ -42,7 +42,6 @@ from .store import Store
 log = logging.getLogger("hypergossip.coordinator")
 
 MAX_SUBMIT_WIRE = 8 * 1024 * 1024  # by stream; gossip stays under GOSSIP_MAX
-LOG_WIRE_MAX = 64 * 1024  # accepted envelopes up to this size are kept for the round log
 # refusals that say the message itself is bad (not late, not a replay): gossip that a peer
 # should never have forwarded
 FORWARDER_FAULTS = frozenset({"malformed", "oversize", "wrong_domain", "digest_mismatch",
@@ -128,18 +127,16 @@ class Intake:
         # only a resumable mode's payloads are kept: the others' are masked vectors and
         # ciphertexts nobody may use later, and a restart abandons such a round anyway
         keep = self.open.mode is not None and self.open.mode.resumable
-        self._record(env, wire, env.payload if keep else b"", keep)
+        self._record(env, wire, env.payload if keep else b"")
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
         self.open.changed()
         return env
 
-    def _record(self, env: Envelope, wire: bytes, payload: bytes, keep_wire: bool) -> None:
-        """Store an accepted message: its envelope too (served to the round log's auditors)
-        when the round's result derives from it (resumable modes: clear contributions)
-        or it is small; a large masked vector's digest is all the log keeps."""
-        keep_wire = keep_wire or len(wire) <= LOG_WIRE_MAX
+    def _record(self, env: Envelope, wire: bytes, payload: bytes) -> None:
+        """Store an accepted message and its envelope (served to the round log's auditors;
+        coordinator.roundlog keeps large ones for its last few rounds only)."""
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
-                                  env.nonce, payload, wire if keep_wire else b"", len(wire))
+                                  env.nonce, payload, wire, len(wire))
 
     def _withdraw(self, env: Envelope, wire: bytes) -> Envelope:
         """A participant that cannot go on: the round stops waiting for it."""
@@ -147,7 +144,7 @@ class Intake:
         if self.open.participants and env.sender_id not in self.open.participants:
             raise NotParticipant(f"{env.sender_id} is not a participant of round {env.round}")
         self.open.withdrawn.add(env.sender_id)
-        self._record(env, wire, b"", True)
+        self._record(env, wire, b"")
         log.info("round %d: %s withdrew: %s", env.round, env.sender_id, why or "no reason")
         self.open.changed()
         return env

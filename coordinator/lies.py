@@ -11,7 +11,8 @@ lie            the published result
 drop           leaves one accepted contribution out (its sender was told
                "accepted")
 double         counts one accepted contribution twice
-fake-result    the true aggregate with its first number changed
+fake-result    the true aggregate with its first number changed (in secure
+               rounds too: the decoded sum's result)
 =============  ==============================================================
 """
 
@@ -45,13 +46,22 @@ def lying(workload: Workload, lie: str) -> Workload:
         elif lie == "double" and first is not None:
             inputs[first + "#again"] = inputs[first]
         result = honest(inputs)
-        if lie == "fake-result":
-            key = next((k for k, v in sorted(result.items())
-                        if isinstance(v, float) and k != "count"), None)
-            if key is not None:
-                result[key] = result[key] * 1.01 + 1.0
-        return result
+        return _faked(result) if lie == "fake-result" else result
+
+    honest_finalize = workload.finalize
+
+    def finalize(self: Workload, total: Any, n: int) -> dict[str, Any]:
+        return _faked(honest_finalize(total, n)) if lie == "fake-result" else \
+            honest_finalize(total, n)
 
     workload.aggregate = types.MethodType(aggregate, workload)  # type: ignore[method-assign]
+    workload.finalize = types.MethodType(finalize, workload)  # type: ignore[method-assign]
     log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
     return workload
+
+
+def _faked(result: dict[str, Any]) -> dict[str, Any]:
+    key = next((k for k, v in sorted(result.items()) if isinstance(v, float)), None)
+    if key is not None:
+        result[key] = result[key] * 1.01 + 1.0
+    return result

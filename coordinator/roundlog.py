@@ -3,25 +3,43 @@ result, write its record (chained to the last one), sign its head, keep both in 
 
 The record names the round's accepted messages by digest; their envelopes stay in the
 store's messages table (served by digest to auditors) for as long as
-``--retain-rounds`` keeps them, and the records themselves until ``--log-retain``
-(default: forever). Values posted over the legacy HTTP API are not signed envelopes:
-they are not listed, and the result labels them unprotected.
+``--retain-rounds`` keeps them (those over ``KEPT_WIRE_MAX`` of the secure modes, model-
+sized masked vectors, for the last ``--log-keep-large`` rounds only), and the records
+themselves until ``--log-retain`` (default: forever). Values posted over the legacy HTTP
+API are not signed envelopes: they are not listed, and the result labels them
+unprotected.
 """
 
 from __future__ import annotations
 
 from protocol.audit import merkle
-from protocol.audit.log import GENESIS, HEAD, Accepted, LogHead, Refusal, build, record_hash
+from protocol.audit.log import (
+    GENESIS,
+    HEAD,
+    KEPT_WIRE_MAX,
+    Accepted,
+    LogHead,
+    Refusal,
+    build,
+    record_hash,
+)
 from protocol.wire.messages import encode
 
 from .legacy import LEGACY
 from .outbox import Outbox
 from .store import Store
 
+# rounds whose envelopes over KEPT_WIRE_MAX (model-sized masked vectors) stay served: at
+# 100 fedavg peers a round holds 20 MB of them
+KEEP_LARGE = 32
+
 
 class LogWriter:
-    def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0):
+    def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0,
+                 keep_large: int = KEEP_LARGE):
         self.store, self.outbox, self.retain = store, outbox, retain
+        self.keep_large = keep_large
+        store.set_meta("log_keep_large", str(keep_large))  # GET /log tells auditors
 
     def write(self, number: int, result_wire: bytes, refusals: list[Refusal],
               uncounted: int = 0) -> bytes:
@@ -42,4 +60,5 @@ class LogWriter:
         self.store.log.add(number, digest, data, wire)
         if self.retain and number > self.retain:
             self.store.log.prune(before=number - self.retain + 1)
+        self.store.strip_large_wires(before=number - self.keep_large + 1, over=KEPT_WIRE_MAX)
         return wire

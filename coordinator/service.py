@@ -109,6 +109,7 @@ class CoordinatorConfig:
     max_rounds: int = 0  # 0: run until stopped
     retain_rounds: int = 10_000  # rounds (and their messages) kept in the database; 0: all
     log_retain: int = 0  # round-log records kept (protocol.audit.log); 0: all
+    log_keep_large: int = 32  # rounds whose large envelopes (masked models) stay served
     lie: str = ""  # tests of the audit only: coordinator.lies
     linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
     workload: str = "stats"
@@ -193,7 +194,8 @@ class Coordinator:
                                    self.reputation, self.legacy,
                                    inline_result_max=config.inline_result_max,
                                    retain_rounds=config.retain_rounds, meter=self.meter,
-                                   metrics=self.metrics, log_retain=config.log_retain)
+                                   metrics=self.metrics, log_retain=config.log_retain,
+                                   log_keep_large=config.log_keep_large)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,

@@ -13,10 +13,12 @@ import pytest
 import trio
 
 from coordinator.audit import main as audit_main
+from examples.wine import Wine
 from protocol.audit import merkle
 from protocol.audit.log import GENESIS, InclusionProof, open_head, record_hash, verify_proof
 
-from .netutil import three_peer_network
+from .netutil import model_network, three_peer_network
+from .test_workload_plugins import Lies
 
 
 def test_merkle_inclusion_proofs_hold_for_each_leaf_and_no_other():
@@ -120,3 +122,48 @@ async def test_the_log_survives_a_restart_and_the_chain_goes_on(data_dir, tmp_pa
         coord.store.close()
     assert rc == 0 and [f["round"] for f in findings] == [1, 2, 3, 4], findings
     assert {f["status"] for f in findings} == {"checked"}
+
+
+@pytest.mark.parametrize("protocol", ["vss", "secagg"])
+async def test_secure_stats_rounds_replay_to_their_published_sums(data_dir, tmp_path,
+                                                                  protocol):
+    """The auditor replays the mode's own server on the logged messages: every range proof
+    and share (vss) or the unmasking (SecAgg+) again, giving the published sum."""
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=2, secure=True,
+                                         secure_protocol=protocol, max_rounds=2, linger=60.0,
+                                         phase_timeout=10.0)
+        rc, findings = await audit(coord.http_url, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert rc == 0, findings
+    assert [(f["mode"], f["status"]) for f in findings] == [(protocol, "checked")] * 2
+
+
+async def test_a_faked_secure_result_is_named(data_dir, tmp_path):
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=1, secure=True,
+                                         max_rounds=1, linger=60.0, lie="fake-result",
+                                         phase_timeout=10.0)
+        rc, findings = await audit(coord.http_url, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert rc == 1 and findings[0]["mode"] == "vss" and findings[0]["lie"] == "fake-result"
+    assert "its inputs give" in findings[0]["detail"], findings
+
+
+@pytest.mark.parametrize("replicated", [False, True], ids=["robust", "replicated"])
+async def test_model_rounds_replay_robust_secagg_and_replicated_with_a_liar(data_dir, tmp_path,
+                                                                           replicated):
+    """Wine in robust secure rounds (SecAgg+ per group, bound checks, a robust aggregator)
+    and in replicated rounds where one replica lies: the auditor replays both, re-executing
+    the disputed segments and training the agreed ones again, and gets the same model."""
+    coordinator = Wine(replicas=2, segments=4) if replicated else Wine()
+    peers = [Wine(), Wine(), Wine(), Lies() if replicated else Wine()]
+    async with trio.open_nursery() as nursery:
+        coord, _ = await model_network(nursery, data_dir, coordinator, peers, secure=True,
+                                       rounds=2, max_rounds=2, linger=60.0)
+        rc, findings = await audit(coord.http_url, tmp_path, "--workload",
+                                   "examples.wine:Wine")
+        nursery.cancel_scope.cancel()
+    assert rc == 0, findings
+    mode = "replicated" if replicated else "robust"
+    assert [(f["mode"], f["status"]) for f in findings] == [(mode, "checked")] * 2, findings

@@ -124,6 +124,11 @@ class RoundLogic:
         """A blob a :class:`Work` step asked for (its digest already checked)."""
         raise RoundMisuse("this round asked for no blobs")
 
+    def remake(self, digest: bytes) -> bytes | None:
+        """For an auditor replaying the round, who cannot ask its peers: make the blob a
+        :class:`Work` step names by re-executing what produced it, or None."""
+        return None
+
     def accepted_count(self) -> int:
         raise NotImplementedError
 
@@ -247,6 +252,12 @@ class Mode:
         """A resumable mode's round ``number`` rebuilt empty after a restart; the caller
         offers it the round's stored messages again."""
         raise RoundMisuse(f"{self.name} rounds cannot be resumed")
+
+    def replay(self, announce: RoundAnnounce, workload: Workload) -> RoundLogic:
+        """The coordinator's round as ``announce`` opened it, for an auditor to offer the
+        round log's accepted messages to, in order, and advance between phases
+        (:mod:`protocol.audit.derive`): the same state machine, so the same result."""
+        raise RoundMisuse(f"{self.name} rounds cannot be replayed")
 
     def participants(self, announce: RoundAnnounce) -> list[str] | None:
         """Who takes part, read from the announcement; None: every admitted peer. Raises a

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..wire.envelope import RejectedMessage
-from ..wire.messages import CONTRIBUTION, SchemaError, Strict, decode, encode
+from ..wire.messages import CONTRIBUTION, RoundAnnounce, SchemaError, Strict, decode, encode
 from .base import (
     Duplicate,
     Mode,
@@ -202,6 +202,9 @@ class ClearMode(Mode):
     def resume(self, number: int, workload: Workload, settings: Settings,
                now: float) -> Round:
         return Round(number, workload, now + settings.round_timeout, settings.min_peers)
+
+    def replay(self, announce: RoundAnnounce, workload: Workload) -> Round:
+        return Round(announce.round, workload, float("inf"), announce.min_peers)
 
     def peer_round(self, ctx: PeerContext) -> ClearPeerRound:
         return ClearPeerRound(ctx.workload.contribute(ctx.announce, ctx.data, ctx.blobs))

@@ -244,6 +244,18 @@ class ReplicatedRound(RoundLogic):
             raise RoundMisuse("delivered a blob under the wrong digest")
         self.blobs[digest] = blob
 
+    def remake(self, digest: bytes) -> bytes | None:
+        """The agreed weights of the segment decided on ``digest``, trained again here from
+        the round's start (an auditor's replay); None if training does not give them."""
+        for k, d in sorted(self.decisions.items()):
+            if d.digest == digest:
+                w = self.workload.train_task(self.workload.weights.copy(),
+                                             self.workload.task_data(), self.params,
+                                             self.number, k)
+                blob = models.encode_weights(w)
+                return blob if hashlib.sha256(blob).digest() == digest else None
+        return None
+
     def recompute(self, start: np.ndarray) -> None:
         """Coordinator re-execution of the pending segments (CPU work: run it in a thread)."""
         for k in self.pending:
@@ -348,6 +360,17 @@ class ReplicatedMode(Mode):
                  f"{left_out}"] if left_out else []
         # replicas answer for no-shows by reputation, not attendance: nobody is asked
         return Opening(rnd, deadline, workload_params=encode(task), asked=[], notes=notes)
+
+    def replay(self, announce: RoundAnnounce, workload: Any) -> ReplicatedRound:
+        """The round as announced; reputation starts afresh (the published result's
+        reputation changes are not re-derived: they run over every earlier round)."""
+        if not isinstance(workload, Replicable):
+            raise SchemaError(f"workload {workload.name} cannot run replicated rounds")
+        task = decode(announce.workload_params, TaskParams)
+        if workload.shared_digest(workload.task_data(), task.segments) != task.data_digest:
+            raise SchemaError("the training data here differs from the round's")
+        return ReplicatedRound(announce.round, workload, task, Reputation(), 0.0,
+                               float("inf"))
 
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return decode(announce.workload_params, TaskParams).eligible

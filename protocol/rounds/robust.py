@@ -390,6 +390,10 @@ class RobustMode(Mode):
         return Opening(rnd, setup.now + 4 * s.phase_timeout, params=encode(params),
                        participants=members or None, asked=members, notes=notes)
 
+    def replay(self, announce: RoundAnnounce, workload: Workload) -> RobustRound:
+        return RobustRound(announce.round, workload, decode(announce.params, RobustParams),
+                           min_peers=announce.min_peers, phase_timeout=0.0, now=0.0)
+
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return [m for g in decode(announce.params, RobustParams).groups for m in g.participants]
 

@@ -289,6 +289,10 @@ class SecAggMode(Mode):
         return Opening(rnd, setup.now + 4 * s.phase_timeout, params=encode(params),
                        participants=list(params.participants), notes=notes)
 
+    def replay(self, announce: RoundAnnounce, workload: Workload) -> SecureRound:
+        return SecureRound(announce.round, workload, decode(announce.params, SecureParams),
+                           min_peers=announce.min_peers, phase_timeout=0.0, now=0.0)
+
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return decode(announce.params, SecureParams).participants
 

@@ -269,6 +269,10 @@ class VssMode(Mode):
                        participants=setup.participants, asked=list(params.participants),
                        notes=notes)
 
+    def replay(self, announce: RoundAnnounce, workload: Workload) -> VerifiedRound:
+        return VerifiedRound(announce.round, workload, decode(announce.params, VerifiedParams),
+                             min_peers=announce.min_peers, phase_timeout=0.0, now=0.0)
+
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return decode(announce.params, VerifiedParams).participants
 
