@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="audit only rounds A..B (default: every round the log holds)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds each request may take (default: %(default)s)")
+    p.add_argument("--heads", metavar="PATH",
+                   help="a file of signed round-log heads that peers saw (hex envelopes, one "
+                   "a line): any that is the coordinator's for a round but not the log's "
+                   "head of that round proves it showed two histories (equivocate)")
     p.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     return p.parse_args(argv)
 
@@ -90,6 +94,8 @@ class Audit:
         self.client, self.spec = client, workload_spec
         self.findings: list[Finding] = []
         self.last = self.keep_large = 0
+        self.seen: dict[int, set[bytes]] = {}  # round -> record hashes of heads peers saw
+        self.contradicted: dict[int, bytes] = {}
 
     def run(self, first: int, last: int, coordinator: str) -> None:
         prev: bytes | None = None
@@ -115,7 +121,23 @@ class Audit:
                 continue
             finally:
                 prev = head.record
+                other = self.seen.get(n, set()) - {head.record}
+                if other:
+                    self.contradicted[n] = min(other)
             self.findings.append(self.round(n, record))
+        self.findings += [Finding(r, FAILED, "-", f"a peer holds another signed head for "
+                                  f"round {r} (record {other.hex()[:16]}): two histories",
+                                  "equivocate")
+                          for r, other in sorted(self.contradicted.items())]
+
+    def compare_heads(self, wires: list[bytes], coordinator: str) -> None:
+        """Heads peers saw: each the coordinator's, checked later against the log's."""
+        for wire in wires:
+            try:
+                _, head = open_head(wire, coordinator)
+            except RejectedMessage:
+                continue
+            self.seen.setdefault(head.round, set()).add(head.record)
 
     def round(self, n: int, record) -> Finding:
         signed = decode(open_envelope(record.result).payload, RoundResult)
@@ -182,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             first, last = max(first, int(a or first)), min(last, int(b or last))
         audit = Audit(client, args.workload)
         audit.last, audit.keep_large = int(info["last"]), int(info.get("keep_large", 0))
+        if args.heads:
+            with open(args.heads) as fh:
+                audit.compare_heads([bytes.fromhex(x) for x in fh.read().split()],
+                                    info["coordinator"])
         if last:
             open_head(bytes.fromhex(info["head"]), info["coordinator"])
             audit.run(first, last, info["coordinator"])

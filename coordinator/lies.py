@@ -13,6 +13,9 @@ drop           leaves one accepted contribution out (its sender was told
 double         counts one accepted contribution twice
 fake-result    the true aggregate with its first number changed (in secure
                rounds too: the decoded sum's result)
+equivocate     (coordinator.roundlog) a second signed head per round, over a
+               record with one accepted message fewer, pushed on the peers'
+               sessions while gossip carries the true one
 =============  ==============================================================
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 from protocol.learning.workloads import Workload
 from protocol.wire.messages import Strict
 
-LIES = ("drop", "double", "fake-result")
+LIES = ("drop", "double", "fake-result", "equivocate")
 log = logging.getLogger("hypergossip.coordinator")
 
 
@@ -36,6 +39,9 @@ def lying(workload: Workload, lie: str) -> Workload:
         return workload
     if lie not in LIES:
         raise ValueError(f"unknown lie {lie!r} ({', '.join(LIES)})")
+    if lie == "equivocate":  # the round log's writer tells it
+        log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
+        return workload
     honest = workload.aggregate
 
     def aggregate(self: Workload, contributions: Mapping[str, Strict]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 from peer.node import NetworkNode
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
+from protocol.audit.log import HEAD
 from protocol.rounds.base import Notice
 from protocol.wire.envelope import seal
 from protocol.wire.identity import Identity
@@ -89,6 +90,15 @@ class Outbox:
         self.sessions.broadcast(wire)
         self.gossip(TOPIC_RESULT, wire)
 
+    def head(self, number: int, wire: bytes, forged: bytes | None = None) -> None:
+        """Send round ``number``'s signed round-log head: on every session and by gossip,
+        so that peers comparing heads catch two histories. ``forged``: a lying
+        coordinator's second head (``--lie equivocate``), pushed on the sessions instead,
+        while gossip carries the true one."""
+        self.roundlog.add(HEAD, number, wire)
+        self.sessions.broadcast(forged or wire)
+        self.gossip(TOPIC_RESULT, wire)
+
     def gossip(self, topic: str, wire: bytes) -> None:
         async def send() -> None:
             try:
@@ -118,4 +128,6 @@ class Outbox:
             out += self.roundlog.notices(open_round)
         if latest := self.roundlog.latest(RESULT):
             out.append(self.roundlog.get(RESULT, latest))
+        if latest := self.roundlog.latest(HEAD):
+            out.append(self.roundlog.get(HEAD, latest))
         return out

@@ -36,29 +36,40 @@ KEEP_LARGE = 32
 
 class LogWriter:
     def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0,
-                 keep_large: int = KEEP_LARGE):
+                 keep_large: int = KEEP_LARGE, equivocate: bool = False):
         self.store, self.outbox, self.retain = store, outbox, retain
-        self.keep_large = keep_large
+        self.keep_large, self.equivocate = keep_large, equivocate
         store.set_meta("log_keep_large", str(keep_large))  # GET /log tells auditors
 
     def write(self, number: int, result_wire: bytes, refusals: list[Refusal],
-              uncounted: int = 0) -> bytes:
+              uncounted: int = 0) -> tuple[bytes, bytes | None]:
         """Record round ``number`` (closed, its result sealed as ``result_wire``) and return
-        its signed head. Call before the outbox forgets the round's notices."""
+        its signed head (and, for ``--lie equivocate`` only, a second head over another
+        history). Call before the outbox forgets the round's notices."""
         row = self.store.round_row(number)
         announce = bytes(row["announce_wire"]) if row is not None and row["announce_wire"] \
             else b""
         accepted = [Accepted(bytes(r["digest"]), r["sender"], r["domain"], r["size"])
                     for r in self.store.accepted(number, skip=LEGACY)]
         _, _, prev = self.store.log.bounds()
-        data = build(number, prev or GENESIS, announce, self.outbox.roundlog.notices(number),
-                     result_wire, accepted, refusals, uncounted)
-        digest = record_hash(data)
-        head = LogHead(round=number, record=digest, prev=prev or GENESIS,
-                       root=merkle.root([a.digest for a in accepted]), accepted=len(accepted))
-        wire = self.outbox.seal(HEAD, number, encode(head))
-        self.store.log.add(number, digest, data, wire)
+        notices = self.outbox.roundlog.notices(number)
+        data, wire = self._signed(number, prev or GENESIS, announce, notices, result_wire,
+                                  accepted, refusals, uncounted)
+        self.store.log.add(number, record_hash(data), data, wire)
+        forged = None
+        if self.equivocate and accepted:  # a second history: one accepted message fewer
+            forged = self._signed(number, prev or GENESIS, announce, notices, result_wire,
+                                  accepted[:-1], refusals, uncounted)[1]
         if self.retain and number > self.retain:
             self.store.log.prune(before=number - self.retain + 1)
         self.store.strip_large_wires(before=number - self.keep_large + 1, over=KEPT_WIRE_MAX)
-        return wire
+        return wire, forged
+
+    def _signed(self, number: int, prev: bytes, announce: bytes, notices: list[bytes],
+                result: bytes, accepted: list[Accepted], refusals: list[Refusal],
+                uncounted: int) -> tuple[bytes, bytes]:
+        """A record's bytes and its signed head."""
+        data = build(number, prev, announce, notices, result, accepted, refusals, uncounted)
+        head = LogHead(round=number, record=record_hash(data), prev=prev,
+                       root=merkle.root([a.digest for a in accepted]), accepted=len(accepted))
+        return data, self.outbox.seal(HEAD, number, encode(head))

@@ -195,7 +195,8 @@ class Coordinator:
                                    inline_result_max=config.inline_result_max,
                                    retain_rounds=config.retain_rounds, meter=self.meter,
                                    metrics=self.metrics, log_retain=config.log_retain,
-                                   log_keep_large=config.log_keep_large)
+                                   log_keep_large=config.log_keep_large,
+                                   equivocate=config.lie == "equivocate")
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,

@@ -24,12 +24,14 @@ from typing import Any
 
 import trio
 
+from protocol.audit.log import HEAD, HeadWatch
 from protocol.wire.envelope import RejectedMessage, open_envelope
 from protocol.wire.messages import (
     ANNOUNCE,
     NOTICE,
     PROTO_PULL,
     RESULT,
+    TOPIC_RESULT,
     PhaseNotice,
     PullRequest,
     PullResponse,
@@ -68,19 +70,24 @@ class Follower:
         self.first_round = 0  # first round this peer saw; it does not chase older ones
         self.models: dict[int, bytes] = {}  # round -> digest of the published model we hold
         self.nursery: trio.Nursery | None = None
+        # the round log's signed heads; two for one round prove the coordinator equivocated
+        self.heads = HeadWatch(coordinator_id)
 
     def signed_by_coordinator(self, data: bytes, origin: str) -> bool:
         """Gossip on the coordinator's topics: valid when the coordinator signed it (a peer
         forwarding anything else is lowered in our gossip scores)."""
         try:
-            env = open_envelope(data, domains={ANNOUNCE, RESULT, NOTICE})
+            env = open_envelope(data, domains={ANNOUNCE, RESULT, NOTICE, HEAD})
         except RejectedMessage:
             return False
         return env.sender_id == self.coordinator_id
 
     def ingest(self, wire: bytes, *, source: str, origin: str | None = None) -> None:
         try:
-            env = open_envelope(wire, domains={ANNOUNCE, RESULT, NOTICE})
+            env = open_envelope(wire, domains={ANNOUNCE, RESULT, NOTICE, HEAD})
+            if env.domain == HEAD:
+                self._head(wire, source)
+                return
             if env.sender_id != self.coordinator_id:
                 raise RejectedMessage(f"signed by {env.sender_id}, not the coordinator")
             schema = {ANNOUNCE: RoundAnnounce, RESULT: RoundResult, NOTICE: PhaseNotice}
@@ -115,6 +122,27 @@ class Follower:
                 self.nursery.start_soon(self._fetch_state, msg, origin)
             if self.on_result is not None:
                 self.on_result(msg)
+
+    def _head(self, wire: bytes, source: str) -> None:
+        """A signed head of the round log (already checked as an envelope): kept and
+        served to neighbours; a second one for a round, over another history, is proof
+        that the coordinator equivocated: logged, kept, and gossiped so every peer sees
+        both."""
+        head, proof = self.heads.observe(wire)
+        self.roundlog.add(HEAD, head.round, wire)  # the first one held is the one served
+        if proof is None:
+            return
+        log.error("the coordinator EQUIVOCATED: two signed round-log heads for round %d (the "
+                  "second via %s); proof kept and gossiped", head.round, source)
+        if self.nursery is not None:
+            for w in proof:
+                self.nursery.start_soon(self._gossip, w)
+
+    async def _gossip(self, wire: bytes) -> None:
+        try:
+            await self.node.publish(TOPIC_RESULT, wire)
+        except Exception as exc:  # best effort: the proof is kept here either way
+            log.warning("could not gossip the equivocation proof: %s", exc)
 
     def _forget_before(self, round: int) -> None:
         """A daemon runs for months: per-round bookkeeping keeps the last rounds only (the
@@ -201,14 +229,28 @@ class Follower:
             for wire in decode(raw, PullResponse).envelopes:
                 self.ingest(wire, source=f"pull from {target}", origin=target)
 
+    async def _compare_head(self, target: str) -> None:
+        try:
+            raw = await self.node.request(target, PROTO_PULL, encode(PullRequest(
+                kind="loghead")), max_response=4096, timeout=3.0)
+            for wire in decode(raw, PullResponse).envelopes[:1]:
+                self.ingest(wire, source=f"head from {target}", origin=target)
+        except (StreamProtocolError, RejectedMessage) as exc:
+            log.debug("head from %s not read: %s", target, exc)
+
     async def pull_loop(self) -> None:
         tick = 0
         while True:
             await trio.sleep(self.pull_interval * random.uniform(0.8, 1.2))
             tick += 1
-            if self.session is not None and self.session.up:
-                continue  # the coordinator pushes us everything (and the head on reconnect)
             neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
+            if self.session is not None and self.session.up:
+                # the coordinator pushes us everything (and the head on reconnect); every
+                # third tick compare round-log heads with a neighbour (two histories shown
+                # to two peers meet here)
+                if neighbours and tick % 3 == 0:
+                    await self._compare_head(random.choice(neighbours))
+                continue
             if neighbours and tick % 3:
                 target = random.choice(neighbours)
             else:

@@ -10,6 +10,7 @@ relaying neighbour cannot forge.
 
 from __future__ import annotations
 
+from protocol.audit.log import HEAD
 from protocol.wire.messages import (
     ANNOUNCE,
     NOTICE,
@@ -20,7 +21,7 @@ from protocol.wire.messages import (
     encode,
 )
 
-KINDS = {"announce": ANNOUNCE, "result": RESULT, "notice": NOTICE}
+KINDS = {"announce": ANNOUNCE, "result": RESULT, "notice": NOTICE, "loghead": HEAD}
 
 
 class RoundLog:
@@ -72,6 +73,8 @@ class RoundLog:
             latest = self.latest(RESULT)
             if latest:
                 out.append(self._by_kind[RESULT][(latest, "")])
+        elif req.kind == "loghead" and req.round == 0 and (latest := self.latest(HEAD)):
+            out.append(self._by_kind[HEAD][(latest, "")])  # the round log's latest head
         elif req.kind in KINDS:
             wire = self.get(KINDS[req.kind], req.round, req.tag)
             if wire is not None:

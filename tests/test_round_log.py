@@ -15,9 +15,23 @@ import trio
 from coordinator.audit import main as audit_main
 from examples.wine import Wine
 from protocol.audit import merkle
-from protocol.audit.log import GENESIS, InclusionProof, open_head, record_hash, verify_proof
+from protocol.audit.log import (
+    GENESIS,
+    InclusionProof,
+    equivocation,
+    open_head,
+    record_hash,
+    verify_proof,
+)
 
-from .netutil import model_network, three_peer_network
+from .netutil import (
+    THREE_PEOPLE,
+    model_network,
+    start_coordinator,
+    start_peer,
+    three_peer_network,
+    wait_for,
+)
 from .test_workload_plugins import Lies
 
 
@@ -167,3 +181,26 @@ async def test_model_rounds_replay_robust_secagg_and_replicated_with_a_liar(data
     assert rc == 0, findings
     mode = "replicated" if replicated else "robust"
     assert [(f["mode"], f["status"]) for f in findings] == [(mode, "checked")] * 2, findings
+
+
+async def test_an_equivocating_coordinator_is_caught_by_its_peers(data_dir, tmp_path):
+    """``--lie equivocate``: a second signed head per round, over a history with one
+    accepted message fewer, on the peers' sessions while gossip carries the true one.
+    Every peer that sees both holds a proof anyone can check with the coordinator's key,
+    and the audit, given the heads a peer saw, names the lie."""
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=3, secure=False,
+                                        max_rounds=2, linger=60.0, lie="equivocate")
+        peers = [await start_peer(nursery, [coord.node.addrs[0]], h, w)
+                 for h, w in THREE_PEOPLE]
+        await wait_for(lambda: coord.rounds_run >= 2 and all(
+            p.follower.heads.proofs for p in peers), timeout=60)
+        heads = tmp_path / "heads.txt"
+        heads.write_text("\n".join(w.hex() for p in peers
+                                   for pair in p.follower.heads.proofs.values() for w in pair))
+        rc, findings = await audit(coord.http_url, tmp_path, "--heads", str(heads))
+        nursery.cancel_scope.cancel()
+    for p in peers:
+        for round, (first, second) in p.follower.heads.proofs.items():
+            assert equivocation(first, second, coord.node.peer_id) == round
+    assert rc == 1 and any(f["lie"] == "equivocate" for f in findings), findings

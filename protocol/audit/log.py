@@ -213,3 +213,36 @@ def verify_proof(proof: InclusionProof, head: LogHead) -> bool:
     is ``head``."""
     return proof.round == head.round and proof.size == head.accepted and \
         merkle.verify_inclusion(proof.digest, proof.index, proof.size, proof.path, head.root)
+
+
+class HeadWatch:
+    """A peer's memory of the coordinator's signed heads, wherever they came from (its
+    session, gossip, a neighbour's pull): the first head of each of the last ``keep``
+    rounds. A second valid head for a round with another record hash is a proof of
+    equivocation (:func:`equivocation` checks it with the coordinator's key alone)."""
+
+    def __init__(self, coordinator: str, keep: int = 64):
+        self.coordinator, self.keep = coordinator, keep
+        self.heads: dict[int, tuple[bytes, bytes]] = {}  # round -> (record hash, wire)
+        self.proofs: dict[int, tuple[bytes, bytes]] = {}  # round -> the two heads
+
+    def observe(self, wire: bytes) -> tuple[LogHead, tuple[bytes, bytes] | None]:
+        """Take a head (raises :class:`RejectedMessage` when it is not the coordinator's):
+        the head, and both heads when it contradicts the one held for its round (the first
+        time only)."""
+        _, head = open_head(wire, self.coordinator)
+        held = self.heads.get(head.round)
+        if held is None:
+            if len(self.heads) >= self.keep and head.round < min(self.heads):
+                return head, None  # older than anything we keep: nothing to compare with
+            self.heads[head.round] = (head.record, wire)
+            for r in sorted(self.heads)[:-self.keep]:
+                del self.heads[r]
+            return head, None
+        if held[0] == head.record or head.round in self.proofs:
+            return head, None
+        self.proofs[head.round] = (held[1], wire)
+        return head, self.proofs[head.round]
+
+    def latest(self) -> bytes | None:
+        return self.heads[max(self.heads)][1] if self.heads else None
