@@ -16,6 +16,11 @@ fake-result    the true aggregate with its first number changed (in secure
 equivocate     (coordinator.roundlog) a second signed head per round, over a
                record with one accepted message fewer, pushed on the peers'
                sessions while gossip carries the true one
+unfair-dispute replicated rounds: the coordinator's re-execution of a contested
+               segment gives what a colluding replica claims (the trained
+               weights plus one, as tests/test_workload_plugins.py's ``Lies``),
+               so the colluder wins the dispute and the honest replica is
+               penalized
 =============  ==============================================================
 """
 
@@ -29,7 +34,7 @@ from typing import Any
 from protocol.learning.workloads import Workload
 from protocol.wire.messages import Strict
 
-LIES = ("drop", "double", "fake-result", "equivocate")
+LIES = ("drop", "double", "fake-result", "equivocate", "unfair-dispute")
 log = logging.getLogger("hypergossip.coordinator")
 
 
@@ -40,6 +45,15 @@ def lying(workload: Workload, lie: str) -> Workload:
     if lie not in LIES:
         raise ValueError(f"unknown lie {lie!r} ({', '.join(LIES)})")
     if lie == "equivocate":  # the round log's writer tells it
+        log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
+        return workload
+    if lie == "unfair-dispute":
+        honest_task = workload.train_task  # type: ignore[attr-defined]
+
+        def train_task(self: Workload, *args: Any, **kw: Any) -> Any:
+            return honest_task(*args, **kw) + 1.0
+
+        workload.train_task = types.MethodType(train_task, workload)  # type: ignore[attr-defined]
         log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
         return workload
     honest = workload.aggregate

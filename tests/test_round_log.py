@@ -204,3 +204,20 @@ async def test_an_equivocating_coordinator_is_caught_by_its_peers(data_dir, tmp_
         for round, (first, second) in p.follower.heads.proofs.items():
             assert equivocation(first, second, coord.node.peer_id) == round
     assert rc == 1 and any(f["lie"] == "equivocate" for f in findings), findings
+
+
+async def test_an_unfair_dispute_is_named(data_dir, tmp_path):
+    """Replicated wine rounds where one replica lies and the coordinator, settling the
+    disputes, sides with it: the audit re-executes the contested segments and names it."""
+    async with trio.open_nursery() as nursery:
+        coord, ids = await model_network(nursery, data_dir, Wine(replicas=2, segments=4),
+                                         [Wine(), Wine(), Wine(), Lies()], secure=True,
+                                         rounds=2, max_rounds=2, linger=60.0,
+                                         lie="unfair-dispute")
+        rc, findings = await audit(coord.http_url, tmp_path, "--workload",
+                                   "examples.wine:Wine")
+        nursery.cancel_scope.cancel()
+    assert rc == 1
+    assert {f["lie"] for f in findings if f["status"] == "failed"} == {"unfair-dispute"}, \
+        findings
+    assert coord.reputation.score(ids[3]) >= max(coord.reputation.score(p) for p in ids[:3])

@@ -209,10 +209,16 @@ def compare(number: int, mode: str, status: str, accepted: int, result: dict[str
         return Finding(number, FAILED, mode, f"{shown} inputs counted ({accepted} accepted), "
                        f"the signed messages give {outcome.accepted}",
                        "drop" if min(shown, accepted) < outcome.accepted else "double")
-    for k, v in sorted(outcome.result.items()):
-        if k not in NOT_DERIVED and not _same(result.get(k), v):
-            return Finding(number, FAILED, mode, f"{k} published {_short(result.get(k))}, "
-                           f"its inputs give {_short(v)}", _lie_of(k, result.get(k), v))
+    differs = [k for k, v in sorted(outcome.result.items())
+               if k not in NOT_DERIVED and not _same(result.get(k), v)]
+    if differs:
+        unfair = _unfair_segment(result.get("segments"), outcome.result.get("segments"))
+        if unfair is not None:
+            return Finding(number, FAILED, mode, f"segment {unfair} was settled on a digest "
+                           "its re-execution does not give", "unfair-dispute")
+        k = differs[0]
+        return Finding(number, FAILED, mode, f"{k} published {_short(result.get(k))}, its "
+                       f"inputs give {_short(outcome.result[k])}", "fake-result")
     mine = (outcome.result.get("secure_aggregation") or {}).get("included")
     theirs = (result.get("secure_aggregation") or {}).get("included")
     if mine is not None and theirs != mine:
@@ -231,13 +237,16 @@ def _notices(record: RoundRecord) -> list[tuple[str, bytes]]:
     return out
 
 
-def _lie_of(key: str, published: Any, replayed: Any) -> str:
-    if key == "segments" and isinstance(published, list) and isinstance(replayed, list):
-        for p, r in zip(published, replayed, strict=False):
-            if isinstance(p, dict) and isinstance(r, dict) and p.get("digest") != r.get(
-                    "digest") and "re-execution" in (p.get("decided_by"), r.get("decided_by")):
-                return "unfair-dispute"
-    return "fake-result"
+def _unfair_segment(published: Any, replayed: Any) -> int | None:
+    """A contested segment (settled by re-execution) whose published digest is not the
+    replay's re-execution's."""
+    if not isinstance(published, list) or not isinstance(replayed, list):
+        return None
+    for p, r in zip(published, replayed, strict=False):
+        if isinstance(p, dict) and isinstance(r, dict) and p.get("digest") != r.get(
+                "digest") and "re-execution" in (p.get("decided_by"), r.get("decided_by")):
+            return r.get("segment")
+    return None
 
 
 def _count(result: dict[str, Any]) -> int | None:
