@@ -36,7 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from protocol.audit.derive import CHECKED, FAILED, NOT_CHECKABLE, Finding, derive
-from protocol.audit.log import check_record, open_head
+from protocol.audit.log import (
+    InclusionProof,
+    check_record,
+    open_head,
+    open_receipt,
+    verify_proof,
+)
 from protocol.learning.registry import get_workload, resolve
 from protocol.wire.canonical import state_digest
 from protocol.wire.envelope import RejectedMessage, open_envelope
@@ -66,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a file of signed round-log heads that peers saw (hex envelopes, one "
                    "a line): any that is the coordinator's for a round but not the log's "
                    "head of that round proves it showed two histories (equivocate)")
+    p.add_argument("--receipts", metavar="PATH",
+                   help="a peer's receipts (peer --receipts PATH): each accepted message is "
+                   "proven in its round's signed record by a Merkle inclusion proof, or its "
+                   "absence from the record is reported as a drop")
     p.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     return p.parse_args(argv)
 
@@ -129,6 +139,41 @@ class Audit:
                                   f"round {r} (record {other.hex()[:16]}): two histories",
                                   "equivocate")
                           for r, other in sorted(self.contradicted.items())]
+
+    def check_receipts(self, wires: list[bytes], coordinator: str) -> list[str]:
+        """Each receipt's message proven in its round's record against the signed head, or
+        a drop found; lines for the report."""
+        lines = []
+        for wire in wires:
+            try:
+                receipt = open_receipt(wire, coordinator)
+            except RejectedMessage as exc:
+                lines.append(f"receipt not the coordinator's: {exc}")
+                continue
+            n, digest = receipt.round, receipt.digest
+            resp = self.client.get(f"/log/{n}/proof/{digest.hex()}")
+            if resp.status_code == 404 and "not among" in resp.text:
+                self.findings.append(Finding(n, FAILED, "-", f"{receipt.sender}'s message "
+                                             f"{digest.hex()[:16]} was receipted as accepted but "
+                                             "its round's record leaves it out", "drop"))
+                lines.append(f"round {n}: {digest.hex()[:16]} LEFT OUT of the record")
+                continue
+            if resp.status_code != 200:
+                lines.append(f"round {n}: {digest.hex()[:16]} not checkable: {resp.text[:80]}")
+                continue
+            body = resp.json()
+            _, head = open_head(bytes.fromhex(body["head"]), coordinator)
+            p = body["proof"]
+            proof = InclusionProof(round=n, digest=digest, index=p["index"], size=p["size"],
+                                   path=[bytes.fromhex(x) for x in p["path"]])
+            ok = verify_proof(proof, head)
+            if not ok:
+                self.findings.append(Finding(n, FAILED, "-", f"the inclusion proof of "
+                                             f"{digest.hex()[:16]} does not verify against the "
+                                             "signed head", "bad-record"))
+            lines.append(f"round {n}: {digest.hex()[:16]} "
+                         f"{'included (proof verified)' if ok else 'PROOF FAILED'}")
+        return lines
 
     def compare_heads(self, wires: list[bytes], coordinator: str) -> None:
         """Heads peers saw: each the coordinator's, checked later against the log's."""
@@ -214,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     except (httpx.HTTPError, ValueError, KeyError, RejectedMessage) as exc:
         print(f"audit: could not read the round log at {args.url}: {exc}", file=sys.stderr)
         return 1
+    if args.receipts:
+        try:
+            with open(args.receipts) as fh:
+                for line in audit.check_receipts([bytes.fromhex(x) for x in fh.read().split()],
+                                                 info["coordinator"]):
+                    print(f"receipt: {line}")
+        except (httpx.HTTPError, ValueError, RejectedMessage) as exc:
+            print(f"audit: could not check the receipts: {exc}", file=sys.stderr)
+            return 1
     render(audit.findings, console)
     counts = {s: sum(f.status == s for f in audit.findings)
               for s in (CHECKED, FAILED, NOT_CHECKABLE)}

@@ -65,6 +65,9 @@ class Intake:
         self.evaluators: dict[str, EvaluatorInfo] = {}  # peer -> what it can evaluate
         self.addrs: dict[str, list[str]] = {}  # peer -> the addresses it enrolled with
         self._refusal_log = LogLimiter(60.0)
+        # seals a Receipt (protocol.audit.log) for each accepted round message: set by
+        # the coordinator once its outbox (its signing key) exists
+        self.receipt: Callable[[int, bytes, str], bytes] | None = None
 
     # --- by transport ----------------------------------------------------------------------
     async def on_submit_stream(self, request: bytes, remote: str) -> bytes:
@@ -108,7 +111,10 @@ class Intake:
                 return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
             self.store.touch(env.sender_id)
             self.metrics.accepted.labels(env.domain).inc()
-            return SubmitAck(accepted=True)
+            if self.receipt is None or env.domain == ENROLL:
+                return SubmitAck(accepted=True)
+            return SubmitAck(accepted=True, receipt=self.receipt(env.round, env.wire_digest(),
+                                                                 env.sender_id))
 
     def _accept(self, wire: bytes, transport_peer: str) -> Envelope:
         peeked = peek(wire, MAX_SUBMIT_WIRE)

@@ -10,6 +10,9 @@ lie            the published result
 =============  ==============================================================
 drop           leaves one accepted contribution out (its sender was told
                "accepted")
+drop-hidden    as drop, and the round's record leaves the message out too: the
+               record then lists fewer than its signed result says were accepted,
+               and the sender's signed receipt names the message (roundlog)
 double         counts one accepted contribution twice
 fake-result    the true aggregate with its first number changed (in secure
                rounds too: the decoded sum's result)
@@ -34,7 +37,7 @@ from typing import Any
 from protocol.learning.workloads import Workload
 from protocol.wire.messages import Strict
 
-LIES = ("drop", "double", "fake-result", "equivocate", "unfair-dispute")
+LIES = ("drop", "drop-hidden", "double", "fake-result", "equivocate", "unfair-dispute")
 log = logging.getLogger("hypergossip.coordinator")
 
 
@@ -61,7 +64,7 @@ def lying(workload: Workload, lie: str) -> Workload:
     def aggregate(self: Workload, contributions: Mapping[str, Strict]) -> dict[str, Any]:
         inputs = dict(contributions)
         first = min(inputs) if inputs else None
-        if lie == "drop" and first is not None and len(inputs) > 1:
+        if lie in ("drop", "drop-hidden") and first is not None and len(inputs) > 1:
             del inputs[first]
         elif lie == "double" and first is not None:
             inputs[first + "#again"] = inputs[first]

@@ -14,7 +14,7 @@ import time
 from peer.node import NetworkNode
 from peer.roundlog import RoundLog
 from peer.session import SessionHub
-from protocol.audit.log import HEAD
+from protocol.audit.log import HEAD, RECEIPT, Receipt
 from protocol.rounds.base import Notice
 from protocol.wire.envelope import seal
 from protocol.wire.identity import Identity
@@ -51,6 +51,10 @@ class Outbox:
 
     def seal(self, domain: str, round: int, payload: bytes) -> bytes:
         return seal(self.identity, domain, round, payload)
+
+    def receipt(self, number: int, digest: bytes, sender: str) -> bytes:
+        """A signed receipt for round ``number``'s accepted message ``digest``."""
+        return self.seal(RECEIPT, number, encode(Receipt(number, digest, sender)))
 
     def announce(self, number: int, wire: bytes) -> None:
         self.roundlog.add(ANNOUNCE, number, wire)

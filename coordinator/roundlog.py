@@ -36,9 +36,9 @@ KEEP_LARGE = 32
 
 class LogWriter:
     def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0,
-                 keep_large: int = KEEP_LARGE, equivocate: bool = False):
+                 keep_large: int = KEEP_LARGE, lie: str = ""):
         self.store, self.outbox, self.retain = store, outbox, retain
-        self.keep_large, self.equivocate = keep_large, equivocate
+        self.keep_large, self.lie = keep_large, lie  # lie: coordinator.lies, tests only
         store.set_meta("log_keep_large", str(keep_large))  # GET /log tells auditors
 
     def write(self, number: int, result_wire: bytes, refusals: list[Refusal],
@@ -51,13 +51,16 @@ class LogWriter:
             else b""
         accepted = [Accepted(bytes(r["digest"]), r["sender"], r["domain"], r["size"])
                     for r in self.store.accepted(number, skip=LEGACY)]
+        if self.lie == "drop-hidden" and len(accepted) > 1:  # the one the result left out
+            hidden = min(a.sender for a in accepted)
+            accepted = [a for a in accepted if a.sender != hidden]
         _, _, prev = self.store.log.bounds()
         notices = self.outbox.roundlog.notices(number)
         data, wire = self._signed(number, prev or GENESIS, announce, notices, result_wire,
                                   accepted, refusals, uncounted)
         self.store.log.add(number, record_hash(data), data, wire)
         forged = None
-        if self.equivocate and accepted:  # a second history: one accepted message fewer
+        if self.lie == "equivocate" and accepted:  # a second history: one accepted message fewer
             forged = self._signed(number, prev or GENESIS, announce, notices, result_wire,
                                   accepted[:-1], refusals, uncounted)[1]
         if self.retain and number > self.retain:

@@ -188,6 +188,7 @@ class Coordinator:
             self.node, on_open=self._session_head, max_submit=MAX_SUBMIT_WIRE,
             on_submit=lambda wire, peer: self.handle(wire, via="session", transport_peer=peer))
         self.outbox = Outbox(identity, self.node, self.sessions, self.roundlog, self.meter)
+        self.intake.receipt = self.outbox.receipt
         self.legacy = Legacy(self.store, self.workload) \
             if self.workload.takes_unprotected else None
         self.publisher = Publisher(self.store, self.node, self.outbox, self.workload,
@@ -196,7 +197,7 @@ class Coordinator:
                                    retain_rounds=config.retain_rounds, meter=self.meter,
                                    metrics=self.metrics, log_retain=config.log_retain,
                                    log_keep_large=config.log_keep_large,
-                                   equivocate=config.lie == "equivocate")
+                                   lie=config.lie)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,

@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pull-interval", type=float, default=2.0,
                    help="seconds between pulls of missed rounds while the session to the "
                    "coordinator is down (default: %(default)s)")
+    p.add_argument("--receipts", metavar="PATH",
+                   help="append the coordinator's signed receipts of this peer's accepted "
+                   "messages to PATH (hex, one a line): 'hypergossip audit URL --receipts "
+                   "PATH' proves each is in its round's signed record, or that it was left "
+                   "out (default: kept in memory only)")
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                    help="serve this peer's Prometheus metrics (connections, contained "
                    "inputs, blob fetches, libp2p bytes) at http://HOST:PORT/metrics "
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         behaviour = Flaky(behaviour, dropout=args.dropout, slot=slot)
     daemon = PeerDaemon(identity, workload, data, config, behaviour=behaviour,
                         evaluator=evaluator)
+    daemon.participant.receipts_file = args.receipts
     if args.attack:
         log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
     if args.metrics_port:

@@ -11,6 +11,7 @@ topic. Nothing here asks which mode a round is.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from typing import Any
 import trio
 
 from protocol import rounds
+from protocol.audit.log import open_receipt
 from protocol.rounds.base import Leave, PeerContext, PeerRound
 from protocol.wire.envelope import RejectedMessage, open_envelope, peek
 from protocol.wire.identity import Identity
@@ -64,6 +66,10 @@ class Participant:
         self.rounds: dict[int, PeerRound | None] = {}  # rounds joined (None: preparing)
         self._events: dict[int, trio.Event] = {}
         self._personal: dict[tuple[int, str], bytes] = {}  # (round, phase) -> checked body
+        # round -> the coordinator's signed receipts of our accepted messages: with the
+        # round's signed record they prove our message was, or was left, out of it
+        self.receipts: dict[int, list[bytes]] = {}
+        self.receipts_file: str | None = None  # also appended there (hex, one a line)
 
     @property
     def peer_id(self) -> str:
@@ -77,6 +83,28 @@ class Participant:
     def forget_before(self, round: int) -> None:
         for key in [k for k in self._personal if k[0] < round]:
             del self._personal[key]
+        for r in [r for r in self.receipts if r < round]:
+            del self.receipts[r]
+
+    def acked(self, round: int, domain: str, wire: bytes, ack: SubmitAck) -> None:
+        """An answer to our message: logged; an acceptance's receipt checked (the
+        coordinator's signature over this exact message) and kept."""
+        log_ack(round, domain, ack)
+        if not ack.accepted or not ack.receipt:
+            return
+        try:
+            receipt = open_receipt(ack.receipt, self.coordinator_id)
+        except RejectedMessage as exc:
+            log.warning("round %d: the coordinator's receipt for our %s is invalid: %s", round,
+                        domain, exc)
+            return
+        if receipt.digest != hashlib.sha256(wire).digest() or receipt.round != round:
+            log.warning("round %d: the coordinator's receipt is for another message", round)
+            return
+        self.receipts.setdefault(round, []).append(ack.receipt)
+        if self.receipts_file:
+            with open(self.receipts_file, "a") as fh:
+                fh.write(ack.receipt.hex() + "\n")
 
     def maybe_join(self, round: int, nursery: trio.Nursery) -> None:
         if round in self.rounds or self.roundlog.has(RESULT, round):
@@ -213,19 +241,19 @@ class Participant:
         for extra in self.behaviour.extra_wires(round, wire):
             ack = await self.submit(extra, gossip_fallback=False)
             if ack is not None:
-                log_ack(round, f"extra {domain}", ack)
+                self.acked(round, f"extra {domain}", extra, ack)
         if domain in mode.public_domains:  # public for audit: gossip it too
             self._publish_public(wire)
         if self.session is not None and self.session.up:
             try:
-                log_ack(round, domain, await self.session.submit(wire))
+                self.acked(round, domain, wire, await self.session.submit(wire))
                 return
             except SessionDown as exc:
                 log.info("round %d: %s not sent on the session (%s); submitting", round,
                          domain, exc)
         ack = await self.submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
         if ack is not None:
-            log_ack(round, domain, ack)
+            self.acked(round, domain, wire, ack)
 
     def _publish_public(self, wire: bytes) -> None:
         async def send() -> None:

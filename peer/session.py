@@ -79,6 +79,7 @@ class Ack(msgspec.Struct, tag="ack", forbid_unknown_fields=True, frozen=True):
     seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
     accepted: bool
     reason: Annotated[str, msgspec.Meta(max_length=512)] = ""
+    receipt: Annotated[bytes, msgspec.Meta(max_length=1024)] = b""
 
 
 class Push(msgspec.Struct, tag="push", forbid_unknown_fields=True, frozen=True):
@@ -207,7 +208,8 @@ class SessionHub:
                 log.warning("session of %s sent a malformed frame (%s); closing it", peer, exc)
                 return
             ack = self.on_submit(msg.envelope, peer)
-            if not self._queue(peer, session, encode(Ack(msg.seq, ack.accepted, ack.reason))):
+            if not self._queue(peer, session, encode(Ack(msg.seq, ack.accepted, ack.reason,
+                                                              ack.receipt))):
                 return
 
 
@@ -266,7 +268,8 @@ class SessionClient:
             if isinstance(msg, Push):
                 self.on_push(msg.envelope)
             elif (waiter := self._waiting.pop(msg.seq, None)) is not None:
-                waiter[1] = SubmitAck(accepted=msg.accepted, reason=msg.reason)
+                waiter[1] = SubmitAck(accepted=msg.accepted, reason=msg.reason,
+                                      receipt=msg.receipt)
                 waiter[0].set()
 
     async def submit(self, envelope: bytes, *, timeout: float = 30.0) -> SubmitAck:

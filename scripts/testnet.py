@@ -35,6 +35,7 @@ from rich.progress import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from coordinator.lies import LIES  # noqa: E402
 from peer.attacks import ATTACKS, BY_WORKLOAD  # noqa: E402
 from protocol import rounds  # noqa: E402
 from protocol.learning.aggregators import (  # noqa: E402
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after the last round, audit the coordinator's signed round log "
                    "(hypergossip audit: every result re-derived that can be) and fail the "
                    "run if any round fails the audit")
-    p.add_argument("--lie", default="", choices=("drop", "double", "fake-result"),
+    p.add_argument("--lie", default="", choices=LIES,
                    help="the coordinator lies (tests of --audit only: coordinator/lies.py)")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running rounds until Ctrl-C instead of stopping after --rounds")

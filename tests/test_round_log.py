@@ -221,3 +221,31 @@ async def test_an_unfair_dispute_is_named(data_dir, tmp_path):
     assert {f["lie"] for f in findings if f["status"] == "failed"} == {"unfair-dispute"}, \
         findings
     assert coord.reputation.score(ids[3]) >= max(coord.reputation.score(p) for p in ids[:3])
+
+
+async def test_a_peers_receipts_prove_inclusion_or_a_hidden_drop(data_dir, tmp_path):
+    """Each accepted message gets the coordinator's signed receipt; the peer proves it in
+    the round's signed record with a Merkle path. A coordinator that leaves a message out
+    of its result and its record alike (``drop-hidden``) is caught by that message's
+    receipt, which names it."""
+    for lie in ("", "drop-hidden"):
+        async with trio.open_nursery() as nursery:
+            coord = await start_coordinator(nursery, data_dir / (lie or "honest"), min_peers=2,
+                                            start_peers=3, secure=False, max_rounds=2,
+                                            linger=60.0, lie=lie)
+            peers = [await start_peer(nursery, [coord.node.addrs[0]], h, w)
+                     for h, w in THREE_PEOPLE]
+            await wait_for(lambda c=coord: c.rounds_run >= 2, timeout=60)
+            receipts = tmp_path / f"receipts{lie}.txt"
+            receipts.write_text("\n".join(w.hex() for p in peers
+                                          for ws in p.participant.receipts.values() for w in ws))
+            rc, findings = await audit(coord.http_url, tmp_path, "--receipts", str(receipts))
+            nursery.cancel_scope.cancel()
+        assert sum(len(ws) for p in peers for ws in p.participant.receipts.values()) == 6
+        if not lie:
+            assert rc == 0 and {f["status"] for f in findings} == {"checked"}, findings
+        else:
+            assert rc == 1
+            assert {f["lie"] for f in findings if f["status"] == "failed"} == {"drop"}, findings
+            named = [f for f in findings if "receipted as accepted" in f["detail"]]
+            assert len(named) == 2, findings  # the receipt of each round's dropped message

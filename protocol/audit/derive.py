@@ -206,9 +206,12 @@ def compare(number: int, mode: str, status: str, accepted: int, result: dict[str
                        else "drop")
     if accepted != outcome.accepted or _count(result) not in (None, outcome.accepted):
         shown = _count(result) if _count(result) is not None else accepted
+        # fewer counted than signed, or more said accepted than the record lists (left out
+        # of the record too): a drop; more counted than anyone signed: a double count
+        dropped = min(shown, accepted) < outcome.accepted or shown == outcome.accepted
         return Finding(number, FAILED, mode, f"{shown} inputs counted ({accepted} accepted), "
                        f"the signed messages give {outcome.accepted}",
-                       "drop" if min(shown, accepted) < outcome.accepted else "double")
+                       "drop" if dropped else "double")
     differs = [k for k, v in sorted(outcome.result.items())
                if k not in NOT_DERIVED and not _same(result.get(k), v)]
     if differs:

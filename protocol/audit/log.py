@@ -43,6 +43,7 @@ from ..wire.messages import decode as decode_schema
 from . import merkle
 
 HEAD = "log/head"  # envelope domain of a coordinator's signed LogHead
+RECEIPT = "log/receipt"  # envelope domain of a coordinator's signed Receipt
 RECORD_PREFIX = b"hypergossip/v1/round-record\x00"
 GENESIS = bytes(32)  # ``prev`` of the first record
 MAX_ACCEPTED = 50_000  # 1,000 peers x 5 messages a SecAgg+ round is 5,000
@@ -98,6 +99,27 @@ class LogHead(Strict):
     prev: Digest
     root: Digest  # the record's accepted_root: proofs check against the signed head alone
     accepted: Count  # leaves of the record's Merkle tree
+
+
+class Receipt(Strict):
+    """What the coordinator signs when it accepts a round message (in the ack): the
+    sender holds proof that ``digest`` was accepted in round ``round``, and so that the
+    round's record must list it."""
+
+    round: RoundNo
+    digest: Digest  # the accepted envelope's wire digest
+    sender: PeerId
+
+
+def open_receipt(wire: bytes, coordinator: str) -> Receipt:
+    """A receipt signed by ``coordinator`` (raises :class:`RejectedMessage` otherwise)."""
+    env = open_envelope(wire, domains=(RECEIPT,))
+    if env.sender_id != coordinator:
+        raise BadRecord(f"receipt signed by {env.sender_id}, not the coordinator")
+    receipt = decode_schema(env.payload, Receipt)
+    if receipt.round != env.round:
+        raise BadRecord("receipt for another round than it is signed for")
+    return receipt
 
 
 class InclusionProof(Strict):

@@ -183,6 +183,8 @@ class Withdraw(Strict):
 class SubmitAck(Strict):
     accepted: bool
     reason: Annotated[str, Meta(max_length=512)] = ""
+    # an accepted round message: the coordinator's signed receipt (protocol.audit.log)
+    receipt: Annotated[bytes, Meta(max_length=1024)] = b""
 
 
 class PullRequest(Strict):
