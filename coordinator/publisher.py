@@ -34,14 +34,15 @@ class Publisher:
     def __init__(self, store: Store, node: NetworkNode, outbox: Outbox, workload: Any,
                  reputation: Reputation, legacy: Legacy | None, *, inline_result_max: int,
                  retain_rounds: int, meter: Meter, metrics: CoordinatorMetrics,
-                 log_retain: int = 0, log_keep_large: int = 32, lie: str = ""):
+                 log_retain: int = 0, log_keep_large: int = 32, lie: str = "",
+                 round_log: bool = True):
         self.store, self.node, self.outbox, self.workload = store, node, outbox, workload
         self.reputation, self.legacy, self.meter = reputation, legacy, meter
         self.metrics = metrics
         self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
         self._rep_saved = len(reputation.history)
         self.log = LogWriter(store, outbox, retain=log_retain, keep_large=log_keep_large,
-                             lie=lie)
+                             lie=lie) if round_log else None
         self.head: bytes | None = None  # the round log's latest signed head
 
     def publish_failed(self, number: int, error: str) -> None:
@@ -88,9 +89,11 @@ class Publisher:
             self.store.close_round(number, outcome.status, outcome.accepted, rejected,
                                    outcome.result, digest, wire)
             self._prune(number)
-            self.head, forged = self.log.write(number, wire, refusals or [], uncounted)
+            if self.log is not None:
+                self.head, forged = self.log.write(number, wire, refusals or [], uncounted)
             self.outbox.result(number, wire)
-            self.outbox.head(number, self.head, forged)
+            if self.log is not None and self.head is not None:
+                self.outbox.head(number, self.head, forged)
             self.metrics.rounds.labels(outcome.status).inc()
         log.info("round %d %s: %d accepted, rejected %s, result %s", number, outcome.status,
                  outcome.accepted, rejected or "none", outcome.result)

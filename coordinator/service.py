@@ -111,6 +111,7 @@ class CoordinatorConfig:
     log_retain: int = 0  # round-log records kept (protocol.audit.log); 0: all
     log_keep_large: int = 32  # rounds whose large envelopes (masked models) stay served
     lie: str = ""  # tests of the audit only: coordinator.lies
+    round_log: bool = True  # False only to measure what the log costs (scripts/bench)
     linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
     workload: str = "stats"
     workload_options: dict = field(default_factory=dict)  # e.g. incremental: segments=8
@@ -188,7 +189,7 @@ class Coordinator:
             self.node, on_open=self._session_head, max_submit=MAX_SUBMIT_WIRE,
             on_submit=lambda wire, peer: self.handle(wire, via="session", transport_peer=peer))
         self.outbox = Outbox(identity, self.node, self.sessions, self.roundlog, self.meter)
-        self.intake.receipt = self.outbox.receipt
+        self.intake.receipt = self.outbox.receipt if config.round_log else None
         self.legacy = Legacy(self.store, self.workload) \
             if self.workload.takes_unprotected else None
         self.publisher = Publisher(self.store, self.node, self.outbox, self.workload,
@@ -197,7 +198,7 @@ class Coordinator:
                                    retain_rounds=config.retain_rounds, meter=self.meter,
                                    metrics=self.metrics, log_retain=config.log_retain,
                                    log_keep_large=config.log_keep_large,
-                                   lie=config.lie)
+                                   lie=config.lie, round_log=config.round_log)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,
                          config.max_rounds, config.linger, config.phase_timeout,
