@@ -99,7 +99,7 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
         output="<envelope bytes>", example_calls=[example("<envelope bytes>")])
     async def log_message(request: Request) -> Response:
         digest = digest_param(request.path_params.get("digest"))
-        wire = store.message_wire(digest)
+        wire = store.log.message_wire(digest)
         if wire is None:
             raise HTTPError(404, f"no envelope kept for message {digest.hex()}")
         return Response(wire, media_type="application/octet-stream")

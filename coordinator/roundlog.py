@@ -50,7 +50,7 @@ class LogWriter:
         announce = bytes(row["announce_wire"]) if row is not None and row["announce_wire"] \
             else b""
         accepted = [Accepted(bytes(r["digest"]), r["sender"], r["domain"], r["size"])
-                    for r in self.store.accepted(number, skip=LEGACY)]
+                    for r in self.store.log.accepted(number, skip=LEGACY)]
         if self.lie == "drop-hidden" and len(accepted) > 1:  # the one the result left out
             hidden = min(a.sender for a in accepted)
             accepted = [a for a in accepted if a.sender != hidden]
@@ -65,7 +65,7 @@ class LogWriter:
                                   accepted[:-1], refusals, uncounted)[1]
         if self.retain and number > self.retain:
             self.store.log.prune(before=number - self.retain + 1)
-        self.store.strip_large_wires(before=number - self.keep_large + 1, over=KEPT_WIRE_MAX)
+        self.store.log.strip_large_wires(before=number - self.keep_large + 1, over=KEPT_WIRE_MAX)
         return wire, forged
 
     def _signed(self, number: int, prev: bytes, announce: bytes, notices: list[bytes],

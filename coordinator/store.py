@@ -225,23 +225,6 @@ class Store:
             " payload, wire, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (digest, round, sender, domain, nonce, time.time(), payload, wire, size))
 
-    def accepted(self, round: int, skip: str) -> list[sqlite3.Row]:
-        """Round ``round``'s accepted messages in the order they came (domain ``skip``
-        left out: values posted over HTTP, which are not signed envelopes)."""
-        return list(self.db.execute(
-            "SELECT digest, sender, domain, size FROM messages WHERE round=? AND domain!=? "
-            "ORDER BY received_at, rowid", (round, skip)))
-
-    def strip_large_wires(self, before: int, over: int) -> None:
-        """Forget the envelopes over ``over`` bytes of rounds before ``before``, but those
-        of resumable rounds (their payloads are kept: the rounds derive from them)."""
-        self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND size > ? AND "
-                        "LENGTH(payload) = 0 AND LENGTH(wire) > 0", (before, over))
-
-    def message_wire(self, digest: bytes) -> bytes | None:
-        row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()
-        return bytes(row[0]) if row is not None and row[0] else None
-
     def messages(self, round: int, domain: str) -> list[sqlite3.Row]:
         return list(self.db.execute(
             "SELECT * FROM messages WHERE round=? AND domain=? ORDER BY received_at",
@@ -383,3 +366,20 @@ class LogStore:
 
     def prune(self, before: int) -> int:
         return self.db.execute("DELETE FROM round_log WHERE round < ?", (before,)).rowcount
+
+    def accepted(self, round: int, skip: str) -> list[sqlite3.Row]:
+        """Round ``round``'s accepted messages in the order they came (domain ``skip``
+        left out: values posted over HTTP, which are not signed envelopes)."""
+        return list(self.db.execute(
+            "SELECT digest, sender, domain, size FROM messages WHERE round=? AND domain!=? "
+            "ORDER BY received_at, rowid", (round, skip)))
+
+    def strip_large_wires(self, before: int, over: int) -> None:
+        """Forget the envelopes over ``over`` bytes of rounds before ``before``, but those
+        of resumable rounds (their payloads are kept: the rounds derive from them)."""
+        self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND size > ? AND "
+                        "LENGTH(payload) = 0 AND LENGTH(wire) > 0", (before, over))
+
+    def message_wire(self, digest: bytes) -> bytes | None:
+        row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] else None

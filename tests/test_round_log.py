@@ -69,7 +69,7 @@ async def test_a_clear_round_log_is_chained_signed_proves_inclusion_and_audits(d
                 resp = await http.get(f"/log/{n}")
                 heads.append((open_head(bytes.fromhex(resp.headers["X-Log-Head"]),
                                         coord.node.peer_id)[1], resp.content))
-            mine = coord.store.accepted(2, skip="legacy")[0]  # one peer's accepted message
+            mine = coord.store.log.accepted(2, skip="legacy")[0]  # one peer's accepted message
             proof = (await http.get(f"/log/2/proof/{bytes(mine['digest']).hex()}")).json()
             absent = await http.get(f"/log/2/proof/{'ab' * 32}")
             bad = await http.get("/log/2/proof/xyz")
@@ -115,7 +115,7 @@ async def test_a_tampered_record_or_a_withheld_envelope_fails_the_audit(data_dir
         record[-40] ^= 1  # a flipped bit in round 2's record, after its head was signed
         coord.store.db.execute("UPDATE round_log SET record=? WHERE round=2", (bytes(record),))
         coord.store.db.execute("UPDATE messages SET wire=x'' WHERE round=3 AND digest=?",
-                               (coord.store.accepted(3, skip="legacy")[0]["digest"],))
+                               (coord.store.log.accepted(3, skip="legacy")[0]["digest"],))
         rc, findings = await audit(coord.http_url, tmp_path)
         nursery.cancel_scope.cancel()
     assert rc == 1
