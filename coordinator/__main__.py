@@ -143,9 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lie", default="", choices=("", *LIES), metavar="LIE",
                    help="FOR TESTS OF THE AUDIT ONLY: publish results that are not the "
                    f"inputs' ({', '.join(LIES)}; coordinator/lies.py)")
-    p.add_argument("--log-keep-large", type=int, default=32, metavar="N",
-                   help="serve the envelopes over 64 KiB of the secure modes (model-sized "
-                   "masked vectors) for the last N rounds only; older rounds stay in the log by "
+    p.add_argument("--log-keep", type=int, default=32, metavar="N",
+                   help="serve the accepted envelopes of the last N rounds to auditors (a round "
+                   "of 100 fedavg peers holds 20 MB of them); older rounds stay in the log by "
                    "digest but can no longer be re-derived (default: %(default)s)")
     p.add_argument("--log-retain", type=int, default=0, metavar="N",
                    help="keep the round log's last N records (GET /log; hypergossip audit); "
@@ -203,8 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dp_epsilon < 0 or not 0 < args.dp_delta < 1:
         p.error("--dp-epsilon must be >= 0 and --dp-delta in (0, 1)")
-    if args.retain_rounds < 0 or args.log_retain < 0 or args.log_keep_large < 0:
-        p.error("--retain-rounds, --log-retain and --log-keep-large must be >= 0")
+    if args.retain_rounds < 0 or args.log_retain < 0 or args.log_keep < 1:
+        p.error("--retain-rounds, --log-retain must be >= 0 and --log-keep >= 1")
     if not 0 < args.tolerate < 0.5 or (args.group_size is not None and args.group_size < 2):
         p.error("--tolerate must be in (0, 0.5) and --group-size at least 2")
     if args.dp_epsilon and args.insecure:
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         round_timeout=args.round_timeout, round_pause=args.round_pause, max_rounds=args.rounds,
         legacy_epoch=args.legacy_epoch,
         retain_rounds=args.retain_rounds, log_retain=args.log_retain, linger=args.linger,
-        lie=args.lie, log_keep_large=args.log_keep_large,
+        lie=args.lie, log_keep=args.log_keep,
         workload=args.workload, secure=not args.insecure, phase_timeout=args.phase_timeout,
         start_peers=args.start_peers, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         secagg_degree=args.secagg_degree, secagg_threshold=args.secagg_threshold,

@@ -103,7 +103,7 @@ class Audit:
     def __init__(self, client: Client, workload_spec: str | None):
         self.client, self.spec = client, workload_spec
         self.findings: list[Finding] = []
-        self.last = self.keep_large = 0
+        self.last = self.keep = 0
         self.seen: dict[int, set[bytes]] = {}  # round -> record hashes of heads peers saw
         self.contradicted: dict[int, bytes] = {}
 
@@ -199,7 +199,7 @@ class Audit:
         return derive(n, announce, record, signed.status, result, signed.accepted, wires,
                       lambda: self.workload(announce.workload, result),
                       lambda d: self.client.optional(f"/log/blob/{d.hex()}"),
-                      large_kept=n > self.last - self.keep_large)
+                      kept=n > self.last - self.keep)
 
     def result_json(self, n: int, signed: RoundResult) -> dict[str, Any] | None:
         if signed.result:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             a, _, b = args.rounds.partition(":")
             first, last = max(first, int(a or first)), min(last, int(b or last))
         audit = Audit(client, args.workload)
-        audit.last, audit.keep_large = int(info["last"]), int(info.get("keep_large", 0))
+        audit.last, audit.keep = int(info["last"]), int(info.get("keep", 0))
         if args.heads:
             with open(args.heads) as fh:
                 audit.compare_heads([bytes.fromhex(x) for x in fh.read().split()],

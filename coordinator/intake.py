@@ -139,8 +139,8 @@ class Intake:
         return env
 
     def _record(self, env: Envelope, wire: bytes, payload: bytes) -> None:
-        """Store an accepted message and its envelope (served to the round log's auditors;
-        coordinator.roundlog keeps large ones for its last few rounds only)."""
+        """Store an accepted message and its envelope (served to the round log's auditors
+        for the last ``--log-keep`` rounds: coordinator.roundlog)."""
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
                                   env.nonce, payload, wire, len(wire))
 

@@ -47,18 +47,18 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
     @aim.endpoint(
         "/log", documentation="The round log: the coordinator's peer id, the first and last "
         "rounds it holds, the latest signed head (an envelope of domain log/head, hex), and "
-        "for how many last rounds envelopes over 64 KiB stay served. "
+        "for how many last rounds the accepted envelopes stay served (keep). "
         "Each record chains to the one before by hash; `hypergossip audit URL` checks them.",
         output={"coordinator": "<peer id>", "first": "<int>", "last": "<int>",
-                "head": "<hex envelope>", "keep_large": "<int>"},
+                "head": "<hex envelope>", "keep": "<int>"},
         example_calls=[example({"coordinator": "12D3KooW...", "first": 1, "last": 5,
-                                "head": "98 01 ...", "keep_large": 32})])
+                                "head": "98 01 ...", "keep": 32})])
     async def log_info(request: Request) -> dict[str, Any]:
         first, last, _ = store.log.bounds()
         head = store.log.record(last)["head"] if last else b""
         return {"coordinator": view.peer_id, "first": first, "last": last,
                 "head": bytes(head).hex(),
-                "keep_large": int(store.get_meta("log_keep_large") or 0)}
+                "keep": int(store.get_meta("log_keep") or 0)}
 
     @aim.endpoint(
         "/log/{n}", documentation="Round n's record (msgpack, protocol.audit.log.RoundRecord: "

@@ -34,14 +34,14 @@ class Publisher:
     def __init__(self, store: Store, node: NetworkNode, outbox: Outbox, workload: Any,
                  reputation: Reputation, legacy: Legacy | None, *, inline_result_max: int,
                  retain_rounds: int, meter: Meter, metrics: CoordinatorMetrics,
-                 log_retain: int = 0, log_keep_large: int = 32, lie: str = "",
+                 log_retain: int = 0, log_keep: int = 32, lie: str = "",
                  round_log: bool = True):
         self.store, self.node, self.outbox, self.workload = store, node, outbox, workload
         self.reputation, self.legacy, self.meter = reputation, legacy, meter
         self.metrics = metrics
         self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
         self._rep_saved = len(reputation.history)
-        self.log = LogWriter(store, outbox, retain=log_retain, keep_large=log_keep_large,
+        self.log = LogWriter(store, outbox, retain=log_retain, keep=log_keep,
                              lie=lie) if round_log else None
         self.head: bytes | None = None  # the round log's latest signed head
 

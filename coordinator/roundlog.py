@@ -2,10 +2,9 @@
 result, write its record (chained to the last one), sign its head, keep both in SQLite.
 
 The record names the round's accepted messages by digest; their envelopes stay in the
-store's messages table (served by digest to auditors) for as long as
-``--retain-rounds`` keeps them (those over ``KEPT_WIRE_MAX`` of the secure modes, model-
-sized masked vectors, for the last ``--log-keep-large`` rounds only), and the records
-themselves until ``--log-retain`` (default: forever). Values posted over the legacy HTTP
+store's messages table (served by digest to auditors) for the last ``--log-keep``
+rounds (then the round stays in the chain by digest, no longer re-derivable), and the
+records themselves until ``--log-retain`` (default: forever). Values posted over the legacy HTTP
 API are not signed envelopes: they are not listed, and the result labels them
 unprotected.
 """
@@ -16,7 +15,6 @@ from protocol.audit import merkle
 from protocol.audit.log import (
     GENESIS,
     HEAD,
-    KEPT_WIRE_MAX,
     Accepted,
     LogHead,
     Refusal,
@@ -29,17 +27,17 @@ from .legacy import LEGACY
 from .outbox import Outbox
 from .store import Store
 
-# rounds whose envelopes over KEPT_WIRE_MAX (model-sized masked vectors) stay served: at
-# 100 fedavg peers a round holds 20 MB of them
-KEEP_LARGE = 32
+# rounds whose accepted envelopes stay served: a round of 100 fedavg peers holds 20 MB of
+# them (masked model vectors), one of 100 SecAgg+ peers with M=1000 about 2 MB
+KEEP_ENVELOPES = 32
 
 
 class LogWriter:
     def __init__(self, store: Store, outbox: Outbox, *, retain: int = 0,
-                 keep_large: int = KEEP_LARGE, lie: str = ""):
+                 keep: int = KEEP_ENVELOPES, lie: str = ""):
         self.store, self.outbox, self.retain = store, outbox, retain
-        self.keep_large, self.lie = keep_large, lie  # lie: coordinator.lies, tests only
-        store.set_meta("log_keep_large", str(keep_large))  # GET /log tells auditors
+        self.keep, self.lie = keep, lie  # lie: coordinator.lies, tests only
+        store.set_meta("log_keep", str(keep))  # GET /log tells auditors
 
     def write(self, number: int, result_wire: bytes, refusals: list[Refusal],
               uncounted: int = 0) -> tuple[bytes, bytes | None]:
@@ -65,7 +63,7 @@ class LogWriter:
                                   accepted[:-1], refusals, uncounted)[1]
         if self.retain and number > self.retain:
             self.store.log.prune(before=number - self.retain + 1)
-        self.store.log.strip_large_wires(before=number - self.keep_large + 1, over=KEPT_WIRE_MAX)
+        self.store.log.strip_wires(before=number - self.keep + 1)
         return wire, forged
 
     def _signed(self, number: int, prev: bytes, announce: bytes, notices: list[bytes],

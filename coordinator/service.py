@@ -109,7 +109,7 @@ class CoordinatorConfig:
     max_rounds: int = 0  # 0: run until stopped
     retain_rounds: int = 10_000  # rounds (and their messages) kept in the database; 0: all
     log_retain: int = 0  # round-log records kept (protocol.audit.log); 0: all
-    log_keep_large: int = 32  # rounds whose large envelopes (masked models) stay served
+    log_keep: int = 32  # rounds whose accepted envelopes stay served to auditors
     lie: str = ""  # tests of the audit only: coordinator.lies
     round_log: bool = True  # False only to measure what the log costs (scripts/bench)
     linger: float = 0.0  # after max_rounds: seconds the final state stays served over HTTP
@@ -197,7 +197,7 @@ class Coordinator:
                                    inline_result_max=config.inline_result_max,
                                    retain_rounds=config.retain_rounds, meter=self.meter,
                                    metrics=self.metrics, log_retain=config.log_retain,
-                                   log_keep_large=config.log_keep_large,
+                                   log_keep=config.log_keep,
                                    lie=config.lie, round_log=config.round_log)
         self.driver = RoundDriver(
             DriverConfig(config.min_peers, config.start_peers, config.round_pause,

@@ -374,11 +374,11 @@ class LogStore:
             "SELECT digest, sender, domain, size FROM messages WHERE round=? AND domain!=? "
             "ORDER BY received_at, rowid", (round, skip)))
 
-    def strip_large_wires(self, before: int, over: int) -> None:
-        """Forget the envelopes over ``over`` bytes of rounds before ``before``, but those
-        of resumable rounds (their payloads are kept: the rounds derive from them)."""
-        self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND size > ? AND "
-                        "LENGTH(payload) = 0 AND LENGTH(wire) > 0", (before, over))
+    def strip_wires(self, before: int) -> None:
+        """Forget the envelopes of rounds before ``before`` (their digests stay in the
+        log's records; a resumable round's payloads stay for as long as the round)."""
+        self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND LENGTH(wire) > 0",
+                        (before,))
 
     def message_wire(self, digest: bytes) -> bytes | None:
         row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()

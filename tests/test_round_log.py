@@ -249,3 +249,19 @@ async def test_a_peers_receipts_prove_inclusion_or_a_hidden_drop(data_dir, tmp_p
             assert {f["lie"] for f in findings if f["status"] == "failed"} == {"drop"}, findings
             named = [f for f in findings if "receipted as accepted" in f["detail"]]
             assert len(named) == 2, findings  # the receipt of each round's dropped message
+
+
+async def test_envelopes_are_kept_for_the_last_rounds_only(data_dir, tmp_path):
+    """``log_keep=1``: the last round is re-derived; older ones stay in the chain (heads,
+    hashes checked) but say plainly that their envelopes are gone."""
+    async with trio.open_nursery() as nursery:
+        coord = await three_peer_network(nursery, data_dir, rounds=3, secure=False,
+                                         max_rounds=3, linger=60.0, log_keep=1)
+        rc, findings = await audit(coord.http_url, tmp_path)
+        kept = coord.store.db.execute(
+            "SELECT round, COUNT(*) FROM messages WHERE LENGTH(wire) > 0 GROUP BY round"
+        ).fetchall()
+        nursery.cancel_scope.cancel()
+    assert rc == 0 and [tuple(r) for r in kept] == [(3, 3)]
+    assert [f["status"] for f in findings] == ["not checkable", "not checkable", "checked"]
+    assert "no longer kept" in findings[0]["detail"]

@@ -50,7 +50,7 @@ from ..rounds.base import Duplicate, Notice, Outcome, RoundLogic, RoundMisuse, W
 from ..wire.canonical import canonical_json
 from ..wire.envelope import Envelope, RejectedMessage, open_envelope
 from ..wire.messages import WITHDRAW, PhaseNotice, RoundAnnounce, decode
-from .log import KEPT_WIRE_MAX, RoundRecord
+from .log import RoundRecord
 
 CHECKED, FAILED, NOT_CHECKABLE = "checked", "failed", "not checkable"
 # result keys not derived from the signed inputs alone: values posted over the legacy
@@ -80,18 +80,18 @@ class Disagreement(Exception):
 
 
 def envelopes_of(record: RoundRecord, wires: Mapping[bytes, bytes | None], *,
-                 keeps_all: bool = False) -> tuple[list[Envelope], str, str]:
+                 kept: bool = True) -> tuple[list[Envelope], str, str]:
     """The record's accepted envelopes from ``wires`` (digest -> bytes, None when the
     coordinator did not show it), each checked against its entry; and, when one is
-    missing or does not match, the lie (``withheld``, ``bad-record``, or "" for an
-    envelope over :data:`KEPT_WIRE_MAX` that a mode not ``keeps_all`` keeps by digest
-    only) and why."""
+    missing or does not match, the lie (``withheld``, ``bad-record``, or "" when the
+    round is older than the coordinator keeps envelopes for: not ``kept``) and why."""
     out = []
     for a in record.accepted:
         wire = wires.get(a.digest)
-        if wire is None and a.size > KEPT_WIRE_MAX and not keeps_all:
-            return out, "", (f"message {a.digest.hex()[:16]} ({a.size} bytes) is no longer "
-                             "kept (large envelopes are, for the last few rounds only)")
+        if wire is None and not kept:
+            return out, "", (f"the round's envelopes are no longer kept (message "
+                             f"{a.digest.hex()[:16]}): its chain and digests are checked, its "
+                             "result not")
         if wire is None:
             return out, "withheld", f"message {a.digest.hex()[:16]} from {a.sender} not shown"
         try:
@@ -109,18 +109,14 @@ def envelopes_of(record: RoundRecord, wires: Mapping[bytes, bytes | None], *,
 def derive(number: int, announce: RoundAnnounce, record: RoundRecord, status: str,
            result: dict[str, Any], accepted: int, wires: Mapping[bytes, bytes | None],
            workload: Callable[[], Workload], blob: Callable[[bytes], bytes | None], *,
-           large_kept: bool = False) -> Finding:
+           kept: bool = True) -> Finding:
     """Round ``number`` replayed and compared (see the module's docstring). ``wires``:
     the accepted envelopes by digest (None: not shown); ``workload()`` builds the
     workload the announcement names; ``blob(digest)`` fetches a model the coordinator
-    kept (None: not shown); ``large_kept``: the round is recent enough that its envelopes
-    over :data:`KEPT_WIRE_MAX` must still be served."""
+    kept (None: not shown); ``kept``: the round is recent enough that the coordinator
+    must still serve its envelopes."""
     mode = announce.mode
-    try:
-        keeps_all = mode_named(mode).resumable
-    except RejectedMessage as exc:
-        return Finding(number, FAILED, mode, str(exc), "bad-record")
-    envelopes, lie, missing = envelopes_of(record, wires, keeps_all=keeps_all or large_kept)
+    envelopes, lie, missing = envelopes_of(record, wires, kept=kept)
     if missing:
         return Finding(number, FAILED if lie else NOT_CHECKABLE, mode, missing, lie)
     if status == "failed" and str(result.get("error", "")).startswith("coordinator restarted"):

@@ -50,11 +50,6 @@ MAX_ACCEPTED = 50_000  # 1,000 peers x 5 messages a SecAgg+ round is 5,000
 MAX_REFUSALS = 1_000
 MAX_NOTICES = 16
 MAX_RECORD = 16 * 1024 * 1024
-# every accepted envelope up to this size is kept and served by digest for as long as its
-# round is retained, and so is every input of a resumable (clear) round; a larger one (a
-# model-sized masked vector) only for the coordinator's last ``keep_large`` rounds (GET
-# /log says how many), then by digest only, and its round is no longer re-derivable
-KEPT_WIRE_MAX = 64 * 1024
 
 PeerId = Annotated[str, Meta(max_length=64)]
 Wire = Annotated[bytes, Meta(max_length=DEFAULT_MAX_WIRE)]
