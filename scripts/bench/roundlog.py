@@ -43,6 +43,7 @@ from coordinator.meter import CpuMeter  # noqa: E402
 from coordinator.service import Coordinator, CoordinatorConfig  # noqa: E402
 from peer.daemon import PeerDaemon  # noqa: E402
 from protocol.learning.registry import get_workload  # noqa: E402
+from protocol.policy.admission import AdmissionConfig  # noqa: E402
 from protocol.wire.identity import Identity  # noqa: E402
 from protocol.wire.messages import ANNOUNCE, RESULT, StatsContribution  # noqa: E402
 
@@ -60,7 +61,7 @@ async def one_setting(n: int, mode: str, rounds: int, log_on: bool, workdir: Pat
         data_dir=workdir, http_host="127.0.0.1", port=0, listen=["/ip4/127.0.0.1/tcp/0"],
         min_peers=n, start_peers=n, max_rounds=rounds + 1, round_pause=0.2,
         round_timeout=60.0, phase_timeout=30.0, secure=mode != "clear", linger=3600.0,
-        round_log=log_on)
+        round_log=log_on, admission=AdmissionConfig(per_source_burst=n + 8))
     meter = CpuMeter()
     coord = Coordinator(config, meter=meter)
     out: dict = {"n": n, "mode": mode, "log": log_on}
