@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-retain", type=int, default=0, metavar="N",
                    help="keep the round log's last N records (GET /log; hypergossip audit); "
                    "0 keeps every record (default: %(default)s). The envelopes a record names "
-                   "are kept as long as --retain-rounds keeps its round")
+                   "are served for the last --log-keep rounds")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     g = p.add_argument_group("replicated training (--workload incremental, or a model "
                              "workload with --replicated)")
