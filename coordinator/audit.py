@@ -196,6 +196,8 @@ class Audit:
         announce = decode(open_envelope(record.announce).payload, RoundAnnounce)
         wires = {a.digest: self.client.optional(f"/log/message/{a.digest.hex()}")
                  for a in record.accepted}
+        if None in wires.values():  # a running coordinator may have moved its window since
+            self.last = max(self.last, int(self.client.get("/log").json()["last"]))
         return derive(n, announce, record, signed.status, result, signed.accepted, wires,
                       lambda: self.workload(announce.workload, result),
                       lambda d: self.client.optional(f"/log/blob/{d.hex()}"),

@@ -27,7 +27,6 @@ from .roundlog import LogWriter
 from .store import Store
 
 log = logging.getLogger("hypergossip.coordinator")
-LOG_MODELS = 32  # past models kept: the round log's auditors fetch a round's starting model
 
 
 class Publisher:
@@ -41,6 +40,7 @@ class Publisher:
         self.metrics = metrics
         self.inline_result_max, self.retain_rounds = inline_result_max, retain_rounds
         self._rep_saved = len(reputation.history)
+        self.log_keep = log_keep
         self.log = LogWriter(store, outbox, retain=log_retain, keep=log_keep,
                              lie=lie) if round_log else None
         self.head: bytes | None = None  # the round log's latest signed head
@@ -71,8 +71,9 @@ class Publisher:
                     (blob := self.workload.state_blob()) is not None:
                 self.node.blobs.put(blob)  # the new model, fetched by digest next round
                 self.store.set_meta("state_blob", self.store.put_blob(blob))
+                # the models the last --log-keep rounds started from: auditors replay them
                 self.store.prune_blobs(keep=self.store.get_meta("state_blob") or "",
-                                       recent=LOG_MODELS)
+                                       recent=self.log_keep + 2)
             self.save_reputation()
             state = canonical_json(outcome.result)
             digest = state_digest(outcome.result)
