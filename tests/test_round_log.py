@@ -17,12 +17,18 @@ from examples.wine import Wine
 from protocol.audit import merkle
 from protocol.audit.log import (
     GENESIS,
+    HEAD,
+    HeadWatch,
     InclusionProof,
+    LogHead,
     equivocation,
     open_head,
     record_hash,
     verify_proof,
 )
+from protocol.wire.envelope import RejectedMessage, seal
+from protocol.wire.identity import Identity
+from protocol.wire.messages import encode
 
 from .netutil import (
     THREE_PEOPLE,
@@ -265,3 +271,28 @@ async def test_envelopes_are_kept_for_the_last_rounds_only(data_dir, tmp_path):
     assert rc == 0 and [tuple(r) for r in kept] == [(3, 3)]
     assert [f["status"] for f in findings] == ["not checkable", "not checkable", "checked"]
     assert "no longer kept" in findings[0]["detail"]
+
+
+def test_a_peers_head_watch_keeps_the_last_rounds_and_proves_a_second_head():
+    """Sans-IO: heads of the last ``keep`` rounds, a second one for a round proves it,
+    anything not the coordinator's is refused, memory stays bounded."""
+    coord, other = Identity.generate(), Identity.generate()
+
+    def head(ident, r, record):
+        return seal(ident, HEAD, r, encode(LogHead(round=r, record=record, prev=GENESIS,
+                                                   root=GENESIS, accepted=0)))
+
+    watch = HeadWatch(coord.peer_id, keep=4)
+    for r in range(1, 11):
+        assert watch.observe(head(coord, r, bytes([r]) * 32))[1] is None
+    assert sorted(watch.heads) == [7, 8, 9, 10]
+    assert watch.observe(head(coord, 10, bytes([10]) * 32))[1] is None  # the same head again
+    _, proof = watch.observe(head(coord, 9, b"\xee" * 32))
+    assert proof is not None and equivocation(*proof, coord.peer_id) == 9
+    assert watch.observe(head(coord, 9, b"\xdd" * 32))[1] is None  # proven once is enough
+    with pytest.raises(RejectedMessage):
+        watch.observe(head(other, 8, b"\xee" * 32))  # not the coordinator's: no proof
+    for r in range(11, 30):
+        watch.observe(head(coord, r, bytes([r]) * 32))
+        watch.observe(head(coord, r, b"\xff" * 32))
+    assert len(watch.heads) == 4 and len(watch.proofs) == 4

@@ -259,6 +259,8 @@ class HeadWatch:
         if held[0] == head.record or head.round in self.proofs:
             return head, None
         self.proofs[head.round] = (held[1], wire)
+        for r in sorted(self.proofs)[:-self.keep]:  # a coordinator lying every round
+            del self.proofs[r]
         return head, self.proofs[head.round]
 
     def latest(self) -> bytes | None:
