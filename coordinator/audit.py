@@ -32,6 +32,7 @@ from dataclasses import asdict
 from typing import Any
 
 import httpx
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -84,9 +85,9 @@ class Client:
     def __init__(self, url: str, timeout: float):
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
 
-    def get(self, path: str) -> httpx.Response:
+    def get(self, path: str, ok: tuple[int, ...] = (404,)) -> httpx.Response:
         resp = self.http.get(path)
-        if resp.status_code != 404:
+        if resp.status_code not in ok:
             resp.raise_for_status()
         if len(resp.content) > MAX_BODY:
             raise ValueError(f"{path}: {len(resp.content)} bytes, over {MAX_BODY}")
@@ -194,14 +195,24 @@ class Audit:
             return Finding(n, NOT_CHECKABLE, "legacy", "values posted over the legacy HTTP "
                            "API are not signed (labelled unprotected)")
         announce = decode(open_envelope(record.announce).payload, RoundAnnounce)
-        wires = {a.digest: self.client.optional(f"/log/message/{a.digest.hex()}")
-                 for a in record.accepted}
+        wires = self.wires(n, record)
         if None in wires.values():  # a running coordinator may have moved its window since
             self.last = max(self.last, int(self.client.get("/log").json()["last"]))
         return derive(n, announce, record, signed.status, result, signed.accepted, wires,
                       lambda: self.workload(announce.workload, result),
                       lambda d: self.client.optional(f"/log/blob/{d.hex()}"),
                       kept=n > self.last - self.keep)
+
+    def wires(self, n: int, record) -> dict[bytes, bytes | None]:
+        """The envelopes round ``n``'s record names, in one request (one by one when the
+        round's are too many bytes for one response); None for those not shown."""
+        resp = self.client.get(f"/log/{n}/messages", ok=(404, 413))
+        if resp.status_code == 200:
+            got = msgspec.msgpack.decode(resp.content, type=list[bytes])
+            if len(got) == len(record.accepted):
+                return {a.digest: w or None for a, w in zip(record.accepted, got, strict=True)}
+        return {a.digest: self.client.optional(f"/log/message/{a.digest.hex()}")
+                for a in record.accepted}
 
     def result_json(self, n: int, signed: RoundResult) -> dict[str, Any] | None:
         if signed.result:

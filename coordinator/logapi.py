@@ -11,15 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from protocol.audit.log import decode_record, prove
 
-from .aim import AIM, HTTPError, example, int_param
+from .aim import AIM, ClientBudget, HTTPError, example, int_param
 from .views import View
 
 HEX = "<64 hex digits>"
+MESSAGES_MAX = 64 * 1024 * 1024  # one /log/{n}/messages response
+# what may be large (records, envelopes, models): few at once per client and in all, so
+# that auditors cannot crowd out the coordinator; an audit reads one thing at a time
+LOG_FETCH = ClientBudget(per_minute=6000, burst=1000, concurrent=2, total_concurrent=8)
 
 
 def digest_param(value: str | None) -> bytes:
@@ -65,7 +70,7 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
         "signed announcement, notices and result, accepted message digests with their Merkle "
         "root, refusals, the previous record's hash), exactly as hashed; its signed head in "
         "the X-Log-Head header (hex).", output="<record bytes>",
-        example_calls=[example("<record bytes>")])
+        example_calls=[example("<record bytes>")], budget=LOG_FETCH)
     async def log_record(request: Request) -> Response:
         row = record_row(request)
         return Response(bytes(row["record"]), media_type="application/octet-stream",
@@ -93,10 +98,29 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
             "size": proof.size, "path": [p.hex() for p in proof.path]}}
 
     @aim.endpoint(
+        "/log/{n}/messages", documentation="Every envelope round n's record names and the "
+        "coordinator still keeps, in one response: a msgpack array of the envelopes' bytes in "
+        "the record's order (empty bytes for one not kept). 413 when they add up to more than "
+        "64 MiB (ask for them one by one: /log/message/{digest}).",
+        output="<msgpack array of envelope bytes>", example_calls=[example("<bytes>")],
+        budget=LOG_FETCH)
+    async def log_messages(request: Request) -> Response:
+        row = record_row(request)
+        wires = store.log.round_wires(row["round"], MESSAGES_MAX)
+        if wires is None:
+            raise HTTPError(413, f"round {row['round']}'s envelopes add up to more than "
+                            f"{MESSAGES_MAX} bytes: ask for them one by one")
+        record = decode_record(bytes(row["record"]))
+        return Response(msgspec.msgpack.encode([wires.get(a.digest, b"")
+                                                for a in record.accepted]),
+                        media_type="application/octet-stream")
+
+    @aim.endpoint(
         "/log/message/{digest}", documentation="An accepted message's signed envelope by its "
         "wire digest (hex), as the sender signed it; 404 once the round's messages are "
         "pruned (--retain-rounds) or when only its digest was kept (large masked vectors).",
-        output="<envelope bytes>", example_calls=[example("<envelope bytes>")])
+        output="<envelope bytes>", example_calls=[example("<envelope bytes>")],
+        budget=LOG_FETCH)
     async def log_message(request: Request) -> Response:
         digest = digest_param(request.path_params.get("digest"))
         wire = store.log.message_wire(digest)
@@ -107,7 +131,7 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
     @aim.endpoint(
         "/log/blob/{digest}", documentation="A model the log's rounds started from, by its "
         "SHA-256 (hex): the current one and the last few (safetensors).",
-        output="<blob bytes>", example_calls=[example("<blob bytes>")])
+        output="<blob bytes>", example_calls=[example("<blob bytes>")], budget=LOG_FETCH)
     async def log_blob(request: Request) -> Response:
         digest = digest_param(request.path_params.get("digest"))
         blob = store.get_blob(digest.hex())

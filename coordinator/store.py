@@ -380,6 +380,16 @@ class LogStore:
         self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND LENGTH(wire) > 0",
                         (before,))
 
+    def round_wires(self, round: int, limit: int) -> dict[bytes, bytes] | None:
+        """Round ``round``'s kept envelopes by digest; None when they add up to more than
+        ``limit`` bytes (the caller then asks for them one by one)."""
+        total = self.db.execute("SELECT COALESCE(SUM(LENGTH(wire)), 0) FROM messages WHERE "
+                                "round=?", (round,)).fetchone()[0]
+        if total > limit:
+            return None
+        return {bytes(r[0]): bytes(r[1]) for r in self.db.execute(
+            "SELECT digest, wire FROM messages WHERE round=? AND LENGTH(wire) > 0", (round,))}
+
     def message_wire(self, digest: bytes) -> bytes | None:
         row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()
         return bytes(row[0]) if row is not None and row[0] else None

@@ -14,7 +14,8 @@ from .netutil import start_coordinator
 ENDPOINTS = {"/health", "/peers", "/model", "/rounds", "/rounds/{n}", "/manifest.json",
              "/current_model", "/post_data/{epoch}", "/metrics", "/", "/dashboard.js",
              "/dashboard.css", "/dashboard/state", "/log", "/log/{n}",
-             "/log/{n}/proof/{digest}", "/log/message/{digest}", "/log/blob/{digest}"}
+             "/log/{n}/proof/{digest}", "/log/{n}/messages", "/log/message/{digest}",
+             "/log/blob/{digest}"}
 
 
 @pytest.fixture

@@ -78,6 +78,9 @@ async def test_a_clear_round_log_is_chained_signed_proves_inclusion_and_audits(d
             mine = coord.store.log.accepted(2, skip="legacy")[0]  # one peer's accepted message
             proof = (await http.get(f"/log/2/proof/{bytes(mine['digest']).hex()}")).json()
             absent = await http.get(f"/log/2/proof/{'ab' * 32}")
+            batch = msgspec.msgpack.decode((await http.get("/log/2/messages")).content,
+                                           type=list[bytes])
+            one = (await http.get(f"/log/message/{bytes(mine['digest']).hex()}")).content
             bad = await http.get("/log/2/proof/xyz")
         nursery.cancel_scope.cancel()
 
@@ -98,6 +101,8 @@ async def test_a_clear_round_log_is_chained_signed_proves_inclusion_and_audits(d
     assert not verify_proof(p, heads[0][0])
     assert not verify_proof(msgspec.structs.replace(p, size=p.size + 1), head2)
     assert absent.status_code == 404 and "not among round 2" in absent.json()["error"]
+    assert len(batch) == 3 and one in batch  # every envelope of the round in one response
+    assert hashlib.sha256(one).digest() == bytes(mine["digest"])
     assert bad.status_code == 400
 
 
