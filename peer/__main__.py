@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "messages to PATH (hex, one a line): 'hypergossip audit URL --receipts "
                    "PATH' proves each is in its round's signed record, or that it was left "
                    "out (default: kept in memory only)")
+    p.add_argument("--equivocations", metavar="PATH",
+                   help="append the two signed round-log heads of any round the coordinator "
+                   "showed two histories of to PATH (hex, one a line; 'hypergossip audit URL "
+                   "--heads PATH' names the lie); always logged as an error and gossiped")
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                    help="serve this peer's Prometheus metrics (connections, contained "
                    "inputs, blob fetches, libp2p bytes) at http://HOST:PORT/metrics "
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon = PeerDaemon(identity, workload, data, config, behaviour=behaviour,
                         evaluator=evaluator)
     daemon.participant.receipts_file = args.receipts
+    daemon.follower.proofs_file = args.equivocations
     if args.attack:
         log.warning("this peer is BYZANTINE for testing: attack %s", args.attack)
     if args.metrics_port:

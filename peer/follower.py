@@ -72,6 +72,7 @@ class Follower:
         self.nursery: trio.Nursery | None = None
         # the round log's signed heads; two for one round prove the coordinator equivocated
         self.heads = HeadWatch(coordinator_id)
+        self.proofs_file: str | None = None  # equivocation proofs appended here (hex heads)
 
     def signed_by_coordinator(self, data: bytes, origin: str) -> bool:
         """Gossip on the coordinator's topics: valid when the coordinator signed it (a peer
@@ -134,6 +135,9 @@ class Follower:
             return
         log.error("the coordinator EQUIVOCATED: two signed round-log heads for round %d (the "
                   "second via %s); proof kept and gossiped", head.round, source)
+        if self.proofs_file:  # for the operator: hypergossip audit URL --heads PATH
+            with open(self.proofs_file, "a") as fh:
+                fh.write("".join(w.hex() + "\n" for w in proof))
         if self.nursery is not None:
             for w in proof:
                 self.nursery.start_soon(self._gossip, w)

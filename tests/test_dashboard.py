@@ -75,7 +75,10 @@ async def test_a_round_published_while_the_page_is_open_appears_without_a_reload
                            timeout=60)
 
             def after() -> dict:
-                wait_in_browser(lambda: target in rounds_on_page(driver), 30)
+                # its row, and its point on the curve: the row may first show it still open
+                wait_in_browser(lambda: target in rounds_on_page(driver) and driver.execute_script(
+                    f"return document.querySelectorAll('#curve circle[data-round=\"{target}\"]')"
+                    ".length;"), 30)
                 if path := os.environ.get("HG_DASHBOARD_SCREENSHOT"):
                     driver.save_screenshot(path)
                 return driver.execute_script("""return {

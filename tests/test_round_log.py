@@ -204,11 +204,10 @@ async def test_an_equivocating_coordinator_is_caught_by_its_peers(data_dir, tmp_
                                         max_rounds=2, linger=60.0, lie="equivocate")
         peers = [await start_peer(nursery, [coord.node.addrs[0]], h, w)
                  for h, w in THREE_PEOPLE]
+        heads = tmp_path / "heads.txt"  # what a peer run with --equivocations PATH writes
+        peers[0].follower.proofs_file = str(heads)
         await wait_for(lambda: coord.rounds_run >= 2 and all(
             p.follower.heads.proofs for p in peers), timeout=60)
-        heads = tmp_path / "heads.txt"
-        heads.write_text("\n".join(w.hex() for p in peers
-                                   for pair in p.follower.heads.proofs.values() for w in pair))
         rc, findings = await audit(coord.http_url, tmp_path, "--heads", str(heads))
         nursery.cancel_scope.cancel()
     for p in peers:
