@@ -255,7 +255,8 @@ def coordinator_config(mode: str, n: int, tmp: Path, args: argparse.Namespace):
         linger=args.idle + 600.0,
         # every peer enrols from 127.0.0.1: the per-address burst (64) would let one more
         # in a minute; the overall budget (512 at once, then 5 a second) is the default
-        admission=AdmissionConfig(per_source_burst=n + 8), **by_mode)
+        admission=AdmissionConfig(per_source_burst=n + 8), round_log=not args.no_round_log,
+        **by_mode)
 
 
 async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -521,6 +522,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enrol-timeout", type=float, default=900.0,
                    help="give up a network whose peers are not all in after this (900 s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-round-log", action="store_true",
+                   help="run the coordinator without its round log (records, heads, receipts), "
+                   "to measure what the log costs side by side")
     p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
     # worker mode (internal)
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
