@@ -51,6 +51,7 @@ log = logging.getLogger("hypergossip.peer")
 PULL_MAX_RESPONSE = 2 * 1024 * 1024
 KEEP_ROUNDS = 64  # per-round bookkeeping kept in memory
 GAP_FILL_PER_TICK = 8
+HEAD_COMPARE_SPREAD = 5.0  # s after a new round-log head: compare it with a neighbour
 
 
 class Follower:
@@ -130,7 +131,9 @@ class Follower:
         that the coordinator equivocated: logged, kept, and gossiped so every peer sees
         both."""
         head, proof = self.heads.observe(wire)
-        self.roundlog.add(HEAD, head.round, wire)  # the first one held is the one served
+        new = self.roundlog.add(HEAD, head.round, wire)  # the first one held is served
+        if new and self.nursery is not None and head.round == self.roundlog.latest(HEAD):
+            self.nursery.start_soon(self._compare_head)  # once a round: idle peers pay nothing
         if proof is None:
             return
         log.error("the coordinator EQUIVOCATED: two signed round-log heads for round %d (the "
@@ -233,7 +236,15 @@ class Follower:
             for wire in decode(raw, PullResponse).envelopes:
                 self.ingest(wire, source=f"pull from {target}", origin=target)
 
-    async def _compare_head(self, target: str) -> None:
+    async def _compare_head(self) -> None:
+        """Ask one random neighbour for its latest head, a few seconds after a new round's
+        head came (two histories shown to two peers meet here; spread so that a round's
+        heads do not all cross at once)."""
+        await trio.sleep(random.uniform(1.0, HEAD_COMPARE_SPREAD))
+        neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
+        if not neighbours:
+            return
+        target = random.choice(neighbours)
         try:
             raw = await self.node.request(target, PROTO_PULL, encode(PullRequest(
                 kind="loghead")), max_response=4096, timeout=3.0)
@@ -241,20 +252,17 @@ class Follower:
                 self.ingest(wire, source=f"head from {target}", origin=target)
         except (StreamProtocolError, RejectedMessage) as exc:
             log.debug("head from %s not read: %s", target, exc)
+        except Exception:  # one bad exchange must not stop the daemon keeping up
+            log.exception("head from %s not read", target)
 
     async def pull_loop(self) -> None:
         tick = 0
         while True:
             await trio.sleep(self.pull_interval * random.uniform(0.8, 1.2))
             tick += 1
-            neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
             if self.session is not None and self.session.up:
-                # the coordinator pushes us everything (and the head on reconnect); every
-                # third tick compare round-log heads with a neighbour (two histories shown
-                # to two peers meet here)
-                if neighbours and tick % 3 == 0:
-                    await self._compare_head(random.choice(neighbours))
-                continue
+                continue  # the coordinator pushes us everything (and the head on reconnect)
+            neighbours = [p for p in self.node.connected_peers() if p != self.coordinator_id]
             if neighbours and tick % 3:
                 target = random.choice(neighbours)
             else:
