@@ -246,6 +246,10 @@ async def test_a_peers_receipts_prove_inclusion_or_a_hidden_drop(data_dir, tmp_p
             peers = [await start_peer(nursery, [coord.node.addrs[0]], h, w)
                      for h, w in THREE_PEOPLE]
             await wait_for(lambda c=coord: c.rounds_run >= 2, timeout=60)
+            # each peer's acks come back on its own time: wait for all six receipts
+            await wait_for(lambda ps=peers: sum(len(ws) for p in ps
+                                                for ws in p.participant.receipts.values()) == 6,
+                           timeout=30)
             receipts = tmp_path / f"receipts{lie}.txt"
             receipts.write_text("\n".join(w.hex() for p in peers
                                           for ws in p.participant.receipts.values() for w in ws))
