@@ -47,8 +47,8 @@ def lying(workload: Workload, lie: str) -> Workload:
         return workload
     if lie not in LIES:
         raise ValueError(f"unknown lie {lie!r} ({', '.join(LIES)})")
+    log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
     if lie == "equivocate":  # the round log's writer tells it
-        log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
         return workload
     if lie == "unfair-dispute":
         honest_task = workload.train_task  # type: ignore[attr-defined]
@@ -57,7 +57,6 @@ def lying(workload: Workload, lie: str) -> Workload:
             return honest_task(*args, **kw) + 1.0
 
         workload.train_task = types.MethodType(train_task, workload)  # type: ignore[attr-defined]
-        log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
         return workload
     honest = workload.aggregate
 
@@ -79,7 +78,6 @@ def lying(workload: Workload, lie: str) -> Workload:
 
     workload.aggregate = types.MethodType(aggregate, workload)  # type: ignore[method-assign]
     workload.finalize = types.MethodType(finalize, workload)  # type: ignore[method-assign]
-    log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
     return workload
 
 

@@ -11,12 +11,10 @@ unprotected.
 
 from __future__ import annotations
 
-from protocol.audit import merkle
 from protocol.audit.log import (
     GENESIS,
     HEAD,
     Accepted,
-    LogHead,
     Refusal,
     build,
     record_hash,
@@ -70,7 +68,6 @@ class LogWriter:
                 result: bytes, accepted: list[Accepted], refusals: list[Refusal],
                 uncounted: int) -> tuple[bytes, bytes]:
         """A record's bytes and its signed head."""
-        data = build(number, prev, announce, notices, result, accepted, refusals, uncounted)
-        head = LogHead(round=number, record=record_hash(data), prev=prev,
-                       root=merkle.root([a.digest for a in accepted]), accepted=len(accepted))
+        data, head = build(number, prev, announce, notices, result, accepted, refusals,
+                           uncounted)
         return data, self.outbox.seal(HEAD, number, encode(head))

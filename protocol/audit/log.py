@@ -132,9 +132,10 @@ def record_hash(record_bytes: bytes) -> bytes:
 
 
 def build(number: int, prev: bytes, announce: bytes, notices: list[bytes], result: bytes,
-          accepted: list[Accepted], refusals: list[Refusal], uncounted: int = 0) -> bytes:
-    """The record's bytes (refusals past :data:`MAX_REFUSALS` only counted, with the
-    ``uncounted`` the caller did not list)."""
+          accepted: list[Accepted], refusals: list[Refusal], uncounted: int = 0
+          ) -> tuple[bytes, LogHead]:
+    """The record's bytes and the head to sign for them (refusals past
+    :data:`MAX_REFUSALS` only counted, with the ``uncounted`` the caller did not list)."""
     if len(accepted) > MAX_ACCEPTED:
         raise ValueError(f"{len(accepted)} accepted messages, the record holds "
                          f"{MAX_ACCEPTED}")
@@ -145,12 +146,8 @@ def build(number: int, prev: bytes, announce: bytes, notices: list[bytes], resul
     data = msgspec.msgpack.encode(rec)
     if len(data) > MAX_RECORD:
         raise ValueError(f"round {number}'s record is {len(data)} bytes, over {MAX_RECORD}")
-    return data
-
-
-def head_of(record_bytes: bytes, record: RoundRecord) -> LogHead:
-    return LogHead(round=record.round, record=record_hash(record_bytes), prev=record.prev,
-                   root=record.accepted_root, accepted=len(record.accepted))
+    return data, LogHead(round=number, record=record_hash(data), prev=prev,
+                         root=rec.accepted_root, accepted=len(accepted))
 
 
 def decode_record(data: bytes) -> RoundRecord:
