@@ -232,7 +232,7 @@ def add_prompt_endpoints(aim: AIM, view: View) -> None:
             return jobs.estimate(req)
         if why := req.check(sync=True):
             raise HTTPError(422, why)
-        return await jobs.run_now(req)
+        return await jobs.run_now(req, _user(request))
 
     @aim.endpoint(
         "/prompt/jobs", ["POST"], documentation="Queue a long prompt search; answers its "

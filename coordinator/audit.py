@@ -36,6 +36,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from coordinator.auditjobs import JobAudit
 from protocol.audit.derive import CHECKED, FAILED, NOT_CHECKABLE, Finding, derive
 from protocol.audit.log import (
     InclusionProof,
@@ -77,6 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a peer's receipts (peer --receipts PATH): each accepted message is "
                    "proven in its round's signed record by a Merkle inclusion proof, or its "
                    "absence from the record is reported as a drop")
+    p.add_argument("--user", default="anonymous", metavar="NAME",
+                   help="prompt jobs: audit the job-log records of this hypc_user (a record "
+                   "holds its user's target; other users' entries are checked by their signed "
+                   "heads alone; default: %(default)s)")
+    p.add_argument("--llm", default="echo", metavar="BACKEND",
+                   help="prompt jobs: the backend that re-runs the outputs the coordinator "
+                   "evaluated itself, when its model digest is the job's (echo, local; default: "
+                   "%(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     return p.parse_args(argv)
 
@@ -238,9 +247,10 @@ class Audit:
         return workload
 
 
-def render(findings: list[Finding], console: Console) -> None:
-    table = Table(title="round log audit")
-    for col in ("round", "mode", "status", "lie", "detail"):
+def render(findings: list[Finding], console: Console, title: str = "round log audit",
+           first: str = "round") -> None:
+    table = Table(title=title)
+    for col in (first, "mode", "status", "lie", "detail"):
         table.add_column(col, overflow="fold")
     style = {CHECKED: "green", FAILED: "bold red", NOT_CHECKABLE: "yellow"}
     for f in findings:
@@ -281,16 +291,35 @@ def main(argv: list[str] | None = None) -> int:
         except (httpx.HTTPError, ValueError, RejectedMessage) as exc:
             print(f"audit: could not check the receipts: {exc}", file=sys.stderr)
             return 1
-    render(audit.findings, console)
+    jobs = JobAudit(client.http, info["coordinator"], args.user, args.llm)
+    try:
+        if info.get("job_log"):
+            jobs.run()
+    except (httpx.HTTPError, ValueError, KeyError, RejectedMessage) as exc:
+        print(f"audit: could not read the job log at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if audit.findings or not jobs.chained:
+        render(audit.findings, console)
     counts = {s: sum(f.status == s for f in audit.findings)
               for s in (CHECKED, FAILED, NOT_CHECKABLE)}
-    print(f"audit: {counts[CHECKED]} rounds checked, {counts[FAILED]} failed, "
-          f"{counts[NOT_CHECKABLE]} not checkable ({time.monotonic() - started:.1f} s)")
+    if last or not jobs.chained:
+        print(f"audit: {counts[CHECKED]} rounds checked, {counts[FAILED]} failed, "
+              f"{counts[NOT_CHECKABLE]} not checkable ({time.monotonic() - started:.1f} s)")
+    failed = counts[FAILED]
+    if jobs.chained:
+        render(jobs.findings, console, "job log audit (prompt search)", "entry")
+        jc = {s: sum(f.status == s for f in jobs.findings)
+              for s in (CHECKED, FAILED, NOT_CHECKABLE)}
+        print(f"audit: {jc[CHECKED]} prompt jobs checked, {jc[FAILED]} failed, "
+              f"{jc[NOT_CHECKABLE]} not checkable; the signed heads of all {jobs.chained} "
+              f"job-log entries read ({time.monotonic() - started:.1f} s)")
+        failed += jc[FAILED]
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"coordinator": info["coordinator"],
-                       "findings": [asdict(f) for f in audit.findings]}, fh, indent=2)
-    return 1 if counts[FAILED] else 0
+                       "findings": [asdict(f) for f in audit.findings],
+                       "jobs": [asdict(f) for f in jobs.findings]}, fh, indent=2)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -108,4 +108,4 @@ class RemoteEvaluations:
             log.warning("evaluation batch %d on %s failed: %s", batch, peer, exc)
             return
         for prompt, output in zip(prompts, res.outputs, strict=True):
-            ver.record(peer, prompt, output)
+            ver.record(peer, prompt, output, proof=(wire, raw))

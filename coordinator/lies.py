@@ -24,6 +24,9 @@ unfair-dispute replicated rounds: the coordinator's re-execution of a contested
                weights plus one, as tests/test_workload_plugins.py's ``Lies``),
                so the colluder wins the dispute and the honest replica is
                penalized
+fake-fitness   (coordinator.prompt_jobs) a prompt job's published best score
+               raised by 0.125; its job-log record signs that result beside the
+               outputs that give the true one
 =============  ==============================================================
 """
 
@@ -37,7 +40,8 @@ from typing import Any
 from protocol.learning.workloads import Workload
 from protocol.wire.messages import Strict
 
-LIES = ("drop", "drop-hidden", "double", "fake-result", "equivocate", "unfair-dispute")
+LIES = ("drop", "drop-hidden", "double", "fake-result", "equivocate", "unfair-dispute",
+        "fake-fitness")
 log = logging.getLogger("hypergossip.coordinator")
 
 
@@ -48,7 +52,7 @@ def lying(workload: Workload, lie: str) -> Workload:
     if lie not in LIES:
         raise ValueError(f"unknown lie {lie!r} ({', '.join(LIES)})")
     log.warning("this coordinator LIES (%s): for tests of the audit only", lie)
-    if lie == "equivocate":  # the round log's writer tells it
+    if lie in ("equivocate", "fake-fitness"):  # the round log's writer, the prompt jobs tell it
         return workload
     if lie == "unfair-dispute":
         honest_task = workload.train_task  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from protocol.audit.log import decode_record, prove
 
 from .aim import AIM, ClientBudget, HTTPError, example, int_param
+from .joblog import JobLog
 from .views import View
 
 HEX = "<64 hex digits>"
@@ -39,6 +40,10 @@ def digest_param(value: str | None) -> bytes:
 
 def add_log_endpoints(aim: AIM, view: View) -> None:
     store = view.store
+    joblog = view.prompt_jobs.joblog if view.prompt_jobs is not None else None
+    jobs = joblog is not None
+    if joblog is not None:
+        add_job_log_endpoints(aim, joblog, view.peer_id)
 
     def record_row(request: Request) -> Any:
         n = int_param(request.path_params.get("n"), "n", lo=1)
@@ -53,17 +58,18 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
         "/log", documentation="The round log: the coordinator's peer id, the first and last "
         "rounds it holds, the latest signed head (an envelope of domain log/head, hex), and "
         "for how many last rounds the accepted envelopes stay served (keep). "
-        "Each record chains to the one before by hash; `hypergossip audit URL` checks them.",
+        "Each record chains to the one before by hash; `hypergossip audit URL` checks them. "
+        "job_log: whether prompt jobs have their own log (/log/jobs).",
         output={"coordinator": "<peer id>", "first": "<int>", "last": "<int>",
-                "head": "<hex envelope>", "keep": "<int>"},
+                "head": "<hex envelope>", "keep": "<int>", "job_log": "<bool>"},
         example_calls=[example({"coordinator": "12D3KooW...", "first": 1, "last": 5,
-                                "head": "98 01 ...", "keep": 32})])
+                                "head": "98 01 ...", "keep": 32, "job_log": False})])
     async def log_info(request: Request) -> dict[str, Any]:
         first, last, _ = store.log.bounds()
         head = store.log.record(last)["head"] if last else b""
         return {"coordinator": view.peer_id, "first": first, "last": last,
                 "head": bytes(head).hex(),
-                "keep": int(store.get_meta("log_keep") or 0)}
+                "keep": int(store.get_meta("log_keep") or 0), "job_log": jobs}
 
     @aim.endpoint(
         "/log/{n}", documentation="Round n's record (msgpack, protocol.audit.log.RoundRecord: "
@@ -138,3 +144,39 @@ def add_log_endpoints(aim: AIM, view: View) -> None:
         if blob is None:
             raise HTTPError(404, f"no blob {digest.hex()} kept")
         return Response(blob, media_type="application/octet-stream")
+
+
+def add_job_log_endpoints(aim: AIM, joblog: JobLog, peer_id: str) -> None:
+    @aim.endpoint(
+        "/log/jobs", documentation="The job log (prompt search): the coordinator's peer id, "
+        "the first and last entries, and the signed heads (hex envelopes of domain log/job: "
+        "entry, record hash, previous hash, job number) from entry `from` on (at most 1000). "
+        "Anyone can check the chain; a record itself is its user's (/log/jobs/{n}).",
+        input_query="from=<int>",
+        output={"coordinator": "<peer id>", "first": "<int>", "last": "<int>",
+                "heads": ["<hex envelope>"]},
+        example_calls=[example({"coordinator": "12D3KooW...", "first": 1, "last": 2,
+                                "heads": ["98 01 ...", "98 01 ..."]}, query="from=1")])
+    async def job_log(request: Request) -> dict[str, Any]:
+        first, last = joblog.bounds()
+        start = int_param(request.query_params.get("from"), "from", default=first or 1, lo=1)
+        return {"coordinator": peer_id, "first": first, "last": last,
+                "heads": [h.hex() for h in joblog.heads(start, 1000)]}
+
+    @aim.endpoint(
+        "/log/jobs/{n}", documentation="Job-log entry n's record (msgpack, "
+        "protocol.audit.jobs.JobRecord: the request, every LLM output the search used with the "
+        "signed evaluations behind it, the published result), exactly as hashed; its signed "
+        "head in X-Log-Head. Only for the hypc_user whose job it was (403 otherwise).",
+        input_headers={"hypc_user": "<the job's user>"}, output="<record bytes>",
+        example_calls=[example("<record bytes>")], budget=LOG_FETCH)
+    async def job_record(request: Request) -> Response:
+        n = int_param(request.path_params.get("n"), "n", lo=1)
+        row = joblog.row(n)
+        if row is None:
+            first, last = joblog.bounds()
+            raise HTTPError(404, f"the job log holds no entry {n} (it holds {first}..{last})")
+        if row["user"] != (request.headers.get("hypc_user") or "anonymous")[:128]:
+            raise HTTPError(403, f"job-log entry {n} belongs to another user")
+        return Response(bytes(row["record"]), media_type="application/octet-stream",
+                        headers={"X-Log-Head": bytes(row["head"]).hex()})

@@ -31,6 +31,7 @@ from protocol.prompts import ga
 from protocol.prompts.evaluation import Verification
 from protocol.prompts.search import BASELINE_SENTIMENT, Budget, PromptSearch
 
+from .joblog import COORDINATOR, PEERS, JobLog, Trail
 from .store import Store
 
 log = logging.getLogger("hypergossip.prompts")
@@ -83,8 +84,10 @@ class JobsConfig:
 class PromptJobs:
     def __init__(self, store: Store, backend: Backend, config: JobsConfig | None = None,
                  embedder: Embedder | None = None, remote: Remote | None = None,
-                 settle: Callable[[Verification, dict[str, str]], None] | None = None):
+                 settle: Callable[[Verification, dict[str, str]], None] | None = None,
+                 joblog: JobLog | None = None, lie: str = ""):
         self.store, self.backend = store, backend
+        self.joblog, self.lie = joblog, lie  # lie: "fake-fitness" (coordinator.lies, tests)
         self.remote, self.settle = remote, settle
         self.params_json = gen_params_json(backend)
         self.config = config or JobsConfig()
@@ -123,8 +126,8 @@ class PromptJobs:
                 "next_job_number": self.store.next_queued_job(),
                 "queue_length": self.store.queue_length()}
 
-    async def run_now(self, req: PromptRequest) -> dict[str, Any]:
-        return await self._run(req, job=None)
+    async def run_now(self, req: PromptRequest, user: str = "anonymous") -> dict[str, Any]:
+        return await self._run(req, job=None, user=user)
 
     # --- runner ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -140,7 +143,7 @@ class PromptJobs:
             self.store.set_job(number, status="running")
             try:
                 req = msgspec.json.decode(row["request"], type=PromptRequest)
-                result = await self._run(req, job=number)
+                result = await self._run(req, job=number, user=row["user"])
                 self.store.set_job(number, status="done", result=json.dumps(result))
             except (ValueError, BackendError) as exc:
                 log.warning("prompt job %d failed: %s", number, exc)
@@ -148,7 +151,21 @@ class PromptJobs:
                                    result=json.dumps({"error": str(exc)}))
             self.current = None
 
-    async def _run(self, req: PromptRequest, job: int | None) -> dict[str, Any]:
+    async def _run(self, req: PromptRequest, job: int | None, user: str) -> dict[str, Any]:
+        trail = Trail()
+        out, partial, search = await self._search(req, job, trail)
+        if self.lie == "fake-fitness" and out.get("prompt"):
+            out["score"] += 0.125
+        if self.joblog is not None and search is not None:
+            out["log_entry"] = self.joblog.write(
+                job or 0, user, msgspec.json.encode(req), search, trail,
+                {k: v for k, v in out.items() if k != "log_entry"}, partial=partial,
+                gen_params=self.params_json)
+        return out
+
+    async def _search(self, req: PromptRequest, job: int | None, trail: Trail
+                      ) -> tuple[dict[str, Any], bool, PromptSearch | None]:
+        """The search itself: (its result, whether it ended mid-generation, the search)."""
         weights = dict(req.fitness) or {"vader": 1.0}
         embed = self.embedder.embed if self.embedder and weights.get("embedding") else None
         if weights.get("embedding") and embed is None:
@@ -161,12 +178,14 @@ class PromptJobs:
                               self.backend.gen_params, config,
                               Budget(req.max_calls, req.max_seconds), weights, embed=embed,
                               started=time.monotonic())
+        partial = False
         while True:
             needed = search.calls_needed()
-            await self._evaluate(search, needed, budget=True)
+            await self._evaluate(search, needed, trail, budget=True)
             if any(search.key(p) not in search.outputs for p in needed):
                 search.search.stopped = search.out_of_budget(time.monotonic())
                 search.settle_partial()  # budget spent mid-generation: the best so far stands
+                partial = True
                 break
             going = await trio.to_thread.run_sync(search.step, time.monotonic())
             if job is not None:
@@ -176,13 +195,14 @@ class PromptJobs:
         if search.search.best is None:  # not even the first generation could be scored
             return {"prompt": "", "score": 0.0, "llm_calls": search.calls,
                     "cache_hits": search.hits, "generations": 0,
-                    "stopped": search.search.stopped or "budget spent before any score"}
+                    "stopped": search.search.stopped or "budget spent before any score"
+                    }, partial, search
         out = search.summary(time.monotonic())
         if req.task == "sentiment":  # report on reviews the search never saw
             best = search.search.best[1]
             prompts = search.heldout_prompts(best) + search.heldout_prompts(BASELINE_SENTIMENT) \
                 + search.prompts_of(BASELINE_SENTIMENT)
-            await self._evaluate(search, prompts, budget=False)
+            await self._evaluate(search, prompts, trail, budget=False)
             out["held_out"] = {
                 "reviews": len(search.held_out), "evolved": search.heldout_accuracy(best),
                 "baseline": search.heldout_accuracy(BASELINE_SENTIMENT),
@@ -191,35 +211,51 @@ class PromptJobs:
             out["seconds"] = time.monotonic() - search.started
             out["llm_calls"], out["cache_hits"] = search.calls, search.hits  # held-out included
         out["evaluated_on_peers"], out["evaluated_here"] = search.remote_calls, search.local_calls
-        return out
+        return out, partial, search
 
-    async def _evaluate(self, search: PromptSearch, prompts: list[str], *, budget: bool) -> None:
+    async def _evaluate(self, search: PromptSearch, prompts: list[str], trail: Trail, *,
+                        budget: bool) -> None:
         """Outputs for ``prompts``: from the shared cache, else verified on peers, else here."""
         prompts = list(dict.fromkeys(prompts))
-        for key, output in self.store.cached_outputs([search.key(p) for p in prompts]).items():
+        by_key = {search.key(p): p for p in prompts}
+        for key, output in self.store.cached_outputs(list(by_key)).items():
             if key not in search.outputs:
                 search.outputs[key] = output
                 search.hits += 1
                 self.cache_hits += 1
+                if self.joblog is not None:
+                    by, pairs = self.joblog.provenance(key)
+                    trail.add(by_key[key], by, pairs, hit=True)
         todo = [p for p in prompts if search.key(p) not in search.outputs]
         spent = (lambda: bool(search.out_of_budget(time.monotonic()))) if budget else (
             lambda: False)
         if todo and self.remote is not None and not spent():
-            todo = await self._on_peers(search, todo)
+            todo = await self._on_peers(search, todo, trail)
         for prompt in todo:
             if spent():
                 break
-            await self._local(search, prompt)
+            await self._local(search, prompt, trail)
 
-    async def _local(self, search: PromptSearch, prompt: str) -> str:
+    async def _local(self, search: PromptSearch, prompt: str, trail: Trail,
+                     pairs: list[tuple[bytes, bytes]] | None = None) -> str:
+        """The coordinator's own evaluation (``pairs``: the peers' answers it settles)."""
         output = await trio.to_thread.run_sync(self.backend.generate, prompt)
         search.deliver(prompt, output)
         search.local_calls += 1
         self.llm_calls["here"] += 1
-        self.store.cache_output(search.key(prompt), search.model_digest, output)
+        self._cache(search, prompt, output, COORDINATOR, pairs or [])
+        trail.settle(prompt, pairs or [])
         return output
 
-    async def _on_peers(self, search: PromptSearch, prompts: list[str]) -> list[str]:
+    def _cache(self, search: PromptSearch, prompt: str, output: str, by: str,
+               pairs: list[tuple[bytes, bytes]]) -> None:
+        key = search.key(prompt)
+        self.store.cache_output(key, search.model_digest, output)
+        if self.joblog is not None:
+            self.joblog.remember(key, by, pairs)
+
+    async def _on_peers(self, search: PromptSearch, prompts: list[str], trail: Trail
+                        ) -> list[str]:
         """Evaluate on capable peers (verified by redundancy); the coordinator settles what
         they could not agree on. Returns the prompts left for local evaluation (all of them
         when too few capable peers are connected)."""
@@ -231,8 +267,11 @@ class PromptJobs:
             search.deliver(prompt, output)
             search.remote_calls += 1
             self.llm_calls["peers"] += 1
-            self.store.cache_output(search.key(prompt), search.model_digest, output)
-        settled = {p: await self._local(search, p) for p in ver.undecided(prompts)}
+            pairs = list(ver.proofs.get(prompt, {}).values())
+            self._cache(search, prompt, output, PEERS, pairs)
+            trail.add(prompt, PEERS, pairs)
+        settled = {p: await self._local(search, p, trail, list(ver.proofs.get(p, {}).values()))
+                   for p in ver.undecided(prompts)}
         if self.settle is not None:
             self.settle(ver, settled)
         return []

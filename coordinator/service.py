@@ -73,6 +73,7 @@ from protocol.wire.messages import (
 from .api import build_app
 from .evaluations import RemoteEvaluations
 from .intake import MAX_SUBMIT_WIRE, Intake
+from .joblog import JobLog
 from .legacy import Legacy
 from .lies import lying
 from .meter import Meter
@@ -213,9 +214,12 @@ class Coordinator:
         if config.llm_backend and (config.workload == "prompt" or config.prompt_search):
             backend = make_backend(config.llm_backend, url=config.llm_url,
                                    model=config.llm_model, max_new_tokens=config.llm_max_tokens)
-            self.prompt_jobs = PromptJobs(self.store, backend, embedder=Embedder(),
-                                          remote=self.evaluations.evaluate_remotely,
-                                          settle=self.evaluations.settle_evaluations)
+            self.prompt_jobs = PromptJobs(
+                self.store, backend, embedder=Embedder(),
+                remote=self.evaluations.evaluate_remotely,
+                settle=self.evaluations.settle_evaluations,
+                joblog=JobLog(self.store.db, self.outbox.seal, config.redundancy)
+                if config.round_log else None, lie=config.lie)
         self.metrics.watch(self)  # its state read at each scrape of /metrics
         self.http_urls: list[str] = []
         self.started_at = time.time()

@@ -491,7 +491,8 @@ def run_prompt_search(client: httpx.Client, net: Testnet, args: argparse.Namespa
             args.json.write_text(json.dumps({"job": out, "wall_s": wall, "reputation": rep,
                                              "byzantine": net.byzantine}, indent=2))
         liar_ok = all(not p["eligible"] for p in rep["peers"] if p["peer_id"] in net.byzantine)
-        return 0 if liar_ok else 1
+        audited = run_audit(net, args) if args.audit else True
+        return 0 if liar_ok and audited else 1
     except (RuntimeError, httpx.HTTPError) as exc:
         print(f"testnet failed: {exc}", file=sys.stderr)
         return 1
@@ -594,6 +595,8 @@ def run_audit(net: Testnet, args: argparse.Namespace) -> bool:
 
     print(f"auditing the round log at {net.url} ...", flush=True)
     spec = [] if args.workload in known() else ["--workload", args.workload]
+    if args.workload == "prompt":  # the job's record is its user's: the testnet's
+        spec += ["--user", "testnet", "--llm", args.backend]
     return audit([net.url, *spec]) == 0
 
 

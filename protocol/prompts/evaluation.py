@@ -82,11 +82,16 @@ class Verification:
     accepted: dict[str, str] = field(default_factory=dict)  # prompt -> output
     losers: list[tuple[str, str]] = field(default_factory=list)  # (peer, prompt)
     winners: list[tuple[str, str]] = field(default_factory=list)
+    # prompt -> peer -> (signed task, signed answer): what the job log shows for the output
+    proofs: dict[str, dict[str, tuple[bytes, bytes]]] = field(default_factory=dict)
 
-    def record(self, peer: str, prompt: str, output: str) -> None:
+    def record(self, peer: str, prompt: str, output: str,
+               proof: tuple[bytes, bytes] | None = None) -> None:
         if prompt in self.accepted:
             return
         self.answers.setdefault(prompt, {})[peer] = output
+        if proof is not None:
+            self.proofs.setdefault(prompt, {})[peer] = proof
         self._decide(prompt)
 
     def _decide(self, prompt: str) -> None:
