@@ -162,6 +162,10 @@ async def test_secure_stats_rounds_replay_to_their_published_sums(data_dir, tmp_
         nursery.cancel_scope.cancel()
     assert rc == 0, findings
     assert [(f["mode"], f["status"]) for f in findings] == [(protocol, "checked")] * 2
+    if protocol == "secagg":  # what the parameters guarantee, and what no replay checks
+        detail = findings[0]["detail"]
+        assert "announced n=3, degree 2, threshold 2, agreement 2 (the default rule)" in detail
+        assert "not checkable: the inputs themselves" in detail, detail
 
 
 async def test_a_faked_secure_result_is_named(data_dir, tmp_path):

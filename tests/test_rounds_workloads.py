@@ -11,7 +11,7 @@ import pytest
 from protocol.learning.registry import WORKLOADS, get_workload
 from protocol.learning.workloads import Stats
 from protocol.rounds.base import Duplicate, Outcome, RoundClosed, RoundMisuse
-from protocol.rounds.clear import Phase, Round
+from protocol.rounds.clear import Phase, Round, stragglers
 from protocol.wire.canonical import canonical_json, state_digest
 from protocol.wire.envelope import RejectedMessage
 from protocol.wire.messages import PullRequest, RoundAnnounce, SchemaError, StatsContribution
@@ -87,6 +87,27 @@ def test_not_ready_when_expected_peer_missing() -> None:
     assert r.ready(0.0, {P1, P2, P3}) is False  # quorum met, P3 still missing
     r.offer(P3, stats())
     assert r.ready(0.0, {P1, P2, P3}) is True
+
+
+def test_a_few_silent_peers_hold_a_quiet_round_for_one_quiet_spell_not_to_its_deadline(
+) -> None:
+    r = make_round(min_peers=2, deadline=1000.0)
+    r.quiet = 10.0
+    r.offer(P1, stats())
+    assert r.ready(0.0, {P1, P2, P3}) is False  # below quorum: waits however quiet
+    assert r.ready(50.0, {P1, P2, P3}) is False
+    r.offer(P2, stats())
+    assert r.ready(60.0, {P1, P2, P3}) is False  # an answer just came: the quiet spell starts
+    assert r.ready(69.9, {P1, P2, P3}) is False
+    assert r.ready(70.0, {P1, P2, P3}) is True  # P3 silent for a whole spell: let go
+    # two of three missing is more than stragglers(3) = 1: only the deadline closes it
+    s = make_round(min_peers=1, deadline=1000.0)
+    s.quiet = 10.0
+    s.offer(P1, stats())
+    assert s.ready(0.0, {P1, P2, P3}) is False
+    assert s.ready(500.0, {P1, P2, P3}) is False
+    assert s.ready(1000.0, {P1, P2, P3}) is True
+    assert [stragglers(n) for n in (1, 99, 100, 250, 1000)] == [1, 1, 1, 2, 10]
 
 
 def test_ready_with_unexpected_contributors() -> None:

@@ -143,7 +143,10 @@ def derive(number: int, announce: RoundAnnounce, record: RoundRecord, status: st
                            f"{type(exc).__name__}: {exc}"[:200])
         return Finding(number, FAILED, mode, f"published, but the replay fails: "
                        f"{type(exc).__name__}: {exc}"[:200], "fake-result")
-    return compare(number, mode, status, accepted, result, outcome, len(envelopes))
+    finding = compare(number, mode, status, accepted, result, outcome, len(envelopes))
+    if finding.status == CHECKED and (note := mode_named(mode).audit_note(announce)):
+        finding.detail += f"; {note}"
+    return finding
 
 
 def replay(rnd: RoundLogic, envelopes: list[Envelope], notices: list[tuple[str, bytes]]

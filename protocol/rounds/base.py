@@ -259,6 +259,12 @@ class Mode:
         (:mod:`protocol.audit.derive`): the same state machine, so the same result."""
         raise RoundMisuse(f"{self.name} rounds cannot be replayed")
 
+    def audit_note(self, announce: RoundAnnounce) -> str:
+        """For an auditor, in a sentence: what the announced parameters guarantee and what a
+        replay of this mode cannot check (appended to a checked round's finding; "" when the
+        replay checks everything the round claims)."""
+        return ""
+
     def participants(self, announce: RoundAnnounce) -> list[str] | None:
         """Who takes part, read from the announcement; None: every admitted peer. Raises a
         :class:`RejectedMessage` when the mode's parameters do not decode."""

@@ -25,7 +25,11 @@ OPEN       ``close()`` with fewer                           FAILED
 "Expected" peers are the live participants the caller names when it asks
 ``ready``; a round closes early once all of them contributed (or were refused)
 and the quorum is met, or at its deadline with whatever arrived: a peer whose
-contribution is refused cannot hold the round to its deadline. Each refusal
+contribution is refused cannot hold the round to its deadline. Nor can a few live
+but silent ones: once at most :func:`stragglers` of the expected peers are missing
+and nothing has arrived for ``quiet`` seconds (the phase timeout), the round closes
+without them (at N=1000, one such peer held a fedavg round to its deadline, 12 of
+its minutes after the other 999 were in). Each refusal
 costs the sender reputation (:meth:`Reputation.refused`); below the threshold
 it is no longer asked (:meth:`ClearMode.open`), and a contribution from a peer
 not asked is refused. The published result lists the refused peers and why
@@ -66,6 +70,12 @@ if TYPE_CHECKING:
     from ..policy.replication import Reputation
 
 
+def stragglers(expected: int) -> int:
+    """How many expected peers a clear round may close without once it has been quiet:
+    one in a hundred, at least one."""
+    return max(1, expected // 100)
+
+
 class Phase(enum.Enum):
     OPEN = "open"
     PUBLISHED = "published"
@@ -86,6 +96,8 @@ class Round(RoundLogic):
     contributions: dict[str, Strict] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # sender -> why
     rejected: dict[str, int] = field(default_factory=dict)
+    quiet: float = float("inf")  # s without a new answer after which stragglers are let go
+    _answered: tuple[int, float] | None = None  # (answers, when that count was first seen)
 
     def offer(self, sender: str, contribution: Strict) -> None:
         """Accept ``sender``'s contribution or raise a :class:`RejectedMessage`."""
@@ -151,8 +163,14 @@ class Round(RoundLogic):
             return False
         if now >= self.deadline:
             return True
-        return (len(self.contributions) >= self.min_peers and
-                expected <= self.contributions.keys() | self.refused.keys())
+        answered = len(self.contributions) + len(self.refused)
+        if self._answered is None or self._answered[0] != answered:
+            self._answered = (answered, now)
+        if len(self.contributions) < self.min_peers:
+            return False
+        missing = len(expected - self.contributions.keys() - self.refused.keys())
+        return missing == 0 or (missing <= stragglers(len(expected)) and
+                                now - self._answered[1] >= self.quiet)
 
     def close(self) -> Outcome:
         if self.phase is not Phase.OPEN:
@@ -196,12 +214,14 @@ class ClearMode(Mode):
         notes = [f"{len(setup.participants) - len(asked)} peers below the reputation "
                  "threshold are not asked"] if len(asked) < len(setup.participants) else []
         rnd = Round(setup.number, setup.workload, deadline, setup.settings.min_peers,
-                    participants=frozenset(asked), reputation=setup.reputation)
+                    participants=frozenset(asked), reputation=setup.reputation,
+                    quiet=setup.settings.phase_timeout)
         return Opening(rnd, deadline, participants=asked, asked=asked, notes=notes)
 
     def resume(self, number: int, workload: Workload, settings: Settings,
                now: float) -> Round:
-        return Round(number, workload, now + settings.round_timeout, settings.min_peers)
+        return Round(number, workload, now + settings.round_timeout, settings.min_peers,
+                     quiet=settings.phase_timeout)
 
     def replay(self, announce: RoundAnnounce, workload: Workload) -> Round:
         return Round(announce.round, workload, float("inf"), announce.min_peers)

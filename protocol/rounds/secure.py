@@ -296,6 +296,26 @@ class SecAggMode(Mode):
     def participants(self, announce: RoundAnnounce) -> list[str]:
         return decode(announce.params, SecureParams).participants
 
+    def audit_note(self, announce: RoundAnnounce) -> str:
+        """The guarantees the announced graph gives (protocol.crypto.secagg), whether they are
+        the default rule's for these participants, and what no replay can check."""
+        p = decode(announce.params, SecureParams)
+        cfg = config(announce.round, p)
+        n, a = len(cfg.participants), cfg.agreement
+        rule = secagg.SecAggConfig.default(announce.round, cfg.participants, cfg.graph_seed,
+                                           cfg.vector_len, cfg.encoding,
+                                           dropout=p.replan or 0.3)
+        ours = (rule.degree, rule.threshold, rule.agreement) == (p.degree, p.threshold, a)
+        lying = 2 * a - n
+        return (f"announced n={n}, degree {p.degree}, threshold {p.threshold}, agreement {a} "
+                f"({'the default rule' if ours else 'NOT the default rule: set by its operator'}"
+                f"): private while fewer than {p.threshold} of a client's neighbours collude "
+                f"with it; a server lying about survivors is stopped while fewer than "
+                f"{max(0, lying)} participants collude with it"
+                f"{' (NO protection: agreement <= n/2)' if lying <= 0 else ''}; "
+                "not checkable: the inputs themselves (SecAgg+ carries no range proof, so any "
+                "value the encoding holds could have been masked)")
+
     def peer_round(self, ctx: PeerContext) -> SecurePeerRound:
         x = ctx.workload.vector(ctx.announce, ctx.data, ctx.blobs)
         return SecurePeerRound(ctx.peer_id, ctx.workload, ctx.announce, x, ctx.sign)
