@@ -154,6 +154,8 @@ class PeerDaemon:
                 if public := rounds.public_domains(self.workload):
                     await self.node.subscribe(TOPIC_REPLICAS, self._on_public_gossip,
                                               validate=public_gossip_check(public))
+            for blob in await trio.to_thread.run_sync(self.workload.starting_blobs):
+                self.node.blobs.put(blob)  # a first round's model is fetched from nobody
             async with trio.open_nursery() as nursery:
                 self._nursery = self.follower.nursery = nursery
                 await self._dial_missing()

@@ -147,6 +147,10 @@ async def run_fedavg(data_dir, secure: bool, rounds: int = 3, peers: int = 5,
             daemons.append(d)
         await wait_for(lambda: coord_.rounds_run >= rounds, timeout=120)
         nursery.cancel_scope.cancel()
+    # round 1's model is the initial one, which every peer made itself: nobody served it
+    initial = hashlib.sha256(get_workload("fedavg").state_blob()).digest()
+    assert coord_.node.blobs.served[initial] == 0
+    assert all(d.node.blobs.served[initial] == 0 for d in daemons)
     results = [json.loads(coord_.store.round_row(r)["result"]) for r in range(1, rounds + 1)]
     # every peer fetched each round's model by digest: the blob it holds matches
     final = coord_.workload.state_blob()

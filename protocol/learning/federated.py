@@ -158,6 +158,9 @@ class ModelWorkload(Replicable):
             self._blob = models.encode_weights(self.weights)
         return self._blob
 
+    def starting_blobs(self) -> list[bytes]:
+        return [self.state_blob()]  # the initial weights, deterministic
+
     def round_params(self, round: int) -> bytes:
         blob = self.state_blob()
         return encode(FedAvgParams(hashlib.sha256(blob).digest(), len(blob), self.epochs,

@@ -49,6 +49,14 @@ class Workload:
         """Coordinator: the current state peers must fetch by digest (model weights)."""
         return None
 
+    def starting_blobs(self) -> list[bytes]:
+        """Peer: blobs it can make itself that a round may name by digest (a model's
+        initial weights, the same bytes on every peer): kept in its blob store from the
+        start, so a first round's model needs no fetch (at N=1000 every peer fetching it at
+        once spread it too slowly: 969 copies came from the coordinator). A blob that is not
+        the announced one is harmless: rounds name blobs by digest."""
+        return []
+
     def restore(self, result: dict[str, Any], blob: bytes | None) -> None:
         """Coordinator after a restart: resume from the last published result and state."""
 
