@@ -587,3 +587,24 @@ def test_the_consistency_notice_is_a_bitmap_over_the_announced_participants():
     assert secure_round.survivors_of(wire, ids).survivors == kept
     with pytest.raises(SecAggAbort, match="bitmap has 125 bytes for 991"):
         secure_round.survivors_of(wire, ids[:-9])
+
+
+def test_an_audit_note_states_the_announced_guarantees_and_what_no_replay_checks() -> None:
+    from protocol.learning.registry import get_workload
+    from protocol.rounds.secure import MODE, make_params
+    from protocol.wire.messages import RoundAnnounce, encode
+
+    ids = [f"peer{i:04d}" for i in range(1000)]
+
+    def note(**overrides) -> str:
+        params = make_params(get_workload("stats"), 3, ids, bytes(32), **overrides)
+        return MODE.audit_note(RoundAnnounce(round=3, workload="stats", deadline_ms=0,
+                                             min_peers=2, params=encode(params),
+                                             mode="secagg"))
+
+    default = note()
+    assert "announced n=1000, degree 100," in default and "(the default rule)" in default
+    assert "agreement 699" in default and "fewer than 398 participants collude" in default
+    assert "not checkable: the inputs themselves" in default
+    weak = note(degree=100, threshold=10, agreement=400)  # an operator's choice
+    assert "NOT the default rule" in weak and "bounds no collusion here" in weak

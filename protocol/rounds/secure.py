@@ -307,14 +307,14 @@ class SecAggMode(Mode):
                                            dropout=p.replan or 0.3)
         ours = (rule.degree, rule.threshold, rule.agreement) == (p.degree, p.threshold, a)
         lying = 2 * a - n
+        check = (f"a server lying about survivors is stopped while fewer than {lying} "
+                 "participants collude with it" if lying > 0 else
+                 f"the consistency check bounds no collusion here (2 x agreement - n = {lying})")
         return (f"announced n={n}, degree {p.degree}, threshold {p.threshold}, agreement {a} "
                 f"({'the default rule' if ours else 'NOT the default rule: set by its operator'}"
                 f"): private while fewer than {p.threshold} of a client's neighbours collude "
-                f"with it; a server lying about survivors is stopped while fewer than "
-                f"{max(0, lying)} participants collude with it"
-                f"{' (NO protection: agreement <= n/2)' if lying <= 0 else ''}; "
-                "not checkable: the inputs themselves (SecAgg+ carries no range proof, so any "
-                "value the encoding holds could have been masked)")
+                f"with it; {check}; not checkable: the inputs themselves (SecAgg+ carries no "
+                "range proof, so any value the encoding holds could have been masked)")
 
     def peer_round(self, ctx: PeerContext) -> SecurePeerRound:
         x = ctx.workload.vector(ctx.announce, ctx.data, ctx.blobs)
