@@ -81,6 +81,10 @@ def test_numpy_training_matches_torchs_sgd_and_a_peer_needs_no_torch():
     d = datasets.load()
     w = models.initial_vector(0)
     assert len(w) == MLP_PARAMETERS
+    # the numpy-drawn initial weights have torch's nn.Linear init distribution
+    bound = 1 / np.sqrt(784)
+    first = w[:784 * 64]
+    assert np.abs(first).max() <= bound and abs(float(first.std()) - bound / np.sqrt(3)) < 1e-3
     x, y = d.train_x[:300], d.train_y[:300]
     ours = models.train(w, x, y, epochs=3, lr=0.1)
     net = models.load_vector(models.mlp(), w)  # the same SGD in torch
@@ -94,9 +98,10 @@ def test_numpy_training_matches_torchs_sgd_and_a_peer_needs_no_torch():
     theirs = models.to_vector(net)
     assert np.linalg.norm(theirs - w) > 1.0  # it really trained
     assert np.abs(ours - theirs).max() < 1e-5
-    # a fedavg peer loads its shard, trains and builds its update without importing torch
+    # a fedavg peer makes the initial model, loads its shard, trains and builds its update
+    # without importing torch
     code = ("import sys; from protocol.learning.registry import get_workload; "
-            "w = get_workload('fedavg'); s = w.parse_data('part=3/10'); "
+            "w = get_workload('fedavg'); s = w.parse_data('part=3/10'); w.starting_blobs(); "
             "from protocol.learning import models; import numpy as np; "
             "v = models.train(np.zeros(w.vector_len(), np.float32), s.x, s.y, epochs=1, lr=0.1); "
             "print('torch' in sys.modules, len(v))")

@@ -158,9 +158,6 @@ class ModelWorkload(Replicable):
             self._blob = models.encode_weights(self.weights)
         return self._blob
 
-    def starting_blobs(self) -> list[bytes]:
-        return [self.state_blob()]  # the initial weights, deterministic
-
     def round_params(self, round: int) -> bytes:
         blob = self.state_blob()
         return encode(FedAvgParams(hashlib.sha256(blob).digest(), len(blob), self.epochs,
@@ -302,7 +299,10 @@ class FedAvg(ModelWorkload):
         self._test: tuple[np.ndarray, np.ndarray] | None = None
 
     def initial_parameters(self) -> np.ndarray:
-        return models.initial_vector(self.seed)  # torch's seeded initial weights
+        return models.initial_vector(self.seed)  # torch's initial distribution, numpy-seeded
+
+    def starting_blobs(self) -> list[bytes]:
+        return [self.state_blob()]  # its initial weights: numpy, seeded, ~2 ms, no torch
 
     def vector_len(self) -> int:
         return MLP_PARAMETERS  # a peer knows it without building the model (or torch)

@@ -112,9 +112,6 @@ class Incremental(Replicable):
             self._blob = models.encode_weights(self.weights)
         return self._blob
 
-    def starting_blobs(self) -> list[bytes]:
-        return [self.state_blob()]  # the initial weights, deterministic
-
     def restore(self, result: dict[str, Any], blob: bytes | None) -> None:
         if blob is not None:
             self.weights = models.decode_weights(blob, len(self.weights))

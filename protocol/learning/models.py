@@ -63,8 +63,17 @@ def load_vector(model: nn.Module, vector: np.ndarray) -> nn.Module:
 
 
 def initial_vector(seed: int = 0, hidden: int = 64) -> np.ndarray:
-    deterministic(seed)
-    return to_vector(mlp(hidden))
+    """The classifier's initial weights in ``state_dict`` order, drawn as torch initialises
+    ``nn.Linear`` (weight and bias uniform in +-1/sqrt(fan_in)) but from numpy's seeded
+    generator: every peer makes the same bytes without importing torch (which would hold
+    ~500 MB; peers keep this model from the start, ``Workload.starting_blobs``)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for fan_in, fan_out in ((784, hidden), (hidden, 10)):
+        bound = 1.0 / np.sqrt(fan_in)
+        parts.append(rng.uniform(-bound, bound, fan_out * fan_in))
+        parts.append(rng.uniform(-bound, bound, fan_out))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def encode_weights(vector: np.ndarray) -> bytes:

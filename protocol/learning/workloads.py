@@ -54,7 +54,10 @@ class Workload:
         initial weights, the same bytes on every peer): kept in its blob store from the
         start, so a first round's model needs no fetch (at N=1000 every peer fetching it at
         once spread it too slowly: 969 copies came from the coordinator). A blob that is not
-        the announced one is harmless: rounds name blobs by digest."""
+        the announced one is harmless: rounds name blobs by digest. Override it only where
+        making them is cheap and touches no shared state (fedavg's numpy-seeded initial
+        weights; not a torch model's, whose global RNG other peers' training in the same
+        process relies on)."""
         return []
 
     def restore(self, result: dict[str, Any], blob: bytes | None) -> None:
