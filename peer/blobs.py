@@ -74,6 +74,7 @@ class BlobStore:
         self._size = 0
         self.served: Counter[bytes] = Counter()  # copies served, by digest (kept blobs only)
         self.busy = 0  # requests answered "busy" (counted)
+        self.not_found = 0  # requests for a blob we neither held nor were fetching
         self.last_resort = 0  # copies served to last-resort requests past seed_copies
         self._inflight: dict[bytes, trio.Event] = {}  # our fetches now, set when each ends
         self.held = 0  # requests held for a blob we were fetching (counted)
@@ -81,6 +82,8 @@ class BlobStore:
         # seed", "last resort", "failed"), and their summed and longest duration
         self.fetched: Counter[str] = Counter()
         self.fetch_seconds = self.fetch_longest = 0.0
+        # our asks, by whom and how each ended ("seed: busy", "neighbour: not found", ...)
+        self.asks: Counter[str] = Counter()
 
     @property
     def size(self) -> int:
@@ -114,6 +117,7 @@ class BlobStore:
                 await coming.wait()
             data = self.get(digest)
         if data is None:
+            self.not_found += 1
             raise StreamProtocolError("blob not found")
         if self.seed_copies is not None and len(data) > SEED_LARGE and \
                 self.served[digest] >= self.seed_copies:
@@ -167,7 +171,7 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
                              * random.uniform(0.5, 1.5))
         with_seed = seed if attempt == 0 and attempts > 1 else None  # not a last resort
         if (data := await _ask_all(store, request, neighbours, digest, max_size,
-                                   timeout, with_seed)) is not None:
+                                   timeout, with_seed, seed)) is not None:
             log.debug("blob %s from a neighbour%s, attempt %d, after %.2f s",
                       digest.hex()[:12], " or the seed" if with_seed else "", attempt,
                       trio.current_time() - began)
@@ -177,7 +181,7 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
         last = attempt >= min(LAST_RESORT_AT, attempts - 1)
         if seed is not None and with_seed is None and last:
             data = await _ask(store, request, seed, digest + bytes([LAST_RESORT]),
-                              max_size, 60.0, digest)
+                              max_size, 60.0, digest, who="last resort")
             if data is not None:
                 log.debug("blob %s from the seed (last resort), attempt %d, after %.2f s",
                           digest.hex()[:12], attempt, trio.current_time() - began)
@@ -187,14 +191,16 @@ async def _fetch(store: BlobStore, request: Callable[..., Awaitable[bytes]], dig
 
 async def _ask_all(store: BlobStore, request: Callable[..., Awaitable[bytes]],
                    peers: list[str], digest: bytes, max_size: int,
-                   timeout: float, seed: str | None = None) -> bytes | None:
+                   timeout: float, seed: str | None = None, seed_id: str | None = None
+                   ) -> bytes | None:
     """Ask ``peers`` at once (at most NEIGHBOURS_AT_ONCE of them, at random), and ``seed``
     too if given (without the last-resort flag); the first that serves the blob wins and
     the other requests are cancelled."""
     found: list[bytes] = []
     async with trio.open_nursery() as nursery:
         async def ask(peer: str) -> None:
-            data = await _ask(store, request, peer, digest, max_size, timeout)
+            who = "seed" if peer == seed_id else "neighbour"
+            data = await _ask(store, request, peer, digest, max_size, timeout, who=who)
             if data is not None and not found:
                 found.append(data)
                 nursery.cancel_scope.cancel()
@@ -208,15 +214,29 @@ async def _ask_all(store: BlobStore, request: Callable[..., Awaitable[bytes]],
 
 async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer: str,
                wire: bytes, max_size: int, timeout: float,
-               digest: bytes | None = None) -> bytes | None:
+               digest: bytes | None = None, who: str = "neighbour") -> bytes | None:
     digest = digest or wire
     try:
         data = await request(peer, PROTO_BLOB, wire, max_response=max_size, timeout=timeout)
     except StreamProtocolError as exc:
         log.debug("blob %s from %s: %s", digest.hex()[:12], peer, exc)
+        store.asks[f"{who}: {_why(str(exc))}"] += 1
         return None
+    except trio.Cancelled:
+        store.asks[f"{who}: cancelled (another answered)"] += 1
+        raise
+    store.asks[f"{who}: served"] += 1
     if hashlib.sha256(data).digest() != digest:
         log.warning("peer %s served a blob that does not match its digest", peer)
         return None
     store.put(data)
     return data
+
+
+def _why(error: str) -> str:
+    """An ask's failure in a few words, for counting (peer ids and numbers left out)."""
+    for key in (BUSY, "blob not found", "no stream", "timed out", "took over", "reset",
+                "closed", "refused", "limit"):
+        if key in error:
+            return key
+    return error.split(":")[-1].strip()[:40] or "error"

@@ -198,11 +198,13 @@ def peer_worker(args: argparse.Namespace) -> int:
     conns: dict[str, list[int]] = {}
     trio.run(main)
     fetched: Counter[str] = Counter()
+    asks: Counter[str] = Counter()
     for d in started:
         fetched.update(d.node.blobs.fetched)
+        asks.update(d.node.blobs.asks)
     Path(args.out).write_text(json.dumps({
         "peers": len(started), "rss_peak_mb": rss_mb(), "connections": conns,
-        "fetched": dict(fetched),
+        "fetched": dict(fetched), "asks": dict(asks),
         "fetch_seconds": sum(d.node.blobs.fetch_seconds for d in started),
         "fetch_longest": max((d.node.blobs.fetch_longest for d in started), default=0.0)}))
     return 0
@@ -348,7 +350,7 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     row["connected"] = connected
                 blobs = coord.node.blobs
                 row.update(blob_copies=sum(blobs.served.values()), blob_busy=blobs.busy,
-                           blob_last_resort=blobs.last_resort)
+                           blob_last_resort=blobs.last_resort, blob_not_found=blobs.not_found)
                 row["coord_rss_mb"] = rss_mb()
                 row["peer_rss_mb"] = rss_mb(procs[-1][0].pid)
                 row["worker_rss_mb"] = max(rss_mb(p.pid) for p, _, _ in procs[:-1]) \
@@ -382,6 +384,7 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                            "sent": sent, "received": received,
                            "model_bytes": result.get("model_bytes")})
         fetched: Counter[str] = Counter()
+        asks: Counter[str] = Counter()
         for _, out, _ in procs:  # what the peer processes saw
             try:
                 report = json.loads(out.read_text())
@@ -390,12 +393,14 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
             for key, counts in report.get("connections", {}).items():
                 row.setdefault(f"peer_connections_{key}", []).extend(counts)
             fetched.update(report.get("fetched", {}))
+            asks.update(report.get("asks", {}))
             row["peer_fetch_s"] = row.get("peer_fetch_s", 0.0) + report.get("fetch_seconds", 0)
             row["peer_fetch_longest_s"] = max(row.get("peer_fetch_longest_s", 0.0),
                                               report.get("fetch_longest", 0.0))
         if fetched:  # the peers' blob fetches over the whole row, by where each came from
             row["peer_fetches"] = dict(fetched)
             row["peer_fetch_mean_s"] = row.pop("peer_fetch_s") / sum(fetched.values())
+            row["peer_asks"] = dict(asks)  # each ask of a fetch, by whom and how it ended
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
@@ -453,7 +458,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{', '.join(f'{k} {v}' for k, v in sorted(f.items()))}; mean "
                 f"{r['peer_fetch_mean_s']:.1f} s, longest {r['peer_fetch_longest_s']:.1f} s; "
                 f"the coordinator served {r.get('blob_copies')} copies, said busy "
-                f"{r.get('blob_busy')} times, {r.get('blob_last_resort')} last resorts")
+                f"{r.get('blob_busy')} times, {r.get('blob_last_resort')} last resorts, "
+                f"{r.get('blob_not_found')} not found; asks: "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(r.get('peer_asks', {}).items()))}")
     return "\n".join(lines)
 
 
