@@ -235,8 +235,9 @@ async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer:
 
 def _why(error: str) -> str:
     """An ask's failure in a few words, for counting (peer ids and numbers left out)."""
-    for key in (BUSY, "blob not found", "no stream", "timed out", "took over", "reset",
-                "closed", "refused", "limit"):
+    for key in (BUSY, "blob not found", "no stream", "timed out", "took over",
+                "not supported", "handshake", "reset", "closed", "refused", "limit",
+                "StreamEOF"):
         if key in error:
             return key
     return error.split(":")[-1].strip()[:40] or "error"

@@ -383,8 +383,9 @@ class NetworkNode:
             # not hold a cancelled caller (a node's stop) with it
             with trio.CancelScope(shield=True, deadline=trio.current_time() + OPEN_TIMEOUT):
                 return await self.host.new_stream(_peer(peer_id), [TProtocol(protocol)])
-        except Exception as exc:
-            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}") from exc
+        except Exception as exc:  # py-libp2p's StreamFailure hides why in its cause
+            why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}{why}") from exc
         raise StreamProtocolError(f"{protocol} to {peer_id}: no stream in {OPEN_TIMEOUT:g} s")
 
     async def request(
