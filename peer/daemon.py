@@ -63,7 +63,7 @@ from protocol.wire.messages import (
 from .behaviour import Behaviour
 from .follower import Follower
 from .gossip import DEFAULT_GOSSIP, GossipConfig
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, run_cpu_bound
 from .llm import Backend, gen_params_json
 from .node import NetworkNode
 from .participant import Participant
@@ -154,7 +154,7 @@ class PeerDaemon:
                 if public := rounds.public_domains(self.workload):
                     await self.node.subscribe(TOPIC_REPLICAS, self._on_public_gossip,
                                               validate=public_gossip_check(public))
-            for blob in await trio.to_thread.run_sync(self.workload.starting_blobs):
+            for blob in await run_cpu_bound(self.workload.starting_blobs):
                 self.node.blobs.put(blob)  # a first round's model is fetched from nobody
             async with trio.open_nursery() as nursery:
                 self._nursery = self.follower.nursery = nursery
@@ -303,7 +303,7 @@ class PeerDaemon:
             raise StreamProtocolError("task is for another model or other parameters")
         outputs = []
         for prompt in task.prompts:
-            outputs.append(await trio.to_thread.run_sync(self.evaluator.generate, prompt))
+            outputs.append(await run_cpu_bound(self.evaluator.generate, prompt))
         outputs = self.behaviour.outputs(task.prompts, outputs)
         self.evaluations += len(outputs)
         log.info("evaluated %d prompts (batch %d)", len(outputs), task.batch)

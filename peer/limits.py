@@ -5,13 +5,41 @@ flag of each.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 STREAM_TIMEOUT = 10.0  # seconds a request stream may take, its response's write aside
 # a response's write gets STREAM_TIMEOUT plus its length at this rate (bytes/s), from when
 # the handler returns, so a large answer that was slow to make is not cut for lack of time;
 # a requester allows the same for a reply it waits for
 REPLY_RATE = 250_000
+
+# CPU-bound work (training, a round step) runs in worker threads, at most one per core in a
+# process: more threads cannot go faster, and each one takes the GIL from the event loop
+# (1,000 peers in 3 processes training 40 threads at a time left their loops so little
+# time that almost every stream negotiation of a round's model fetch timed out)
+_CPU = trio.lowlevel.RunVar("hypergossip_cpu_threads")
+
+
+def cpu_limiter() -> trio.CapacityLimiter:
+    """This trio run's limiter for CPU-bound worker threads (one per core)."""
+    try:
+        return _CPU.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        _CPU.set(limiter)
+        return limiter
+
+
+async def run_cpu_bound(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread, among at most one per core of this process."""
+    return await trio.to_thread.run_sync(fn, *args, limiter=cpu_limiter())
 
 
 @dataclass(frozen=True)

@@ -383,9 +383,8 @@ class NetworkNode:
             # not hold a cancelled caller (a node's stop) with it
             with trio.CancelScope(shield=True, deadline=trio.current_time() + OPEN_TIMEOUT):
                 return await self.host.new_stream(_peer(peer_id), [TProtocol(protocol)])
-        except Exception as exc:  # py-libp2p's StreamFailure hides why in its cause
-            why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            raise StreamProtocolError(f"{protocol} to {peer_id}: {exc!r}{why}") from exc
+        except Exception as exc:
+            raise StreamProtocolError(f"{protocol} to {peer_id}: {_why(exc)}") from exc
         raise StreamProtocolError(f"{protocol} to {peer_id}: no stream in {OPEN_TIMEOUT:g} s")
 
     async def request(
@@ -423,3 +422,8 @@ class NetworkNode:
         its hash and keep it (:func:`peer.blobs.fetch_blob`)."""
         return await fetch_blob(self.blobs, self.request, digest, peers, max_size, seed=seed,
                                 attempts=attempts)
+
+
+def _why(exc: BaseException) -> str:
+    """An exception and its cause (py-libp2p's StreamFailure hides why in its cause)."""
+    return f"{exc!r} ({exc.__cause__})" if exc.__cause__ is not None else repr(exc)

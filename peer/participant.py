@@ -46,6 +46,7 @@ from protocol.wire.messages import (
 from .behaviour import Behaviour
 from .blobs import FETCH_ATTEMPTS
 from .gossip import GOSSIP_MAX
+from .limits import run_cpu_bound
 from .node import NetworkNode
 from .roundlog import RoundLog
 from .session import SessionClient, SessionDown
@@ -139,7 +140,7 @@ class Participant:
                 attempts=FETCH_ATTEMPTS)
         ctx = PeerContext(self.peer_id, self.workload, announce, self.data, blobs,
                           self.identity.sign)
-        return await trio.to_thread.run_sync(self.behaviour.peer_round, mode, ctx)
+        return await run_cpu_bound(self.behaviour.peer_round, mode, ctx)
 
     async def _take_part(self, round: int, announce: RoundAnnounce, mode: rounds.Mode) -> None:
         """Send our messages for each phase of ``round`` as its notices arrive, in order."""
@@ -192,8 +193,7 @@ class Participant:
                     if wanted and personal is None:
                         raise Leave(f"could not fetch our {step} message")
                     if logic.offload:  # training: keep the event loop free meanwhile
-                        out = await trio.to_thread.run_sync(logic.on_notice, step, body,
-                                                            personal)
+                        out = await run_cpu_bound(logic.on_notice, step, body, personal)
                     else:
                         out = logic.on_notice(step, body, personal)
                 for blob in logic.blobs():  # results others fetch from us by digest
