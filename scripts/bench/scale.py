@@ -40,6 +40,7 @@ Progress goes to stderr, the table to stdout, ``--json PATH`` writes ``{"rows": 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -137,6 +138,7 @@ def peer_worker(args: argparse.Namespace) -> int:
     import random
 
     from peer.daemon import PeerDaemon
+    from peer.gossip import DEFAULT_GOSSIP
     from protocol.learning.registry import get_workload
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -146,6 +148,8 @@ def peer_worker(args: argparse.Namespace) -> int:
     workload = get_workload(workload_name(args.mode))
     rng = random.Random(args.first)
     started: list[PeerDaemon] = []
+    gossip = DEFAULT_GOSSIP if args.gossip_heartbeat is None else dataclasses.replace(
+        DEFAULT_GOSSIP, heartbeat_interval=args.gossip_heartbeat)
 
     async def main() -> None:
         # one worker thread (a peer's training) at a time: a peer on its own machine trains
@@ -161,7 +165,7 @@ def peer_worker(args: argparse.Namespace) -> int:
                     async with gate:
                         daemon = PeerDaemon(bench_identity(args.seed, k), workload,
                                             peer_data(args.mode, k, args.n, args),
-                                            bootstrap=[args.peer_worker])
+                                            bootstrap=[args.peer_worker], gossip=gossip)
                         await nursery.start(daemon.run)
                         started.append(daemon)
 
@@ -285,6 +289,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                             "--first", str(first), "--count", str(count), "--n", str(n),
                             "--seed", str(args.seed), "--vector", str(args.vector),
                             "--out", str(out)]
+                    if args.gossip_heartbeat is not None:
+                        argv += ["--gossip-heartbeat", str(args.gossip_heartbeat)]
                     proc = await trio.lowlevel.open_process(argv)
                     procs.append((proc, out, count))
                 samples.workers[:] = [p.pid for p, _, c in procs]
@@ -534,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "to measure what the log costs side by side")
     p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
     # worker mode (internal)
+    p.add_argument("--gossip-heartbeat", type=float, metavar="S",
+                   help="the peers' gossipsub heartbeat interval (default: peer.gossip's)")
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, help=argparse.SUPPRESS)
