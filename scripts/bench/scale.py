@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -192,6 +193,9 @@ def peer_worker(args: argparse.Namespace) -> int:
                     for daemon in started:
                         linker.start_soon(link, daemon)
                 linked = sorted(len(d.node.connected_peers()) for d in started)
+                if args.gc_freeze:  # hundreds of peers' start-up objects out of the GC's walks
+                    gc.collect()
+                    gc.freeze()
                 Path(args.out + ".linked").write_text("")  # the bench starts the rounds
                 async for _ in signals:
                     break
@@ -291,6 +295,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                             "--out", str(out)]
                     if args.gossip_heartbeat is not None:
                         argv += ["--gossip-heartbeat", str(args.gossip_heartbeat)]
+                    if args.gc_freeze:
+                        argv += ["--gc-freeze"]
                     proc = await trio.lowlevel.open_process(argv)
                     procs.append((proc, out, count))
                 samples.workers[:] = [p.pid for p, _, c in procs]
@@ -542,6 +548,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # worker mode (internal)
     p.add_argument("--gossip-heartbeat", type=float, metavar="S",
                    help="the peers' gossipsub heartbeat interval (default: peer.gossip's)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="peer processes move their start-up objects out of the cyclic GC's "
+                   "reach once linked (a process of hundreds of peers walks them all on "
+                   "every full collection; one peer per machine has few)")
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, help=argparse.SUPPRESS)
