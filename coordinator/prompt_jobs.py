@@ -157,9 +157,8 @@ class PromptJobs:
         if self.lie == "fake-fitness" and out.get("prompt"):
             out["score"] += 0.125
         if self.joblog is not None and search is not None:
-            out["log_entry"] = self.joblog.write(
-                job or 0, user, msgspec.json.encode(req), search, trail,
-                {k: v for k, v in out.items() if k != "log_entry"}, partial=partial,
+            out["log_entry"] = self.joblog.write(  # the record holds out as it was before
+                job or 0, user, msgspec.json.encode(req), search, trail, out, partial=partial,
                 gen_params=self.params_json)
         return out
 

@@ -46,7 +46,7 @@ from ..prompts.search import Budget, PromptSearch
 from ..wire.envelope import RejectedMessage, open_envelope
 from ..wire.messages import Count, Digest, Short, Strict
 from ..wire.messages import decode as decode_schema
-from .log import BadRecord, PeerId, Wire
+from .log import BadRecord, PeerId, Wire, open_signed
 
 JOB_HEAD = "log/job"  # envelope domain of a coordinator's signed JobHead
 JOB_PREFIX = b"hypergossip/v1/job-record\x00"
@@ -105,13 +105,7 @@ def build_job(rec: JobRecord) -> tuple[bytes, JobHead]:
 
 
 def open_job_head(wire: bytes, coordinator: str) -> JobHead:
-    env = open_envelope(wire, domains=(JOB_HEAD,))
-    if env.sender_id != coordinator:
-        raise BadRecord(f"job head signed by {env.sender_id}, not the coordinator")
-    head = decode_schema(env.payload, JobHead)
-    if head.entry != env.round:
-        raise BadRecord(f"job head for entry {head.entry} signed as {env.round}")
-    return head
+    return open_signed(wire, JOB_HEAD, JobHead, coordinator, number="entry")[1]
 
 
 def check_job(record_bytes: bytes, head: JobHead) -> JobRecord:

@@ -32,7 +32,7 @@ Caps: a record holds at most :data:`MAX_ACCEPTED` accepted digests and
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -106,15 +106,28 @@ class Receipt(Strict):
     sender: PeerId
 
 
+S = TypeVar("S", bound=Strict)
+
+
+def open_signed(wire: bytes, domain: str, schema: type[S], coordinator: str,
+                number: str = "round") -> tuple[Envelope, S]:
+    """An envelope of ``domain`` signed by ``coordinator``, its payload decoded as
+    ``schema`` and numbered (field ``number``) as the envelope's round; raises
+    :class:`RejectedMessage` (:class:`BadRecord`) otherwise."""
+    env = open_envelope(wire, domains=(domain,))
+    if env.sender_id != coordinator:
+        raise BadRecord(f"{domain} signed by {env.sender_id}, not the coordinator "
+                        f"{coordinator}")
+    value = decode_schema(env.payload, schema)
+    if getattr(value, number) != env.round:
+        raise BadRecord(f"{domain} for {number} {getattr(value, number)} signed as "
+                        f"round {env.round}")
+    return env, value
+
+
 def open_receipt(wire: bytes, coordinator: str) -> Receipt:
     """A receipt signed by ``coordinator`` (raises :class:`RejectedMessage` otherwise)."""
-    env = open_envelope(wire, domains=(RECEIPT,))
-    if env.sender_id != coordinator:
-        raise BadRecord(f"receipt signed by {env.sender_id}, not the coordinator")
-    receipt = decode_schema(env.payload, Receipt)
-    if receipt.round != env.round:
-        raise BadRecord("receipt for another round than it is signed for")
-    return receipt
+    return open_signed(wire, RECEIPT, Receipt, coordinator)[1]
 
 
 class InclusionProof(Strict):
@@ -162,13 +175,7 @@ def decode_record(data: bytes) -> RoundRecord:
 def open_head(wire: bytes, coordinator: str) -> tuple[Envelope, LogHead]:
     """A signed head: the envelope checked (signature, domain) and signed by
     ``coordinator``; the head decoded and for the envelope's round."""
-    env = open_envelope(wire, domains=(HEAD,))
-    if env.sender_id != coordinator:
-        raise BadRecord(f"head signed by {env.sender_id}, not the coordinator {coordinator}")
-    head = decode_schema(env.payload, LogHead)
-    if head.round != env.round:
-        raise BadRecord(f"head for round {head.round} signed as round {env.round}")
-    return env, head
+    return open_signed(wire, HEAD, LogHead, coordinator)
 
 
 def equivocation(first: bytes, second: bytes, coordinator: str) -> int | None:
