@@ -49,6 +49,10 @@ class GossipConfig:
     # heartbeats (0.3 GRAFTs a second per peer, idle), costing both sides CPU
     prune_back_off: int = 60
     eclipse_protection: bool = False
+    # heartbeats between py-libp2p's score-driven mesh upkeep (opportunistic grafting, the
+    # replacement of a mesh's worst peer): the gossipsub v1.1 spec's opportunistic grafting
+    # runs every 60 heartbeats; py-libp2p ran both on every heartbeat (PacedGossipSub)
+    upkeep_every: int = 60
 
 
 DEFAULT_GOSSIP = GossipConfig()
@@ -142,8 +146,40 @@ SCORING = ScoreParams(
     accept_px_threshold=0.0)
 
 
+class PacedGossipSub(GossipSub):
+    """GossipSub whose score-driven mesh upkeep runs every ``upkeep_every`` heartbeats.
+
+    py-libp2p 0.8.1 runs opportunistic grafting and the mesh-quality replacement on every
+    heartbeat, for every topic; each scores every peer in the topic (every peer, at a
+    coordinator). That was about a third of an idle peer's CPU (``scale.py
+    --task-profile``). The gossipsub v1.1 spec runs opportunistic grafting every 60
+    heartbeats (go-libp2p's ``OpportunisticGraftTicks``), and the mesh's degree bounds,
+    which need no scores, are still kept every heartbeat."""
+
+    def __init__(self, *args: Any, upkeep_every: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.upkeep_every = max(1, upkeep_every)
+        self.beats = 0
+
+    def _upkeep_due(self) -> bool:
+        return self.beats % self.upkeep_every == 0
+
+    def mesh_heartbeat(self):  # the first step of each heartbeat
+        self.beats += 1
+        return super().mesh_heartbeat()
+
+    def _perform_opportunistic_grafting(self, topic, peers_to_graft) -> int:
+        return super()._perform_opportunistic_grafting(topic, peers_to_graft) \
+            if self._upkeep_due() else 0
+
+    async def _maintain_mesh_quality(self, topic: str) -> None:
+        if self._upkeep_due():
+            await super()._maintain_mesh_quality(topic)
+
+
 def make_router(gossip: GossipConfig) -> GossipSub:
-    return GossipSub(
+    return PacedGossipSub(
+        upkeep_every=gossip.upkeep_every,
         protocols=GOSSIPSUB_PROTOCOLS,
         degree=gossip.degree,
         degree_low=gossip.degree_low,

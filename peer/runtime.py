@@ -14,6 +14,7 @@ import trio
 
 from protocol.policy.ratelimit import LogLimiter
 
+from .clock import SlackClock
 from .limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("hypergossip")
@@ -70,7 +71,7 @@ def run_until_signal(main: Callable[[], Awaitable[None]],
             await main()
             nursery.cancel_scope.cancel()
 
-    trio.run(supervise)
+    trio.run(supervise, clock=SlackClock())  # timers coalesce: cheap idle peers
     # a stopped daemon must exit: if some library's non-daemon thread still holds the
     # interpreter after 5 s, dump every thread's stack to the log and exit anyway
     faulthandler.dump_traceback_later(5.0, exit=True)

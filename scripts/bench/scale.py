@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,15 @@ import numpy as np  # noqa: E402
 import trio  # noqa: E402
 
 from peer import libp2p_patches  # noqa: E402
+from peer.clock import SlackClock  # noqa: E402
 from peer.libp2p_patches import Traffic  # noqa: E402
+from scripts.bench._taskprof import TaskProfile, difference  # noqa: E402
 
 MODES = ("stats", "secagg", "fedavg")
 GOAL_ENROL_S, GOAL_CPU_RATIO, GOAL_IDLE_MS = 120.0, 2.0, 1.0
 GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
 START_CONCURRENCY = 8  # peers a worker starts at a time
+TOP_TASKS = 25  # tasks listed by --task-profile
 LINKS = 2  # random peers each peer dials, besides the coordinator
 
 
@@ -152,7 +155,19 @@ def peer_worker(args: argparse.Namespace) -> int:
     gossip = DEFAULT_GOSSIP if args.gossip_heartbeat is None else dataclasses.replace(
         DEFAULT_GOSSIP, heartbeat_interval=args.gossip_heartbeat)
 
+    profile = TaskProfile() if args.task_profile else None
+    at_idle: dict = {}
+
+    async def mark_idle(tmp: Path) -> None:  # the bench's quiet window, begun and ended
+        for mark in ("idle.start", "idle.end"):
+            while not (tmp / mark).exists():
+                await trio.sleep(0.2)
+            at_idle[mark] = profile.snapshot()
+
     async def main() -> None:
+        if profile is not None:
+            trio.lowlevel.add_instrument(profile)
+            trio.lowlevel.spawn_system_task(mark_idle, Path(args.out).parent)
         # one worker thread (a peer's training) at a time: a peer on its own machine trains
         # in one thread beside its trio loop; a hundred peers' trainings in forty threads
         # left each loop a fortieth of the GIL, and stream negotiations timed out (10 s)
@@ -204,7 +219,7 @@ def peer_worker(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
 
     conns: dict[str, list[int]] = {}
-    trio.run(main)
+    trio.run(main, clock=SlackClock())  # as a peer daemon runs (peer.runtime)
     fetched: Counter[str] = Counter()
     asks: Counter[str] = Counter()
     for d in started:
@@ -214,7 +229,9 @@ def peer_worker(args: argparse.Namespace) -> int:
         "peers": len(started), "rss_peak_mb": rss_mb(), "connections": conns,
         "fetched": dict(fetched), "asks": dict(asks),
         "fetch_seconds": sum(d.node.blobs.fetch_seconds for d in started),
-        "fetch_longest": max((d.node.blobs.fetch_longest for d in started), default=0.0)}))
+        "fetch_longest": max((d.node.blobs.fetch_longest for d in started), default=0.0),
+        "tasks_idle": difference(at_idle["idle.end"], at_idle["idle.start"])
+        if "idle.end" in at_idle else {}}))
     return 0
 
 
@@ -297,6 +314,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                         argv += ["--gossip-heartbeat", str(args.gossip_heartbeat)]
                     if args.gc_freeze:
                         argv += ["--gc-freeze"]
+                    if args.task_profile:
+                        argv += ["--task-profile"]
                     proc = await trio.lowlevel.open_process(argv)
                     procs.append((proc, out, count))
                 samples.workers[:] = [p.pid for p, _, c in procs]
@@ -354,7 +373,9 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     await trio.sleep(5.0)  # the last result's fetches settle
                     progress(f"N={n} {mode}: idle for {args.idle:g} s")
                     t_idle = time.monotonic()
+                    (Path(tmp) / "idle.start").write_text("")
                     await trio.sleep(args.idle)
+                    (Path(tmp) / "idle.end").write_text("")
                     d = samples.between(t_idle, time.monotonic())
                     connected = len(coord.node.connected_peers())
                     row["coord_idle_ms_per_s"] = d[1] / d[0] * 1000 / max(connected, 1)
@@ -397,6 +418,7 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                            "model_bytes": result.get("model_bytes")})
         fetched: Counter[str] = Counter()
         asks: Counter[str] = Counter()
+        tasks: dict[str, list] = defaultdict(lambda: [0.0, 0, 0])
         for _, out, _ in procs:  # what the peer processes saw
             try:
                 report = json.loads(out.read_text())
@@ -406,6 +428,11 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                 row.setdefault(f"peer_connections_{key}", []).extend(counts)
             fetched.update(report.get("fetched", {}))
             asks.update(report.get("asks", {}))
+            if report.get("peers", 0) > 1:  # the workers (the lone peer's process aside)
+                for key, (cpu, steps) in report.get("tasks_idle", {}).items():
+                    tasks[key][0] += cpu
+                    tasks[key][1] += steps
+                    tasks[key][2] = tasks[key][2] or report["peers"]
             row["peer_fetch_s"] = row.get("peer_fetch_s", 0.0) + report.get("fetch_seconds", 0)
             row["peer_fetch_longest_s"] = max(row.get("peer_fetch_longest_s", 0.0),
                                               report.get("fetch_longest", 0.0))
@@ -413,6 +440,10 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
             row["peer_fetches"] = dict(fetched)
             row["peer_fetch_mean_s"] = row.pop("peer_fetch_s") / sum(fetched.values())
             row["peer_asks"] = dict(asks)  # each ask of a fetch, by whom and how it ended
+        if tasks:  # per peer per idle second, the workers' peers together
+            peers = sum(r for _, _, r in procs[:-1]) or 1
+            row["idle_tasks"] = {k: [c / peers / args.idle * 1000, s / peers / args.idle]
+                                 for k, (c, s, _) in tasks.items()}
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
@@ -473,6 +504,12 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{r.get('blob_busy')} times, {r.get('blob_last_resort')} last resorts, "
                 f"{r.get('blob_not_found')} not found; asks: "
                 f"{', '.join(f'{k} {v}' for k, v in sorted(r.get('peer_asks', {}).items()))}")
+    for r in rows:
+        if t := r.get("idle_tasks"):
+            top = sorted(t.items(), key=lambda kv: -kv[1][0])[:TOP_TASKS]
+            lines.append(f"N={r['n']} {r['mode']}: idle CPU by task, ms/s and steps/s per peer "
+                         f"(of {sum(c for c, _ in t.values()):.3f} ms/s):")
+            lines += [f"  {c:7.4f}  {n:7.3f}  {k}" for k, (c, n) in top]
     return "\n".join(lines)
 
 
@@ -552,6 +589,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="peer processes move their start-up objects out of the cyclic GC's "
                    "reach once linked (a process of hundreds of peers walks them all on "
                    "every full collection; one peer per machine has few)")
+    p.add_argument("--task-profile", action="store_true",
+                   help="peer workers charge their event loop's CPU to tasks by name; print "
+                   "the idle window's top tasks, in ms of CPU and steps per peer per second")
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, help=argparse.SUPPRESS)
@@ -582,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.row:  # one network in this process (its coordinator's RSS is this process's)
         die_with_parent()
         n, mode = args.row.split(",")
-        Path(args.out).write_text(json.dumps(trio.run(one_network, int(n), mode, args)))
+        Path(args.out).write_text(json.dumps(trio.run(one_network, int(n), mode, args,
+                                                      clock=SlackClock())))
         return 0
     rows = []
     for n in args.peer_list:

@@ -1,0 +1,100 @@
+"""What keeps an idle peer cheap: timers that expire together, and gossipsub's score-driven
+mesh upkeep paced as the spec paces it (``scripts/bench/scale.py --task-profile``
+measures what each saves; these tests check the mechanisms, not the time)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import trio
+from libp2p.pubsub.gossipsub import GossipSub
+
+from peer.clock import SlackClock
+from peer.gossip import GossipConfig
+from peer.node import NetworkNode
+from protocol.wire.identity import Identity
+
+from .netutil import wait_for
+
+
+def test_a_slack_clock_never_wakes_early_and_wakes_on_its_grid():
+    clock = SlackClock(0.05)
+    now = clock.current_time()
+    for ahead in (0.001, 0.0499, 0.05, 0.3, 7.123):
+        sleep = clock.deadline_to_sleep_time(now + ahead)
+        woken = clock.current_time() + sleep
+        assert woken >= now + ahead  # never before the deadline
+        assert woken - (now + ahead) <= 0.05 + 1e-6  # at most one slack late
+        assert math.isclose(woken / 0.05, round(woken / 0.05), abs_tol=1e-3)  # on the grid
+    assert clock.deadline_to_sleep_time(now - 1.0) == 0.0  # overdue: at once
+    assert clock.deadline_to_sleep_time(math.inf) == math.inf
+
+
+class Passes(trio.abc.Instrument):
+    """Scheduler passes that waited for I/O or a timer."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+def test_timers_due_within_one_slack_expire_in_one_pass():
+    rng = random.Random(5)
+    delays = [rng.uniform(0.0, 0.5) for _ in range(200)]  # 200 distinct deadlines
+    late: list[float] = []
+
+    async def main(passes: Passes) -> None:
+        async def sleeper(delay: float) -> None:
+            due = trio.current_time() + delay
+            await trio.sleep_until(due)
+            late.append(trio.current_time() - due)
+
+        async with trio.open_nursery() as nursery:
+            for d in delays:
+                nursery.start_soon(sleeper, d)
+            trio.lowlevel.add_instrument(passes)
+
+    coalesced, alone = Passes(), Passes()
+    trio.run(main, coalesced, clock=SlackClock(0.05))
+    assert len(late) == 200 and min(late) >= 0.0  # every timer fired, none early
+    assert max(late) <= 0.05 + 0.5  # late by the slack, and whatever this machine adds
+    late.clear()
+    trio.run(main, alone, clock=SlackClock(1e-5))  # (next to) no slack: a pass each
+    assert len(late) == 200 and min(late) >= 0.0
+    # 0.5 s of deadlines on a 50-ms grid: ten grid points (two passes each: the timers',
+    # then their tasks' exits), against about two for each of the 200 deadlines alone
+    assert coalesced.count <= 2 * (0.5 / 0.05 + 2), (coalesced.count, alone.count)
+    assert coalesced.count * 5 <= alone.count, (coalesced.count, alone.count)
+
+
+async def test_gossipsub_score_upkeep_runs_every_upkeep_every_heartbeats(monkeypatch):
+    upkeep: list[int] = []
+    plain = GossipSub._perform_opportunistic_grafting
+
+    def counted(self, topic, peers_to_graft):  # py-libp2p's own, counted
+        upkeep.append(self.beats)
+        return plain(self, topic, peers_to_graft)
+
+    monkeypatch.setattr(GossipSub, "_perform_opportunistic_grafting", counted)
+    config = GossipConfig(heartbeat_interval=0.02, upkeep_every=5)
+    nodes = [NetworkNode(Identity.generate(), gossip=config) for _ in range(3)]
+    got: list[bytes] = []
+
+    async def handler(data: bytes, origin: str) -> None:
+        got.append(data)
+
+    async with nodes[0].running(), nodes[1].running(), nodes[2].running():
+        for a, b in ((0, 1), (1, 2)):
+            assert await nodes[a].connect(nodes[b].addrs[0])
+        for node in nodes:
+            await node.subscribe("t", handler)
+        await wait_for(lambda: min(n.router.beats for n in nodes) >= 30)
+        await wait_for(lambda: all(n.router.mesh.get("t") for n in nodes))
+        await nodes[0].publish("t", b"still delivered")
+        await wait_for(lambda: len(got) >= 2)  # both others, one of them two hops away
+    assert upkeep and all(beat % 5 == 0 for beat in upkeep), upkeep
+    beats = sum(n.router.beats for n in nodes)
+    assert len(upkeep) <= beats // 5 + 3  # one topic: once per five heartbeats, not each
