@@ -1,6 +1,7 @@
-"""What keeps an idle peer cheap: timers that expire together, and gossipsub's score-driven
-mesh upkeep paced as the spec paces it (``scripts/bench/scale.py --task-profile``
-measures what each saves; these tests check the mechanisms, not the time)."""
+"""What keeps peers and the coordinator cheap as N grows: timers that expire together,
+gossipsub's score-driven mesh upkeep paced as the spec paces it, and py-libp2p's service
+tasks spawned without a walk over every task (``scripts/bench/scale.py --task-profile``
+and ``--peers`` measure what each saves; these tests check the mechanisms, not time)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import random
 
 import trio
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.tools.anyio_service import Service, background_trio_service
+from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
+from peer import libp2p_patches, libp2p_tasks
 from peer.clock import SlackClock
 from peer.gossip import GossipConfig
 from peer.node import NetworkNode
@@ -98,3 +102,55 @@ async def test_gossipsub_score_upkeep_runs_every_upkeep_every_heartbeats(monkeyp
     assert upkeep and all(beat % 5 == 0 for beat in upkeep), upkeep
     beats = sum(n.router.beats for n in nodes)
     assert len(upkeep) <= beats // 5 + 3  # one topic: once per five heartbeats, not each
+
+
+async def test_a_service_task_finds_its_parent_by_lookup_not_by_walking_every_task(
+        monkeypatch):
+    """py-libp2p walked a service's whole task tree for each new task's parent (O(N) a
+    spawn at a coordinator of N peers); ``peer.libp2p_tasks`` looks it up: the same parent,
+    with no walk at all."""
+    libp2p_patches.install()
+    assert libp2p_tasks.applied()
+    parents: dict[str, object] = {}
+    release = trio.Event()
+
+    class Busy(Service):
+        async def run(self) -> None:
+            for _ in range(300):  # a service holding many tasks, as a coordinator's pubsub
+                self.manager.run_task(trio.sleep_forever)
+            self.manager.run_task(self.spawner)
+            await trio.sleep_forever()
+
+        async def spawner(self) -> None:
+            me = trio.lowlevel.current_task()
+            self.manager.run_task(self.child)
+            parents["spawner"] = me
+
+        async def child(self) -> None:
+            parents["child"] = trio.lowlevel.current_task()
+            await release.wait()
+
+    def no_walk(*tasks):
+        raise AssertionError("walked the task tree")
+
+    monkeypatch.setattr(FunctionTask, "iterate_tasks", classmethod(no_walk))
+    service = Busy()
+    async with background_trio_service(service) as manager:
+        await wait_for(lambda: "child" in parents)
+        tree = list(_walk(manager._root_tasks))
+        [spawner] = [t for t, _ in tree if t.name.endswith("spawner")]
+        [(child, parent)] = [(t, p) for t, p in tree if t.name.endswith("child")]
+        assert parent is spawner  # the task that spawned it: its parent, as before
+        assert spawner.trio_task is parents["spawner"]
+        assert len(tree) >= 302
+        release.set()
+        await wait_for(lambda: not spawner.children)  # the child ended and was let go
+    # tasks that ended are not kept in the index
+    assert parents["child"] not in libp2p_tasks._running
+
+
+def _walk(tasks, parent=None):
+    """(task, its parent) for every task under ``tasks``."""
+    for task in tasks:
+        yield task, parent
+        yield from _walk(getattr(task, "children", ()), task)
