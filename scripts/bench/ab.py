@@ -31,8 +31,12 @@ from pathlib import Path
 
 FIGURES = {"client_cpu_mean_s", "server_cpu_s", "upload_bytes_mean", "wall_s",
            "coordinator_cpu_s", "coordinator_process_cpu_s", "process_cpu_s", "p50_s",
-           "p99_s", "median_mb_s", "delivered", "start_s", "connect_s"}
-IDENTITY = ("setting", "graph", "clients", "peers", "vector_len", "size", "method")
+           "p99_s", "median_mb_s", "delivered", "start_s", "connect_s",
+           # scale.py's rows
+           "enrol_s", "link_s", "round_s", "coord_cpu_ms_per_peer", "idle_ms_per_s",
+           "coord_idle_ms_per_s", "peer_cpu_ms", "accepted"}
+IDENTITY = ("setting", "graph", "clients", "peers", "vector_len", "size", "method", "n",
+            "mode")
 
 
 def figures(node, path: str = "", out: dict[str, float] | None = None) -> dict[str, float]:
