@@ -418,7 +418,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                            "model_bytes": result.get("model_bytes")})
         fetched: Counter[str] = Counter()
         asks: Counter[str] = Counter()
-        tasks: dict[str, list] = defaultdict(lambda: [0.0, 0, 0])
+        tasks: dict[str, list] = defaultdict(lambda: [0.0, 0])  # cpu s, steps
+        profiled = 0  # peers in the processes whose tasks are summed
         for _, out, _ in procs:  # what the peer processes saw
             try:
                 report = json.loads(out.read_text())
@@ -428,11 +429,11 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                 row.setdefault(f"peer_connections_{key}", []).extend(counts)
             fetched.update(report.get("fetched", {}))
             asks.update(report.get("asks", {}))
-            if report.get("peers", 0) > 1:  # the workers (the lone peer's process aside)
-                for key, (cpu, steps) in report.get("tasks_idle", {}).items():
+            if report.get("peers", 0) > 1 and report.get("tasks_idle"):  # workers, not lone
+                profiled += report["peers"]
+                for key, (cpu, steps) in report["tasks_idle"].items():
                     tasks[key][0] += cpu
                     tasks[key][1] += steps
-                    tasks[key][2] = tasks[key][2] or report["peers"]
             row["peer_fetch_s"] = row.get("peer_fetch_s", 0.0) + report.get("fetch_seconds", 0)
             row["peer_fetch_longest_s"] = max(row.get("peer_fetch_longest_s", 0.0),
                                               report.get("fetch_longest", 0.0))
@@ -441,9 +442,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
             row["peer_fetch_mean_s"] = row.pop("peer_fetch_s") / sum(fetched.values())
             row["peer_asks"] = dict(asks)  # each ask of a fetch, by whom and how it ended
         if tasks:  # per peer per idle second, the workers' peers together
-            peers = sum(r for _, _, r in procs[:-1]) or 1
-            row["idle_tasks"] = {k: [c / peers / args.idle * 1000, s / peers / args.idle]
-                                 for k, (c, s, _) in tasks.items()}
+            row["idle_tasks"] = {k: [c / profiled / args.idle * 1000, s / profiled / args.idle]
+                                 for k, (c, s) in tasks.items()}
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
@@ -582,7 +582,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the coordinator without its round log (records, heads, receipts), "
                    "to measure what the log costs side by side")
     p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
-    # worker mode (internal)
     p.add_argument("--gossip-heartbeat", type=float, metavar="S",
                    help="the peers' gossipsub heartbeat interval (default: peer.gossip's)")
     p.add_argument("--gc-freeze", action="store_true",
@@ -592,6 +591,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task-profile", action="store_true",
                    help="peer workers charge their event loop's CPU to tasks by name; print "
                    "the idle window's top tasks, in ms of CPU and steps per peer per second")
+    # worker mode (internal)
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, help=argparse.SUPPRESS)
