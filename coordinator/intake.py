@@ -20,7 +20,14 @@ from peer.node import NetworkNode
 from protocol.policy.admission import AdmissionPolicy
 from protocol.policy.ratelimit import LogLimiter
 from protocol.rounds.base import NotParticipant, RoundClosed
-from protocol.wire.envelope import Envelope, Malformed, RejectedMessage, Verifier, peek
+from protocol.wire.envelope import (
+    Envelope,
+    Malformed,
+    RejectedMessage,
+    Replay,
+    Verifier,
+    peek,
+)
 from protocol.wire.messages import (
     ENROLL,
     ENROLL_WINDOW,
@@ -98,23 +105,47 @@ class Intake:
         with self.meter.timed("intake"):
             try:
                 env = self._accept(wire, transport_peer)
+            except Replay as exc:
+                if (again := self._accepted_before(wire)) is not None:
+                    return again
+                return self._refuse(exc, wire, via, transport_peer)
             except RejectedMessage as exc:
-                self.store.count_rejection(transport_peer, exc.reason)
-                self.metrics.rejected.labels(exc.reason).inc()
-                if self.open.round is not None and self.store.is_admitted(transport_peer):
-                    self.open.round.count_rejection(exc.reason)
-                    self.open.refused(transport_peer, exc.reason, wire)
-                muted = self._refusal_log.allow((transport_peer, exc.reason), time.monotonic())
-                if muted is not None:
-                    log.warning("rejected %s from %s: %s: %s%s", via, transport_peer,
-                                exc.reason, exc, f" ({muted} more like it muted)" if muted else "")
-                return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
+                return self._refuse(exc, wire, via, transport_peer)
             self.store.touch(env.sender_id)
             self.metrics.accepted.labels(env.domain).inc()
-            if self.receipt is None or env.domain == ENROLL:
-                return SubmitAck(accepted=True)
-            return SubmitAck(accepted=True, receipt=self.receipt(env.round, env.wire_digest(),
-                                                                 env.sender_id))
+            return self._ack(env)
+
+    def _refuse(self, exc: RejectedMessage, wire: bytes, via: str,
+                transport_peer: str) -> SubmitAck:
+        self.store.count_rejection(transport_peer, exc.reason)
+        self.metrics.rejected.labels(exc.reason).inc()
+        if self.open.round is not None and self.store.is_admitted(transport_peer):
+            self.open.round.count_rejection(exc.reason)
+            self.open.refused(transport_peer, exc.reason, wire)
+        muted = self._refusal_log.allow((transport_peer, exc.reason), time.monotonic())
+        if muted is not None:
+            log.warning("rejected %s from %s: %s: %s%s", via, transport_peer,
+                        exc.reason, exc, f" ({muted} more like it muted)" if muted else "")
+        return SubmitAck(accepted=False, reason=f"{exc.reason}: {exc}"[:500])
+
+    def _ack(self, env: Envelope) -> SubmitAck:
+        if self.receipt is None or env.domain == ENROLL:
+            return SubmitAck(accepted=True)
+        return SubmitAck(accepted=True, receipt=self.receipt(env.round, env.wire_digest(),
+                                                             env.sender_id))
+
+    def _accepted_before(self, wire: bytes) -> SubmitAck | None:
+        """The same answer again for the exact envelope the open round already accepted
+        (its sender did not get the ack, say its session broke, and sent it again): sent
+        twice, accepted once. None for anything else under a seen nonce (a real replay),
+        and once its round has closed."""
+        env = peek(wire, MAX_SUBMIT_WIRE)
+        if env is None or env.round != self.open.number or \
+                env.wire_digest() not in self.open.accepted:
+            return None
+        log.debug("round %d: %s from %s again; acked again", env.round, env.domain,
+                  env.sender_id)
+        return self._ack(env)
 
     def _accept(self, wire: bytes, transport_peer: str) -> Envelope:
         peeked = peek(wire, MAX_SUBMIT_WIRE)
@@ -130,6 +161,7 @@ class Intake:
             return self._withdraw(env, wire)
         rnd.offer_message(env.sender_id, env.domain, env.payload)
         self.open.answered.add(env.sender_id)
+        self.open.accepted.add(env.wire_digest())
         # only a resumable mode's payloads are kept: the others' are masked vectors and
         # ciphertexts nobody may use later, and a restart abandons such a round anyway
         keep = self.open.mode is not None and self.open.mode.resumable
@@ -150,6 +182,7 @@ class Intake:
         if self.open.participants and env.sender_id not in self.open.participants:
             raise NotParticipant(f"{env.sender_id} is not a participant of round {env.round}")
         self.open.withdrawn.add(env.sender_id)
+        self.open.accepted.add(env.wire_digest())
         self._record(env, wire, b"")
         log.info("round %d: %s withdrew: %s", env.round, env.sender_id, why or "no reason")
         self.open.changed()

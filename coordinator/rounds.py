@@ -50,6 +50,7 @@ class OpenRound:
     participants: list[str] = field(default_factory=list)  # whom its notices go to
     asked: list[str] = field(default_factory=list)  # whom attendance expects a message from
     answered: set[str] = field(default_factory=set)  # who sent one it accepted
+    accepted: set[bytes] = field(default_factory=set)  # wire digests of what it accepted
     withdrawn: set[str] = field(default_factory=set)  # participants that said they cannot go on
     phase: str = ""  # the phase running now ("announce", then each notice's), for the dashboard
     refusals: list[Refusal] = field(default_factory=list)  # for its round-log record
@@ -66,7 +67,7 @@ class OpenRound:
 
     def reset(self) -> None:
         """A new round: nobody has answered, withdrawn or been refused in it yet."""
-        self.answered, self.withdrawn = set(), set()
+        self.answered, self.withdrawn, self.accepted = set(), set(), set()
         self.refusals, self.refusals_uncounted = [], 0
 
     @property

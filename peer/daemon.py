@@ -244,10 +244,14 @@ class PeerDaemon:
         return [(p.peer_id, [a.split("/p2p/")[0] for a in p.addrs]) for p in listed
                 if p.peer_id != self.identity.peer_id]
 
-    async def _submit(self, wire: bytes, *, gossip_fallback: bool,
-                      attempts: int = 3) -> SubmitAck | None:
-        """Send a signed envelope to the coordinator; None when it could not be reached."""
+    async def _submit(self, wire: bytes, *, gossip_fallback: bool, attempts: int = 3,
+                      wanted: Callable[[], bool] = lambda: True) -> SubmitAck | None:
+        """Send a signed envelope to the coordinator; None when it could not be reached, or
+        when ``wanted()`` turned false before an attempt (its round is over: sending it
+        anyway only costs the coordinator a refusal)."""
         for attempt in range(attempts):
+            if not wanted():
+                return None
             try:
                 raw = await self.node.request(self.coordinator_id, PROTO_SUBMIT, wire,
                                               max_response=1024)
@@ -255,7 +259,7 @@ class PeerDaemon:
             except (StreamProtocolError, RejectedMessage) as exc:
                 log.debug("submit attempt %d failed: %s", attempt + 1, exc)
                 await trio.sleep(0.3 * (attempt + 1))
-        if gossip_fallback:
+        if gossip_fallback and wanted():
             log.info("coordinator unreachable by stream; sending on %s", TOPIC_SUBMIT)
             await self.node.publish(TOPIC_SUBMIT, wire)
         return None

@@ -7,6 +7,13 @@ the workload needs (model weights by digest), builds its peer round through its
 the event loop), then sends its signed messages phase by phase as the notices
 arrive: on the session, else on the submit stream, else on the submit gossip
 topic. Nothing here asks which mode a round is.
+
+A message is sent once on the session and its ack awaited there, however late a
+busy coordinator answers (acks come in order on a stream that stays up), until the
+round's deadline: only a session that goes down makes it go another way, and a
+message whose round already has its result is not sent at all. (Re-sending on a
+late ack fed a busy coordinator more work: at N=1000 on 2 cores peers re-sent
+hundreds of messages it then refused as replays or as late.)
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from .streams import StreamProtocolError
 
 log = logging.getLogger("hypergossip.peer")
 PERSONAL_WAIT = 2.0  # seconds to wait for a personal message pushed behind its notice
+ACK_WAIT_MIN = 30.0  # s an ack is awaited on the session at least (past the deadline too)
 Submit = Callable[..., Awaitable[SubmitAck | None]]
 
 
@@ -65,6 +73,7 @@ class Participant:
         self.roundlog, self.coordinator_id, self.behaviour = roundlog, coordinator_id, behaviour
         self.session, self.submit = session, submit
         self.rounds: dict[int, PeerRound | None] = {}  # rounds joined (None: preparing)
+        self.deadlines: dict[int, float] = {}  # rounds joined -> announced deadline (epoch s)
         self._events: dict[int, trio.Event] = {}
         self._personal: dict[tuple[int, str], bytes] = {}  # (round, phase) -> checked body
         # round -> the coordinator's signed receipts of our accepted messages: with the
@@ -128,6 +137,7 @@ class Participant:
                      "sitting it out", round)
             return
         self.rounds[round] = None
+        self.deadlines[round] = announce.deadline_ms / 1000
         nursery.start_soon(self._take_part, round, announce, mode)
 
     async def _prepare(self, announce: RoundAnnounce, mode: rounds.Mode) -> PeerRound:
@@ -166,6 +176,7 @@ class Participant:
                 del self._personal[key]
             for old in [r for r in self.rounds if r < round - 16]:
                 del self.rounds[old]
+                self.deadlines.pop(old, None)
 
     async def _run_steps(self, round: int, logic: PeerRound, announce: RoundAnnounce,
                          mode: rounds.Mode) -> None:
@@ -236,7 +247,13 @@ class Participant:
 
     async def _send(self, round: int, domain: str, payload: bytes, mode: rounds.Mode) -> None:
         """Send a round message: on the session when it is up, else by a submit stream (and
-        gossip when even that fails)."""
+        gossip when even that fails); not at all once the round has its result."""
+        def moot() -> bool:
+            return self.roundlog.has(RESULT, round)
+
+        if moot():
+            log.info("round %d: %s not sent: the round has its result", round, domain)
+            return
         wire = self.behaviour.seal(self.identity, domain, round, payload)
         for extra in self.behaviour.extra_wires(round, wire):
             ack = await self.submit(extra, gossip_fallback=False)
@@ -245,13 +262,15 @@ class Participant:
         if domain in mode.public_domains:  # public for audit: gossip it too
             self._publish_public(wire)
         if self.session is not None and self.session.up:
+            wait = max(ACK_WAIT_MIN, self.deadlines.get(round, 0.0) - time.time())
             try:
-                self.acked(round, domain, wire, await self.session.submit(wire))
+                self.acked(round, domain, wire, await self.session.submit(wire, timeout=wait))
                 return
             except SessionDown as exc:
                 log.info("round %d: %s not sent on the session (%s); submitting", round,
                          domain, exc)
-        ack = await self.submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX)
+        ack = await self.submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX,
+                                wanted=lambda: not moot())
         if ack is not None:
             self.acked(round, domain, wire, ack)
 

@@ -10,6 +10,7 @@ mean of the accepted honest inputs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -18,6 +19,7 @@ import msgspec
 import trio
 
 from peer.node import NetworkNode
+from protocol.audit.log import open_receipt
 from protocol.wire.envelope import Envelope, seal
 from protocol.wire.identity import Identity
 from protocol.wire.messages import (
@@ -50,6 +52,15 @@ def forge(claimed: Identity, signer: Identity, round: int) -> bytes:
     genuine = msgspec.msgpack.decode(contribution(signer, round, 250.0, 300.0), type=Envelope)
     forged = msgspec.structs.replace(genuine, sender=claimed.public_key)
     return msgspec.msgpack.encode(forged)
+
+
+def same_nonce(identity: Identity, wire: bytes, payload: bytes) -> bytes:
+    """A replay: another payload, validly signed, under ``wire``'s nonce."""
+    env = msgspec.msgpack.decode(wire, type=Envelope)
+    digest = hashlib.sha256(payload).digest()
+    replayed = msgspec.structs.replace(env, payload=payload, payload_digest=digest)
+    signature = identity.sign(replayed.signing_bytes())
+    return msgspec.msgpack.encode(msgspec.structs.replace(replayed, signature=signature))
 
 
 def flip_payload_byte(wire: bytes) -> bytes:
@@ -104,12 +115,14 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
             ack = await submit(node, coord.peer_id, tampered)
             assert not ack.accepted and ack.reason.startswith("digest_mismatch")
             assert (await submit(node, coord.peer_id, valid)).accepted
-            ack = await submit(node, coord.peer_id, valid)  # replay of an accepted message
+            replayed = same_nonce(mallory, valid, encode(StatsContribution(height=190.0,
+                                                                           weight=99.0)))
+            ack = await submit(node, coord.peer_id, replayed)  # an accepted message's nonce
             assert not ack.accepted and ack.reason.startswith("replay")
 
             # the same attacks by gossip are refused and counted the same way
             await node.publish(TOPIC_SUBMIT, forge(alice_id, mallory, 1))
-            await node.publish(TOPIC_SUBMIT, valid)
+            await node.publish(TOPIC_SUBMIT, replayed)
             await wait_for(lambda: coord.store.rejection_totals().get("bad_signature", 0) >= 2
                            and coord.store.rejection_totals().get("replay", 0) >= 2, timeout=15)
 
@@ -140,3 +153,39 @@ async def test_bad_messages_are_refused_counted_and_change_nothing(data_dir):
     assert round1["rejected"] == {reason: 1 for reason in (
         "bad_signature", "stale_round", "future_round", "oversize", "not_admitted", "schema",
         "digest_mismatch")}
+
+
+async def test_a_message_sent_again_while_its_round_is_open_is_acked_again_and_counted_once(
+        data_dir):
+    """A peer whose ack was lost (its session broke) sends the same envelope again: while
+    the round is open it gets the same answer and receipt, and the message counts once;
+    after the round has closed the same bytes are a replay."""
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=2, max_rounds=1,
+                                        round_timeout=5.0, secure=False)
+        boot = coord.node.addrs[0]
+        mallory, silent = Identity.generate(), Identity.generate()
+        node, quiet = NetworkNode(mallory), NetworkNode(silent)
+        async with node.running(), quiet.running():
+            for n, ident in ((node, mallory), (quiet, silent)):  # silent keeps round 1 open
+                assert await n.connect(boot)
+                assert (await submit(n, coord.peer_id, seal(ident, ENROLL, enroll_round(
+                    time.time()), encode(Enroll(workloads=["stats"]))))).accepted
+            await wait_for(lambda: coord.current is not None and coord.current.number == 1)
+
+            valid = contribution(mallory, 1, 170.0, 70.0)
+            first = await submit(node, coord.peer_id, valid)
+            again = await submit(node, coord.peer_id, valid)
+            assert first.accepted and again.accepted, again
+            assert open_receipt(again.receipt, coord.peer_id) == \
+                open_receipt(first.receipt, coord.peer_id)
+            assert coord.store.rejection_totals() == {}
+            await wait_for(lambda: coord.rounds_run >= 1, timeout=30)
+            late = await submit(node, coord.peer_id, valid)
+            assert not late.accepted and late.reason.startswith("replay"), late
+            async with httpx.AsyncClient() as http:
+                round1 = (await http.get(f"{coord.http_url}/rounds/1")).json()
+        nursery.cancel_scope.cancel()
+    assert [m["sender"] for m in round1["messages"]] == [mallory.peer_id]
+    assert round1["rejected"] == {}
+    assert coord.store.rejection_totals() == {"replay": 1}
