@@ -318,7 +318,25 @@ class Participant:
         return msg
 
     async def _fetch_personal(self, round: int, phase: str) -> bytes | None:
-        """Our own message for ``phase``, pulled from the coordinator and checked."""
+        """Our own message for ``phase``: pulled from the coordinator and checked, or the
+        pushed copy if the session brings it first (a busy coordinator's session queue can
+        lag behind a notice that came by pull, while its pulls time out)."""
+        key, pulled = (round, phase), []
+
+        async def push() -> None:
+            await self._wait_round(round, lambda: key in self._personal)
+            nursery.cancel_scope.cancel()
+
+        async def pull() -> None:
+            pulled.append(await self._pull_personal(round, phase))
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push)
+            nursery.start_soon(pull)
+        return self._personal.pop(key, None) or (pulled[0] if pulled else None)
+
+    async def _pull_personal(self, round: int, phase: str) -> bytes | None:
         request = encode(PullRequest(kind="personal", round=round, tag=phase))
         for attempt in range(6):
             try:

@@ -19,6 +19,7 @@ import msgspec
 import trio
 
 from peer.node import NetworkNode
+from protocol import rounds
 from protocol.audit.log import open_receipt
 from protocol.wire.envelope import Envelope, seal
 from protocol.wire.identity import Identity
@@ -189,3 +190,20 @@ async def test_a_message_sent_again_while_its_round_is_open_is_acked_again_and_c
     assert [m["sender"] for m in round1["messages"]] == [mallory.peer_id]
     assert round1["rejected"] == {}
     assert coord.store.rejection_totals() == {"replay": 1}
+
+
+async def test_a_peer_sends_nothing_for_a_round_that_has_its_result(data_dir):
+    """A message a peer would send after its round's result (a slow peer's last phase)
+    is not sent: the coordinator would only refuse it as late."""
+    async with trio.open_nursery() as nursery:
+        coord = await start_coordinator(nursery, data_dir, min_peers=2, max_rounds=1,
+                                        round_timeout=30.0, secure=False)
+        boot = coord.node.addrs[0]
+        peers = [await start_peer(nursery, [boot]) for _ in range(2)]
+        await wait_for(lambda: all(1 in p.results for p in peers), timeout=30)
+        before = dict(coord.store.rejection_totals())
+        late = encode(StatsContribution(height=171.0, weight=71.0))
+        await peers[0].participant._send(1, CONTRIBUTION, late, rounds.get("clear"))
+        await trio.sleep(0.5)  # the coordinator would have answered by now
+        assert coord.store.rejection_totals() == before == {}
+        nursery.cancel_scope.cancel()
