@@ -15,6 +15,7 @@ never have), degree 4 / high 12 and a 5 s prune back-off.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.pubsub.score import PeerScorer, ScoreParams, TopicScoreParams
 
 from protocol.policy.ratelimit import Buckets
 
@@ -53,6 +54,9 @@ class GossipConfig:
     # replacement of a mesh's worst peer): the gossipsub v1.1 spec's opportunistic grafting
     # runs every 60 heartbeats; py-libp2p ran both on every heartbeat (PacedGossipSub)
     upkeep_every: int = 60
+    # heartbeats between score decays (the spec's DecayInterval), each by that many
+    # heartbeats' worth; py-libp2p decayed every counter of every peer each heartbeat
+    decay_every: int = 10
 
 
 DEFAULT_GOSSIP = GossipConfig()
@@ -146,6 +150,74 @@ SCORING = ScoreParams(
     accept_px_threshold=0.0)
 
 
+DECAY_TO_ZERO = 0.01  # a decayed counter below this is dropped (go-libp2p's DecayToZero)
+
+
+class PacedScorer(PeerScorer):
+    """py-libp2p's scorer, decaying every ``every`` heartbeats (the gossipsub v1.1 spec's
+    ``DecayInterval``) by that many heartbeats' worth, and only the counters that decay.
+
+    py-libp2p 0.8.1 multiplied every counter of every peer and topic by its decay on every
+    heartbeat, including those whose decay is 1 (P1-P3 and P6 here: unweighted), and kept
+    them at 0.0 forever: at a coordinator of 1000 peers that was 19 % of its CPU in a
+    SecAgg+ round (py-spy). Here a counter is multiplied by ``decay ** every`` every
+    ``every`` heartbeats (the same value at each of those heartbeats, up to rounding; in
+    between it is up to ``every`` heartbeats stale) and dropped once below
+    :data:`DECAY_TO_ZERO`, as go-libp2p does; a peer with no counters left costs
+    nothing."""
+
+    def __init__(self, params: ScoreParams, every: int):
+        super().__init__(params)
+        self.every, self.beats = max(1, every), 0
+        # reading a score leaves no zero counter behind to decay (py-libp2p's defaultdicts
+        # made one for every peer scored, i.e. every peer of a topic each heartbeat)
+        for table in ("time_in_mesh", "first_message_deliveries", "mesh_message_deliveries",
+                      "invalid_messages"):
+            setattr(self, table, defaultdict(_Zeros))
+        for flat in ("behavior_penalty", "app_specific_scores", "graft_flood_penalties",
+                     "iwant_spam_penalties", "ihave_spam_penalties", "equivocation_penalties"):
+            setattr(self, flat, _Zeros())
+
+    def on_heartbeat(self, dt_seconds: float = 1.0) -> None:
+        self.beats += 1
+        if self.beats % self.every:
+            return
+        p = self.params
+        for table, decay in ((self.time_in_mesh, p.p1_time_in_mesh.decay),
+                             (self.first_message_deliveries,
+                              p.p2_first_message_deliveries.decay),
+                             (self.mesh_message_deliveries, p.p3_mesh_message_deliveries.decay),
+                             (self.invalid_messages, p.p4_invalid_messages.decay)):
+            if decay != 1.0:
+                for peer in list(table):
+                    _decay(table[peer], decay ** self.every)
+                    if not table[peer]:
+                        del table[peer]
+        for flat, decay in ((self.behavior_penalty, p.p5_behavior_penalty_decay),
+                            (self.app_specific_scores, p.p6_appl_slack_decay),
+                            (self.graft_flood_penalties, p.p5_behavior_penalty_decay),
+                            (self.iwant_spam_penalties, p.p5_behavior_penalty_decay),
+                            (self.ihave_spam_penalties, p.p5_behavior_penalty_decay),
+                            (self.equivocation_penalties, p.p5_behavior_penalty_decay)):
+            if decay != 1.0:
+                _decay(flat, decay ** self.every)
+
+
+class _Zeros(dict):
+    """Counters that read 0.0 when absent, without adding the key."""
+
+    def __missing__(self, key: Any) -> float:
+        return 0.0
+
+
+def _decay(counters: dict, factor: float) -> None:
+    for key, value in list(counters.items()):
+        if abs(value * factor) < DECAY_TO_ZERO:
+            del counters[key]
+        else:
+            counters[key] = value * factor
+
+
 class PacedGossipSub(GossipSub):
     """GossipSub whose score-driven mesh upkeep runs every ``upkeep_every`` heartbeats.
 
@@ -155,12 +227,15 @@ class PacedGossipSub(GossipSub):
     0.08 of its 0.29 ms/s at N=250 (``scale.py --task-profile``). The gossipsub v1.1 spec
     runs opportunistic grafting every 60 heartbeats (go-libp2p's
     ``OpportunisticGraftTicks``), and the mesh's degree bounds, which need no scores, are
-    still kept every heartbeat."""
+    still kept every heartbeat. Its scores decay every ``decay_every`` heartbeats
+    (:class:`PacedScorer`)."""
 
-    def __init__(self, *args: Any, upkeep_every: int, **kwargs: Any):
+    def __init__(self, *args: Any, upkeep_every: int, decay_every: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.upkeep_every = max(1, upkeep_every)
         self.beats = 0
+        assert self.scorer is not None
+        self.scorer = PacedScorer(self.scorer.params, decay_every)
 
     def _upkeep_due(self) -> bool:
         return self.beats % self.upkeep_every == 0
@@ -181,6 +256,7 @@ class PacedGossipSub(GossipSub):
 def make_router(gossip: GossipConfig) -> GossipSub:
     return PacedGossipSub(
         upkeep_every=gossip.upkeep_every,
+        decay_every=gossip.decay_every,
         protocols=GOSSIPSUB_PROTOCOLS,
         degree=gossip.degree,
         degree_low=gossip.degree_low,

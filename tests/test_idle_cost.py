@@ -104,6 +104,39 @@ async def test_gossipsub_score_upkeep_runs_every_upkeep_every_heartbeats(monkeyp
     assert len(upkeep) <= beats // 5 + 3  # one topic: once per five heartbeats, not each
 
 
+def test_paced_scores_decay_every_tenth_heartbeat_to_the_same_values_and_keep_no_zeros():
+    """``PacedScorer`` decays by ten heartbeats' worth every tenth heartbeat: there its
+    scores equal py-libp2p's own scorer decaying each heartbeat; counters that decayed
+    away, and peers merely scored, leave nothing behind to decay."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.score import PeerScorer
+
+    from peer.gossip import SCORING, PacedScorer
+
+    peers = [ID.from_base58(Identity.generate().peer_id) for _ in range(50)]
+    plain, paced = PeerScorer(SCORING), PacedScorer(SCORING, every=10)
+    for scorer in (plain, paced):
+        for i, peer in enumerate(peers[:10]):
+            for _ in range(i + 1):
+                scorer.on_invalid_message(peer, "t")
+            scorer.penalize_behavior(peer, 30.0 + i)
+            scorer.penalize_iwant_spam(peer, 5.0)
+    for beat in range(1, 1001):
+        for scorer in (plain, paced):
+            for peer in peers:
+                scorer.score(peer, ["t", "u"])  # every peer of a topic, as gossip emission does
+            scorer.on_heartbeat()
+        if beat % 10 == 0:
+            for peer in peers:
+                assert abs(paced.score(peer, ["t"]) - plain.score(peer, ["t"])) < 0.2, beat
+    # decayed away: dropped here, next to nothing there
+    assert paced.score(peers[9], ["t"]) == 0.0 and abs(plain.score(peers[9], ["t"])) < 0.01
+    # what is left to decay: py-libp2p keeps a counter per peer scored, forever
+    assert len(plain.behavior_penalty) == len(plain.invalid_messages) == 50
+    assert not paced.behavior_penalty and not paced.iwant_spam_penalties
+    assert not any(paced.invalid_messages.values())  # (an empty table per peer scored)
+
+
 async def test_a_service_task_finds_its_parent_by_lookup_not_by_walking_every_task(
         monkeypatch):
     """py-libp2p walked a service's whole task tree for each new task's parent (O(N) a
