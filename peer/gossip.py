@@ -177,30 +177,29 @@ class PacedScorer(PeerScorer):
         for flat in ("behavior_penalty", "app_specific_scores", "graft_flood_penalties",
                      "iwant_spam_penalties", "ihave_spam_penalties", "equivocation_penalties"):
             setattr(self, flat, _Zeros())
+        # what decays, by ``every`` heartbeats' worth (a decay of 1 is left alone)
+        p, p5 = params, params.p5_behavior_penalty_decay
+        self._by_topic = [(t, d ** self.every) for t, d in (
+            (self.time_in_mesh, p.p1_time_in_mesh.decay),
+            (self.first_message_deliveries, p.p2_first_message_deliveries.decay),
+            (self.mesh_message_deliveries, p.p3_mesh_message_deliveries.decay),
+            (self.invalid_messages, p.p4_invalid_messages.decay)) if d != 1.0]
+        self._by_peer = [(t, d ** self.every) for t, d in (
+            (self.behavior_penalty, p5), (self.app_specific_scores, p.p6_appl_slack_decay),
+            (self.graft_flood_penalties, p5), (self.iwant_spam_penalties, p5),
+            (self.ihave_spam_penalties, p5), (self.equivocation_penalties, p5)) if d != 1.0]
 
     def on_heartbeat(self, dt_seconds: float = 1.0) -> None:
         self.beats += 1
         if self.beats % self.every:
             return
-        p = self.params
-        for table, decay in ((self.time_in_mesh, p.p1_time_in_mesh.decay),
-                             (self.first_message_deliveries,
-                              p.p2_first_message_deliveries.decay),
-                             (self.mesh_message_deliveries, p.p3_mesh_message_deliveries.decay),
-                             (self.invalid_messages, p.p4_invalid_messages.decay)):
-            if decay != 1.0:
-                for peer in list(table):
-                    _decay(table[peer], decay ** self.every)
-                    if not table[peer]:
-                        del table[peer]
-        for flat, decay in ((self.behavior_penalty, p.p5_behavior_penalty_decay),
-                            (self.app_specific_scores, p.p6_appl_slack_decay),
-                            (self.graft_flood_penalties, p.p5_behavior_penalty_decay),
-                            (self.iwant_spam_penalties, p.p5_behavior_penalty_decay),
-                            (self.ihave_spam_penalties, p.p5_behavior_penalty_decay),
-                            (self.equivocation_penalties, p.p5_behavior_penalty_decay)):
-            if decay != 1.0:
-                _decay(flat, decay ** self.every)
+        for table, factor in self._by_topic:
+            for peer in list(table):
+                _decay(table[peer], factor)
+                if not table[peer]:
+                    del table[peer]
+        for counters, factor in self._by_peer:
+            _decay(counters, factor)
 
 
 class _Zeros(dict):

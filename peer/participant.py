@@ -248,10 +248,10 @@ class Participant:
     async def _send(self, round: int, domain: str, payload: bytes, mode: rounds.Mode) -> None:
         """Send a round message: on the session when it is up, else by a submit stream (and
         gossip when even that fails); not at all once the round has its result."""
-        def moot() -> bool:
-            return self.roundlog.has(RESULT, round)
+        def wanted() -> bool:
+            return not self.roundlog.has(RESULT, round)
 
-        if moot():
+        if not wanted():
             log.info("round %d: %s not sent: the round has its result", round, domain)
             return
         wire = self.behaviour.seal(self.identity, domain, round, payload)
@@ -270,7 +270,7 @@ class Participant:
                 log.info("round %d: %s not sent on the session (%s); submitting", round,
                          domain, exc)
         ack = await self.submit(wire, gossip_fallback=len(wire) <= GOSSIP_MAX,
-                                wanted=lambda: not moot())
+                                wanted=wanted)
         if ack is not None:
             self.acked(round, domain, wire, ack)
 
