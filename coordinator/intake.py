@@ -167,7 +167,7 @@ class Intake:
         keep = self.open.mode is not None and self.open.mode.resumable
         self._record(env, wire, env.payload if keep else b"")
         log.info("round %d: accepted %s from %s", env.round, env.domain, env.sender_id)
-        self.open.changed()
+        self.open.changed(env.sender_id)
         return env
 
     def _record(self, env: Envelope, wire: bytes, payload: bytes) -> None:
@@ -185,7 +185,7 @@ class Intake:
         self.open.accepted.add(env.wire_digest())
         self._record(env, wire, b"")
         log.info("round %d: %s withdrew: %s", env.round, env.sender_id, why or "no reason")
-        self.open.changed()
+        self.open.changed(env.sender_id)
         return env
 
     def _sender_admitted(self, env: Envelope) -> None:

@@ -68,6 +68,7 @@ class Store:
             self.db.execute("ALTER TABLE messages ADD COLUMN wire BLOB NOT NULL DEFAULT x''")
             self.db.execute("ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
         self._touched: dict[str, float] = {}  # peer -> when its last_seen was last written
+        self._admitted: frozenset[str] | None = None  # admitted(), until a peer comes or goes
         self.log = LogStore(self.db)
 
     def close(self) -> None:
@@ -83,14 +84,20 @@ class Store:
             " last_seen=excluded.last_seen, addrs=excluded.addrs, agent=excluded.agent"
             " RETURNING admitted_at",
             (peer_id, now, now, json.dumps(addrs), agent))
-        return cur.fetchone()[0] == now
+        new = cur.fetchone()[0] == now
+        if new:
+            self._admitted = None
+        return new
 
     def is_admitted(self, peer_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM peers WHERE peer_id=?", (peer_id,)).fetchone() \
-            is not None
+        return peer_id in self.admitted()
 
-    def admitted(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT peer_id FROM peers")}
+    def admitted(self) -> frozenset[str]:
+        """Every admitted peer, from memory: asked at every message and every few tenths of
+        a second by the round driver, it was an O(N) SELECT each time."""
+        if self._admitted is None:
+            self._admitted = frozenset(r[0] for r in self.db.execute("SELECT peer_id FROM peers"))
+        return self._admitted
 
     def count_admitted(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM peers").fetchone()[0]
@@ -106,6 +113,8 @@ class Store:
                             chunk)
         for peer in gone:
             self._touched.pop(peer, None)
+        if gone:
+            self._admitted = None
         return gone
 
     def touch(self, peer_id: str, every: float = 1.0) -> None:

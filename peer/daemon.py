@@ -60,6 +60,7 @@ from protocol.wire.messages import (
     enroll_round,
 )
 
+from . import gcpace
 from .behaviour import Behaviour
 from .follower import Follower
 from .gossip import DEFAULT_GOSSIP, GossipConfig
@@ -126,7 +127,9 @@ class PeerDaemon:
         self.follower = Follower(self.node, self.roundlog, self.coordinator_id, workload,
                                  self.session, config.pull_interval,
                                  on_announce=self._maybe_join, on_round=self.participant.wake,
-                                 on_forget=self.participant.forget_before, on_result=on_result)
+                                 on_forget=self.participant.forget_before,
+                                 on_result=self._on_result)
+        self._on_result_hook = on_result
         self._nursery: trio.Nursery | None = None
         self.node.serve(PROTO_PULL, self.follower.serve_pull, max_request=1024)
         if evaluator is not None:
@@ -221,6 +224,7 @@ class PeerDaemon:
             if ack is not None and ack.accepted:
                 log.info("enrolled with coordinator %s", self.coordinator_id)
                 self.enrolled.set()
+                gcpace.settle()  # start-up's objects out of the collector's walks
                 if latest := self.roundlog.latest(ANNOUNCE):
                     self._maybe_join(latest)  # older rounds are closed by now
                 return
@@ -263,6 +267,11 @@ class PeerDaemon:
             log.info("coordinator unreachable by stream; sending on %s", TOPIC_SUBMIT)
             await self.node.publish(TOPIC_SUBMIT, wire)
         return None
+
+    def _on_result(self, result: RoundResult) -> None:
+        gcpace.settle()  # a round ended: a quiet moment (at most once a minute a process)
+        if self._on_result_hook is not None:
+            self._on_result_hook(result)
 
     def _maybe_join(self, round: int) -> None:
         if self.enrolled.is_set() and self._nursery is not None:

@@ -166,3 +166,15 @@ async def credit_in_halves(self: Any, *, bytes_read: int = 0) -> None:
 # one Noise message cut the messages (and their reads, decryptions and syscalls) of a bulk
 # transfer by almost half. Frame size is the sender's choice in yamux: peers need not agree.
 NOISE_FRAME = 65535 - 16 - 12
+
+
+# --- yamux: the per-connection timers, every 2 minutes -------------------------------------------
+# py-libp2p wakes each connection twice every 30 s: an RTT ping (its RTT paces only the
+# window auto-tuning's epochs, and the first ping, 0.5 s after the connection opens, gives
+# it) and a sweep of fully closed streams' bookkeeping. A coordinator of 1,000 peers woke 67
+# times a second for them: 0.6 ms of CPU per peer in a 94-s SecAgg+ round at N=1,000, and
+# 0.06 ms/s of an idle peer's ~1 ms/s (``scripts/bench/scale.py --task-profile``). Every
+# 120 s here; a closed stream's bookkeeping then waits up to 3 minutes instead of 1.5
+# (a reset one's buffer is dropped at once: BoundedYamux).
+RTT_EVERY = 120.0
+SWEEP_EVERY = 120.0

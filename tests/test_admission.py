@@ -31,6 +31,28 @@ def test_allow_list_accepts_peer_ids_and_hex_keys(tmp_path):
     assert load_allow_list(f) == {a.peer_id, b.peer_id}
 
 
+def test_the_admitted_set_kept_in_memory_follows_admissions_and_expiry(tmp_path):
+    """Store.admitted() is answered from memory (the round driver asks several times a
+    second): it must still change when a peer is admitted or forgotten, and a reopened
+    database must give the same set."""
+    from coordinator.store import Store
+
+    store = Store(tmp_path / "c.db")
+    a, b, c = (Identity.generate().peer_id for _ in range(3))
+    assert store.admitted() == frozenset()
+    assert store.admit(a, [], "t") and store.admit(b, [], "t")
+    assert store.admitted() == {a, b} and store.is_admitted(a) and not store.is_admitted(c)
+    assert not store.admit(a, ["/ip4/127.0.0.1/tcp/1"], "t")  # again: no new member
+    assert store.forget_silent(before=time.time() + 1, keep={b}) == [a]
+    assert store.admitted() == {b} and not store.is_admitted(a)
+    assert store.admit(c, [], "t")
+    assert store.admitted() == {b, c}
+    store.close()
+    again = Store(tmp_path / "c.db")
+    assert again.admitted() == {b, c}
+    again.close()
+
+
 def test_keys_refused_by_the_overall_budget_spend_nothing_of_their_sources():
     from protocol.policy.admission import AdmissionConfig, AdmissionPolicy, EnrollRate
 

@@ -12,6 +12,7 @@ stopping the process (py-spy at 200 Hz doubled the idle figure it was measuring)
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections import Counter
@@ -60,6 +61,22 @@ class TaskProfile(Instrument):
 
     def snapshot(self) -> dict[str, tuple[float, int]]:
         return {k: (self.cpu[k], self.steps[k]) for k in self.cpu}
+
+    def count_gc(self) -> None:
+        """Also time the cyclic garbage collector, as ``[gc gen N]`` (CPU and collections):
+        part of whichever task or pass it interrupted, so counted twice in the total."""
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            now = time.thread_time()
+            if phase == "start":
+                started[0] = now
+            else:
+                key = f"[gc gen {info['generation']}]"
+                self.cpu[key] += now - started[0]
+                self.steps[key] += 1
+
+        gc.callbacks.append(on_gc)
 
 
 def difference(after: dict[str, list], before: dict[str, list]) -> dict[str, list]:

