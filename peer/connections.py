@@ -15,7 +15,9 @@ one was closed without a word. Here:
   and handshakes per source address, and lives exactly as long as its connection;
 - :func:`own_dialling` switches the auto-connector off; :func:`dial_toward` is the node's
   own dialler, a few peers at a time toward ``Limits.dial_target``;
-- :func:`fd_bounded` makes the process's descriptor limit hold the connections.
+- :func:`fd_bounded` makes the process's descriptor limit hold the connections;
+- :class:`SizedPeerStore` holds as many peers as the connections, and never evicts the
+  host's own keys.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStore
 
 from .faults import faults_of
 
@@ -200,6 +203,32 @@ def resource_manager(max_connections: int, streams_per_connection: int) -> Any:
 
 async def _no_auto_connect() -> None:
     return None
+
+
+class SizedPeerStore(PeerStore):
+    """py-libp2p's peerstore, sized by our connection limit, that never evicts its host.
+
+    py-libp2p 0.8.1's holds 1,000 peers and, past that, evicts entries without addresses
+    first: the host's own entry (its key pair, no addresses) went first. A coordinator of
+    1,000 peers then failed every gossip publish ("peer ID not found": pubsub signs with
+    the host's key from the store) and fell back on sessions and pulls. Here the store
+    holds ``PEERS_PER_CONNECTION`` times the connection limit, and an eviction keeps the
+    host's entry whatever its place."""
+
+    def __init__(self, me: ID, max_connections: int):
+        super().__init__(max_peers=max(1000, PEERS_PER_CONNECTION * max_connections))
+        self.me = me
+
+    def _enforce_peer_limit(self) -> None:
+        own = self.peer_data_map.pop(self.me, None)  # out of the eviction's reach
+        try:
+            super()._enforce_peer_limit()
+        finally:
+            if own is not None:
+                self.peer_data_map[self.me] = own
+
+
+PEERS_PER_CONNECTION = 4  # peers a node may know of (by identify, gossip) per connection
 
 
 def own_dialling(swarm: Any) -> None:

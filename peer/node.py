@@ -142,7 +142,8 @@ class NetworkNode:
         key_pair = create_new_key_pair(identity.seed)
         max_connections = connections.fd_bounded(limits.max_connections)
         self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair),
-                             muxer_opt=muxers(),
+                             muxer_opt=muxers(), peerstore_opt=connections.SizedPeerStore(
+                                 ID.from_pubkey(key_pair.public_key), max_connections),
                              connection_config=connections.connection_config(
                                  max_connections, limits.handshake_timeout),
                              resource_manager=connections.resource_manager(

@@ -69,3 +69,38 @@ async def test_sessions_beyond_300_are_held_and_those_past_the_limit_refused(dat
             assert late.get_id() in swarm.connections
         stop.set()
         nursery.cancel_scope.cancel()
+
+
+def test_a_node_that_learns_of_thousands_of_peers_keeps_its_own_keys():
+    """py-libp2p's peerstore holds 1,000 peers and then evicts those without addresses
+    first, the host's own entry (its keys) among them: a coordinator of 1,000 peers failed
+    every gossip publish ("peer ID not found"). Ours holds as many as our connection limit
+    implies, and an eviction never takes the host's entry."""
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerstore import PeerStore, PeerStoreError
+
+    from peer.connections import PEERS_PER_CONNECTION, SizedPeerStore
+    from peer.node import NetworkNode
+    from protocol.wire.identity import Identity
+
+    node = NetworkNode(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"],
+                       limits=replace(COORDINATOR_LIMITS, max_connections=300))
+    store = node.host.get_peerstore()
+    assert isinstance(store, SizedPeerStore) and store.max_peers == 1200
+    others = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(1300)]
+    addr = [multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/4001")]
+    plain, keys = PeerStore(), create_new_key_pair()  # py-libp2p's, as new_host builds it
+    plain.add_key_pair(ID.from_pubkey(keys.public_key), keys)
+    for store_ in (store, plain):
+        for other in others:
+            store_.add_addrs(other, addr, 3600)
+    assert len(store.peer_data_map) == PEERS_PER_CONNECTION * 300 + 1  # and the host
+    assert node.host.get_public_key() and node.host.get_private_key()  # still ours
+    try:
+        plain.pubkey(ID.from_pubkey(keys.public_key))
+    except PeerStoreError:
+        pass  # what happened before: the host's keys evicted
+    else:
+        raise AssertionError("py-libp2p's peerstore kept the host's keys: re-check the fix")
