@@ -215,9 +215,9 @@ class SizedPeerStore(PeerStore):
     holds ``PEERS_PER_CONNECTION`` times the connection limit, and an eviction keeps the
     host's entry whatever its place."""
 
-    def __init__(self, me: ID, max_connections: int):
+    def __init__(self, key_pair: Any, max_connections: int):
         super().__init__(max_peers=max(1000, PEERS_PER_CONNECTION * max_connections))
-        self.me = me
+        self.me = ID.from_pubkey(key_pair.public_key)  # the host's (new_host adds its keys)
 
     def _enforce_peer_limit(self) -> None:
         own = self.peer_data_map.pop(self.me, None)  # out of the eviction's reach

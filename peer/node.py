@@ -133,8 +133,7 @@ class NetworkNode:
         libp2p_patches.install()
         self.identity = identity
         self.listen = [multiaddr.Multiaddr(a) for a in listen]
-        self.gossip_config = gossip
-        self.limits = limits
+        self.gossip_config, self.limits = gossip, limits
         self.faults = Faults()  # remote input refused or contained, by kind
         self._requests: Counter[str] = Counter()  # peer -> request streams it has open
         self._request_bytes = 0
@@ -142,8 +141,8 @@ class NetworkNode:
         key_pair = create_new_key_pair(identity.seed)
         max_connections = connections.fd_bounded(limits.max_connections)
         self.host = new_host(key_pair=key_pair, sec_opt=libp2p_patches.security(key_pair),
-                             muxer_opt=muxers(), peerstore_opt=connections.SizedPeerStore(
-                                 ID.from_pubkey(key_pair.public_key), max_connections),
+                             muxer_opt=muxers(),
+                             peerstore_opt=connections.SizedPeerStore(key_pair, max_connections),
                              connection_config=connections.connection_config(
                                  max_connections, limits.handshake_timeout),
                              resource_manager=connections.resource_manager(
