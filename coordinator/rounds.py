@@ -226,12 +226,14 @@ class RoundDriver:
     async def _until_ready(self, rnd: RoundLogic) -> None:
         """Wait until ``rnd`` can advance: its deadline passed, or no live peer it expects
         owes it a message. The whole check (O(N): live peers, who owes what) runs at a
-        phase's start, after a wait with nothing but messages in it ends without one, and
-        at least every FULL_CHECK_EVERY s (peers come and go, the deadline nears); in
-        between, each message only takes its sender off the set still owed, and the
-        whole check runs when that set empties (at N=1,000, the whole check at each of
-        a round's ~5,000 messages was O(N^2) and 6 % of the coordinator's CPU). A round
-        that cannot name who owes it (``waiting_for``) gets the whole check at each wake."""
+        phase's start, after a wait that timed out or saw a change other than a message,
+        when the deadline has come, and at least every FULL_CHECK_EVERY s (peers come and
+        go); in between, each message only takes its sender off the set still owed, and
+        the whole check runs when that set empties (at N=1,000, the whole check at each of
+        a round's ~5,000 messages was O(N^2) and 6 % of the coordinator's CPU). Only the
+        round's own ``ready`` decides; a stale set can delay that by FULL_CHECK_EVERY at
+        most. A round that cannot name who owes it (``waiting_for``) gets the whole check
+        at each wake."""
         owes = getattr(rnd, "waiting_for", None)  # a round that names who owes it what
         owed: set[str] = set()
         checked = float("-inf")
