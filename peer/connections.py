@@ -205,13 +205,17 @@ async def _no_auto_connect() -> None:
     return None
 
 
+PEERS_PER_CONNECTION = 4  # peers a node may know of (by identify, gossip) per connection
+
+
 class SizedPeerStore(PeerStore):
     """py-libp2p's peerstore, sized by our connection limit, that never evicts its host.
 
     py-libp2p 0.8.1's holds 1,000 peers and, past that, evicts entries without addresses
-    first: the host's own entry (its key pair, no addresses) went first. A coordinator of
-    1,000 peers then failed every gossip publish ("peer ID not found": pubsub signs with
-    the host's key from the store) and fell back on sessions and pulls. Here the store
+    first, and the host's own entry (its key pair, no addresses) is one: a coordinator of
+    1,000 peers then failed its gossip publishes ("peer ID not found": pubsub signs with
+    the host's key from the store; in some runs, as the eviction order falls) and fell
+    back on sessions and pulls. Here the store
     holds ``PEERS_PER_CONNECTION`` times the connection limit, and an eviction keeps the
     host's entry whatever its place."""
 
@@ -226,9 +230,6 @@ class SizedPeerStore(PeerStore):
         finally:
             if own is not None:
                 self.peer_data_map[self.me] = own
-
-
-PEERS_PER_CONNECTION = 4  # peers a node may know of (by identify, gossip) per connection
 
 
 def own_dialling(swarm: Any) -> None:

@@ -313,7 +313,11 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
         if profile is not None:  # the coordinator's loop too, over the rounds and the idle
             trio.lowlevel.add_instrument(profile)
             profile.count_gc()
-        marks: dict[str, dict] = {}
+        marks: dict[str, dict] = {}  # the coordinator's task profile, by moment
+
+        def mark(name: str) -> None:
+            if profile is not None:
+                marks[name] = profile.snapshot()
         total = args.warmup + args.rounds
         try:
             async with trio.open_nursery() as nursery:
@@ -376,8 +380,7 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                          f"linked {row['link_s']:.1f} s later; {args.warmup} warm-up + "
                          f"{args.rounds} rounds")
                 seen = 0
-                if profile is not None:
-                    marks["rounds.start"] = profile.snapshot()
+                mark("rounds.start")
                 with trio.move_on_after(args.round_budget * total) as scope:
                     while coord.rounds_run < total:
                         if coord.rounds_run > seen:
@@ -389,18 +392,15 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                 if scope.cancelled_caught:
                     row["error"] = f"{coord.rounds_run} of {total} rounds in time"
                 else:
-                    if profile is not None:
-                        marks["rounds.end"] = profile.snapshot()
+                    mark("rounds.end")
                     await trio.sleep(5.0)  # the last result's fetches settle
                     progress(f"N={n} {mode}: idle for {args.idle:g} s")
                     t_idle = samples.take()
                     (Path(tmp) / "idle.start").write_text("")
-                    if profile is not None:
-                        marks["idle.start"] = profile.snapshot()
+                    mark("idle.start")
                     await trio.sleep(args.idle)
                     (Path(tmp) / "idle.end").write_text("")
-                    if profile is not None:
-                        marks["idle.end"] = profile.snapshot()
+                    mark("idle.end")
                     d = samples.between(t_idle, samples.take())
                     connected = len(coord.node.connected_peers())
                     row["coord_idle_ms_per_s"] = d[1] / d[0] * 1000 / max(connected, 1)
@@ -469,14 +469,13 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
         if tasks:  # per peer per idle second, the workers' peers together
             row["idle_tasks"] = {k: [c / profiled / args.idle * 1000, s / profiled / args.idle]
                                  for k, (c, s) in tasks.items()}
-        if "idle.end" in marks:  # the whole coordinator loop, per second of the idle
-            row["coord_idle_tasks"] = {k: [c / args.idle * 1000, st / args.idle] for k, (c, st)
-                                       in difference(marks["idle.end"],
-                                                     marks["idle.start"]).items()}
-        if "rounds.end" in marks:  # per round, over all rounds (warm-up included)
-            row["coord_round_tasks"] = {k: [c / total * 1000, st / total] for k, (c, st)
-                                        in difference(marks["rounds.end"],
-                                                      marks["rounds.start"]).items()}
+        # the whole coordinator loop: per second of the idle; per round, over all rounds
+        # (warm-up included)
+        for key, span, per in (("coord_idle_tasks", "idle", args.idle),
+                               ("coord_round_tasks", "rounds", total)):
+            if f"{span}.end" in marks:
+                row[key] = {k: [c / per * 1000, st / per] for k, (c, st) in difference(
+                    marks[f"{span}.end"], marks[f"{span}.start"]).items()}
         coord.store.close()
     for key in ("peer_connections_linked", "peer_connections_final"):
         if counts := row.pop(key, None):
