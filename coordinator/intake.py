@@ -62,10 +62,10 @@ class NotAdmitted(RejectedMessage):
 class Intake:
     def __init__(self, store: Store, node: NetworkNode, admission: AdmissionPolicy,
                  open_round: OpenRound, domains: Callable[[], frozenset[str]],
-                 coordinator_key: bytes, meter: Meter, metrics: CoordinatorMetrics):
+                 meter: Meter, metrics: CoordinatorMetrics):
         """``domains()``: what peers may sign round messages for (every registered mode's)."""
         self.store, self.node, self.admission, self.open = store, node, admission, open_round
-        self.domains, self.coordinator_key, self.meter = domains, coordinator_key, meter
+        self.domains, self.meter = domains, meter
         self.metrics = metrics
         self.enroll_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
         self.round_verifier = Verifier(max_wire=MAX_SUBMIT_WIRE)
@@ -85,11 +85,6 @@ class Intake:
         score) only when it is malformed or forged, not when it merely came too late."""
         ack = self.handle(data, via="gossip", transport_peer=origin)
         return ack.accepted or ack.reason.split(":", 1)[0] not in FORWARDER_FAULTS
-
-    def ours(self, data: bytes, origin: str) -> bool:
-        """Gossip on the topics only we publish: valid when we signed it."""
-        env = peek(data, len(data))
-        return env is not None and env.sender == self.coordinator_key
 
     # --- one envelope ----------------------------------------------------------------------
     def handle(self, wire: bytes, *, via: str, transport_peer: str) -> SubmitAck:

@@ -329,7 +329,11 @@ class PeerDaemon:
             sizes = self.node.mesh_sizes()
             empty = [t for t in (TOPIC_ANNOUNCE, TOPIC_RESULT)
                      if self.config.subscribe_gossip and sizes.get(t, 0) == 0]
-            level = logging.WARNING if empty else logging.INFO
+            # an empty mesh is a problem only without a session: the coordinator pushes
+            # everything on the session, and it joins no mesh of its topics
+            session = self.session is not None and self.session.up
+            level = logging.WARNING if empty and not session else logging.INFO
+            relying = "the coordinator's session" if session else "pull"
             log.log(level, "mesh sizes %s, %d connections%s", sizes,
                     len(self.node.connected_peers()),
-                    f"; empty mesh on {empty}, relying on pull" if empty else "")
+                    f"; empty mesh on {empty}, relying on {relying}" if empty else "")

@@ -196,8 +196,10 @@ async def meshsub_rpcs(h: Hostile, t: Target) -> Outcomes:
     """Meshsub RPCs py-libp2p must survive: the bad-key message of finding 1, garbage, an
     oversize frame, a subscription flood, control floods (IHAVE, IWANT, GRAFT, PRUNE with
     junk peer records and a huge back-off), messages with bad signatures or claiming the
-    coordinator's id."""
+    coordinator's id. The messages go on a topic the target reads (a message on any other
+    is dropped unread); the control messages on any topic."""
     topic = random.choice([TOPIC_SUBMIT, TOPIC_ANNOUNCE, TOPIC_RESULT, TOPIC_REPLICAS])
+    read = random.choice([TOPIC_SUBMIT] if t.coordinator else [TOPIC_ANNOUNCE, TOPIC_RESULT])
     coord = ID.from_base58(h.coordinator_id).to_bytes()
     ctrl = rpc_pb2.ControlMessage(
         ihave=[rpc_pb2.ControlIHave(topicID=topic, messageIDs=[os.urandom(20)
@@ -207,13 +209,13 @@ async def meshsub_rpcs(h: Hostile, t: Target) -> Outcomes:
         prune=[rpc_pb2.ControlPrune(topicID=topic, backoff=2**63, peers=[
             rpc_pb2.PeerInfo(peerID=os.urandom(38), signedPeerRecord=os.urandom(100))])])
     rpcs = [
-        bad_key_rpc(topic),
+        bad_key_rpc(read),
         os.urandom(300),
         rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=f"junk{i}")
                                    for i in range(6000)]).SerializeToString(),
         rpc_pb2.RPC(control=ctrl).SerializeToString(),
         rpc_pb2.RPC(publish=[rpc_pb2.Message(from_id=coord, data=os.urandom(64),
-                                             seqno=os.urandom(8), topicIDs=[topic],
+                                             seqno=os.urandom(8), topicIDs=[read],
                                              signature=os.urandom(64))]).SerializeToString(),
     ]
     out: Outcomes = Counter()

@@ -22,7 +22,9 @@ median over the measured rounds of announcement -> result), ``published`` and
 ``accepted`` (the least over measured rounds), ``coord_cpu_s`` (the coordinator
 process's CPU per round, median), ``coord_rss_mb`` (its peak), the coordinator's bytes
 sent and received per peer per round (every TCP byte its process wrote or read), then,
-after the rounds, a quiet ``--idle`` seconds (60): ``idle_ms_per_s`` (a connected peer's
+after the rounds and once the last one's gossip has died down (``quiet_s`` after its
+result: no peer has delivered a gossip message in its last few heartbeats; at most
+120 s), a quiet ``--idle`` seconds (60): ``idle_ms_per_s`` (a connected peer's
 own CPU, ms per second: the workers' CPU over their peers) and ``coord_idle_ms_per_s``
 (the coordinator's, per connected peer), ``peer_cpu_ms`` (a peer's CPU per round, from
 the workers), ``peer_rss_mb`` (the lone peer process's peak RSS) and, for fedavg, the
@@ -71,6 +73,7 @@ GOAL_UPLOAD_MODELS, GOAL_PEER_RSS_MB = 10.0, 350.0
 START_CONCURRENCY = 8  # peers a worker starts at a time
 TOP_TASKS = 25  # tasks listed by --task-profile
 LINKS = 2  # random peers each peer dials, besides the coordinator
+QUIET_MAX = 120.0  # s after the last result the idle window waits, at most, for quiet
 
 
 def progress(msg: str) -> None:
@@ -163,6 +166,19 @@ def peer_worker(args: argparse.Namespace) -> int:
                 await trio.sleep(0.2)
             at_idle[mark] = profile.snapshot()
 
+    async def mark_quiet(daemons: list[PeerDaemon], path: Path) -> None:
+        """``path`` exists while every peer here is quiet on gossip: nothing delivered in
+        its last few gossipsub heartbeats (its message cache's gossip window is empty), so
+        nothing to forward or advertise. The idle window begins once every process is."""
+        while True:
+            quiet = not any(any(d.node.router.mcache.history[:d.node.router.mcache.window_size])
+                            for d in daemons)
+            if quiet and not path.exists():
+                path.write_text("")
+            elif not quiet and path.exists():
+                path.unlink()
+            await trio.sleep(1.0)
+
     async def main() -> None:
         if profile is not None:
             trio.lowlevel.add_instrument(profile)
@@ -207,6 +223,7 @@ def peer_worker(args: argparse.Namespace) -> int:
                     for daemon in started:
                         linker.start_soon(link, daemon)
                 linked = sorted(len(d.node.connected_peers()) for d in started)
+                nursery.start_soon(mark_quiet, started, Path(args.out + ".quiet"))
                 Path(args.out + ".linked").write_text("")  # the bench starts the rounds
                 async for _ in signals:
                     break
@@ -393,8 +410,16 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     row["error"] = f"{coord.rounds_run} of {total} rounds in time"
                 else:
                     mark("rounds.end")
+                    # the last round's gossip dies down first (its tail, like every earlier
+                    # round's, belongs to the rounds: at N=1000 it ran for 30 s)
+                    t_end = time.monotonic()
                     await trio.sleep(5.0)  # the last result's fetches settle
-                    progress(f"N={n} {mode}: idle for {args.idle:g} s")
+                    while not all(Path(str(out) + ".quiet").exists() for _, out, _ in procs) \
+                            and time.monotonic() - t_end < QUIET_MAX:
+                        await trio.sleep(0.5)
+                    row["quiet_s"] = time.monotonic() - t_end
+                    progress(f"N={n} {mode}: quiet {row['quiet_s']:.1f} s after the last "
+                             f"result; idle for {args.idle:g} s")
                     t_idle = samples.take()
                     (Path(tmp) / "idle.start").write_text("")
                     mark("idle.start")
@@ -507,7 +532,7 @@ COLUMNS = [("n", "N", "{}"), ("mode", "mode", "{}"), ("published", "published", 
            ("coord_rss_mb", "coord RSS MB", "{:.0f}"),
            ("sent_kib_per_peer", "sent KiB/peer", "{:.1f}"),
            ("received_kib_per_peer", "recv KiB/peer", "{:.1f}"),
-           ("idle_ms_per_s", "idle ms/s", "{:.2f}"),
+           ("quiet_s", "quiet s", "{:.0f}"), ("idle_ms_per_s", "idle ms/s", "{:.2f}"),
            ("coord_idle_ms_per_s", "coord idle ms/s", "{:.3f}"),
            ("peer_cpu_ms", "peer CPU ms/round", "{:.1f}"),
            ("peer_rss_mb", "peer RSS MB", "{:.0f}"),
