@@ -137,7 +137,9 @@ class CoordinatorConfig:
     llm_max_tokens: int = 32
     llm_url: str | None = None
     llm_model: str | None = None
-    gossip: GossipConfig = field(default_factory=GossipConfig)
+    # IHAVEs to 6 peers a heartbeat, not a quarter of all: every participant gets our
+    # messages on its session (see peer.gossip.GossipConfig.gossip_max)
+    gossip: GossipConfig = field(default_factory=lambda: GossipConfig(gossip_max=6))
     limits: Limits = COORDINATOR_LIMITS
 
     @property

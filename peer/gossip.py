@@ -57,6 +57,10 @@ class GossipConfig:
     # heartbeats between score decays (the spec's DecayInterval), each by that many
     # heartbeats' worth; py-libp2p decayed every counter of every peer each heartbeat
     decay_every: int = 10
+    # most peers a heartbeat's IHAVE goes to, per topic (None: the spec's max(6, 25 % of
+    # the topic's peers)); the coordinator's messages reach every participant on its
+    # session, and at N=1000 a quarter of its peers asked for each one again (IWANT)
+    gossip_max: int | None = None
 
 
 DEFAULT_GOSSIP = GossipConfig()
@@ -227,11 +231,13 @@ class PacedGossipSub(GossipSub):
     runs opportunistic grafting every 60 heartbeats (go-libp2p's
     ``OpportunisticGraftTicks``), and the mesh's degree bounds, which need no scores, are
     still kept every heartbeat. Its scores decay every ``decay_every`` heartbeats
-    (:class:`PacedScorer`)."""
+    (:class:`PacedScorer`), and its IHAVEs go to at most ``gossip_max`` peers a topic."""
 
-    def __init__(self, *args: Any, upkeep_every: int, decay_every: int = 1, **kwargs: Any):
+    def __init__(self, *args: Any, upkeep_every: int, decay_every: int = 1,
+                 gossip_max: int | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.upkeep_every = max(1, upkeep_every)
+        self.gossip_max = gossip_max
         self.beats = 0
         assert self.scorer is not None
         self.scorer = PacedScorer(self.scorer.params, decay_every)
@@ -251,11 +257,16 @@ class PacedGossipSub(GossipSub):
         if self._upkeep_due():
             await super()._maintain_mesh_quality(topic)
 
+    def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
+        count = super()._get_adaptive_gossip_peers_count(topic, total_peers)
+        return count if self.gossip_max is None else min(count, self.gossip_max)
+
 
 def make_router(gossip: GossipConfig) -> GossipSub:
     return PacedGossipSub(
         upkeep_every=gossip.upkeep_every,
         decay_every=gossip.decay_every,
+        gossip_max=gossip.gossip_max,
         protocols=GOSSIPSUB_PROTOCOLS,
         degree=gossip.degree,
         degree_low=gossip.degree_low,

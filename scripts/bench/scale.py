@@ -23,8 +23,8 @@ median over the measured rounds of announcement -> result), ``published`` and
 process's CPU per round, median), ``coord_rss_mb`` (its peak), the coordinator's bytes
 sent and received per peer per round (every TCP byte its process wrote or read), then,
 after the rounds and once the last one's gossip has died down (``quiet_s`` after its
-result: no peer has delivered a gossip message in its last few heartbeats; at most
-120 s), a quiet ``--idle`` seconds (60): ``idle_ms_per_s`` (a connected peer's
+result: for 5 s no peer has delivered a gossip message within its last few heartbeats;
+at most 120 s), a quiet ``--idle`` seconds (60): ``idle_ms_per_s`` (a connected peer's
 own CPU, ms per second: the workers' CPU over their peers) and ``coord_idle_ms_per_s``
 (the coordinator's, per connected peer), ``peer_cpu_ms`` (a peer's CPU per round, from
 the workers), ``peer_rss_mb`` (the lone peer process's peak RSS) and, for fedavg, the
@@ -74,6 +74,7 @@ START_CONCURRENCY = 8  # peers a worker starts at a time
 TOP_TASKS = 25  # tasks listed by --task-profile
 LINKS = 2  # random peers each peer dials, besides the coordinator
 QUIET_MAX = 120.0  # s after the last result the idle window waits, at most, for quiet
+QUIET_FOR = 5.0  # s without gossip in hand at every peer that make the network quiet
 
 
 def progress(msg: str) -> None:
@@ -167,16 +168,18 @@ def peer_worker(args: argparse.Namespace) -> int:
             at_idle[mark] = profile.snapshot()
 
     async def mark_quiet(daemons: list[PeerDaemon], path: Path) -> None:
-        """``path`` exists while every peer here is quiet on gossip: nothing delivered in
-        its last few gossipsub heartbeats (its message cache's gossip window is empty), so
-        nothing to forward or advertise. The idle window begins once every process is."""
+        """Writes to ``path``, every second, when it looked (wall clock) and when a peer
+        here last had gossip in hand: a message delivered in its last few gossipsub
+        heartbeats (its message cache's gossip window), so something to forward, advertise
+        or answer for. The idle window begins once every process has looked after the last
+        result and found nothing in hand for ``QUIET_FOR`` seconds."""
+        busy = time.time()
         while True:
-            quiet = not any(any(d.node.router.mcache.history[:d.node.router.mcache.window_size])
-                            for d in daemons)
-            if quiet and not path.exists():
-                path.write_text("")
-            elif not quiet and path.exists():
-                path.unlink()
+            now = time.time()
+            if any(any(d.node.router.mcache.history[:d.node.router.mcache.window_size])
+                   for d in daemons):
+                busy = now
+            path.write_text(json.dumps({"looked": now, "busy": busy}))
             await trio.sleep(1.0)
 
     async def main() -> None:
@@ -317,6 +320,16 @@ def coordinator_config(mode: str, n: int, tmp: Path, args: argparse.Namespace):
         **by_mode)
 
 
+def quiet_since(path: Path, t: float) -> bool:
+    """Whether a worker (its ``mark_quiet`` file) has looked since wall time ``t`` and found
+    no gossip in hand for ``QUIET_FOR`` seconds."""
+    try:
+        seen = json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    return seen["looked"] > t and seen["looked"] - max(seen["busy"], t) >= QUIET_FOR
+
+
 async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from coordinator.service import Coordinator
     from protocol.wire.messages import ANNOUNCE, RESULT
@@ -412,15 +425,20 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     mark("rounds.end")
                     # the last round's gossip dies down first (its tail, like every earlier
                     # round's, belongs to the rounds: at N=1000 it ran for 30 s)
-                    t_end = time.monotonic()
+                    t_end, t_tail = time.time(), samples.take()
                     await trio.sleep(5.0)  # the last result's fetches settle
-                    while not all(Path(str(out) + ".quiet").exists() for _, out, _ in procs) \
-                            and time.monotonic() - t_end < QUIET_MAX:
+                    while not all(quiet_since(Path(str(out) + ".quiet"), t_end)
+                                  for _, out, _ in procs) and time.time() - t_end < QUIET_MAX:
                         await trio.sleep(0.5)
-                    row["quiet_s"] = time.monotonic() - t_end
-                    progress(f"N={n} {mode}: quiet {row['quiet_s']:.1f} s after the last "
-                             f"result; idle for {args.idle:g} s")
+                    row["quiet_s"] = time.time() - t_end
                     t_idle = samples.take()
+                    tail = samples.between(t_tail, t_idle)  # CPU s: the coordinator, the peers
+                    row["tail_coord_ms_per_peer"] = tail[1] * 1000 / n
+                    row["tail_peer_ms"] = tail[2] * 1000 / n
+                    progress(f"N={n} {mode}: quiet {row['quiet_s']:.1f} s after the last "
+                             f"result (until then {row['tail_peer_ms']:.1f} ms of CPU a peer, "
+                             f"the coordinator {row['tail_coord_ms_per_peer']:.2f} ms a peer); "
+                             f"idle for {args.idle:g} s")
                     (Path(tmp) / "idle.start").write_text("")
                     mark("idle.start")
                     await trio.sleep(args.idle)
