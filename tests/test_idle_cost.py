@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import AsyncExitStack
 
 import trio
 from libp2p.pubsub.gossipsub import GossipSub
@@ -104,6 +105,42 @@ async def test_gossipsub_score_upkeep_runs_every_upkeep_every_heartbeats(monkeyp
     assert upkeep and all(beat % 5 == 0 for beat in upkeep), upkeep
     beats = sum(n.router.beats for n in nodes)
     assert len(upkeep) <= beats // 5 + 3  # one topic: once per five heartbeats, not each
+
+
+async def test_a_hub_advertises_its_messages_to_at_most_gossip_max_peers_a_heartbeat(
+        monkeypatch):
+    """The coordinator (a hub every peer connects to) sends IHAVEs to ``gossip_max`` peers a
+    heartbeat, not py-libp2p's max(6, 25 % of the topic): at N=1000 a quarter of its peers
+    asked again (IWANT) for each message they already had from their sessions."""
+    hub = NetworkNode(Identity.generate(), gossip=GossipConfig(heartbeat_interval=0.05,
+                                                               gossip_max=2))
+    leaves = [NetworkNode(Identity.generate(), gossip=GossipConfig(heartbeat_interval=0.05))
+              for _ in range(8)]
+    advertised: list[int] = []  # peers each of the hub's heartbeats sent an IHAVE to
+    plain = GossipSub._emit_control_msgs
+
+    async def counted(self, graft, prune, gossip):
+        if self is hub.router and gossip:
+            advertised.append(len(gossip))
+        return await plain(self, graft, prune, gossip)
+
+    monkeypatch.setattr(GossipSub, "_emit_control_msgs", counted)
+    got: list[bytes] = []
+
+    async def handler(data: bytes, origin: str) -> None:
+        got.append(data)
+
+    async with hub.running(), AsyncExitStack() as stack:
+        for leaf in leaves:
+            await stack.enter_async_context(leaf.running())
+            assert await leaf.connect(hub.addrs[0])
+            await leaf.subscribe("t", handler)
+        await wait_for(lambda: len(hub.pubsub.peer_topics.get("t", ())) == len(leaves))
+        await hub.publish("t", b"from the hub")  # not subscribed: its fanout, 4 leaves
+        # the message's three heartbeats in the hub's gossip window: 2 leaves each (without
+        # the cap, all 4 outside the fanout each time), which asked for it (IWANT)
+        await wait_for(lambda: len(advertised) >= 3 and len(got) >= 4 + 2)
+    assert max(advertised) == 2, advertised
 
 
 def test_paced_scores_decay_every_tenth_heartbeat_to_the_same_values_and_keep_no_zeros():
