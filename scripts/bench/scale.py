@@ -425,8 +425,8 @@ async def one_network(n: int, mode: str, args: argparse.Namespace) -> dict[str, 
                     mark("rounds.end")
                     # the last round's gossip dies down first (its tail, like every earlier
                     # round's, belongs to the rounds: at N=1000 it ran for 30 s)
+                    # (quiet takes QUIET_FOR s at least: the last result's fetches settle)
                     t_end, t_tail = time.time(), samples.take()
-                    await trio.sleep(5.0)  # the last result's fetches settle
                     while not all(quiet_since(Path(str(out) + ".quiet"), t_end)
                                   for _, out, _ in procs) and time.time() - t_end < QUIET_MAX:
                         await trio.sleep(0.5)
