@@ -21,12 +21,17 @@ model. Instead:
   at the speed of transfers, from the seed's first copies out along the neighbours
   waiting on them, not at the pace of back-offs (with "not found" answers, 1,000 peers
   with about five connections each ran through their attempts before the holders had
-  multiplied, and 70 % of them took a last-resort copy from the coordinator). Holds
-  cannot deadlock: each is bounded, and a waiting node's own fetch asks all its
-  neighbours and the coordinator, so it ends when any of them has the blob. The serving
-  node's deadline covers the hold and then, afresh, the transfer (a hold cut at the
-  10-s stream deadline, or a reply left no time to be written after a long one, is a
+  multiplied, and 70 % of them took a last-resort copy from the coordinator). The
+  serving node's deadline covers the hold and then, afresh, the transfer (a hold cut at
+  the 10-s stream deadline, or a reply left no time to be written after a long one, is a
   "not found" for a blob that was on its way);
+- holds never wait in a circle: a node holds a request only from a peer that ranks above
+  it for that blob (``rank``: a hash of the digest and the peer id) and answers one
+  from below "not found" at once, so every chain of holds runs down the ranks and ends
+  at a node whose own asks are answered without waiting (the wait-die rule of database
+  locks). Without it two fetching peers that asked each other held each other's
+  requests for ``COMING_WAIT`` at every attempt: 20 s each time, 80 s and more in all
+  before the last resort, past a 30-s phase deadline in a 6-peer test under CI load;
 - fetches of one digest inside a node are coalesced (the second waits for the first).
 
 Requests are the 32-byte digest, optionally followed by one flags byte
@@ -68,8 +73,10 @@ class BlobStore:
     ``seed_copies``: None for a peer (serve whoever asks); a number for the coordinator
     (see the module's docstring)."""
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024, seed_copies: int | None = None):
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, seed_copies: int | None = None,
+                 owner: str = ""):
         self.max_bytes, self.seed_copies = max_bytes, seed_copies
+        self.owner = owner  # our peer id: where we stand in each blob's ranks
         self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
         self.served: Counter[bytes] = Counter()  # copies served, by digest (kept blobs only)
@@ -78,6 +85,8 @@ class BlobStore:
         self.last_resort = 0  # copies served to last-resort requests past seed_copies
         self._inflight: dict[bytes, trio.Event] = {}  # our fetches now, set when each ends
         self.held = 0  # requests held for a blob we were fetching (counted)
+        self.held_empty = 0  # of those, holds that ended without the blob
+        self.not_held = 0  # requests for a blob we were fetching, from a peer ranked below
         # our fetches that ended, by where the blob came from ("neighbour", "neighbour or
         # seed", "last resort", "failed"), and their summed and longest duration
         self.fetched: Counter[str] = Counter()
@@ -112,10 +121,14 @@ class BlobStore:
         digest, flags = request[:32], request[32] if len(request) == 33 else 0
         data = self.get(digest)
         if data is None and (coming := self._inflight.get(digest)) is not None:
-            self.held += 1
-            with trio.move_on_after(COMING_WAIT):
-                await coming.wait()
-            data = self.get(digest)
+            if rank(digest, remote) > rank(digest, self.owner):
+                self.held += 1
+                with trio.move_on_after(COMING_WAIT):
+                    await coming.wait()
+                data = self.get(digest)
+                self.held_empty += data is None
+            else:
+                self.not_held += 1
         if data is None:
             self.not_found += 1
             raise StreamProtocolError("blob not found")
@@ -127,6 +140,12 @@ class BlobStore:
             self.last_resort += 1
         self.served[digest] += 1
         return data
+
+
+def rank(digest: bytes, peer: str) -> bytes:
+    """``peer``'s place in ``digest``'s order of holds: a node fetching the blob holds
+    requests only from peers ranked above it (a different order for every blob)."""
+    return hashlib.sha256(b"hypergossip/blob-rank/v1\x00" + digest + peer.encode()).digest()
 
 
 async def fetch_blob(store: BlobStore, request: Callable[..., Awaitable[bytes]], digest: bytes,

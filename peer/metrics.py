@@ -57,6 +57,7 @@ class NodeCollector:
         served.add_metric(["served"], sum(blobs.served.values()))
         served.add_metric(["busy"], blobs.busy)
         served.add_metric(["held"], blobs.held)
+        served.add_metric(["not_held"], blobs.not_held)
         served.add_metric(["last_resort"], blobs.last_resort)
         yield served
         yield GaugeMetricFamily("hypergossip_blob_store_bytes", "Bytes of blobs held",

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 
-from peer.blobs import BUSY, LAST_RESORT, BlobStore
+from peer.blobs import BUSY, LAST_RESORT, BlobStore, rank
 from peer.node import NetworkNode
 from peer.streams import StreamProtocolError
 from protocol.wire.identity import Identity
@@ -70,9 +70,18 @@ async def test_the_seed_rule_busy_then_last_resort_and_small_blobs_always():
             await store.serve(bad, "d")
 
 
+def ranked(below: str, above: str, size: int) -> bytes:
+    """Random bytes of ``size`` whose digest ranks ``above`` over ``below``."""
+    while True:
+        data = os.urandom(size)
+        digest = hashlib.sha256(data).digest()
+        if rank(digest, above) > rank(digest, below):
+            return data
+
+
 async def test_a_peer_asked_for_a_blob_it_is_fetching_holds_the_request_until_it_has_it():
-    store = BlobStore()
-    data = os.urandom(1000)
+    store = BlobStore(owner="us")
+    data = ranked(below="us", above="neighbour", size=1000)
     digest = hashlib.sha256(data).digest()
     store._inflight[digest] = coming = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -86,7 +95,52 @@ async def test_a_peer_asked_for_a_blob_it_is_fetching_holds_the_request_until_it
         assert not answers  # waiting, not "not found"
         store.put(data)
         coming.set()
-    assert answers == [data] and store.held == 1
+    assert answers == [data] and store.held == 1 and store.held_empty == 0
+
+
+async def test_a_request_from_a_peer_ranked_below_is_not_held():
+    """The wait-die rule: a node fetching a blob answers a request from a peer ranked
+    below it "not found" at once (a hold there could close a circle of holds)."""
+    store = BlobStore(owner="us")
+    data = ranked(below="neighbour", above="us", size=1000)
+    digest = hashlib.sha256(data).digest()
+    store._inflight[digest] = trio.Event()  # our fetch under way, never ending here
+    with pytest.raises(StreamProtocolError, match="not found"):
+        await store.serve(digest, "neighbour")
+    assert store.held == 0 and store.not_held == 1 and store.not_found == 1
+
+
+async def test_two_fetching_peers_that_ask_each_other_do_not_hold_each_other():
+    """Over real libp2p: two peers fetch one model, each with only the other and a seed
+    that says "busy" until asked as a last resort. Before the rank rule each held the
+    other's request for COMING_WAIT (20 s) at every attempt, and both holds ended
+    empty (a 6-peer fedavg test missed a 30-s phase deadline that way under CI load);
+    now the one ranked lower is told "not found" at once, takes its last-resort copy,
+    and then serves the one it held."""
+    seed = NetworkNode(Identity.generate())
+    seed.blobs.seed_copies = 0
+    a, b = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
+    model = os.urandom(200_000)
+    digest = seed.blobs.put(model)
+    got: dict[str, bytes] = {}
+    async with seed.running(), a.running(), b.running():
+        for node in (a, b):
+            assert await node.connect(seed.addrs[0])
+        assert await a.connect(b.addrs[0])
+
+        async def fetch(node: NetworkNode, other: NetworkNode) -> None:
+            got[node.peer_id] = await node.fetch_blob(digest, [other.peer_id],
+                                                      seed=seed.peer_id, attempts=2,
+                                                      max_size=len(model))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch, a, b)
+            nursery.start_soon(fetch, b, a)
+    assert got == {a.peer_id: model, b.peer_id: model}
+    low, high = sorted((a, b), key=lambda n: rank(digest, n.peer_id))
+    assert low.blobs.held_empty == high.blobs.held_empty == 0, "a hold ended empty"
+    assert high.blobs.held == 0  # it told the lower one "not found" instead
+    assert seed.blobs.last_resort == 1  # one copy from the seed, the other from a peer
 
 
 async def test_a_hold_longer_than_a_stream_deadline_still_serves_the_blob():
@@ -96,7 +150,7 @@ async def test_a_hold_longer_than_a_stream_deadline_still_serves_the_blob():
     500 peers in scripts/bench/scale.py fell back to the coordinator."""
     from peer.limits import STREAM_TIMEOUT
     holder, asker = NetworkNode(Identity.generate()), NetworkNode(Identity.generate())
-    model = os.urandom(300_000)
+    model = ranked(below=holder.peer_id, above=asker.peer_id, size=300_000)
     digest = hashlib.sha256(model).digest()
     async with holder.running(), asker.running():
         assert await asker.connect(holder.addrs[0])
