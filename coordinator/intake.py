@@ -167,9 +167,11 @@ class Intake:
 
     def _record(self, env: Envelope, wire: bytes, payload: bytes) -> None:
         """Store an accepted message and its envelope (served to the round log's auditors
-        for the last ``--log-keep`` rounds: coordinator.roundlog)."""
+        for the last ``--log-keep`` rounds: coordinator.roundlog; without a round log
+        nobody is served it, and it is not kept)."""
+        kept = wire if self.receipt is not None else b""
         self.store.record_message(env.wire_digest(), env.round, env.sender_id, env.domain,
-                                  env.nonce, payload, wire, len(wire))
+                                  env.nonce, payload, kept, len(wire))
 
     def _withdraw(self, env: Envelope, wire: bytes) -> Envelope:
         """A participant that cannot go on: the round stops waiting for it."""

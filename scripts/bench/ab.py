@@ -66,8 +66,10 @@ def figures(node, path: str = "", out: dict[str, float] | None = None) -> dict[s
     return out
 
 
-def run(checkout: Path, bench: list[str], json_path: Path) -> dict[str, float]:
-    cmd = [sys.executable, str(checkout / bench[0]), *bench[1:], "--json", str(json_path)]
+def run(checkout: Path, bench: list[str], json_path: Path,
+        extra: list[str] | None = None) -> dict[str, float]:
+    cmd = [sys.executable, str(checkout / bench[0]), *bench[1:], *(extra or []),
+           "--json", str(json_path)]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
@@ -87,6 +89,10 @@ def main() -> int:
     p.add_argument("--a", type=Path, required=True, help="checkout A (e.g. the commit before)")
     p.add_argument("--b", type=Path, required=True, help="checkout B (e.g. this one)")
     p.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
+    p.add_argument("--b-args", default="", metavar="ARGS",
+                   help="arguments only B's runs get, space-separated (a switch A's checkout "
+                   "lacks, e.g. --b-args=--no-round-log to compare with a commit from before "
+                   "the round log); printed with the table")
     p.add_argument("bench", nargs=argparse.REMAINDER, help="-- BENCH.py [its arguments]")
     args = p.parse_args()
     bench = args.bench[1:] if args.bench[:1] == ["--"] else args.bench
@@ -98,10 +104,12 @@ def main() -> int:
             order = (("a", args.a), ("b", args.b))
             for side, checkout in order if i % 2 == 0 else order[::-1]:
                 print(f"run {i + 1}/{args.runs} {side.upper()}", file=sys.stderr)
+                extra = args.b_args.split() if side == "b" else []
                 results[side].append(run(checkout.resolve(), bench,
-                                         Path(tmp) / f"{side}{i}.json"))
+                                         Path(tmp) / f"{side}{i}.json", extra))
     keys = sorted(set().union(*results["a"]) & set().union(*results["b"]))
-    print(f"{' '.join(bench)}: A = {args.a}, B = {args.b}, {args.runs} runs each, "
+    b_args = f" (B with {args.b_args})" if args.b_args else ""
+    print(f"{' '.join(bench)}: A = {args.a}, B = {args.b}{b_args}, {args.runs} runs each, "
           "alternating")
     print("| figure | A (median) | B (median) | B/A | noise | paired B/A (range) | A runs "
           "| B runs |\n|---|---|---|---|---|---|---|---|")

@@ -374,7 +374,8 @@ async def network_rounds(n: int, m: int, args: argparse.Namespace, degree: int |
             secagg_agreement=threshold,  # an explicit graph: as many signatures as shares
             # every peer enrols from 127.0.0.1: above the default per-address burst (64) the
             # admission policy would let one more in a minute
-            admission=AdmissionConfig(per_source_burst=max(64, n + 8)))
+            admission=AdmissionConfig(per_source_burst=max(64, n + 8)),
+            round_log=not args.no_round_log)
         meter = CpuMeter()  # the coordinator's own work, announce -> result
         coord = Coordinator(cfg, meter=meter)
         try:
@@ -862,6 +863,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-round-log", action="store_true",
+                   help="run the coordinator without its round log (records, heads, a signed "
+                   "receipt per accepted message): what the log costs, or an A/B against a "
+                   "commit from before it (scripts/bench/ab.py --b-args)")
     p.add_argument("--skip-protocol", action="store_true", help="skip the sans-IO measurement")
     p.add_argument("--skip-network", action="store_true", help="skip the libp2p rounds")
     p.add_argument("--skip-flower", action="store_true", help="skip Flower")
