@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .segments import Segments
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS peers (
@@ -67,11 +69,15 @@ class Store:
         if "wire" not in columns:  # a database from before the round log
             self.db.execute("ALTER TABLE messages ADD COLUMN wire BLOB NOT NULL DEFAULT x''")
             self.db.execute("ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+        if "wire_at" not in columns:  # -1: no envelope in a segment file (segments.py)
+            self.db.execute("ALTER TABLE messages ADD COLUMN wire_at INT NOT NULL DEFAULT -1")
+        self.segments = Segments(self.path.with_name(self.path.name + "-envelopes"))
         self._touched: dict[str, float] = {}  # peer -> when its last_seen was last written
         self._admitted: frozenset[str] | None = None  # admitted(), until a peer comes or goes
-        self.log = LogStore(self.db)
+        self.log = LogStore(self.db, self.segments)
 
     def close(self) -> None:
+        self.segments.close()
         self.db.close()
 
     # --- peers ---------------------------------------------------------------------------
@@ -228,11 +234,13 @@ class Store:
     def record_message(self, digest: bytes, round: int, sender: str, domain: str,
                        nonce: bytes, payload: bytes, wire: bytes = b"", size: int = 0) -> None:
         """An accepted message: ``payload`` where a resumed round needs it, ``wire`` (the
-        signed envelope, ``size`` bytes) where the round log serves it."""
+        signed envelope, ``size`` bytes) where the round log serves it (appended to the
+        round's segment file; the row says where)."""
+        wire_at = self.segments.append(round, wire) if wire else -1
         self.db.execute(
             "INSERT OR IGNORE INTO messages (digest, round, sender, domain, nonce, received_at,"
-            " payload, wire, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (digest, round, sender, domain, nonce, time.time(), payload, wire, size))
+            " payload, size, wire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (digest, round, sender, domain, nonce, time.time(), payload, size, wire_at))
 
     def messages(self, round: int, domain: str) -> list[sqlite3.Row]:
         return list(self.db.execute(
@@ -256,6 +264,7 @@ class Store:
         gone = self.db.execute("DELETE FROM rounds WHERE round < ? AND status != 'open'",
                                (before,)).rowcount
         self.db.execute("DELETE FROM messages WHERE round < ?", (before,))
+        self.segments.drop_before(before)
         return gone
 
     def count_messages(self) -> int:
@@ -353,8 +362,8 @@ class LogStore:
     """The round log's records and signed heads (protocol.audit.log), in the store's
     database (table ``round_log``)."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, segments: Segments):
+        self.db, self.segments = db, segments
 
     def add(self, round: int, hash: bytes, record: bytes, head: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO round_log (round, hash, record, head) "
@@ -386,19 +395,30 @@ class LogStore:
     def strip_wires(self, before: int) -> None:
         """Forget the envelopes of rounds before ``before`` (their digests stay in the
         log's records; a resumable round's payloads stay for as long as the round)."""
-        self.db.execute("UPDATE messages SET wire=x'' WHERE round < ? AND LENGTH(wire) > 0",
-                        (before,))
+        self.db.execute("UPDATE messages SET wire=x'', wire_at=-1 WHERE round < ? AND "
+                        "(wire_at >= 0 OR LENGTH(wire) > 0)", (before,))
+        self.segments.drop_before(before)
 
     def round_wires(self, round: int, limit: int) -> dict[bytes, bytes] | None:
         """Round ``round``'s kept envelopes by digest; None when they add up to more than
         ``limit`` bytes (the caller then asks for them one by one)."""
-        total = self.db.execute("SELECT COALESCE(SUM(LENGTH(wire)), 0) FROM messages WHERE "
-                                "round=?", (round,)).fetchone()[0]
+        kept = "round=? AND (wire_at >= 0 OR LENGTH(wire) > 0)"
+        total = self.db.execute(f"SELECT COALESCE(SUM(size), 0) FROM messages WHERE {kept}",
+                                (round,)).fetchone()[0]
         if total > limit:
             return None
-        return {bytes(r[0]): bytes(r[1]) for r in self.db.execute(
-            "SELECT digest, wire FROM messages WHERE round=? AND LENGTH(wire) > 0", (round,))}
+        wires = {bytes(r[0]): self._wire(r) for r in self.db.execute(
+            f"SELECT digest, round, wire, wire_at, size FROM messages WHERE {kept}", (round,))}
+        return {d: w for d, w in wires.items() if w is not None}
 
     def message_wire(self, digest: bytes) -> bytes | None:
-        row = self.db.execute("SELECT wire FROM messages WHERE digest=?", (digest,)).fetchone()
-        return bytes(row[0]) if row is not None and row[0] else None
+        row = self.db.execute("SELECT digest, round, wire, wire_at, size FROM messages "
+                              "WHERE digest=?", (digest,)).fetchone()
+        return None if row is None else self._wire(row)
+
+    def _wire(self, row: sqlite3.Row) -> bytes | None:
+        """A message's envelope: from its round's segment file, or (a database from before
+        the segment files) from the row itself."""
+        if row["wire_at"] >= 0:
+            return self.segments.read(row["round"], row["wire_at"], row["size"])
+        return bytes(row["wire"]) if row["wire"] else None

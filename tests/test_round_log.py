@@ -125,7 +125,7 @@ async def test_a_tampered_record_or_a_withheld_envelope_fails_the_audit(data_dir
         record = bytearray(row["record"])
         record[-40] ^= 1  # a flipped bit in round 2's record, after its head was signed
         coord.store.db.execute("UPDATE round_log SET record=? WHERE round=2", (bytes(record),))
-        coord.store.db.execute("UPDATE messages SET wire=x'' WHERE round=3 AND digest=?",
+        coord.store.db.execute("UPDATE messages SET wire_at=-1 WHERE round=3 AND digest=?",
                                (coord.store.log.accepted(3, skip="legacy")[0]["digest"],))
         rc, findings = await audit(coord.http_url, tmp_path)
         nursery.cancel_scope.cancel()
@@ -277,10 +277,12 @@ async def test_envelopes_are_kept_for_the_last_rounds_only(data_dir, tmp_path):
                                          max_rounds=3, linger=60.0, log_keep=1)
         rc, findings = await audit(coord.http_url, tmp_path)
         kept = coord.store.db.execute(
-            "SELECT round, COUNT(*) FROM messages WHERE LENGTH(wire) > 0 GROUP BY round"
+            "SELECT round, COUNT(*) FROM messages WHERE wire_at >= 0 GROUP BY round"
         ).fetchall()
+        files = sorted(p.name for p in coord.store.segments.folder.iterdir())
         nursery.cancel_scope.cancel()
     assert rc == 0 and [tuple(r) for r in kept] == [(3, 3)]
+    assert files == ["3.env"]  # the older rounds' envelope files are deleted
     assert [f["status"] for f in findings] == ["not checkable", "not checkable", "checked"]
     assert "no longer kept" in findings[0]["detail"]
 
