@@ -300,3 +300,17 @@ def test_verify_signature_takes_memoryviews_and_bytearrays() -> None:
     sig = ident.sign(b"message")
     assert verify_signature(memoryview(ident.public_key), bytearray(sig),
                             memoryview(b"message")) is True
+
+
+@pytest.mark.parametrize("size", [0, 1, 120, 5000])
+def test_signatures_are_the_rfc_8032_bytes_openssl_gives_and_verify(size: int) -> None:
+    """Signing runs on libsodium; Ed25519 is deterministic, so the bytes must equal
+    OpenSSL's (through ``cryptography``) for the same key and message."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    ident = Identity.generate()
+    message = os.urandom(size)
+    sig = ident.sign(message)
+    assert sig == Ed25519PrivateKey.from_private_bytes(ident.seed).sign(message)
+    assert verify_signature(ident.public_key, sig, message)
+    assert not verify_signature(ident.public_key, sig, message + b"x")
