@@ -158,7 +158,7 @@ class NetworkNode:
             register(service, self.faults)
         self.host.get_network()._hg_max_inbound_streams = limits.streams_per_connection
         self.host.get_network()._hg_limits = limits  # read by libp2p_patches' gates
-        self.blobs = BlobStore(owner=identity.peer_id)
+        self.blobs = BlobStore()
         # who names peers to dial when we know too few (the daemon: its coordinator)
         self.discover: connections.Discover | None = None
         self._nursery: trio.Nursery | None = None
