@@ -87,7 +87,7 @@ class BlobStore:
         self.held = 0  # requests held for a blob we were fetching (counted)
         self.held_empty = 0  # of those, holds that ended without the blob
         self.not_held = 0  # requests for a blob we were fetching, from a peer we were asking
-        self._asking: dict[bytes, Counter[str]] = {}  # digest -> peers we are asking now
+        self._asking: Counter[tuple[bytes, str]] = Counter()  # (digest, peer) we ask now
         # our fetches that ended, by where the blob came from ("neighbour", "neighbour or
         # seed", "last resort", "failed"), and their summed and longest duration
         self.fetched: Counter[str] = Counter()
@@ -122,7 +122,7 @@ class BlobStore:
         digest, flags = request[:32], request[32] if len(request) == 33 else 0
         data = self.get(digest)
         if data is None and (coming := self._inflight.get(digest)) is not None:
-            if not self._asking.get(digest, {}).get(remote):  # no circle of two
+            if not self._asking[digest, remote]:  # no circle of two
                 self.held += 1
                 with trio.move_on_after(COMING_WAIT):
                     await coming.wait()
@@ -230,8 +230,7 @@ async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer:
                wire: bytes, max_size: int, timeout: float,
                digest: bytes | None = None, who: str = "neighbour") -> bytes | None:
     digest = digest or wire
-    asking = store._asking.setdefault(digest, Counter())
-    asking[peer] += 1  # while this ask is out, ``peer``'s ask for the blob is not held
+    store._asking[digest, peer] += 1  # while this ask is out, ``peer``'s is not held
     try:
         data = await request(peer, PROTO_BLOB, wire, max_response=max_size, timeout=timeout)
     except StreamProtocolError as exc:
@@ -242,11 +241,9 @@ async def _ask(store: BlobStore, request: Callable[..., Awaitable[bytes]], peer:
         store.asks[f"{who}: cancelled (another answered)"] += 1
         raise
     finally:
-        asking[peer] -= 1
-        if asking[peer] <= 0:
-            del asking[peer]
-        if not asking and store._asking.get(digest) is asking:
-            del store._asking[digest]
+        store._asking[digest, peer] -= 1
+        if store._asking[digest, peer] <= 0:
+            del store._asking[digest, peer]
     store.asks[f"{who}: served"] += 1
     if hashlib.sha256(data).digest() != digest:
         log.warning("peer %s served a blob that does not match its digest", peer)
