@@ -41,6 +41,19 @@ def test_dirichlet_partition_is_a_deterministic_non_iid_cover():
     assert top_share > 0.4
 
 
+def test_the_shared_dataset_and_split_are_read_only_and_match_a_fresh_split():
+    d = datasets.load()
+    assert d is datasets.load()  # made once a process...
+    with pytest.raises(ValueError):
+        d.train_x[0, 0, 0] = 1.0  # ...so nobody may change it for the others
+    fresh = datasets.dirichlet_partition(d.train_y, 7, 0.5, seed=3)
+    for i, part in enumerate(fresh):
+        got = datasets.dirichlet_part(d.train_y, 7, 0.5, 3, i)
+        assert np.array_equal(got, part) and not got.flags.writeable
+    other = datasets.dirichlet_part(d.train_y[::-1].copy(), 7, 0.5, 3, 0)  # other labels
+    assert np.array_equal(other, datasets.dirichlet_partition(d.train_y[::-1], 7, 0.5, 3)[0])
+
+
 def test_real_mnist_loader_reads_idx_files(tmp_path):
     d = datasets.load()
     raw = tmp_path / "MNIST" / "raw"
@@ -89,7 +102,7 @@ def test_numpy_training_matches_torchs_sgd_and_a_peer_needs_no_torch():
     ours = models.train(w, x, y, epochs=3, lr=0.1)
     net = models.load_vector(models.mlp(), w)  # the same SGD in torch
     opt, loss = torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())  # (shared: read-only)
     for _ in range(3):
         for i in range(0, len(y), 16):
             opt.zero_grad()

@@ -330,7 +330,7 @@ class FedAvg(ModelWorkload):
         if not 0 <= i < n:
             raise ValueError("part I/N needs 0 <= I < N")
         ds = datasets.load(opts.get("data_dir"))
-        idx = datasets.dirichlet_partition(ds.train_y, n, alpha, seed)[i]
+        idx = datasets.dirichlet_part(ds.train_y, n, alpha, seed, i)
         return PeerShard(ds.train_x[idx], ds.train_y[idx], f"shard {i}/{n} ({len(idx)} ex.)")
 
     def load_data(self, part: int, parts: int, seed: int) -> PeerShard:

@@ -191,7 +191,7 @@ def train_autoencoder(vector: np.ndarray, x: np.ndarray, *, lr: float, weight_de
     model = load_vector(autoencoder(), vector)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.MSELoss()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1)
+    xt = torch.from_numpy(np.array(x, dtype=np.float32)).reshape(len(x), -1)
     model.train()
     total, batches = 0.0, 0
     for i in range(0, len(xt), batch):
@@ -209,7 +209,7 @@ def reconstruction_loss(vector: np.ndarray, x: np.ndarray) -> float:
 
     model = load_vector(autoencoder(), vector)
     model.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), -1)
+    xt = torch.from_numpy(np.array(x, dtype=np.float32)).reshape(len(x), -1)
     with torch.no_grad():
         return float(nn.functional.mse_loss(model(xt), xt))
 
