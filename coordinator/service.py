@@ -38,7 +38,7 @@ from pathlib import Path
 
 import trio
 
-from peer import httpserver
+from peer import gcpace, httpserver
 from peer.gossip import GossipConfig
 from peer.limits import COORDINATOR_LIMITS, Limits
 from peer.llm import Embedder, LocalBackend, make_backend
@@ -295,6 +295,7 @@ class Coordinator:
 
     # --- lifetime ---------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        gcpace.pace()  # the collector sized for a daemon (peer.gcpace)
         async with self.node.running():
             # a submitted message is handled by the topic's validator, which sees it before
             # gossipsub delivers or forwards it: what it refuses as malformed or forged

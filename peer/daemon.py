@@ -149,6 +149,7 @@ class PeerDaemon:
     rounds = property(lambda self: self.participant.rounds)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        gcpace.pace()  # the collector sized for a daemon (peer.gcpace)
         async with self.node.running():
             if self.config.subscribe_gossip:  # validators run before delivery and forwarding
                 for topic in (TOPIC_ANNOUNCE, TOPIC_RESULT):
